@@ -1,0 +1,43 @@
+# Nightbox developer commands. `make demo` and `make test` are the quick start.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: demo test lint typecheck bench deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/nightbox demo $(ARGS)
+
+deps: $(STAMP)
+	@sh tests/ensure-mosquitto
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check appliance hardware provisioning bench tests
+	$(BIN)/ruff check appliance hardware provisioning bench tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: deps lint typecheck
+	$(BIN)/pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.decode --json
+	$(BIN)/python -m bench.ingest --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
