@@ -1,0 +1,76 @@
+"""The broker accounts and topic grants of one site.
+
+Deny by default: each client gets exactly the topics its role needs. Readers
+may publish only their own sightings, status and availability; only kit
+readers may also send kit requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from provisioning.acl import Access, AccessPolicy, AclRule
+
+OBSERVER = "observer"
+DESK = "desk"
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderGrant:
+    """A reader and its role, as the site configuration lists it."""
+
+    reader_id: str
+    role: str
+
+
+def box_username(box_id: str) -> str:
+    """The broker username of the box's own services."""
+    return f"box-{box_id}"
+
+
+def reader_username(reader_id: str) -> str:
+    """The broker username of a reader."""
+    return f"reader-{reader_id}"
+
+
+def terminal_username(terminal_id: str) -> str:
+    """The broker username of a terminal (opt-in desk, POS, kit tablet)."""
+    return f"terminal-{terminal_id}"
+
+
+def site_policy(site: str, box_id: str, readers: Iterable[ReaderGrant]) -> AccessPolicy:
+    """Build the ACL of a site with one box, its readers, a desk and an observer."""
+    root = f"nightbox/{site}"
+    grants: dict[str, list[AclRule]] = {
+        box_username(box_id): [
+            AclRule(Access.READWRITE, f"{root}/#"),
+            AclRule(Access.READWRITE, "homeassistant/#"),
+        ],
+        # Read-only view of the whole site: dashboards and the demo's scoring.
+        OBSERVER: [AclRule(Access.READ, f"{root}/#")],
+        terminal_username(DESK): _device_rules(root, "terminal", DESK)
+        + [
+            AclRule(Access.WRITE, f"{root}/api/optin/register"),
+            AclRule(Access.WRITE, f"{root}/api/kits/issue"),
+        ],
+    }
+    for reader in readers:
+        rules = _device_rules(root, "reader", reader.reader_id)
+        rules.append(
+            AclRule(Access.WRITE, f"{root}/reader/{reader.reader_id}/sightings")
+        )
+        if reader.role == "kit":
+            rules.append(AclRule(Access.WRITE, f"{root}/api/kits/issue"))
+        grants[reader_username(reader.reader_id)] = rules
+    return AccessPolicy(grants)
+
+
+def _device_rules(root: str, kind: str, device_id: str) -> list[AclRule]:
+    base = f"{root}/{kind}/{device_id}"
+    return [
+        AclRule(Access.WRITE, f"{base}/availability"),
+        AclRule(Access.WRITE, f"{base}/status"),
+        AclRule(Access.READ, f"{base}/reply"),
+        AclRule(Access.READ, f"{base}/cmnd/#"),
+    ]
