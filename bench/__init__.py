@@ -1,0 +1,1 @@
+"""Benchmarks that compare Nightbox against other tools in the same run."""
