@@ -1,0 +1,1 @@
+"""Nightbox appliance services."""

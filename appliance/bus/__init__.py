@@ -1,0 +1,1 @@
+"""The Nightbox MQTT bus."""

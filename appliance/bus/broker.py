@@ -1,0 +1,208 @@
+"""Start the bus: a private mosquitto, the embedded broker, or an external one.
+
+``nightbox run`` and ``nightbox demo`` call :func:`start_broker`. In ``auto``
+mode they start mosquitto with the site's generated passwords and ACLs when
+it is installed, and otherwise the embedded broker, which enforces the same
+policy in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import BrokerConfig
+from appliance.errors import BrokerUnavailableError
+from provisioning import AccessPolicy, SiteCredentials
+
+_LOGGER = logging.getLogger(__name__)
+
+_MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+_READY_TIMEOUT_S = 10.0
+
+
+def find_mosquitto() -> str | None:
+    """Return the path of the mosquitto binary, or None when it is not installed."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return next((path for path in _MOSQUITTO_PATHS if os.access(path, os.X_OK)), None)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class BrokerHandle:
+    """A running broker: where it listens and what kind it is."""
+
+    kind: str
+    host: str
+    port: int
+    _process: subprocess.Popen[bytes] | None = None
+    _embedded: object | None = None
+    _config_path: Path | None = None
+    _log_path: Path | None = None
+
+    @property
+    def description(self) -> str:
+        """A line for people: which broker the box uses and where."""
+        return f"{self.kind} on {self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop the broker if this process started it."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                await asyncio.to_thread(self._process.wait, 5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                await asyncio.to_thread(self._process.wait)
+            self._process = None
+        if self._embedded is not None:
+            await self._embedded.stop()  # type: ignore[attr-defined]
+            self._embedded = None
+
+    async def restart(self) -> None:
+        """Stop and start a private mosquitto on the same port (used by tests)."""
+        if self.kind != "mosquitto" or self._config_path is None:
+            raise BrokerUnavailableError(f"cannot restart a {self.kind} broker")
+        await self.stop()
+        self._process = await _launch_mosquitto(
+            self._config_path, self.host, self.port, self._log_path
+        )
+
+
+async def start_broker(
+    config: BrokerConfig,
+    runtime_dir: Path,
+    credentials: SiteCredentials,
+    policy: AccessPolicy,
+) -> BrokerHandle:
+    """Start or locate the broker that ``config`` asks for.
+
+    Raises BrokerUnavailableError when ``mosquitto`` mode is asked for and
+    mosquitto is missing or fails to start.
+    """
+    credentials.ensure(policy.usernames)
+    if config.mode == "external":
+        return BrokerHandle("external broker", config.host, config.port)
+    mosquitto = find_mosquitto() if config.mode in ("auto", "mosquitto") else None
+    if mosquitto is None and config.mode == "mosquitto":
+        raise BrokerUnavailableError(
+            "broker.mode is 'mosquitto' but mosquitto is not installed; "
+            "install it (apt-get install mosquitto) or set broker.mode = 'auto'"
+        )
+    port = config.port or free_port(config.host)
+    if mosquitto is not None:
+        config_path = _write_mosquitto_files(
+            runtime_dir, config.host, port, credentials, policy
+        )
+        log_path = runtime_dir / "mosquitto.log"
+        process = await _launch_mosquitto(config_path, config.host, port, log_path)
+        return BrokerHandle(
+            "mosquitto", config.host, port, process, None, config_path, log_path
+        )
+    from appliance.bus._embedded_broker import EmbeddedBroker
+
+    passwords = {name: credentials.account(name).password for name in policy.usernames}
+    broker = EmbeddedBroker(config.host, port, passwords=passwords, policy=policy)
+    await broker.start()
+    return BrokerHandle("embedded broker", config.host, broker.port, None, broker)
+
+
+def _write_mosquitto_files(
+    runtime_dir: Path,
+    host: str,
+    port: int,
+    credentials: SiteCredentials,
+    policy: AccessPolicy,
+) -> Path:
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    password_path = runtime_dir / "mosquitto.passwd"
+    acl_path = runtime_dir / "mosquitto.acl"
+    config_path = runtime_dir / "mosquitto.conf"
+    _write_private(password_path, credentials.render_password_file())
+    _write_private(acl_path, policy.render_mosquitto())
+    lines = [
+        "# Generated by Nightbox; regenerated on every start.",
+        f"listener {port} {host}",
+        "allow_anonymous false",
+        # Small request/response messages must not wait for Nagle's delay.
+        "set_tcp_nodelay true",
+        f"password_file {password_path}",
+        f"acl_file {acl_path}",
+        "persistence false",
+        "max_queued_messages 20000",
+        "max_inflight_messages 100",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+    ]
+    if os.geteuid() == 0:
+        # mosquitto drops root to the 'mosquitto' user, which could not read
+        # the 0600 files above; this private broker listens on one port only.
+        lines.append(f"user {getpass.getuser()}")
+    _write_private(config_path, "\n".join(lines) + "\n")
+    return config_path
+
+
+def _write_private(path: Path, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def _spawn(binary: str, config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        # The child keeps its own copy of the descriptor after this closes.
+        return subprocess.Popen(
+            [binary, "-c", str(config_path)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+async def _launch_mosquitto(
+    config_path: Path, host: str, port: int, log_path: Path | None
+) -> subprocess.Popen[bytes]:
+    binary = find_mosquitto()
+    if binary is None:
+        raise BrokerUnavailableError("mosquitto is not installed")
+    log_path = log_path or config_path.with_suffix(".log")
+    process = _spawn(binary, config_path, log_path)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _READY_TIMEOUT_S
+    while loop.time() < deadline:
+        if process.poll() is not None:
+            raise BrokerUnavailableError(
+                f"mosquitto exited with code {process.returncode} at start-up; "
+                f"see {log_path}"
+            )
+        with contextlib.suppress(OSError):
+            _reader, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            _LOGGER.info("Started mosquitto on %s:%d (pid %d)", host, port, process.pid)
+            return process
+        await asyncio.sleep(0.05)
+    process.kill()
+    raise BrokerUnavailableError(
+        f"mosquitto did not listen on {host}:{port} within {_READY_TIMEOUT_S} s"
+    )

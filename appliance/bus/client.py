@@ -1,0 +1,407 @@
+"""An MQTT 5 client that stays connected, resubscribes and answers requests.
+
+:class:`Bus` wraps aiomqtt. It reconnects with back-off after any broker
+failure, re-sends every subscription and the retained ``online`` availability
+after each reconnect (MQTT clients lose subscriptions otherwise), and leaves a
+last will that marks the device ``offline``. Request/response follows MQTT 5
+section 4.10: the request names a response topic and correlation data, and the
+reply is published to that topic with the same correlation data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from appliance.bus import envelope
+from appliance.bus.topics import Topics
+from appliance.errors import PayloadError, RequestError
+
+_LOGGER = logging.getLogger(__name__)
+
+# Requests and their replies are small; Nagle's algorithm would hold each
+# one back until the previous segment is acknowledged.
+_SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+_BACKOFF_INITIAL_S = 0.2
+_BACKOFF_MAX_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    """How one client reaches the broker and who it is on the bus."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    kind: str
+    device_id: str
+    site: str
+    keepalive_s: int = 15
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client identifier, unique per device on the site."""
+        return f"{self.site}-{self.kind}-{self.device_id}"
+
+    @property
+    def src(self) -> str:
+        """The ``src`` field this client writes into envelopes."""
+        return f"{self.kind}/{self.device_id}"
+
+    def __repr__(self) -> str:
+        return (
+            f"BusSettings(host={self.host!r}, port={self.port}, "
+            f"username={self.username!r}, client_id={self.client_id!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message as a handler receives it."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    response_topic: str | None
+    correlation: bytes | None
+
+
+Handler = Callable[[Incoming], Awaitable[None]]
+
+
+@dataclass
+class BusStats:
+    """Counters a service reports in its status."""
+
+    connects: int = 0
+    received: int = 0
+    published: int = 0
+    handler_errors: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class Bus:
+    """A long-lived MQTT 5 connection for one device, used as an async context."""
+
+    def __init__(self, settings: BusSettings, *, announce: bool = True) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.site)
+        self.stats = BusStats()
+        self.connected = asyncio.Event()
+        self._announce = announce
+        self._subscriptions: dict[str, tuple[int, Handler]] = {}
+        self._on_connect: list[Callable[[], Awaitable[None]]] = []
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self._reply_topic = self.topics.reply(settings.kind, settings.device_id)
+        self._last_log: dict[str, float] = {}
+
+    async def __aenter__(self) -> Bus:
+        self.subscribe(self._reply_topic, self._on_reply)
+        self._task = asyncio.create_task(
+            self._run(), name=f"bus-{self.settings.client_id}"
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Publish ``offline`` (a clean disconnect sends no will) and disconnect."""
+        self._closing = True
+        client = self._client
+        if client is not None and self.connected.is_set() and self._announce:
+            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    client.publish(
+                        self._availability_topic, b"offline", qos=1, retain=True
+                    ),
+                    timeout=2.0,
+                )
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(
+                    RequestError("closed", "the bus client was closed")
+                )
+
+    @property
+    def _availability_topic(self) -> str:
+        return self.topics.availability(self.settings.kind, self.settings.device_id)
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Register ``handler`` for ``topic_filter``, resubscribed on every connect.
+
+        Handlers run one at a time in arrival order, so they must not block.
+        """
+        self._subscriptions[topic_filter] = (qos, handler)
+        client = self._client
+        if client is not None and self.connected.is_set():
+            task = asyncio.get_running_loop().create_task(
+                client.subscribe(topic_filter, qos=qos)
+            )
+            task.add_done_callback(_log_task_error)
+
+    def on_connect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` after every connect, e.g. to republish retained status."""
+        self._on_connect.append(callback)
+
+    async def _run(self) -> None:
+        backoff_s = _BACKOFF_INITIAL_S
+        will = None
+        if self._announce:
+            will = aiomqtt.Will(
+                self._availability_topic, b"offline", qos=1, retain=True
+            )
+        while not self._closing:
+            try:
+                async with aiomqtt.Client(
+                    self.settings.host,
+                    self.settings.port,
+                    username=self.settings.username,
+                    password=self.settings.password,
+                    identifier=self.settings.client_id,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    will=will,
+                    keepalive=self.settings.keepalive_s,
+                    timeout=10,
+                    max_queued_incoming_messages=100_000,
+                    socket_options=_SOCKET_OPTIONS,
+                ) as client:
+                    await self._serve(client)
+                    backoff_s = _BACKOFF_INITIAL_S
+            except aiomqtt.MqttError as err:
+                self._client = None
+                self.connected.clear()
+                if self._closing:
+                    break
+                self._log_limited(
+                    "disconnect",
+                    logging.WARNING,
+                    "Bus client %s lost the broker at %s:%s (%s); retrying in %.1f s",
+                    self.settings.client_id,
+                    self.settings.host,
+                    self.settings.port,
+                    err,
+                    backoff_s,
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+        self._client = None
+        self.connected.clear()
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        for topic_filter, (qos, _handler) in list(self._subscriptions.items()):
+            await client.subscribe(topic_filter, qos=qos)
+        if self._announce:
+            await client.publish(
+                self._availability_topic, b"online", qos=1, retain=True
+            )
+        self.stats.connects += 1
+        self.connected.set()
+        _LOGGER.info(
+            "Bus client %s connected to %s:%s with %d subscriptions",
+            self.settings.client_id,
+            self.settings.host,
+            self.settings.port,
+            len(self._subscriptions),
+        )
+        for callback in self._on_connect:
+            task = asyncio.ensure_future(callback())
+            task.add_done_callback(_log_task_error)
+        async for message in client.messages:
+            await self._dispatch(message)
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        self.stats.received += 1
+        topic = message.topic.value
+        properties = message.properties
+        response_topic = (
+            getattr(properties, "ResponseTopic", None) if properties else None
+        )
+        correlation = (
+            getattr(properties, "CorrelationData", None) if properties else None
+        )
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = str(payload).encode()
+        incoming = Incoming(
+            topic, bytes(payload), message.retain, response_topic, correlation
+        )
+        for topic_filter, (_qos, handler) in list(self._subscriptions.items()):
+            if not message.topic.matches(topic_filter):
+                continue
+            try:
+                await handler(incoming)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug in one handler must not stop the bus for every service.
+                self.stats.handler_errors += 1
+                _LOGGER.exception(
+                    "Handler for %s failed on a message on %s", topic_filter, topic
+                )
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Publish once connected; for QoS 1 return after the broker's PUBACK.
+
+        Raises TimeoutError when ``timeout_s`` passes first, and
+        aiomqtt.MqttError when the connection fails during the publish.
+        """
+        async with asyncio.timeout(timeout_s):
+            await self.connected.wait()
+            client = self._client
+            if client is None:
+                raise aiomqtt.MqttError("not connected")
+            properties = None
+            if response_topic is not None or correlation is not None:
+                properties = Properties(PacketTypes.PUBLISH)
+                if response_topic is not None:
+                    properties.ResponseTopic = response_topic
+                if correlation is not None:
+                    properties.CorrelationData = correlation
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties
+            )
+        self.stats.published += 1
+
+    async def publish_json(
+        self, topic: str, fields: dict[str, Any], *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish ``fields`` in an envelope from this device."""
+        await self.publish(
+            topic, envelope.encode(self.settings.src, fields), qos=qos, retain=retain
+        )
+
+    async def request(
+        self, topic: str, data: dict[str, Any], *, timeout_s: float = 2.0
+    ) -> dict[str, Any]:
+        """Send a request and return the ``data`` of a successful reply.
+
+        The request carries ``deadline`` (Unix seconds) so the responder can
+        drop work whose caller has given up. Raises RequestError with the
+        responder's error code, or code ``timeout`` when no reply arrives.
+        """
+        correlation = uuid.uuid4().bytes
+        future: asyncio.Future[dict[str, Any]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[correlation] = future
+        body = {"data": data, "deadline": round(time.time() + timeout_s, 3)}
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.publish(
+                    topic,
+                    envelope.encode(self.settings.src, body),
+                    response_topic=self._reply_topic,
+                    correlation=correlation,
+                )
+                reply = await future
+        except TimeoutError as err:
+            raise RequestError(
+                "timeout", f"no reply on {topic} within {timeout_s} s"
+            ) from err
+        finally:
+            self._pending.pop(correlation, None)
+        if reply.get("ok") is True:
+            result = reply.get("data", {})
+            return result if isinstance(result, dict) else {}
+        error = reply.get("error") or {}
+        raise RequestError(
+            str(error.get("code", "error")), str(error.get("message", "request failed"))
+        )
+
+    async def _on_reply(self, incoming: Incoming) -> None:
+        future = self._pending.get(incoming.correlation or b"")
+        if future is None or future.done():
+            return  # a late or duplicate reply: the caller has moved on
+        try:
+            future.set_result(envelope.decode(incoming.payload).body)
+        except PayloadError as err:
+            future.set_exception(RequestError("bad-reply", str(err)))
+
+    async def respond(
+        self,
+        incoming: Incoming,
+        *,
+        data: dict[str, Any] | None = None,
+        error: tuple[str, str] | dict[str, Any] | None = None,
+    ) -> None:
+        """Answer a request on its response topic; a request without one gets nothing.
+
+        ``error`` is ``(code, message)`` or a dict with at least those keys.
+        """
+        if not incoming.response_topic:
+            return
+        if error is None:
+            fields: dict[str, Any] = {"ok": True, "data": data or {}}
+        elif isinstance(error, tuple):
+            fields = {"ok": False, "error": {"code": error[0], "message": error[1]}}
+        else:
+            fields = {"ok": False, "error": error}
+        await self.publish(
+            incoming.response_topic,
+            envelope.encode(self.settings.src, fields),
+            correlation=incoming.correlation,
+        )
+
+    def reject(self, incoming: Incoming, reason: str, kind: str) -> None:
+        """Count and log (rate-limited) a message that a handler could not use."""
+        self.stats.rejected[kind] += 1
+        self._log_limited(
+            f"reject-{kind}",
+            logging.WARNING,
+            "Rejected message on %s (%s): %s; payload starts %r",
+            incoming.topic,
+            kind,
+            reason,
+            incoming.payload[:60],
+        )
+
+    def _log_limited(self, key: str, level: int, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(key, 0.0) >= 5.0:
+            self._last_log[key] = now
+            _LOGGER.log(level, message, *args)
+
+
+def _log_task_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error(
+            "Bus background task %s failed", task.get_name(), exc_info=task.exception()
+        )

@@ -1,0 +1,67 @@
+"""Topic names of the Nightbox bus; ``docs/mqtt.md`` documents each one.
+
+Every topic starts with ``nightbox/<site>/``. Building them here, and only
+here, keeps the services, the simulator and the ACLs in agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROOT = "nightbox"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic builder for one site."""
+
+    site: str
+
+    @property
+    def prefix(self) -> str:
+        """``nightbox/<site>``."""
+        return f"{ROOT}/{self.site}"
+
+    def availability(self, kind: str, device_id: str) -> str:
+        """Retained ``online``/``offline`` of a device, set by its last will."""
+        return f"{self.prefix}/{kind}/{device_id}/availability"
+
+    def status(self, kind: str, device_id: str) -> str:
+        """Retained health of a device as JSON."""
+        return f"{self.prefix}/{kind}/{device_id}/status"
+
+    def reply(self, kind: str, device_id: str) -> str:
+        """Where a device receives the replies to its requests."""
+        return f"{self.prefix}/{kind}/{device_id}/reply"
+
+    def sightings(self, reader_id: str) -> str:
+        """Batched sightings from one reader."""
+        return f"{self.prefix}/reader/{reader_id}/sightings"
+
+    @property
+    def all_sightings(self) -> str:
+        """Filter for every reader's sightings."""
+        return f"{self.prefix}/reader/+/sightings"
+
+    @property
+    def all_reader_status(self) -> str:
+        """Filter for every reader's retained status."""
+        return f"{self.prefix}/reader/+/status"
+
+    def event(self, event_type: str) -> str:
+        """Committed facts of one type, published from the outbox."""
+        return f"{self.prefix}/events/{event_type}"
+
+    @property
+    def all_events(self) -> str:
+        """Filter for every event."""
+        return f"{self.prefix}/events/#"
+
+    def api(self, service: str, action: str) -> str:
+        """Request topic of a service action."""
+        return f"{self.prefix}/api/{service}/{action}"
+
+    @property
+    def health(self) -> str:
+        """Retained list of open health faults on the site."""
+        return f"{self.prefix}/box/health"

@@ -1,0 +1,367 @@
+"""The box's TOML configuration, validated into typed settings.
+
+Every error names the key, the bad value and what would be accepted, so an
+organiser can fix the file without reading code. A sample lives in
+``appliance/samples/site.toml``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from appliance.errors import ConfigError
+
+_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+ReaderRole = Literal["exit", "kit"]
+BrokerMode = Literal["auto", "mosquitto", "embedded", "external"]
+ScannerBackend = Literal["none", "simulator", "bleak"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderConfig:
+    """One ESP32 reader: an exit reader or a kit station."""
+
+    id: str
+    role: ReaderRole
+    threshold_dbm: float | None = None
+    kit_stock: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredBand:
+    """A band the site knows by more than its derived identity."""
+
+    id: str
+    eid_identity_key: bytes | None = None
+    eid_rotation_exponent: int = 10
+    eid_clock_offset_s: float = 0.0
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutConfig:
+    """Parameters of the proximity decision at exits."""
+
+    threshold_dbm: float = -66.0
+    min_dwell_s: float = 0.5
+    window_s: float = 1.5
+    min_adverts: int = 2
+    exit_window_s: float = 900.0
+    silence_s: float = 10.0
+    stall_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Where the bus is: a broker the box starts itself, or an external one."""
+
+    mode: BrokerMode = "auto"
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+_DEFAULT_COUPON_OFFER = "Recovery microcation: 20% off"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """Everything the box needs to run a night."""
+
+    site_id: str
+    site_name: str
+    box_id: str
+    data_dir: Path
+    ibeacon_uuid: bytes | None = None
+    altbeacon_prefix: bytes | None = None
+    eddystone_namespace: bytes | None = None
+    bands: tuple[RegisteredBand, ...] = ()
+    readers: tuple[ReaderConfig, ...] = ()
+    checkout: CheckoutConfig = field(default_factory=CheckoutConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    scanner: ScannerBackend = "none"
+    kits_require_checkout: bool = False
+    kit_low_stock: int = 10
+    coupon_ttl_s: float = 7 * 24 * 3600.0
+    coupon_offer: str = _DEFAULT_COUPON_OFFER
+
+    def reader(self, reader_id: str) -> ReaderConfig | None:
+        """Return the reader called ``reader_id``, or None."""
+        return next((r for r in self.readers if r.id == reader_id), None)
+
+
+def load_config(path: Path) -> SiteConfig:
+    """Read and validate the TOML file at ``path``.
+
+    Raises ConfigError naming the file and the key for anything invalid.
+    """
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"configuration file {path} not found") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from err
+    try:
+        return parse_config(raw, base_dir=path.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
+    """Validate a parsed TOML document; relative paths resolve from ``base_dir``."""
+    _reject_unknown(raw, "", {"site", "box", "broker", "bands", "checkout"} | _MORE)
+    site = _table(raw, "site")
+    box = _table(raw, "box")
+    bands = _table(raw, "bands", required=False)
+    _reject_unknown(site, "site", {"id", "name"})
+    _reject_unknown(box, "box", {"id", "data_dir", "scanner"})
+    _reject_unknown(
+        bands,
+        "bands",
+        {"ibeacon_uuid", "altbeacon_prefix", "eddystone_namespace", "registered"},
+    )
+    data_dir = Path(_string(box, "box.data_dir", default="var/nightbox"))
+    readers = tuple(_reader(item, index) for index, item in _items(raw, "readers"))
+    box_id = _identifier(box, "box.id", default="box-1")
+    scanner = _choice(box, "box.scanner", ("none", "simulator", "bleak"), "none")
+    if scanner != "none" and not any(reader.id == box_id for reader in readers):
+        # The box's own scanner reports as an exit reader named after the box.
+        readers += (ReaderConfig(box_id, "exit"),)
+    _reject_duplicates([reader.id for reader in readers], "readers")
+    registered = tuple(
+        _band(item, index) for index, item in _items(bands, "registered", "bands.")
+    )
+    _reject_duplicates([band.id for band in registered], "bands.registered")
+    kits = _table(raw, "kits", required=False)
+    coupons = _table(raw, "coupons", required=False)
+    _reject_unknown(kits, "kits", {"require_checkout", "low_stock"})
+    _reject_unknown(coupons, "coupons", {"ttl_h", "offer"})
+    return SiteConfig(
+        site_id=_identifier(site, "site.id"),
+        site_name=_string(site, "site.name", default=site.get("id", "")),
+        box_id=box_id,
+        data_dir=data_dir if data_dir.is_absolute() else base_dir / data_dir,
+        ibeacon_uuid=_hex_bytes(bands, "bands.ibeacon_uuid", 16),
+        altbeacon_prefix=_hex_bytes(bands, "bands.altbeacon_prefix", 16),
+        eddystone_namespace=_hex_bytes(bands, "bands.eddystone_namespace", 10),
+        bands=registered,
+        readers=readers,
+        checkout=_checkout(_table(raw, "checkout", required=False)),
+        broker=_broker(_table(raw, "broker", required=False)),
+        scanner=scanner,
+        kits_require_checkout=_bool(kits, "kits.require_checkout", False),
+        kit_low_stock=_int(kits, "kits.low_stock", 10, minimum=0),
+        coupon_ttl_s=_number(coupons, "coupons.ttl_h", 168.0, minimum=0.1) * 3600.0,
+        coupon_offer=_string(coupons, "coupons.offer", default=_DEFAULT_COUPON_OFFER),
+    )
+
+
+_MORE = {"readers", "kits", "coupons"}
+
+
+def _checkout(table: dict[str, Any]) -> CheckoutConfig:
+    defaults = CheckoutConfig()
+    _reject_unknown(table, "checkout", set(CheckoutConfig.__slots__))
+    return CheckoutConfig(
+        threshold_dbm=_number(
+            table, "checkout.threshold_dbm", defaults.threshold_dbm, -120, -20
+        ),
+        min_dwell_s=_number(
+            table, "checkout.min_dwell_s", defaults.min_dwell_s, 0.0, 60.0
+        ),
+        window_s=_number(table, "checkout.window_s", defaults.window_s, 0.1, 60.0),
+        min_adverts=_int(
+            table, "checkout.min_adverts", defaults.min_adverts, minimum=1, maximum=100
+        ),
+        exit_window_s=_number(
+            table, "checkout.exit_window_s", defaults.exit_window_s, 1.0, 86400.0
+        ),
+        silence_s=_number(table, "checkout.silence_s", defaults.silence_s, 1.0, 3600.0),
+        stall_s=_number(table, "checkout.stall_s", defaults.stall_s, 1.0, 3600.0),
+    )
+
+
+def _broker(table: dict[str, Any]) -> BrokerConfig:
+    _reject_unknown(table, "broker", {"mode", "host", "port"})
+    mode = _choice(
+        table, "broker.mode", ("auto", "mosquitto", "embedded", "external"), "auto"
+    )
+    port = _int(table, "broker.port", 0, minimum=0, maximum=65535)
+    if mode == "external" and port == 0:
+        raise ConfigError("broker.port is required when broker.mode is 'external'")
+    return BrokerConfig(
+        mode=mode, host=_string(table, "broker.host", default="127.0.0.1"), port=port
+    )
+
+
+def _reader(item: Any, index: int) -> ReaderConfig:
+    key = f"readers[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(
+            f"{key} must be a table like {{ id = 'exit-1', role = 'exit' }}"
+        )
+    _reject_unknown(item, key, {"id", "role", "threshold_dbm", "kit_stock"})
+    role = _choice(item, f"{key}.role", ("exit", "kit"), None)
+    threshold = item.get("threshold_dbm")
+    return ReaderConfig(
+        id=_identifier(item, f"{key}.id"),
+        role=role,
+        threshold_dbm=None
+        if threshold is None
+        else _number(item, f"{key}.threshold_dbm", -65.0, -120, -20),
+        kit_stock=_int(item, f"{key}.kit_stock", 0, minimum=0),
+    )
+
+
+def _band(item: Any, index: int) -> RegisteredBand:
+    key = f"bands.registered[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{key} must be a table with at least an id")
+    allowed = {"id", "eid_identity_key", "eid_rotation_exponent", "eid_clock_offset_s"}
+    _reject_unknown(item, key, allowed | {"aliases"})
+    aliases = item.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise ConfigError(f"{key}.aliases must be a list of band ids, not {aliases!r}")
+    return RegisteredBand(
+        id=_identifier(item, f"{key}.id"),
+        eid_identity_key=_hex_bytes(item, f"{key}.eid_identity_key", 16),
+        eid_rotation_exponent=_int(
+            item, f"{key}.eid_rotation_exponent", 10, minimum=0, maximum=15
+        ),
+        eid_clock_offset_s=_number(item, f"{key}.eid_clock_offset_s", 0.0),
+        aliases=tuple(aliases),
+    )
+
+
+def _leaf(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _table(raw: dict[str, Any], key: str, *, required: bool = True) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"missing [{key}] table")
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{key}] must be a table, not {value!r}")
+    return value
+
+
+def _items(raw: dict[str, Any], key: str, prefix: str = "") -> list[tuple[int, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{prefix}{key} must be an array of tables ([[{key}]])")
+    return list(enumerate(value))
+
+
+def _reject_unknown(table: dict[str, Any], where: str, allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        place = f"[{where}]" if where else "the top level"
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} in {place}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _reject_duplicates(ids: list[str], where: str) -> None:
+    seen: set[str] = set()
+    for item in ids:
+        if item in seen:
+            raise ConfigError(f"{where} lists id {item!r} twice; ids must be unique")
+        seen.add(item)
+
+
+def _string(table: dict[str, Any], key: str, *, default: str | None = None) -> str:
+    value = table.get(_leaf(key), default)
+    if value is None:
+        raise ConfigError(f"missing {key}")
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, not {value!r}")
+    return value
+
+
+def _identifier(table: dict[str, Any], key: str, *, default: str | None = None) -> str:
+    value = _string(table, key, default=default)
+    if not _ID_PATTERN.match(value):
+        raise ConfigError(
+            f"{key} = {value!r} is invalid; use 1-32 lowercase letters, digits "
+            "and '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _number(
+    table: dict[str, Any],
+    key: str,
+    default: float,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> float:
+    value = table.get(_leaf(key), default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key} must be a number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} = {value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key} = {value} is above the maximum {maximum}")
+    return float(value)
+
+
+def _int(
+    table: dict[str, Any],
+    key: str,
+    default: int,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    value = table.get(_leaf(key), default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be a whole number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} = {value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key} = {value} is above the maximum {maximum}")
+    return value
+
+
+def _bool(table: dict[str, Any], key: str, default: bool) -> bool:
+    value = table.get(_leaf(key), default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, not {value!r}")
+    return value
+
+
+def _choice(
+    table: dict[str, Any], key: str, choices: tuple[str, ...], default: str | None
+) -> Any:
+    value = table.get(_leaf(key), default)
+    if value not in choices:
+        raise ConfigError(
+            f"{key} = {value!r} is invalid; use one of {', '.join(choices)}"
+        )
+    return value
+
+
+def _hex_bytes(table: dict[str, Any], key: str, size: int) -> bytes | None:
+    value = table.get(_leaf(key))
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a hex string, not {value!r}")
+    text = value.replace("-", "").strip()
+    try:
+        decoded = bytes.fromhex(text)
+    except ValueError as err:
+        raise ConfigError(f"{key} = {value!r} is not hex: {err}") from err
+    if len(decoded) != size:
+        raise ConfigError(
+            f"{key} = {value!r} has {len(decoded)} bytes; it must have {size}"
+        )
+    return decoded

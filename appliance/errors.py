@@ -1,0 +1,36 @@
+"""Exceptions shared by the Nightbox appliance services.
+
+Each error also inherits the builtin that fits it, so callers that only know
+Python's exceptions still catch the right thing.
+"""
+
+from __future__ import annotations
+
+
+class NightboxError(Exception):
+    """Base class for every error the appliance raises on purpose."""
+
+
+class ConfigError(NightboxError, ValueError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+class PayloadError(NightboxError, ValueError):
+    """A bus payload is malformed; the message names the field and the value."""
+
+
+class BrokerUnavailableError(NightboxError, ConnectionError):
+    """No MQTT broker could be started or reached."""
+
+
+class RequestError(NightboxError):
+    """A bus request was answered with an error, or not answered in time.
+
+    ``code`` is a stable machine-readable word (``out-of-stock``,
+    ``already-issued``, ``timeout`` ...) and ``message`` a sentence for people.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
