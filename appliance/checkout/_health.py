@@ -1,0 +1,111 @@
+"""Reader health: a silent or stalled reader is a fault, never an empty exit.
+
+BlueZ can de-duplicate adverts and ESP32 scans can stall without an error, so
+the box watches each reader's batches. No batch for ``silence_s`` raises
+``reader-silent``; batches that stay empty for ``stall_s`` while other
+readers still hear bands raise ``scan-stalled``. A fault clears when the
+reader reports bands again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """An open health fault of one reader."""
+
+    reader_id: str
+    kind: str
+    since: float
+    message: str
+
+
+@dataclass(slots=True)
+class _ReaderState:
+    last_batch_t: float | None = None
+    last_band_t: float | None = None
+    faults: dict[str, Fault] = field(default_factory=dict)
+
+
+class HealthMonitor:
+    """Tracks batches per reader and turns silence into faults."""
+
+    def __init__(self, reader_ids: list[str], silence_s: float, stall_s: float) -> None:
+        self._readers = {reader_id: _ReaderState() for reader_id in reader_ids}
+        self._silence_s = silence_s
+        self._stall_s = stall_s
+        self._last_band_anywhere: float | None = None
+
+    @property
+    def open_faults(self) -> list[Fault]:
+        """Every fault that is open now, by reader."""
+        return [
+            fault for state in self._readers.values() for fault in state.faults.values()
+        ]
+
+    def last_batch(self, reader_id: str) -> float | None:
+        """Time of the reader's last batch, or None before its first."""
+        state = self._readers.get(reader_id)
+        return None if state is None else state.last_batch_t
+
+    def record_batch(self, reader_id: str, t: float, bands: int) -> list[Fault]:
+        """Note a batch with ``bands`` known bands in it; return faults it cleared."""
+        state = self._readers.setdefault(reader_id, _ReaderState())
+        state.last_batch_t = (
+            t if state.last_batch_t is None else max(state.last_batch_t, t)
+        )
+        cleared: list[Fault] = []
+        silent = state.faults.pop("reader-silent", None)
+        if silent is not None:
+            cleared.append(silent)
+        if bands:
+            state.last_band_t = t
+            self._last_band_anywhere = max(t, self._last_band_anywhere or t)
+            stalled = state.faults.pop("scan-stalled", None)
+            if stalled is not None:
+                cleared.append(stalled)
+        return cleared
+
+    def check(self, now: float) -> list[Fault]:
+        """Raise the faults that are due at ``now``; return only the new ones."""
+        raised: list[Fault] = []
+        for reader_id, state in self._readers.items():
+            if state.last_batch_t is None:
+                continue  # never seen: not yet installed, not a fault
+            if (
+                now - state.last_batch_t > self._silence_s
+                and "reader-silent" not in state.faults
+            ):
+                fault = Fault(
+                    reader_id,
+                    "reader-silent",
+                    now,
+                    f"no sightings batch from reader {reader_id} for "
+                    f"{now - state.last_batch_t:.0f} s; check its power and uplink",
+                )
+                state.faults[fault.kind] = fault
+                raised.append(fault)
+            others_hear_bands = (
+                self._last_band_anywhere is not None
+                and now - self._last_band_anywhere <= self._stall_s / 2
+            )
+            if (
+                state.last_band_t is not None
+                and now - state.last_band_t > self._stall_s
+                and state.last_batch_t >= state.last_band_t
+                and others_hear_bands
+                and "scan-stalled" not in state.faults
+            ):
+                fault = Fault(
+                    reader_id,
+                    "scan-stalled",
+                    now,
+                    f"reader {reader_id} has reported no bands for "
+                    f"{now - state.last_band_t:.0f} s while other readers do; "
+                    "its BLE scan may have stalled",
+                )
+                state.faults[fault.kind] = fault
+                raised.append(fault)
+        return raised

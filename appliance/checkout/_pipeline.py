@@ -1,0 +1,153 @@
+"""From a parsed batch to committed check-outs, shared by the service and replay."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.checkout._batches import Batch
+from appliance.checkout._tracker import ExitTracker, Thresholds, corrected_rssi
+from appliance.config import SiteConfig
+from appliance.store import Store
+from appliance.wristbands import BandMatch, SiteBands
+
+_LOGGER = logging.getLogger(__name__)
+
+# Tracks idle for this long are dropped so memory stays flat all night.
+_FORGET_AFTER_S = 60.0
+
+
+@dataclass
+class PipelineStats:
+    """Counters of the check-out pipeline, reported in the box status."""
+
+    batches: int = 0
+    duplicate_batches: int = 0
+    sightings: int = 0
+    band_sightings: int = 0
+    checkouts: int = 0
+    repeat_crossings: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class CheckoutPipeline:
+    """Decode, track and commit: one check-out per band per exit window."""
+
+    def __init__(self, config: SiteConfig, store: Store, bands: SiteBands) -> None:
+        self._config = config
+        self._store = store
+        self._bands = bands
+        self._tracker = ExitTracker()
+        self._last_seq: dict[str, tuple[str, int]] = {}
+        self._last_forget_t = 0.0
+        self.stats = PipelineStats()
+        defaults = config.checkout
+        self._thresholds = {
+            reader.id: Thresholds(
+                reader.threshold_dbm
+                if reader.threshold_dbm is not None
+                else defaults.threshold_dbm,
+                defaults.min_dwell_s,
+                defaults.window_s,
+                defaults.min_adverts,
+            )
+            for reader in config.readers
+            if reader.role == "exit"
+        }
+
+    def is_exit(self, reader_id: str) -> bool:
+        """Return whether ``reader_id`` is a configured exit reader."""
+        return reader_id in self._thresholds
+
+    def ingest(self, batch: Batch) -> tuple[int, list[dict[str, Any]]]:
+        """Process one batch; return its known-band count and new check-outs.
+
+        A batch whose (boot, seq) is not newer than the reader's last one is
+        a QoS 1 duplicate or a replay and is skipped.
+        """
+        previous = self._last_seq.get(batch.reader_id)
+        if (
+            previous is not None
+            and previous[0] == batch.boot
+            and batch.seq <= previous[1]
+        ):
+            self.stats.duplicate_batches += 1
+            return 0, []
+        self._last_seq[batch.reader_id] = (batch.boot, batch.seq)
+        self.stats.batches += 1
+        for reason in batch.rejected:
+            self.stats.rejected["malformed-sighting"] += 1
+            _LOGGER.debug("Reader %s sent a bad sighting: %s", batch.reader_id, reason)
+        thresholds = self._thresholds.get(batch.reader_id)
+        bands = 0
+        checkouts: list[dict[str, Any]] = []
+        for sighting in batch.sightings:
+            self.stats.sightings += 1
+            match = self._bands.identify(sighting.advert, sighting.t)
+            if not isinstance(match, BandMatch):
+                self.stats.rejected["not-a-site-band"] += 1
+                continue
+            bands += 1
+            self.stats.band_sightings += 1
+            if thresholds is None:
+                continue  # a kit reader: its sightings feed health, not exits
+            rssi = corrected_rssi(sighting.rssi_dbm, match.measured_power_dbm)
+            crossing = self._tracker.observe(
+                match.band_id,
+                batch.reader_id,
+                sighting.t,
+                rssi,
+                thresholds,
+                sighting.count,
+            )
+            if crossing is not None:
+                committed = self._commit(
+                    crossing.band_id,
+                    crossing.reader_id,
+                    crossing.seen_at,
+                    crossing.rssi_dbm,
+                    match,
+                )
+                if committed is not None:
+                    checkouts.append(committed)
+        if batch.t - self._last_forget_t > _FORGET_AFTER_S:
+            self._tracker.forget_before(batch.t - _FORGET_AFTER_S)
+            self._last_forget_t = batch.t
+        return bands, checkouts
+
+    def _commit(
+        self,
+        band_id: str,
+        reader_id: str,
+        seen_at: float,
+        rssi_dbm: float,
+        match: BandMatch,
+    ) -> dict[str, Any] | None:
+        window_s = self._config.checkout.exit_window_s
+        with self._store.transaction() as transaction:
+            earlier = transaction.execute(
+                "SELECT reader, seen_at FROM checkouts WHERE band = ?"
+                " AND seen_at > ? AND seen_at < ? LIMIT 1",
+                (band_id, seen_at - window_s, seen_at + window_s),
+            ).fetchone()
+            if earlier is not None:
+                self.stats.repeat_crossings += 1
+                return None
+            data = {
+                "band": band_id,
+                "reader": reader_id,
+                "seen_at": round(seen_at, 3),
+                "rssi_dbm": rssi_dbm,
+                "format": match.format,
+            }
+            event = transaction.emit("checkout", data)
+            transaction.execute(
+                "INSERT INTO checkouts (event_id, band, reader, seen_at, rssi_dbm)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (event.id, band_id, reader_id, seen_at, rssi_dbm),
+            )
+        self.stats.checkouts += 1
+        _LOGGER.info("Band %s checked out at %s", band_id, reader_id)
+        return {"event_id": event.id, "seq": event.seq, **data}

@@ -1,0 +1,148 @@
+"""The check-out decision: who has crossed an exit, from summarised sightings.
+
+A band checks out at an exit when the mean of its power-corrected RSSI over
+a short window at one reader stays at or above that reader's threshold for
+the minimum dwell, with enough adverts in the window to trust the mean. The
+decision runs on the sightings' own timestamps, never on arrival time, so a
+replayed capture or a reader's buffered backlog gives the same answer as the
+live night. Absence of sightings never checks anyone out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+# Measured power that the RSSI is normalised to: a common 1 m calibration.
+REFERENCE_POWER_DBM = -59.0
+# Plausible 1 m measured powers of BLE tags; outside this the advert's own
+# figure is ignored and the raw RSSI decides (zero or positive is impossible).
+_MIN_PLAUSIBLE_POWER_DBM = -100
+_MAX_PLAUSIBLE_POWER_DBM = -1
+# A band unseen by a reader for longer than this starts a new approach.
+_TRACK_GAP_S = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Decision parameters of one reader."""
+
+    threshold_dbm: float
+    min_dwell_s: float
+    window_s: float
+    min_adverts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """A band that met the check-out rule at a reader."""
+
+    band_id: str
+    reader_id: str
+    seen_at: float
+    rssi_dbm: float
+
+
+@dataclass(slots=True)
+class _Track:
+    last_t: float
+    samples: deque[tuple[float, float, int]]
+    weighted_sum: float
+    count: int
+    above_since: float | None
+    fired: bool
+
+    def add(self, t: float, rssi_dbm: float, count: int, window_s: float) -> float:
+        """Add a sample; return the count-weighted mean RSSI over the window."""
+        self.samples.append((t, rssi_dbm, count))
+        self.weighted_sum += rssi_dbm * count
+        self.count += count
+        while self.samples and self.samples[0][0] <= t - window_s:
+            _old_t, old_rssi, old_count = self.samples.popleft()
+            self.weighted_sum -= old_rssi * old_count
+            self.count -= old_count
+        self.last_t = t
+        return self.weighted_sum / self.count
+
+
+def corrected_rssi(rssi_dbm: float, measured_power_dbm: int | None) -> float:
+    """Return the RSSI as if the band advertised at the reference 1 m power.
+
+    An impossible or missing measured power leaves the RSSI as it is, so it
+    never decides a distance.
+    """
+    if measured_power_dbm is None or not (
+        _MIN_PLAUSIBLE_POWER_DBM <= measured_power_dbm <= _MAX_PLAUSIBLE_POWER_DBM
+    ):
+        return rssi_dbm
+    return rssi_dbm - (measured_power_dbm - REFERENCE_POWER_DBM)
+
+
+class ExitTracker:
+    """Smoothed RSSI per band and reader; reports bands that cross an exit.
+
+    One band fires at most once per approach to a reader; deduplication
+    across readers and across the exit window is the caller's, because it
+    must survive a restart and so lives in the store.
+    """
+
+    def __init__(self) -> None:
+        self._tracks: dict[tuple[str, str], _Track] = {}
+
+    def __len__(self) -> int:
+        return len(self._tracks)
+
+    def observe(
+        self,
+        band_id: str,
+        reader_id: str,
+        t: float,
+        rssi_dbm: float,
+        thresholds: Thresholds,
+        count: int = 1,
+    ) -> Crossing | None:
+        """Add one summarised sighting of ``count`` adverts; return a Crossing
+        when the rule is met."""
+        key = (band_id, reader_id)
+        track = self._tracks.get(key)
+        if track is None or t - track.last_t > _TRACK_GAP_S:
+            track = _Track(t, deque(), 0.0, 0, None, False)
+            self._tracks[key] = track
+        elif t < track.last_t:
+            return None  # out-of-order sighting from a reader's replayed backlog
+        # The mean of every advert heard in the window, weighted by count, so
+        # an interval with one advert weighs less than one with four.
+        smoothed = track.add(t, rssi_dbm, count, thresholds.window_s)
+        if (
+            smoothed >= thresholds.threshold_dbm
+            and track.count >= thresholds.min_adverts
+        ):
+            if track.above_since is None:
+                track.above_since = t
+        else:
+            # No hysteresis: a guest standing near the door must not inch
+            # through the dwell on noise that dips and recovers.
+            track.above_since = None
+        if (
+            not track.fired
+            and track.above_since is not None
+            and t - track.above_since >= thresholds.min_dwell_s
+        ):
+            track.fired = True
+            return Crossing(band_id, reader_id, t, round(smoothed, 1))
+        return None
+
+    def forget_before(self, t: float) -> int:
+        """Drop tracks not updated since ``t``; return how many were dropped."""
+        stale = [key for key, track in self._tracks.items() if track.last_t < t]
+        for key in stale:
+            del self._tracks[key]
+        return len(stale)
+
+    def bands_near(self, reader_id: str, since: float) -> int:
+        """Count bands that ``reader_id`` has reported since ``since``."""
+        return sum(
+            1
+            for (_band, reader), track in self._tracks.items()
+            if reader == reader_id and track.last_t >= since
+        )

@@ -1,0 +1,122 @@
+"""The check-out service: reader batches from the bus into committed check-outs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from appliance.bus import envelope
+from appliance.bus.client import Bus, Incoming
+from appliance.checkout._batches import parse_batch
+from appliance.checkout._health import Fault, HealthMonitor
+from appliance.checkout._pipeline import CheckoutPipeline, PipelineStats
+from appliance.clock import Clock
+from appliance.config import SiteConfig
+from appliance.errors import PayloadError
+from appliance.store import Store
+from appliance.wristbands import SiteBands
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class CheckoutService:
+    """Subscribes to every reader's sightings and watches reader health.
+
+    Health faults are committed as ``fault_raised`` and ``fault_cleared``
+    events and listed in the box status, so the dashboard shows a stalled
+    reader instead of a quiet exit.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        config: SiteConfig,
+        bands: SiteBands,
+        clock: Clock,
+        *,
+        health_interval_s: float = 0.5,
+    ) -> None:
+        self._bus = bus
+        self._store = store
+        self._config = config
+        self._clock = clock
+        self._pipeline = CheckoutPipeline(config, store, bands)
+        self._health = HealthMonitor(
+            [reader.id for reader in config.readers],
+            config.checkout.silence_s,
+            config.checkout.stall_s,
+        )
+        self._health_interval_s = health_interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def stats(self) -> PipelineStats:
+        """Counters of the pipeline."""
+        return self._pipeline.stats
+
+    @property
+    def faults(self) -> list[Fault]:
+        """Open reader faults."""
+        return self._health.open_faults
+
+    def last_batch(self, reader_id: str) -> float | None:
+        """Time of a reader's last batch."""
+        return self._health.last_batch(reader_id)
+
+    async def start(self) -> None:
+        """Subscribe and start the health watch."""
+        self._bus.subscribe(self._bus.topics.all_sightings, self._on_batch)
+        self._task = asyncio.create_task(self._watch_health(), name="checkout-health")
+
+    async def stop(self) -> None:
+        """Stop the health watch."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _on_batch(self, incoming: Incoming) -> None:
+        reader_id = incoming.topic.split("/")[-2]
+        if self._config.reader(reader_id) is None:
+            self._bus.reject(
+                incoming, f"unknown reader {reader_id!r}", "unknown-reader"
+            )
+            self.stats.rejected["unknown-reader"] += 1
+            return
+        try:
+            batch = parse_batch(reader_id, envelope.decode(incoming.payload).data)
+        except PayloadError as err:
+            self._bus.reject(incoming, str(err), "malformed-batch")
+            self.stats.rejected["malformed-batch"] += 1
+            return
+        bands, _checkouts = self._pipeline.ingest(batch)
+        cleared = self._health.record_batch(reader_id, batch.t, bands)
+        if cleared:
+            self._commit_faults("fault_cleared", cleared)
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(self._health_interval_s)
+            raised = self._health.check(self._clock.now())
+            if raised:
+                self._commit_faults("fault_raised", raised)
+
+    def _commit_faults(self, event_type: str, faults: list[Fault]) -> None:
+        with self._store.transaction() as transaction:
+            for fault in faults:
+                transaction.emit(event_type, _fault_data(fault))
+        for fault in faults:
+            level = logging.WARNING if event_type == "fault_raised" else logging.INFO
+            _LOGGER.log(level, "%s %s: %s", event_type, fault.kind, fault.message)
+
+
+def _fault_data(fault: Fault) -> dict[str, Any]:
+    return {
+        "reader": fault.reader_id,
+        "kind": fault.kind,
+        "since": round(fault.since, 3),
+        "message": fault.message,
+    }

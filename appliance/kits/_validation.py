@@ -1,0 +1,71 @@
+"""Checks on kit and opt-in requests; each error names the field and value."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from appliance.errors import PayloadError
+
+_BAND = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+_WALLET = re.compile(r"^[A-Za-z0-9._:-]{4,64}$")
+# A practical address check (local@domain.tld); delivery proves the rest.
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
+)
+MAX_CONSENT_TEXT = 500
+
+
+def band_id(data: dict[str, Any]) -> str:
+    """Return the request's ``band`` or raise PayloadError."""
+    value = data.get("band")
+    if not isinstance(value, str) or not _BAND.match(value):
+        raise PayloadError(
+            f"field 'band' must be a band id like 'ib-100-7', not {value!r:.60}"
+        )
+    return value
+
+
+def idempotency_key(data: dict[str, Any]) -> str:
+    """Return the request's ``idempotency_key`` or raise PayloadError."""
+    value = data.get("idempotency_key")
+    if not isinstance(value, str) or not _KEY.match(value):
+        raise PayloadError(
+            "field 'idempotency_key' must be 8-64 letters, digits or ._:- "
+            f"(a UUID works), not {value!r:.60}"
+        )
+    return value
+
+
+def contact(data: dict[str, Any]) -> tuple[str, str]:
+    """Return ``("email", address)`` or ``("wallet", id)`` from an opt-in request."""
+    email = data.get("email")
+    wallet = data.get("wallet_id")
+    if (email is None) == (wallet is None):
+        raise PayloadError("give exactly one of 'email' or 'wallet_id'")
+    if email is not None:
+        if not isinstance(email, str) or len(email) > 254 or not _EMAIL.match(email):
+            raise PayloadError(f"field 'email' is not a valid address: {email!r:.60}")
+        return "email", email.strip()
+    if not isinstance(wallet, str) or not _WALLET.match(wallet):
+        raise PayloadError(
+            "field 'wallet_id' must be 4-64 letters, digits or ._:-, "
+            f"not {wallet!r:.60}"
+        )
+    return "wallet", wallet
+
+
+def consent_text(data: dict[str, Any]) -> str:
+    """Return the consent text the guest agreed to; consent must be ``true``."""
+    if data.get("consent") is not True:
+        raise PayloadError(
+            "field 'consent' must be true; contact details are stored only with consent"
+        )
+    text = data.get("consent_text")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_CONSENT_TEXT:
+        raise PayloadError(
+            f"field 'consent_text' must be the 1-{MAX_CONSENT_TEXT} character text "
+            "the guest agreed to"
+        )
+    return text

@@ -1,0 +1,217 @@
+"""Kit stations and the opt-in desk, served over bus requests.
+
+``api/optin/register`` records a guest's contact with their consent.
+``api/kits/issue`` hands a band at most one recovery kit from a station's
+stock and, for guests who opted in, issues a follow-up coupon bound to their
+contact. Both are idempotent (see :mod:`appliance.requests`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+from appliance.clock import Clock
+from appliance.config import SiteConfig
+from appliance.errors import PayloadError
+from appliance.kits import _validation
+from appliance.kits._coupons import coupon_code
+from appliance.requests import Refusal, RequestServer
+from appliance.store import Store, Transaction
+from appliance.wristbands import BandMatch, SiteBands
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class KitService:
+    """Opt-ins, kit issues with stock per station, and coupons."""
+
+    def __init__(
+        self,
+        requests: RequestServer,
+        store: Store,
+        config: SiteConfig,
+        clock: Clock,
+        bands: SiteBands,
+    ) -> None:
+        self._requests = requests
+        self._bands = bands
+        self._store = store
+        self._config = config
+        self._clock = clock
+
+    async def start(self) -> None:
+        """Seed the stock of new stations and start answering requests."""
+        with self._store.transaction() as transaction:
+            for reader in self._config.readers:
+                if reader.role == "kit":
+                    transaction.execute(
+                        "INSERT OR IGNORE INTO kit_stock (station, initial, remaining)"
+                        " VALUES (?, ?, ?)",
+                        (reader.id, reader.kit_stock, reader.kit_stock),
+                    )
+        self._requests.serve("optin", "register", self._register_optin)
+        self._requests.serve("kits", "issue", self._issue_kit)
+
+    def stock(self) -> dict[str, dict[str, int]]:
+        """Return initial and remaining kits per station."""
+        rows = self._store.query(
+            "SELECT station, initial, remaining FROM kit_stock ORDER BY station"
+        )
+        return {
+            station: {"initial": initial, "remaining": remaining}
+            for station, initial, remaining in rows
+        }
+
+    def _register_optin(
+        self, transaction: Transaction, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        band = _validation.band_id(data)
+        kind, contact = _validation.contact(data)
+        consent = _validation.consent_text(data)
+        now = self._clock.now()
+        transaction.execute(
+            "INSERT INTO optins"
+            " (band, contact_kind, contact, consent_text, consented_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (band) DO UPDATE SET"
+            " contact_kind = excluded.contact_kind, contact = excluded.contact,"
+            " consent_text = excluded.consent_text,"
+            " consented_at = excluded.consented_at",
+            (band, kind, contact, consent, now),
+        )
+        # The event says that a band opted in, never who the guest is.
+        transaction.emit("optin_recorded", {"band": band, "contact_kind": kind})
+        return {"band": band, "contact_kind": kind, "recorded": True}
+
+    def _band_of(self, data: dict[str, Any]) -> str:
+        # A kit reader sends the advert it heard, because only the box can
+        # resolve rotating Eddystone-EIDs; a desk or tablet sends the band id.
+        if "adv" not in data:
+            return _validation.band_id(data)
+        advert = data["adv"]
+        if not isinstance(advert, str) or len(advert) > 124:
+            raise PayloadError(
+                f"field 'adv' must be hex advertising data, not {advert!r:.40}"
+            )
+        try:
+            raw = bytes.fromhex(advert)
+        except ValueError as err:
+            raise PayloadError(f"field 'adv' is not hex: {advert!r:.40}") from err
+        match = self._bands.identify(raw, self._clock.now())
+        if not isinstance(match, BandMatch):
+            raise PayloadError(
+                f"field 'adv' is not a band of this site: {match.reason}"
+            )
+        return match.band_id
+
+    def _issue_kit(
+        self, transaction: Transaction, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        band = self._band_of(data)
+        station = data.get("station")
+        reader = self._config.reader(station) if isinstance(station, str) else None
+        if reader is None or reader.role != "kit" or not isinstance(station, str):
+            raise PayloadError(
+                "field 'station' must name a configured kit station, "
+                f"not {station!r:.40}"
+            )
+        earlier = transaction.execute(
+            "SELECT station, issued_at FROM kits WHERE band = ?", (band,)
+        ).fetchone()
+        if earlier is not None:
+            raise Refusal(
+                "already-issued",
+                f"band {band} already took a kit at {earlier[0]}",
+                station=earlier[0],
+                issued_at=earlier[1],
+            )
+        if (
+            self._config.kits_require_checkout
+            and not transaction.execute(
+                "SELECT 1 FROM checkouts WHERE band = ? LIMIT 1", (band,)
+            ).fetchone()
+        ):
+            raise Refusal(
+                "not-checked-out", f"band {band} has not checked out at an exit yet"
+            )
+        remaining = self._take_one(transaction, station)
+        now = self._clock.now()
+        event = transaction.emit(
+            "kit_issued", {"band": band, "station": station, "remaining": remaining}
+        )
+        transaction.execute(
+            "INSERT INTO kits (band, station, issued_at, event_id) VALUES (?, ?, ?, ?)",
+            (band, station, now, event.id),
+        )
+        if remaining == self._config.kit_low_stock:
+            transaction.emit(
+                "kit_stock_low", {"station": station, "remaining": remaining}
+            )
+        coupon = self._issue_coupon(transaction, band, now)
+        _LOGGER.info(
+            "Issued a kit to band %s at %s (%d left)", band, station, remaining
+        )
+        return {
+            "band": band,
+            "station": station,
+            "remaining": remaining,
+            "coupon": coupon,
+        }
+
+    def _take_one(self, transaction: Transaction, station: str) -> int:
+        row = transaction.execute(
+            "UPDATE kit_stock SET remaining = remaining - 1"
+            " WHERE station = ? AND remaining > 0"
+            " RETURNING remaining",
+            (station,),
+        ).fetchone()
+        if row is None:
+            raise Refusal("out-of-stock", f"kit station {station} has no kits left")
+        return int(row[0])
+
+    def _issue_coupon(
+        self, transaction: Transaction, band: str, now: float
+    ) -> dict[str, Any] | None:
+        optin = transaction.execute(
+            "SELECT contact_kind, contact FROM optins WHERE band = ?", (band,)
+        ).fetchone()
+        if optin is None:
+            return None
+        expires_at = now + self._config.coupon_ttl_s
+        for _attempt in range(5):
+            code = coupon_code()
+            try:
+                transaction.execute(
+                    "INSERT INTO coupons (code, band, contact_kind, contact,"
+                    " offer, issued_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        code,
+                        band,
+                        optin[0],
+                        optin[1],
+                        self._config.coupon_offer,
+                        now,
+                        expires_at,
+                    ),
+                )
+                break
+            except sqlite3.IntegrityError:
+                continue  # a code collision, 1 in 2^35 per issue: draw again
+        else:
+            raise RuntimeError("could not draw a unique coupon code in 5 attempts")
+        transaction.emit(
+            "coupon_issued",
+            {
+                "band": band,
+                "code": code,
+                "expires_at": round(expires_at, 3),
+                "contact_kind": optin[0],
+            },
+        )
+        return {
+            "code": code,
+            "offer": self._config.coupon_offer,
+            "expires_at": round(expires_at, 3),
+        }

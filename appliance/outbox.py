@@ -1,0 +1,99 @@
+"""Publishes committed events from the outbox to ``events/<type>``.
+
+Commit, then tell: an event reaches the bus only after its transaction has
+committed, and it is marked published only after the broker's PUBACK. After
+a crash, anything unmarked is published again with the same id, and
+consumers drop the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+import aiomqtt
+
+from appliance.bus.client import Bus
+from appliance.store import OutboxEvent, Store
+
+_LOGGER = logging.getLogger(__name__)
+
+_WINDOW = 64
+
+
+class OutboxPublisher:
+    """Drains the outbox in sequence order with a window of PUBACKs in flight."""
+
+    def __init__(self, bus: Bus, store: Store, box_id: str) -> None:
+        self._bus = bus
+        self._store = store
+        self._src = f"box/{box_id}"
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+        store.on_commit(lambda _events: self._wake.set())
+        bus.on_connect(self._on_connect)
+
+    @property
+    def backlog(self) -> int:
+        """Events committed but not yet acknowledged by the broker."""
+        row = self._store.query_one(
+            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"
+        )
+        return 0 if row is None else int(row[0])
+
+    async def start(self) -> None:
+        """Start draining; events left from before a restart go first."""
+        self._wake.set()
+        self._task = asyncio.create_task(self._run(), name="outbox-publisher")
+
+    async def stop(self) -> None:
+        """Stop draining; unpublished events stay in the outbox for next time."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _on_connect(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while await self._publish_some():
+                    pass
+            except (aiomqtt.MqttError, TimeoutError) as err:
+                _LOGGER.warning(
+                    "Outbox publish interrupted (%s); retrying after reconnect", err
+                )
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def _publish_some(self) -> bool:
+        events = self._store.unpublished(limit=_WINDOW)
+        if not events:
+            return False
+        await asyncio.gather(*(self._publish(event) for event in events))
+        self._store.mark_published([event.seq for event in events])
+        self.published += len(events)
+        return True
+
+    async def _publish(self, event: OutboxEvent) -> None:
+        body = {
+            "v": 1,
+            "id": event.id,
+            "ts": round(event.created_at, 3),
+            "src": self._src,
+            "type": event.type,
+            "seq": event.seq,
+            "clock_trusted": event.clock_trusted,
+            "data": event.data,
+        }
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        await self._bus.publish(
+            self._bus.topics.event(event.type), payload, qos=1, timeout_s=10
+        )

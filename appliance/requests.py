@@ -1,0 +1,147 @@
+"""Idempotent request handling shared by every mutating bus API.
+
+A request carries an idempotency key. Its answer, success or refusal, is
+committed in the same transaction as the change it made, so a retry after a
+lost reply or a crash of the box between commit and reply gets the first
+answer again and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from appliance.bus import envelope
+from appliance.bus.client import Bus, Incoming
+from appliance.errors import PayloadError
+from appliance.kits._validation import idempotency_key
+from appliance.store import Store, Transaction
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Refusal(Exception):
+    """A final, stored "no" to a request, with a code and a sentence.
+
+    Raise it from a request handler before the handler writes anything.
+    """
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+RequestHandler = Callable[[Transaction, dict[str, Any]], dict[str, Any]]
+
+
+class RequestServer:
+    """Runs request handlers with idempotency, deadlines and clear errors."""
+
+    def __init__(self, bus: Bus, store: Store) -> None:
+        self._bus = bus
+        self._store = store
+        self.counts: Counter[str] = Counter()
+
+    def serve(self, service: str, action: str, handler: RequestHandler) -> None:
+        """Answer requests on ``api/<service>/<action>`` with ``handler``."""
+        name = f"{service}/{action}"
+
+        async def on_request(incoming: Incoming) -> None:
+            await self._handle(name, incoming, handler)
+
+        self._bus.subscribe(self._bus.topics.api(service, action), on_request)
+
+    async def _handle(
+        self, name: str, incoming: Incoming, handler: RequestHandler
+    ) -> None:
+        try:
+            message = envelope.decode(incoming.payload)
+            deadline = message.body.get("deadline")
+            if isinstance(deadline, int | float) and time.time() > deadline:
+                self.counts["deadline-exceeded"] += 1
+                await self._bus.respond(
+                    incoming,
+                    error=(
+                        "deadline-exceeded",
+                        "the request arrived after its deadline",
+                    ),
+                )
+                return
+            data = message.data
+            key = idempotency_key(data)
+        except PayloadError as err:
+            self.counts["invalid-request"] += 1
+            self._bus.reject(incoming, str(err), "invalid-request")
+            await self._bus.respond(incoming, error=("invalid-request", str(err)))
+            return
+        stored = self._store.query_one(
+            "SELECT action, reply FROM requests WHERE key = ?", (key,)
+        )
+        if stored is not None:
+            await self._replay(name, incoming, key, stored)
+            return
+        try:
+            reply = self._run(name, key, handler, data)
+        except PayloadError as err:
+            self.counts["invalid-request"] += 1
+            self._bus.reject(incoming, str(err), "invalid-request")
+            await self._bus.respond(incoming, error=("invalid-request", str(err)))
+            return
+        await self._send(incoming, reply)
+
+    def _run(
+        self, name: str, key: str, handler: RequestHandler, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        with self._store.transaction() as transaction:
+            transaction.execute("SAVEPOINT handler")
+            try:
+                reply: dict[str, Any] = {"ok": True, "data": handler(transaction, data)}
+                self.counts[f"{name}:ok"] += 1
+            except Refusal as refusal:
+                transaction.execute("ROLLBACK TO handler")
+                reply = {
+                    "ok": False,
+                    "error": {
+                        "code": refusal.code,
+                        "message": refusal.message,
+                        **refusal.details,
+                    },
+                }
+                self.counts[f"{name}:{refusal.code}"] += 1
+            transaction.execute("RELEASE handler")
+            transaction.execute(
+                "INSERT INTO requests (key, action, reply, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (key, name, json.dumps(reply, separators=(",", ":")), time.time()),
+            )
+        return reply
+
+    async def _replay(
+        self, name: str, incoming: Incoming, key: str, stored: tuple[Any, ...]
+    ) -> None:
+        action, reply_text = stored
+        if action != name:
+            self.counts["idempotency-key-reused"] += 1
+            await self._bus.respond(
+                incoming,
+                error=(
+                    "idempotency-key-reused",
+                    f"key {key!r} was already used for {action}; use a new key",
+                ),
+            )
+            return
+        self.counts["replayed"] += 1
+        _LOGGER.info("Replayed the stored answer to %s request %s", name, key)
+        await self._send(incoming, json.loads(reply_text))
+
+    async def _send(self, incoming: Incoming, reply: dict[str, Any]) -> None:
+        if reply.get("ok"):
+            await self._bus.respond(incoming, data=reply.get("data", {}))
+            return
+        await self._bus.respond(incoming, error=reply.get("error", {}))

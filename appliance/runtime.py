@@ -1,0 +1,179 @@
+"""The box: its store, bus connection and services, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Any
+
+import aiomqtt
+
+from appliance.bus.client import Bus, BusSettings
+from appliance.checkout import CheckoutService
+from appliance.clock import Clock
+from appliance.config import SiteConfig
+from appliance.kits import KitService
+from appliance.outbox import OutboxPublisher
+from appliance.requests import RequestServer
+from appliance.store import Store
+from appliance.wristbands import EidResolver, SiteBands
+from provisioning import SiteCredentials
+from provisioning.site_access import box_username
+
+_LOGGER = logging.getLogger(__name__)
+
+_STATUS_INTERVAL_S = 1.0
+
+
+def site_bands(config: SiteConfig) -> SiteBands:
+    """Build the band matcher of a site from its configuration."""
+    resolver = None
+    keyed = [band for band in config.bands if band.eid_identity_key is not None]
+    if keyed:
+        resolver = EidResolver()
+        for band, key in ((band, band.eid_identity_key) for band in keyed):
+            if key is None:
+                continue
+            resolver.register(
+                band.id,
+                key,
+                band.eid_rotation_exponent,
+                band.eid_clock_offset_s,
+            )
+    aliases = {alias: band.id for band in config.bands for alias in band.aliases}
+    return SiteBands(
+        ibeacon_uuid=config.ibeacon_uuid,
+        altbeacon_prefix=config.altbeacon_prefix,
+        eddystone_namespace=config.eddystone_namespace,
+        eid_resolver=resolver,
+        aliases=aliases,
+    )
+
+
+class Box:
+    """Every service of one box, as an async context manager.
+
+    ``host`` and ``port`` name the broker; the box logs in with its own
+    generated account from ``credentials``.
+    """
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        clock: Clock,
+        credentials: SiteCredentials,
+        host: str,
+        port: int,
+        *,
+        broker_kind: str = "external",
+        health_interval_s: float = 0.5,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self._broker_kind = broker_kind
+        account = credentials.account(box_username(config.box_id))
+        self.bus = Bus(
+            BusSettings(
+                host=host,
+                port=port,
+                username=account.username,
+                password=account.password,
+                kind="box",
+                device_id=config.box_id,
+                site=config.site_id,
+            )
+        )
+        self.store = Store(config.data_dir / "nightbox.sqlite3", clock)
+        self.requests = RequestServer(self.bus, self.store)
+        bands = site_bands(config)
+        self.checkouts = CheckoutService(
+            self.bus,
+            self.store,
+            config,
+            bands,
+            clock,
+            health_interval_s=health_interval_s,
+        )
+        self.kits = KitService(self.requests, self.store, config, clock, bands)
+        self.outbox = OutboxPublisher(self.bus, self.store, config.box_id)
+        self._status_task: asyncio.Task[None] | None = None
+        self.bus.on_connect(self.publish_status)
+
+    async def __aenter__(self) -> Box:
+        await self.checkouts.start()
+        await self.kits.start()
+        await self.bus.__aenter__()
+        await self.outbox.start()
+        self._status_task = asyncio.create_task(
+            self._publish_status_forever(), name="box-status"
+        )
+        _LOGGER.info(
+            "Box %s of site %s started (store %s)",
+            self.config.box_id,
+            self.config.site_id,
+            self.store.path,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+        await self.outbox.stop()
+        await self.checkouts.stop()
+        await self.bus.close()
+        self.store.close()
+        _LOGGER.info("Box %s stopped", self.config.box_id)
+
+    def status(self) -> dict[str, Any]:
+        """Return the box's health and counters, as published on its status topic."""
+        stats = self.checkouts.stats
+        readers = {
+            reader.id: {
+                "role": reader.role,
+                "last_batch": self.checkouts.last_batch(reader.id),
+            }
+            for reader in self.config.readers
+        }
+        return {
+            "broker": self._broker_kind,
+            "clock": {"trusted": self.clock.trusted, "source": str(self.clock.source)},
+            "now": round(self.clock.now(), 3),
+            "batches": stats.batches,
+            "duplicate_batches": stats.duplicate_batches,
+            "sightings": stats.sightings,
+            "band_sightings": stats.band_sightings,
+            "checkouts": stats.checkouts,
+            "repeat_crossings": stats.repeat_crossings,
+            "rejected": dict(stats.rejected) | dict(self.bus.stats.rejected),
+            "requests": dict(self.requests.counts),
+            "kit_stock": self.kits.stock(),
+            "outbox_backlog": self.outbox.backlog,
+            "readers": readers,
+            "faults": [
+                {"reader": fault.reader_id, "kind": fault.kind, "since": fault.since}
+                for fault in self.checkouts.faults
+            ],
+        }
+
+    async def publish_status(self) -> None:
+        """Publish the retained status once."""
+        topic = self.bus.topics.status("box", self.config.box_id)
+        await self.bus.publish_json(topic, {"data": self.status()}, retain=True)
+
+    async def _publish_status_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_STATUS_INTERVAL_S)
+            if self.bus.connected.is_set():
+                try:
+                    await self.publish_status()
+                except (aiomqtt.MqttError, TimeoutError) as err:
+                    _LOGGER.warning("Could not publish box status: %s", err)
