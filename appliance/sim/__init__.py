@@ -1,0 +1,1 @@
+"""A simulated night: guests with wristbands, exits with readers, a kit station."""

@@ -1,0 +1,428 @@
+"""``nightbox demo``: a whole simulated night on a real broker, scored.
+
+The box runs its real services against the broker. Simulated readers,
+a kit station and an opt-in desk are ordinary bus clients with their own
+credentials. The night's outcome is scored against the simulator's ground
+truth. The simulated readers wait for the box to keep up, so the same seed
+gives the same night on a fast or a slow machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from appliance.bus import envelope
+from appliance.bus.broker import BrokerHandle, start_broker
+from appliance.bus.client import Bus, BusSettings, Incoming
+from appliance.clock import ManualClock
+from appliance.config import BrokerMode, SiteConfig
+from appliance.errors import PayloadError, RequestError
+from appliance.runtime import Box
+from appliance.sightings import BatchBuilder
+from appliance.sim._site import KIT_STATION, demo_config, exit_reader_id
+from appliance.sim._world import Guest, NightPlan
+from provisioning import SiteCredentials
+from provisioning.site_access import (
+    DESK,
+    OBSERVER,
+    ReaderGrant,
+    reader_username,
+    site_policy,
+    terminal_username,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+NIGHT_START_S = 1_780_000_000.0  # a fixed Friday evening, so seeds replay exactly
+_DRAIN_TIMEOUT_S = 60.0
+_CONSENT_TEXT = (
+    "Send me one follow-up offer after tonight. Delete my contact after 30 days."
+)
+# Exit readers report twice a second, so a guest walking through a door
+# without stopping still yields several samples within two metres.
+BATCH_INTERVAL_S = 0.5
+# One exit reader's scan stalls this long mid-night, to show the health fault.
+_STALL_S = 20.0
+# How far the box may lag behind the simulated readers, in batches per
+# reader; well inside the silence timeout so lag never looks like silence.
+_MAX_LAG_BATCHES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """What ``nightbox demo`` was asked for."""
+
+    guests: int = 200
+    exits: int = 2
+    seed: int = 1
+    speed: float = 120.0
+    duration_s: float = 3600.0
+    headless: bool = False
+    broker_mode: BrokerMode = "auto"
+    data_dir: Path | None = None
+    stall: bool = True
+
+
+@dataclass
+class _Tally:
+    sightings: int = 0
+    batches: int = 0
+    kits_issued: int = 0
+    kits_refused: Counter[str] = field(default_factory=Counter)
+    coupons_issued: int = 0
+    optins: int = 0
+    replayed_answers: int = 0
+    checkouts: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    event_ids: set[str] = field(default_factory=set)
+    faults_raised: int = 0
+
+
+def _settings(
+    credentials: SiteCredentials,
+    broker: BrokerHandle,
+    username: str,
+    kind: str,
+    device: str,
+    site: str,
+) -> BusSettings:
+    account = credentials.account(username)
+    return BusSettings(
+        broker.host, broker.port, account.username, account.password, kind, device, site
+    )
+
+
+async def run_demo(
+    options: DemoOptions, progress: TextIO | None = sys.stderr
+) -> dict[str, Any]:
+    """Run a simulated night and return its scored results."""
+    if options.guests < 1 or options.exits < 1 or options.speed <= 0:
+        raise ValueError("guests and exits must be at least 1 and speed above 0")
+    started = time.monotonic()
+    plan = NightPlan(
+        options.guests, options.exits, options.seed, NIGHT_START_S, options.duration_s
+    )
+    with contextlib.ExitStack() as stack:
+        data_dir = options.data_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="nightbox-demo-"))
+        )
+        config = demo_config(plan, data_dir, options.broker_mode)
+        credentials = SiteCredentials(data_dir / "secrets" / "broker.json")
+        policy = site_policy(
+            config.site_id,
+            config.box_id,
+            [ReaderGrant(reader.id, reader.role) for reader in config.readers],
+        )
+        broker = await start_broker(
+            config.broker, data_dir / "run", credentials, policy
+        )
+        _say(progress, f"Broker: {broker.description}")
+        try:
+            tally = await _run_night(
+                plan, config, credentials, broker, options, progress
+            )
+        finally:
+            await broker.stop()
+    return _score(plan, tally, broker.kind, options, time.monotonic() - started)
+
+
+async def _run_night(
+    plan: NightPlan,
+    config: SiteConfig,
+    credentials: SiteCredentials,
+    broker: BrokerHandle,
+    options: DemoOptions,
+    progress: TextIO | None,
+) -> _Tally:
+    clock = ManualClock(plan.start_s)
+    tally = _Tally()
+    site = config.site_id
+
+    def client(username: str, kind: str, device: str, announce: bool = True) -> Bus:
+        return Bus(
+            _settings(credentials, broker, username, kind, device, site),
+            announce=announce,
+        )
+
+    box = Box(
+        config,
+        clock,
+        credentials,
+        broker.host,
+        broker.port,
+        broker_kind=broker.kind,
+        health_interval_s=0.02,
+    )
+    readers = [
+        client(reader_username(exit_reader_id(i)), "reader", exit_reader_id(i))
+        for i in range(plan.exits)
+    ]
+    kit_station = client(reader_username(KIT_STATION), "reader", KIT_STATION)
+    desk = client(terminal_username(DESK), "terminal", DESK)
+    observer = client(OBSERVER, "observer", "demo", announce=False)
+
+    async def on_event(incoming: Incoming) -> None:
+        _record_event(tally, incoming)
+
+    observer.subscribe(observer.topics.all_events, on_event)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(box)
+        for bus in (*readers, kit_station, desk, observer):
+            await stack.enter_async_context(bus)
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    bus.connected.wait()
+                    for bus in (box.bus, *readers, kit_station, desk, observer)
+                )
+            ),
+            timeout=15,
+        )
+        await _tick_loop(
+            plan, box, clock, readers, kit_station, desk, tally, options, progress
+        )
+        await _drain(box, tally)
+    return tally
+
+
+async def _tick_loop(
+    plan: NightPlan,
+    box: Box,
+    clock: ManualClock,
+    readers: list[Bus],
+    kit_station: Bus,
+    desk: Bus,
+    tally: _Tally,
+    options: DemoOptions,
+    progress: TextIO | None,
+) -> None:
+    builders = [
+        BatchBuilder(exit_reader_id(i), boot=f"sim{i}") for i in range(plan.exits)
+    ]
+    actions = _scheduled_actions(plan)
+    stall_from = (
+        plan.start_s + plan.duration_s / 2 if options.stall and plan.exits > 1 else None
+    )
+    wall_start = time.monotonic()
+    t = plan.start_s
+    next_report = t + 300.0
+    while t < plan.end_s:
+        t += BATCH_INTERVAL_S
+        clock.advance_to(t)
+        publishes = []
+        for index, bus in enumerate(readers):
+            stalled = (
+                stall_from is not None
+                and index == 1
+                and stall_from <= t < stall_from + _STALL_S
+            )
+            heard = [] if stalled else plan.hear(index, t, BATCH_INTERVAL_S)
+            for address, rssi, data, moment in heard:
+                builders[index].add(address, rssi, data, moment)
+            batch = builders[index].take(t)
+            tally.sightings += len(batch["sightings"])
+            tally.batches += 1
+            publishes.append(
+                bus.publish_json(
+                    bus.topics.sightings(bus.settings.device_id), {"data": batch}
+                )
+            )
+        await asyncio.gather(*publishes)
+        while actions and actions[0][0] <= t:
+            _when, kind, guest = actions.pop(0)
+            if kind == "optin":
+                await _opt_in(desk, guest, tally)
+            else:
+                await _visit_kit_station(kit_station, guest, tally)
+        await _keep_pace(box, tally, wall_start, (t - plan.start_s) / options.speed)
+        if progress is not None and not options.headless and t >= next_report:
+            next_report += 300.0
+            _say(progress, _progress_line(plan, box, tally, t))
+
+
+def _scheduled_actions(plan: NightPlan) -> list[tuple[float, str, Guest]]:
+    actions: list[tuple[float, str, Guest]] = []
+    for guest in plan.guests:
+        if guest.opt_in is not None:
+            actions.append((guest.arrive_s + 60.0, "optin", guest))
+        if guest.kit_visit_s is not None:
+            actions.append((guest.kit_visit_s, "kit", guest))
+    actions.sort(key=lambda item: (item[0], item[2].band.index))
+    return actions
+
+
+async def _keep_pace(
+    box: Box, tally: _Tally, wall_start: float, target_s: float
+) -> None:
+    # Let the box fall at most a few batches per reader behind the night,
+    # then let the wall clock catch up with the requested speed.
+    allowed_lag = _MAX_LAG_BATCHES * len(box.config.readers)
+    # Polling the box's counters keeps the services free of demo hooks.
+    processed = box.checkouts.stats
+    while processed.batches + processed.duplicate_batches < tally.batches - allowed_lag:  # noqa: ASYNC110
+        await asyncio.sleep(0.002)
+    delay = wall_start + target_s - time.monotonic()
+    await asyncio.sleep(max(0.0, delay))
+
+
+async def _opt_in(desk: Bus, guest: Guest, tally: _Tally) -> None:
+    contact = guest.opt_in or ""
+    data: dict[str, Any] = {
+        "band": guest.band.band_id,
+        "consent": True,
+        "consent_text": _CONSENT_TEXT,
+        "idempotency_key": str(uuid.UUID(int=guest.band.index + 1)),
+    }
+    if "@" in contact:
+        data["email"] = contact
+    else:
+        data["wallet_id"] = contact
+    try:
+        await desk.request(desk.topics.api("optin", "register"), data, timeout_s=5)
+        tally.optins += 1
+    except RequestError as err:
+        _LOGGER.warning("Opt-in of band %s failed: %s", guest.band.band_id, err)
+
+
+async def _visit_kit_station(station: Bus, guest: Guest, tally: _Tally) -> None:
+    topic = station.topics.api("kits", "issue")
+    key = str(uuid.UUID(int=(1 << 64) + guest.band.index))
+    # The kit reader sends the advert it heard; the box resolves the band.
+    data = {
+        "adv": guest.band.identity_advert(guest.kit_visit_s or 0.0).hex(),
+        "station": KIT_STATION,
+        "idempotency_key": key,
+    }
+    attempts = (
+        2 if guest.retries_same_key else 1
+    )  # a lost reply, retried with the same key
+    for attempt in range(attempts):
+        try:
+            reply = await station.request(topic, data, timeout_s=5)
+            if attempt == 0:
+                tally.kits_issued += 1
+                tally.coupons_issued += reply.get("coupon") is not None
+            else:
+                tally.replayed_answers += 1
+        except RequestError as err:
+            if attempt == 0:
+                tally.kits_refused[err.code] += 1
+    if guest.asks_twice:
+        data = dict(
+            data, idempotency_key=str(uuid.UUID(int=(2 << 64) + guest.band.index))
+        )
+        try:
+            await station.request(topic, data, timeout_s=5)
+            tally.kits_issued += 1
+        except RequestError as err:
+            tally.kits_refused[err.code] += 1
+
+
+def _record_event(tally: _Tally, incoming: Incoming) -> None:
+    try:
+        message = envelope.decode(incoming.payload)
+    except PayloadError:
+        return
+    if message.id in tally.event_ids:
+        return  # a QoS 1 duplicate
+    tally.event_ids.add(message.id)
+    event_type = message.body.get("type")
+    if event_type == "checkout":
+        band = str(message.data.get("band"))
+        seen_at = message.data.get("seen_at")
+        seen = float(seen_at) if isinstance(seen_at, int | float) else 0.0
+        tally.checkouts.setdefault(band, []).append(
+            (str(message.data.get("reader")), seen)
+        )
+    elif event_type == "fault_raised":
+        tally.faults_raised += 1
+
+
+async def _drain(box: Box, tally: _Tally) -> None:
+    deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        processed = box.checkouts.stats.batches + box.checkouts.stats.duplicate_batches
+        received = sum(len(readers) for readers in tally.checkouts.values())
+        if (
+            processed >= tally.batches
+            and box.outbox.backlog == 0
+            and received >= box.checkouts.stats.checkouts
+        ):
+            return
+        await asyncio.sleep(0.02)
+    _LOGGER.warning("The box did not finish processing within %s s", _DRAIN_TIMEOUT_S)
+
+
+def _score(
+    plan: NightPlan, tally: _Tally, broker: str, options: DemoOptions, elapsed_s: float
+) -> dict[str, Any]:
+    # A check-out is right when it names the guest's exit within seconds of
+    # the moment they walked through it; any other check-out is false.
+    missed = duplicate = false = 0
+    for guest in plan.guests:
+        checkouts = tally.checkouts.get(guest.band.band_id, [])
+        right = [
+            (reader, seen_at)
+            for reader, seen_at in checkouts
+            if guest.leave_s is not None
+            and reader == exit_reader_id(guest.exit_index)
+            and guest.leave_s - 15.0 <= seen_at <= guest.leave_s + guest.pause_s + 10.0
+        ]
+        false += len(checkouts) - len(right)
+        duplicate += max(0, len(right) - 1)
+        missed += guest.leave_s is not None and not right
+    unknown = set(tally.checkouts) - {guest.band.band_id for guest in plan.guests}
+    false += sum(len(tally.checkouts[band]) for band in unknown)
+    return {
+        "guests": len(plan.guests),
+        "left": sum(1 for guest in plan.guests if guest.leave_s is not None),
+        "checkouts": sum(len(checkouts) for checkouts in tally.checkouts.values()),
+        "duplicate_checkouts": duplicate,
+        "missed_checkouts": missed,
+        "false_checkouts": false,
+        "kits_issued": tally.kits_issued,
+        "kits_refused": sum(tally.kits_refused.values()),
+        "kits_refused_by_reason": dict(sorted(tally.kits_refused.items())),
+        "coupons_issued": tally.coupons_issued,
+        "optins": tally.optins,
+        "replayed_answers": tally.replayed_answers,
+        "sightings": tally.sightings,
+        "batches": tally.batches,
+        "faults_raised": tally.faults_raised,
+        "broker": broker,
+        "seed": options.seed,
+        "exits": options.exits,
+        "speed": options.speed,
+        "elapsed_s": round(elapsed_s, 2),
+    }
+
+
+def _progress_line(plan: NightPlan, box: Box, tally: _Tally, t: float) -> str:
+    minutes = int((t - plan.start_s) // 60)
+    inside = sum(
+        1
+        for g in plan.guests
+        if g.arrive_s <= t and (g.leave_s is None or g.leave_s > t)
+    )
+    stock = sum(station["remaining"] for station in box.kits.stock().values())
+    return (
+        f"[{minutes:3d} min] inside {inside:4d}  "
+        f"check-outs {box.checkouts.stats.checkouts:4d}  "
+        f"kits {tally.kits_issued:4d} (stock {stock})  "
+        f"coupons {tally.coupons_issued:4d}  "
+        f"faults {len(box.checkouts.faults)}"
+    )
+
+
+def _say(stream: TextIO | None, line: str) -> None:
+    if stream is not None:
+        print(line, file=stream, flush=True)
