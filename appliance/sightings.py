@@ -38,10 +38,16 @@ class BatchBuilder:
         self.reader_id = reader_id
         self.boot = boot or secrets.token_hex(4)
         self.seq = 0
+        self.heard = 0
         self._current: dict[bytes, _Aggregate] = {}
 
+    def count_heard(self, adverts: int) -> None:
+        """Count adverts received this interval that are not site bands."""
+        self.heard += adverts
+
     def add(self, address: str, rssi_dbm: float, data: bytes, t: float) -> None:
-        """Add one heard advert to the current interval."""
+        """Add one heard advert of a site band to the current interval."""
+        self.heard += 1
         aggregate = self._current.get(data)
         if aggregate is None:
             self._current[data] = _Aggregate(address, rssi_dbm, 1, t)
@@ -63,13 +69,16 @@ class BatchBuilder:
             }
             for data, aggregate in self._current.items()
         ]
+        heard = self.heard
         self._current = {}
+        self.heard = 0
         self.seq += 1
         return {
             "reader": self.reader_id,
             "boot": self.boot,
             "seq": self.seq,
             "t": round(t, 3),
+            "heard": heard,
             "sightings": sightings,
         }
 

@@ -1,8 +1,9 @@
 """The sightings batch a reader publishes, parsed and checked.
 
 A batch summarises what one reader heard during one interval: per distinct
-advert, the mean RSSI, the number of adverts heard and the time of the last
-one. Readers send summaries so the bus carries tens of messages a second,
+advert of a site band, the mean RSSI, the number of adverts heard and the
+time of the last one, plus ``heard``, the count of every advert received
+before filtering, which shows that the radio is alive. Readers send summaries so the bus carries tens of messages a second,
 not every advert.
 """
 
@@ -40,6 +41,7 @@ class Batch:
     t: float
     sightings: tuple[Sighting, ...]
     rejected: tuple[str, ...]
+    heard: int | None
 
 
 def parse_batch(reader_id: str, data: dict[str, Any]) -> Batch:
@@ -79,7 +81,14 @@ def parse_batch(reader_id: str, data: dict[str, Any]) -> Batch:
             sightings.append(_sighting(item))
         except PayloadError as err:
             rejected.append(f"sightings[{index}]: {err}")
-    return Batch(reader_id, boot, seq, t, tuple(sightings), tuple(rejected))
+    heard = data.get("heard")
+    if heard is not None and (
+        isinstance(heard, bool) or not isinstance(heard, int) or heard < 0
+    ):
+        raise PayloadError(
+            f"field 'heard' must be a non-negative integer, not {heard!r:.40}"
+        )
+    return Batch(reader_id, boot, seq, t, tuple(sightings), tuple(rejected), heard)
 
 
 def _sighting(item: Any) -> Sighting:

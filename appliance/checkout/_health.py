@@ -2,9 +2,11 @@
 
 BlueZ can de-duplicate adverts and ESP32 scans can stall without an error, so
 the box watches each reader's batches. No batch for ``silence_s`` raises
-``reader-silent``; batches that stay empty for ``stall_s`` while other
-readers still hear bands raise ``scan-stalled``. A fault clears when the
-reader reports bands again.
+``reader-silent``; batches that report no adverts for ``stall_s`` while
+other readers still hear some raise ``scan-stalled``. A venue is never
+radio-silent (phones advertise constantly), so a reader that hears nothing
+at all is broken, not idle. A fault clears when the reader hears adverts
+again.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class HealthMonitor:
         return None if state is None else state.last_batch_t
 
     def record_batch(self, reader_id: str, t: float, bands: int) -> list[Fault]:
-        """Note a batch with ``bands`` known bands in it; return faults it cleared."""
+        """Note a batch in which the reader heard ``bands`` adverts; return the
+        faults it cleared."""
         state = self._readers.setdefault(reader_id, _ReaderState())
         state.last_batch_t = (
             t if state.last_batch_t is None else max(state.last_batch_t, t)

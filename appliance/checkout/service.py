@@ -93,7 +93,8 @@ class CheckoutService:
             self.stats.rejected["malformed-batch"] += 1
             return
         bands, _checkouts = self._pipeline.ingest(batch)
-        cleared = self._health.record_batch(reader_id, batch.t, bands)
+        activity = bands if batch.heard is None else batch.heard
+        cleared = self._health.record_batch(reader_id, batch.t, activity)
         if cleared:
             self._commit_faults("fault_cleared", cleared)
 

@@ -160,6 +160,10 @@ class NightPlan:
                 self._transmit(guest, distance, loss_db, t, interval_s, heard)
         return heard
 
+    def background_adverts(self, exit_index: int, t: float) -> int:
+        """Return how many adverts of phones and other tags a reader hears."""
+        return 4 + (exit_index * 13 + int(t * 2)) % 9
+
     def _far_away(self, exit_index: int, t: float) -> list[Guest]:
         # Inside the venue, now and then a band deep in the crowd reaches a
         # reader: each second, one guest in 17 per reader, 12-31 m away.

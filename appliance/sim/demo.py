@@ -228,6 +228,8 @@ async def _tick_loop(
             heard = [] if stalled else plan.hear(index, t, BATCH_INTERVAL_S)
             for address, rssi, data, moment in heard:
                 builders[index].add(address, rssi, data, moment)
+            if not stalled:
+                builders[index].count_heard(plan.background_adverts(index, t))
             batch = builders[index].take(t)
             tally.sightings += len(batch["sightings"])
             tally.batches += 1

@@ -1,0 +1,1 @@
+"""Sample site configuration and capture shipped with Nightbox."""

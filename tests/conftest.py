@@ -1,0 +1,143 @@
+"""Shared fixtures: a site, a real mosquitto on loopback, a running box, clients.
+
+mosquitto is started by the tests themselves on a free loopback port, with
+the site's generated passwords and ACLs, exactly as ``nightbox run`` starts
+it. ``make test`` installs mosquitto when it is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.bus.broker import BrokerHandle, find_mosquitto, start_broker
+from appliance.bus.client import Bus, BusSettings
+from appliance.clock import SystemClock
+from appliance.config import BrokerConfig, ReaderConfig, SiteConfig
+from appliance.runtime import Box
+from provisioning import SiteCredentials
+from provisioning.site_access import ReaderGrant, site_policy
+
+SITE_UUID = bytes.fromhex("426c7565436861726d426561636f6e73")
+
+ClientFactory = Callable[..., contextlib.AbstractAsyncContextManager[Bus]]
+
+
+def make_site_config(data_dir: Path, **changes: Any) -> SiteConfig:
+    """Return a small test site: two exits and a kit station with 5 kits."""
+    config = SiteConfig(
+        site_id="test",
+        site_name="Test venue",
+        box_id="box-1",
+        data_dir=data_dir,
+        ibeacon_uuid=SITE_UUID,
+        readers=(
+            ReaderConfig("exit-1", "exit"),
+            ReaderConfig("exit-2", "exit"),
+            ReaderConfig("kit-1", "kit", kit_stock=5),
+        ),
+    )
+    return config if not changes else _replace(config, changes)
+
+
+def _replace(config: SiteConfig, changes: dict[str, Any]) -> SiteConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture
+def site_config(tmp_path: Path) -> SiteConfig:
+    """The test site, storing its files under a fresh temporary folder."""
+    return make_site_config(tmp_path / "box")
+
+
+@pytest.fixture
+def credentials(site_config: SiteConfig) -> SiteCredentials:
+    """The site's broker credentials, in the box's data folder."""
+    return SiteCredentials(site_config.data_dir / "secrets" / "broker.json")
+
+
+@pytest.fixture
+async def mosquitto(
+    site_config: SiteConfig, credentials: SiteCredentials
+) -> AsyncIterator[BrokerHandle]:
+    """A private mosquitto with the site's passwords and ACLs."""
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed; run 'make test', which installs it")
+    policy = site_policy(
+        site_config.site_id,
+        site_config.box_id,
+        [ReaderGrant(reader.id, reader.role) for reader in site_config.readers],
+    )
+    broker = await start_broker(
+        BrokerConfig(mode="mosquitto"),
+        site_config.data_dir / "run",
+        credentials,
+        policy,
+    )
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+async def box(
+    site_config: SiteConfig, credentials: SiteCredentials, mosquitto: BrokerHandle
+) -> AsyncIterator[Box]:
+    """The box's services, connected to the test broker."""
+    async with Box(
+        site_config,
+        SystemClock(),
+        credentials,
+        mosquitto.host,
+        mosquitto.port,
+        broker_kind=mosquitto.kind,
+        health_interval_s=0.05,
+    ) as running:
+        await asyncio.wait_for(running.bus.connected.wait(), timeout=10)
+        yield running
+
+
+@pytest.fixture
+def make_client(
+    site_config: SiteConfig, credentials: SiteCredentials, mosquitto: BrokerHandle
+) -> ClientFactory:
+    """Return a factory of connected bus clients: ``async with make_client(...)``.
+
+    ``make_client("reader-exit-1", "reader", "exit-1")`` logs in with that
+    account's generated password; ``password=`` overrides it.
+    """
+
+    @contextlib.asynccontextmanager
+    async def factory(
+        username: str,
+        kind: str,
+        device_id: str,
+        *,
+        announce: bool = True,
+        password: str | None = None,
+        wait: bool = True,
+    ) -> AsyncIterator[Bus]:
+        account = credentials.account(username)
+        settings = BusSettings(
+            mosquitto.host,
+            mosquitto.port,
+            username,
+            password if password is not None else account.password,
+            kind,
+            device_id,
+            site_config.site_id,
+        )
+        async with Bus(settings, announce=announce) as bus:
+            if wait:
+                await asyncio.wait_for(bus.connected.wait(), timeout=10)
+            yield bus
+
+    return factory
