@@ -30,11 +30,9 @@ def hash_password(password: str, *, iterations: int = _PBKDF2_ITERATIONS) -> str
     """Hash ``password`` in mosquitto's ``$7$`` PBKDF2-SHA512 format."""
     salt = secrets.token_bytes(_SALT_BYTES)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return "$7${}${}${}".format(
-        iterations,
-        base64.b64encode(salt).decode(),
-        base64.b64encode(digest).decode(),
-    )
+    salt_text = base64.b64encode(salt).decode()
+    digest_text = base64.b64encode(digest).decode()
+    return f"$7${iterations}${salt_text}${digest_text}"
 
 
 def verify_password(password: str, hashed: str) -> bool:

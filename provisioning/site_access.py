@@ -49,8 +49,8 @@ def site_policy(site: str, box_id: str, readers: Iterable[ReaderGrant]) -> Acces
         ],
         # Read-only view of the whole site: dashboards and the demo's scoring.
         OBSERVER: [AclRule(Access.READ, f"{root}/#")],
-        terminal_username(DESK): _device_rules(root, "terminal", DESK)
-        + [
+        terminal_username(DESK): [
+            *_device_rules(root, "terminal", DESK),
             AclRule(Access.WRITE, f"{root}/api/optin/register"),
             AclRule(Access.WRITE, f"{root}/api/kits/issue"),
         ],
