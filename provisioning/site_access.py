@@ -43,10 +43,7 @@ def site_policy(site: str, box_id: str, readers: Iterable[ReaderGrant]) -> Acces
     """Build the ACL of a site with one box, its readers, a desk and an observer."""
     root = f"nightbox/{site}"
     grants: dict[str, list[AclRule]] = {
-        box_username(box_id): [
-            AclRule(Access.READWRITE, f"{root}/#"),
-            AclRule(Access.READWRITE, "homeassistant/#"),
-        ],
+        box_username(box_id): [AclRule(Access.READWRITE, f"{root}/#")],
         # Read-only view of the whole site: dashboards and the demo's scoring.
         OBSERVER: [AclRule(Access.READ, f"{root}/#")],
         terminal_username(DESK): [
@@ -72,5 +69,4 @@ def _device_rules(root: str, kind: str, device_id: str) -> list[AclRule]:
         AclRule(Access.WRITE, f"{base}/availability"),
         AclRule(Access.WRITE, f"{base}/status"),
         AclRule(Access.READ, f"{base}/reply"),
-        AclRule(Access.READ, f"{base}/cmnd/#"),
     ]

@@ -18,10 +18,14 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.config import BrokerConfig
 from appliance.errors import BrokerUnavailableError
 from provisioning import AccessPolicy, SiteCredentials
+
+if TYPE_CHECKING:
+    from appliance.bus._embedded_broker import EmbeddedBroker
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class BrokerHandle:
     host: str
     port: int
     _process: subprocess.Popen[bytes] | None = None
-    _embedded: object | None = None
+    _embedded: EmbeddedBroker | None = None
     _config_path: Path | None = None
     _log_path: Path | None = None
 
@@ -73,7 +77,7 @@ class BrokerHandle:
                 await asyncio.to_thread(self._process.wait)
             self._process = None
         if self._embedded is not None:
-            await self._embedded.stop()  # type: ignore[attr-defined]
+            await self._embedded.stop()
             self._embedded = None
 
     async def restart(self) -> None:
