@@ -34,7 +34,7 @@ class ReaderConfig:
 
 @dataclass(frozen=True, slots=True)
 class RegisteredBand:
-    """A band the site knows by more than its derived identity."""
+    """A band that the site identifies by more than its derived identity."""
 
     id: str
     eid_identity_key: bytes | None = None
@@ -58,7 +58,7 @@ class CheckoutConfig:
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
-    """Where the bus is: a broker the box starts itself, or an external one."""
+    """Location of the broker: one that the box starts itself, or an external one."""
 
     mode: BrokerMode = "auto"
     host: str = "127.0.0.1"

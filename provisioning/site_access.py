@@ -25,17 +25,17 @@ class ReaderGrant:
 
 
 def box_username(box_id: str) -> str:
-    """The broker username of the box's own services."""
+    """Return the broker username of the box's own services."""
     return f"box-{box_id}"
 
 
 def reader_username(reader_id: str) -> str:
-    """The broker username of a reader."""
+    """Return the broker username of a reader."""
     return f"reader-{reader_id}"
 
 
 def terminal_username(terminal_id: str) -> str:
-    """The broker username of a terminal (opt-in desk, POS, kit tablet)."""
+    """Return the broker username of a terminal (opt-in desk, POS, kit tablet)."""
     return f"terminal-{terminal_id}"
 
 

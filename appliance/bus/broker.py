@@ -96,9 +96,9 @@ async def start_broker(
     credentials: SiteCredentials,
     policy: AccessPolicy,
 ) -> BrokerHandle:
-    """Start or locate the broker that ``config`` asks for.
+    """Start or locate the broker that ``config`` selects.
 
-    Raises BrokerUnavailableError when ``mosquitto`` mode is asked for and
+    Raises BrokerUnavailableError when ``mosquitto`` mode is selected and
     mosquitto is missing or fails to start.
     """
     credentials.ensure(policy.usernames)

@@ -1,4 +1,4 @@
-"""An MQTT 5 client that stays connected, resubscribes and answers requests.
+"""An MQTT 5 client that stays connected, resubscribes and serves requests.
 
 :class:`Bus` wraps aiomqtt. It reconnects with back-off after any broker
 failure, re-sends every subscription and the retained ``online`` availability
@@ -41,7 +41,7 @@ _BACKOFF_MAX_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class BusSettings:
-    """How one client reaches the broker and who it is on the bus."""
+    """Connection settings and bus identity of one client."""
 
     host: str
     port: int
@@ -362,7 +362,7 @@ class Bus:
         data: dict[str, Any] | None = None,
         error: tuple[str, str] | dict[str, Any] | None = None,
     ) -> None:
-        """Answer a request on its response topic; a request without one gets nothing.
+        """Reply to a request on its response topic; skip requests without one.
 
         ``error`` is ``(code, message)`` or a dict with at least those keys.
         """

@@ -2,9 +2,9 @@
 
 A batch summarises what one reader heard during one interval: per distinct
 advert of a site band, the mean RSSI, the number of adverts heard and the
-time of the last one, plus ``heard``, the count of every advert received
-before filtering, which shows that the radio is alive. Readers send summaries so the bus carries tens of messages a second,
-not every advert.
+time of the last one. ``heard`` counts every advert received before
+filtering, which shows that the radio is alive. Readers send summaries so
+the bus carries tens of messages a second, not every advert.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ class KitService:
         self._clock = clock
 
     async def start(self) -> None:
-        """Seed the stock of new stations and start answering requests."""
+        """Seed the stock of new stations and start serving requests."""
         with self._store.transaction() as transaction:
             for reader in self._config.readers:
                 if reader.role == "kit":
@@ -80,7 +80,7 @@ class KitService:
             " consented_at = excluded.consented_at",
             (band, kind, contact, consent, now),
         )
-        # The event says that a band opted in, never who the guest is.
+        # The event records that a band opted in, never who the guest is.
         transaction.emit("optin_recorded", {"band": band, "contact_kind": kind})
         return {"band": band, "contact_kind": kind, "recorded": True}
 

@@ -60,7 +60,7 @@ _MAX_LAG_BATCHES = 4
 
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
-    """What ``nightbox demo`` was asked for."""
+    """Options of ``nightbox demo``."""
 
     guests: int = 200
     exits: int = 2

@@ -45,7 +45,7 @@ def advert_bytes_from_fields(
     BlueZ hands bleak parsed fields, not the raw bytes, so the box rebuilds
     the structures in a fixed order. Only 16-bit service UUIDs survive,
     because wristband frames use nothing longer; field contents are kept
-    byte for byte, so the decoder sees what the band sent.
+    byte for byte, so the decoder gets what the band sent.
     """
     parts: list[bytes] = []
     uuids = [value for value in map(_uuid16, service_uuids) if value is not None]
@@ -78,7 +78,7 @@ class BleakBackend(Scanner):
     """Scans with bleak on BlueZ, reporting every advert, duplicates included.
 
     BlueZ filters repeated adverts by default, which would starve the RSSI
-    smoothing at exits, so the discovery filter asks for ``DuplicateData``.
+    smoothing at exits, so the discovery filter requests ``DuplicateData``.
     """
 
     def __init__(self, adapter: str | None = None, queue_size: int = 10_000) -> None:
