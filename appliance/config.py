@@ -144,7 +144,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         site_id=_identifier(site, "site.id"),
         site_name=_string(site, "site.name", default=site.get("id", "")),
         box_id=box_id,
-        data_dir=data_dir if data_dir.is_absolute() else base_dir / data_dir,
+        data_dir=(base_dir / data_dir).resolve(),
         ibeacon_uuid=_hex_bytes(bands, "bands.ibeacon_uuid", 16),
         altbeacon_prefix=_hex_bytes(bands, "bands.altbeacon_prefix", 16),
         eddystone_namespace=_hex_bytes(bands, "bands.eddystone_namespace", 10),

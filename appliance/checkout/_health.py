@@ -105,7 +105,7 @@ class HealthMonitor:
                     reader_id,
                     "scan-stalled",
                     now,
-                    f"reader {reader_id} has reported no bands for "
+                    f"reader {reader_id} has heard no adverts for "
                     f"{now - state.last_band_t:.0f} s while other readers do; "
                     "its BLE scan may have stalled",
                 )
