@@ -38,10 +38,23 @@ def validate_filter(topic_filter: str) -> None:
     """Raise ValueError unless ``topic_filter`` is a valid MQTT topic filter.
 
     MQTT 5 section 4.7.1: ``#`` only as the last level, ``+`` only as a whole
-    level, and no empty filter.
+    level, and no empty filter. MQTT strings must not contain U+0000
+    (conformance statement MQTT-1.5.4-2). Line breaks are rejected too,
+    because mosquitto's ``acl_file`` is line-based and a filter with a line
+    break would render as extra rules that this policy never grants.
     """
     if not topic_filter:
         raise ValueError("empty topic filter; give at least one level")
+    if "\x00" in topic_filter:
+        raise ValueError(
+            f"invalid topic filter {topic_filter!r}: MQTT forbids the null "
+            "character (U+0000)"
+        )
+    if "\n" in topic_filter or "\r" in topic_filter:
+        raise ValueError(
+            f"invalid topic filter {topic_filter!r}: a line break cannot be "
+            "written to mosquitto's acl_file"
+        )
     levels = topic_filter.split("/")
     for index, level in enumerate(levels):
         if "#" in level and (level != "#" or index != len(levels) - 1):

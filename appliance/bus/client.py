@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 import uuid
@@ -143,6 +144,10 @@ class Bus:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # The cancelled task skips its own cleanup, so it is done here:
+        # ``connected`` must not stay set on a closed client.
+        self._client = None
+        self.connected.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(
@@ -253,6 +258,16 @@ class Bus:
         incoming = Incoming(
             topic, bytes(payload), message.retain, response_topic, correlation
         )
+        if response_topic and ("+" in response_topic or "#" in response_topic):
+            # MQTT 5 forbids wildcards in a Response Topic and paho raises
+            # ValueError on publishing to one. No handler may act on a
+            # request whose reply could never be sent.
+            self.reject(
+                incoming,
+                f"response topic {response_topic!r:.80} contains a wildcard",
+                "invalid-response-topic",
+            )
+            return
         for topic_filter, (_qos, handler) in list(self._subscriptions.items()):
             if not message.topic.matches(topic_filter):
                 continue
@@ -277,10 +292,13 @@ class Bus:
         response_topic: str | None = None,
         correlation: bytes | None = None,
         timeout_s: float | None = None,
+        expiry_s: int | None = None,
     ) -> None:
         """Publish once connected; for QoS 1 return after the broker's PUBACK.
 
-        Raises TimeoutError when ``timeout_s`` passes first, and
+        ``expiry_s`` sets the MQTT 5 Message Expiry Interval, after which the
+        broker drops the message undelivered. Raises TimeoutError when
+        ``timeout_s`` passes first, and
         aiomqtt.MqttError when the connection fails during the publish.
         """
         async with asyncio.timeout(timeout_s):
@@ -289,12 +307,14 @@ class Bus:
             if client is None:
                 raise aiomqtt.MqttError("not connected")
             properties = None
-            if response_topic is not None or correlation is not None:
+            if response_topic or correlation or expiry_s:
                 properties = Properties(PacketTypes.PUBLISH)
                 if response_topic is not None:
                     properties.ResponseTopic = response_topic
                 if correlation is not None:
                     properties.CorrelationData = correlation
+                if expiry_s:
+                    properties.MessageExpiryInterval = expiry_s
             await client.publish(
                 topic, payload, qos=qos, retain=retain, properties=properties
             )
@@ -313,9 +333,11 @@ class Bus:
     ) -> dict[str, Any]:
         """Send a request and return the ``data`` of a successful reply.
 
-        The request carries ``deadline`` (Unix seconds) so the responder can
-        drop work whose caller has given up. Raises RequestError with the
-        responder's error code, or code ``timeout`` when no reply arrives.
+        The request carries ``deadline`` (Unix seconds) so a responder with a
+        trusted clock can drop work whose caller has given up, and an MQTT 5
+        Message Expiry Interval so the broker drops it unsent after
+        ``timeout_s``. Raises RequestError with the responder's error code,
+        or code ``timeout`` when no reply arrives.
         """
         correlation = uuid.uuid4().bytes
         future: asyncio.Future[dict[str, Any]] = (
@@ -330,6 +352,7 @@ class Bus:
                     envelope.encode(self.settings.src, body),
                     response_topic=self._reply_topic,
                     correlation=correlation,
+                    expiry_s=math.ceil(timeout_s),
                 )
                 reply = await future
         except TimeoutError as err:

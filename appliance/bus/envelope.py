@@ -8,7 +8,9 @@ recognised; events also carry the box's ``seq`` and ``type``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -51,8 +53,9 @@ def encode(src: str, fields: dict[str, Any], *, message_id: str | None = None) -
 def decode(payload: bytes) -> Envelope:
     """Parse and check an envelope.
 
-    Raises PayloadError naming the problem: too large, not UTF-8 JSON, not an
-    object, a missing or mistyped field, or an unsupported schema version.
+    Raises PayloadError naming the problem: too large, not UTF-8 JSON, nested
+    too deeply, not an object, a missing or mistyped field (``ts`` must be a
+    finite number), or an unsupported schema version.
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(
@@ -63,10 +66,17 @@ def decode(payload: bytes) -> Envelope:
         body = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise PayloadError(f"payload is not UTF-8 JSON: {err}") from err
+    except RecursionError as err:
+        raise PayloadError("payload has arrays or objects nested too deeply") from err
+    except ValueError as err:
+        # Python rejects integer literals of more than 4300 digits
+        # (sys.get_int_max_str_digits()) with a plain ValueError.
+        raise PayloadError(f"payload has a number with too many digits: {err}") from err
     if not isinstance(body, dict):
         raise PayloadError(f"payload must be a JSON object, not {type(body).__name__}")
     version = body.get("v")
-    if version != SCHEMA_VERSION:
+    # True == 1 in Python, but JSON true is no schema version.
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
         raise PayloadError(
             f"unsupported schema version v={version!r}; "
             f"this box speaks v={SCHEMA_VERSION}"
@@ -77,14 +87,20 @@ def decode(payload: bytes) -> Envelope:
             f"field 'id' must be a string of 1-64 characters, not {message_id!r}"
         )
     ts = body.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, int | float):
-        raise PayloadError(f"field 'ts' must be Unix seconds, not {ts!r}")
+    seconds = math.nan
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        # json.loads accepts NaN, Infinity and 1e999, and an integer too large
+        # for a float raises OverflowError on conversion: none is a time.
+        with contextlib.suppress(OverflowError):
+            seconds = float(ts)
+    if not math.isfinite(seconds):
+        raise PayloadError(f"field 'ts' must be Unix seconds, not {ts!r:.40}")
     src = body.get("src", "")
     if not isinstance(src, str):
         raise PayloadError(f"field 'src' must be a string, not {src!r}")
     if "data" in body and not isinstance(body["data"], dict):
         raise PayloadError("field 'data' must be a JSON object")
-    return Envelope(message_id, float(ts), src, body)
+    return Envelope(message_id, seconds, src, body)
 
 
 def require(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

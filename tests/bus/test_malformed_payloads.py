@@ -1,0 +1,625 @@
+"""Malformed payloads on every topic the box subscribes to.
+
+Each test sends a storm of bad messages through a real mosquitto. Then it
+checks that the box is still running and counted every reject. It also checks
+that every request with a response topic got a reply, that nothing was
+stored, and that a valid kit request still succeeds.
+
+The storm is published with the box's own account, the only one allowed to
+write every topic the box subscribes to, so one client delivers all of it
+in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from appliance.bus import envelope
+from appliance.bus.client import Bus, Incoming
+from appliance.checkout._batches import MAX_SIGHTINGS_PER_BATCH
+from appliance.runtime import Box
+from appliance.sim._adverts import ibeacon
+
+TIMEOUT_S = 10.0
+STORM_REPLY_TOPIC = "nightbox/test/box/storm/inbox"
+OVERSIZE_BYTES = envelope.MAX_PAYLOAD_BYTES + 1024
+SITE_UUID = bytes.fromhex("426c7565436861726d426561636f6e73")
+ADVERT_HEX = ibeacon(SITE_UUID, 1, 7, -59).hex()
+DOMAIN_TABLES = ("checkouts", "kits", "optins", "coupons", "requests")
+# Short enough that 2001 of them stay under the payload size limit.
+TINY_SIGHTING = {"t": 1, "rssi": -90, "adv": "00"}
+
+
+class Storm:
+    """A client that publishes raw payloads and collects the box's replies."""
+
+    def __init__(self, bus: Bus, replies: asyncio.Queue[Incoming]) -> None:
+        self.bus = bus
+        self.replies = replies
+
+    async def send(self, topic: str, payload: bytes) -> None:
+        """Publish ``payload`` at QoS 1 without a response topic."""
+        await asyncio.wait_for(self.bus.publish(topic, payload), TIMEOUT_S)
+
+    async def request(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """Publish ``payload`` as a request and return the reply's body."""
+        correlation = uuid.uuid4().bytes
+        await asyncio.wait_for(
+            self.bus.publish(
+                topic,
+                payload,
+                response_topic=STORM_REPLY_TOPIC,
+                correlation=correlation,
+            ),
+            TIMEOUT_S,
+        )
+        reply = await asyncio.wait_for(self.replies.get(), TIMEOUT_S)
+        assert reply.correlation == correlation
+        return envelope.decode(reply.payload).body
+
+    async def sync(self) -> None:
+        """Wait until the box has handled every message sent before.
+
+        The box handles messages in arrival order, and a request whose
+        deadline has passed gets a ``deadline-exceeded`` reply that changes
+        nothing and counts no reject.
+        """
+        body = await self.request(
+            self.bus.topics.api("kits", "issue"),
+            envelope.encode("box/storm", {"data": {}, "deadline": 1.0}),
+        )
+        assert body["error"]["code"] == "deadline-exceeded"
+
+
+@contextlib.asynccontextmanager
+async def storm_client(make_client: Any) -> AsyncIterator[Storm]:
+    """Connect the storm client with its reply subscription in place."""
+    replies: asyncio.Queue[Incoming] = asyncio.Queue()
+
+    async def on_reply(incoming: Incoming) -> None:
+        replies.put_nowait(incoming)
+
+    async with make_client(
+        "box-box-1", "box", "storm", announce=False, wait=False
+    ) as bus:
+        bus.subscribe(STORM_REPLY_TOPIC, on_reply)
+        await asyncio.wait_for(bus.connected.wait(), TIMEOUT_S)
+        yield Storm(bus, replies)
+
+
+def wrap(data: Any, **fields: Any) -> bytes:
+    """Return an envelope around ``data``, with ``fields`` overriding the rest.
+
+    ``allow_nan`` stays on, so NaN and Infinity reach the box as the bare
+    tokens that Python's json module reads back.
+    """
+    body = {"v": 1, "id": str(uuid.uuid4()), "ts": time.time(), "src": "box/storm"}
+    body["data"] = data
+    body.update(fields)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def nested(depth: int) -> str:
+    """Return JSON arrays nested ``depth`` levels deep."""
+    return "[" * depth + "]" * depth
+
+
+def sighting(**changes: Any) -> dict[str, Any]:
+    """Return a weak, valid sighting of band ib-1-7 with ``changes`` applied."""
+    item: dict[str, Any] = {
+        "t": time.time(),
+        "addr": "c4:7c:8d:6a:11:07",
+        "rssi": -90,
+        "n": 1,
+        "adv": ADVERT_HEX,
+    }
+    item.update(changes)
+    return item
+
+
+def batch(seq: int = 1, **changes: Any) -> dict[str, Any]:
+    """Return a valid batch of reader exit-1 with ``changes`` applied."""
+    data: dict[str, Any] = {
+        "reader": "exit-1",
+        "boot": "storm",
+        "seq": seq,
+        "t": time.time(),
+        "heard": 1,
+        "sightings": [sighting()],
+    }
+    data.update(changes)
+    return data
+
+
+def without(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """Return ``data`` without ``key``."""
+    return {name: value for name, value in data.items() if name != key}
+
+
+def kit_data(**changes: Any) -> dict[str, Any]:
+    """Return a valid kit request with ``changes`` applied."""
+    data: dict[str, Any] = {
+        "station": "kit-1",
+        "band": "ib-1-7",
+        "idempotency_key": f"storm-{uuid.uuid4()}",
+    }
+    data.update(changes)
+    return data
+
+
+def optin_data(**changes: Any) -> dict[str, Any]:
+    """Return a valid opt-in request with ``changes`` applied."""
+    data: dict[str, Any] = {
+        "band": "ib-1-7",
+        "email": "guest@example.org",
+        "consent": True,
+        "consent_text": "Send me one follow-up offer.",
+        "idempotency_key": f"storm-{uuid.uuid4()}",
+    }
+    data.update(changes)
+    return data
+
+
+def envelope_cases(data: dict[str, Any]) -> list[tuple[str, bytes, str]]:
+    """Return envelope-level faults around an otherwise valid ``data``."""
+    padding = "x" * OVERSIZE_BYTES
+    return [
+        ("garbage bytes", b"\x00\x01garbage\xfe", "not UTF-8 JSON"),
+        ("invalid UTF-8", b'{"v":1,"id":"\xff\xfe","ts":1}', "not UTF-8 JSON"),
+        ("empty", b"", "not UTF-8 JSON"),
+        ("JSON list", b"[1, 2, 3]", "must be a JSON object"),
+        ("JSON string", b'"hello"', "must be a JSON object"),
+        ("JSON null", b"null", "must be a JSON object"),
+        ("schema v2", wrap(data, v=2), "schema version v=2"),
+        ("schema v true", wrap(data, v=True), "schema version v=True"),
+        ("id missing", wrap(data, id=None), "field 'id'"),
+        ("id number", wrap(data, id=42), "field 'id'"),
+        ("ts string", wrap(data, ts="yesterday"), "field 'ts'"),
+        ("ts NaN", wrap(data, ts=math.nan), "field 'ts'"),
+        ("ts Infinity", wrap(data, ts=math.inf), "field 'ts'"),
+        ("data list", wrap([data]), "field 'data'"),
+        ("huge", wrap(data, pad=padding), "exceeds the limit"),
+        (
+            "deeply nested",
+            wrap(data).replace(b'"data"', f'"x":{nested(100_000)},"data"'.encode(), 1),
+            "nested too deeply",
+        ),
+        (
+            "5000-digit number",
+            wrap(data).replace(b'"data"', b'"x":1' + b"0" * 5000 + b',"data"', 1),
+            "digits",
+        ),
+    ]
+
+
+KIT_FIELD_CASES = [
+    ("key missing", without(kit_data(), "idempotency_key"), "'idempotency_key'"),
+    ("key short", kit_data(idempotency_key="abc"), "'idempotency_key'"),
+    ("key number", kit_data(idempotency_key=12345678), "'idempotency_key'"),
+    ("key NaN", kit_data(idempotency_key=math.nan), "'idempotency_key'"),
+    ("band missing", without(kit_data(), "band"), "'band'"),
+    ("band number", kit_data(band=7), "'band'"),
+    ("band upper case", kit_data(band="IB-1-7"), "'band'"),
+    ("band nested", kit_data(band=[[["ib-1-7"]]]), "'band'"),
+    ("station missing", without(kit_data(), "station"), "'station'"),
+    ("station exit reader", kit_data(station="exit-1"), "'station'"),
+    ("station unknown", kit_data(station="kit-9"), "'station'"),
+    ("station Infinity", kit_data(station=math.inf), "'station'"),
+    ("adv odd-length hex", kit_data(adv=ADVERT_HEX[:-1]), "'adv' is not hex"),
+    ("adv not hex", kit_data(adv="zz" * 10), "'adv' is not hex"),
+    ("adv number", kit_data(adv=5), "'adv'"),
+    ("adv too long", kit_data(adv="00" * 63), "'adv'"),
+    ("adv foreign band", kit_data(adv="0201060303aafe"), "not a band of this site"),
+]
+
+OPTIN_FIELD_CASES = [
+    ("key missing", without(optin_data(), "idempotency_key"), "'idempotency_key'"),
+    ("band missing", without(optin_data(), "band"), "'band'"),
+    ("band number", optin_data(band=-1), "'band'"),
+    ("email and wallet", optin_data(wallet_id="wallet-1"), "'email' or 'wallet_id'"),
+    ("no contact", without(optin_data(), "email"), "'email' or 'wallet_id'"),
+    ("email invalid", optin_data(email="not-an-address"), "'email'"),
+    ("email number", optin_data(email=42), "'email'"),
+    ("wallet short", optin_data(email=None, wallet_id="ab"), "'wallet_id'"),
+    ("consent false", optin_data(consent=False), "'consent'"),
+    ("consent string", optin_data(consent="true"), "'consent'"),
+    ("consent text missing", without(optin_data(), "consent_text"), "'consent_text'"),
+    ("consent text long", optin_data(consent_text="x" * 501), "'consent_text'"),
+]
+
+
+def assert_box_healthy(box: Box) -> None:
+    """Assert that the bus task runs and no handler raised."""
+    assert box.bus._task is not None
+    assert not box.bus._task.done()
+    assert box.bus.stats.handler_errors == 0
+    assert box.bus.connected.is_set()
+
+
+def assert_store_unchanged(box: Box) -> None:
+    """Assert that no request or batch changed the store."""
+    for table in DOMAIN_TABLES:
+        assert box.store.query(f"SELECT COUNT(*) FROM {table}") == [(0,)], table
+    # A reader that goes quiet raises a fault event, and nothing else may appear.
+    assert (
+        box.store.query("SELECT type FROM outbox WHERE type NOT LIKE 'fault_%'") == []
+    )
+    assert box.kits.stock() == {"kit-1": {"initial": 5, "remaining": 5}}
+
+
+async def assert_kit_request_succeeds(box: Box, make_client: Any) -> None:
+    """Assert that a valid kit request from the kit reader still succeeds."""
+    async with make_client("reader-kit-1", "reader", "kit-1") as kit_reader:
+        reply = await kit_reader.request(
+            box.bus.topics.api("kits", "issue"),
+            kit_data(idempotency_key="after-the-storm"),
+            timeout_s=TIMEOUT_S,
+        )
+    assert reply["remaining"] == 4
+    assert box.kits.stock() == {"kit-1": {"initial": 5, "remaining": 4}}
+
+
+async def test_malformed_requests_get_invalid_request(
+    box: Box, make_client: Any
+) -> None:
+    kits_topic = box.bus.topics.api("kits", "issue")
+    optin_topic = box.bus.topics.api("optin", "register")
+    cases = [
+        (kits_topic, f"kits {name}", payload, expected)
+        for name, payload, expected in envelope_cases(kit_data())
+    ]
+    cases += [
+        (optin_topic, f"optin {name}", payload, expected)
+        for name, payload, expected in envelope_cases(optin_data())
+    ]
+    cases += [
+        (kits_topic, f"kits {name}", wrap(data), expected)
+        for name, data, expected in KIT_FIELD_CASES
+    ]
+    cases += [
+        (optin_topic, f"optin {name}", wrap(data), expected)
+        for name, data, expected in OPTIN_FIELD_CASES
+    ]
+
+    async with storm_client(make_client) as storm:
+        for topic, name, payload, expected in cases:
+            body = await storm.request(topic, payload)
+
+            assert body["ok"] is False, name
+            assert body["error"]["code"] == "invalid-request", name
+            assert expected in body["error"]["message"], name
+
+    assert_box_healthy(box)
+    assert box.bus.stats.rejected == {"invalid-request": len(cases)}
+    assert box.requests.counts["invalid-request"] == len(cases)
+    assert_store_unchanged(box)
+    await assert_kit_request_succeeds(box, make_client)
+
+
+async def test_malformed_request_without_response_topic(
+    box: Box, make_client: Any
+) -> None:
+    kits_topic = box.bus.topics.api("kits", "issue")
+    cases = envelope_cases(kit_data())
+
+    async with storm_client(make_client) as storm:
+        for _name, payload, _expected in cases:
+            await storm.send(kits_topic, payload)
+        await storm.sync()
+
+    assert_box_healthy(box)
+    assert box.bus.stats.rejected == {"invalid-request": len(cases)}
+    assert_store_unchanged(box)
+
+
+async def test_request_wildcard_response_topic_rejected(
+    box: Box, make_client: Any
+) -> None:
+    kits_topic = box.bus.topics.api("kits", "issue")
+
+    async with storm_client(make_client) as storm:
+        for response_topic in ("nightbox/test/box/storm/+", "nightbox/test/#"):
+            await asyncio.wait_for(
+                storm.bus.publish(
+                    kits_topic,
+                    wrap(without(kit_data(), "idempotency_key")),
+                    response_topic=response_topic,
+                    correlation=b"wildcard",
+                ),
+                TIMEOUT_S,
+            )
+        await storm.sync()
+
+    assert_box_healthy(box)
+    assert box.bus.stats.rejected["invalid-response-topic"] == 2
+    assert_store_unchanged(box)
+
+
+def batch_cases() -> list[tuple[str, bytes]]:
+    """Return payloads of reader exit-1 that the box must reject whole."""
+    too_many = [TINY_SIGHTING] * (MAX_SIGHTINGS_PER_BATCH + 1)
+    cases = [(name, payload) for name, payload, _ in envelope_cases(batch())]
+    cases += [
+        ("no data", wrap(None)),
+        ("data empty", wrap({})),
+        ("boot missing", wrap(without(batch(), "boot"))),
+        ("boot number", wrap(batch(boot=7))),
+        ("boot too long", wrap(batch(boot="b" * 33))),
+        ("boot with slash", wrap(batch(boot="a/b"))),
+        ("seq missing", wrap(without(batch(), "seq"))),
+        ("seq negative", wrap(batch(seq=-1))),
+        ("seq string", wrap(batch(seq="1"))),
+        ("seq boolean", wrap(batch(seq=True))),
+        ("seq float", wrap(batch(seq=1.5))),
+        ("t missing", wrap(without(batch(), "t"))),
+        ("t string", wrap(batch(t="now"))),
+        ("t NaN", wrap(batch(t=math.nan))),
+        ("t Infinity", wrap(batch(t=math.inf))),
+        ("t -Infinity", wrap(batch(t=-math.inf))),
+        ("t overflows a float", wrap(batch(t=10**400))),
+        ("sightings missing", wrap(without(batch(), "sightings"))),
+        ("sightings object", wrap(batch(sightings={"0": sighting()}))),
+        ("2001 sightings", wrap(batch(sightings=too_many))),
+        ("heard negative", wrap(batch(heard=-1))),
+        ("heard string", wrap(batch(heard="3"))),
+        ("reader mismatch", wrap(batch(reader="exit-2"))),
+        ("reader nested", wrap(batch(reader=[[["exit-1"]]]))),
+    ]
+    return cases
+
+
+def sighting_cases() -> list[tuple[str, Any]]:
+    """Return bad sightings; the box drops each and keeps the rest of its batch."""
+    return [
+        ("not an object", 5),
+        ("adv missing", without(sighting(), "adv")),
+        ("adv odd-length hex", sighting(adv=ADVERT_HEX[:-1])),
+        ("adv not hex", sighting(adv="zz" * 10)),
+        ("adv empty", sighting(adv="")),
+        ("adv too long", sighting(adv="00" * 63)),
+        ("adv number", sighting(adv=1234)),
+        ("addr invalid", sighting(addr="not-an-address")),
+        ("rssi above range", sighting(rssi=21)),
+        ("rssi below range", sighting(rssi=-128)),
+        ("rssi string", sighting(rssi="strong")),
+        ("rssi NaN", sighting(rssi=math.nan)),
+        ("rssi Infinity", sighting(rssi=math.inf)),
+        ("rssi overflows a float", sighting(rssi=-(10**400))),
+        ("n zero", sighting(n=0)),
+        ("n negative", sighting(n=-3)),
+        ("n string", sighting(n="3")),
+        ("n huge", sighting(rssi=-50, n=10**400)),
+        ("t missing", without(sighting(), "t")),
+        ("t Infinity", sighting(t=math.inf)),
+        ("t overflows a float", sighting(t=10**400)),
+    ]
+
+
+async def test_malformed_batches_rejected(box: Box, make_client: Any) -> None:
+    known = box.bus.topics.sightings("exit-1")
+    cases = batch_cases()
+
+    async with storm_client(make_client) as storm:
+        for _name, payload in cases:
+            await storm.send(known, payload)
+        await storm.sync()
+
+    assert_box_healthy(box)
+    assert box.bus.stats.rejected == {"malformed-batch": len(cases)}
+    assert box.checkouts.stats.rejected == {"malformed-batch": len(cases)}
+    assert box.checkouts.stats.batches == 0
+    assert box.checkouts.last_batch("exit-1") is None
+    assert_store_unchanged(box)
+    await assert_kit_request_succeeds(box, make_client)
+
+
+async def test_malformed_sightings_dropped(box: Box, make_client: Any) -> None:
+    known = box.bus.topics.sightings("exit-1")
+    cases = sighting_cases()
+
+    async with storm_client(make_client) as storm:
+        for seq, (_name, bad) in enumerate(cases, start=1):
+            # Each batch also carries one valid weak sighting, which is used.
+            data = batch(seq=seq, sightings=[bad, sighting()])
+            await storm.send(known, wrap(data))
+        await storm.sync()
+
+    stats = box.checkouts.stats
+    assert_box_healthy(box)
+    assert stats.batches == len(cases)
+    assert stats.rejected == {"malformed-sighting": len(cases)}
+    assert stats.sightings == len(cases)
+    assert stats.band_sightings == len(cases)
+    assert stats.checkouts == 0
+    assert box.bus.stats.rejected == {}
+    assert_store_unchanged(box)
+    await assert_kit_request_succeeds(box, make_client)
+
+
+async def test_batch_at_sighting_limit_accepted(box: Box, make_client: Any) -> None:
+    # Sightings must lie inside their batch's interval, which ends now.
+    sightings = [dict(TINY_SIGHTING, t=time.time())] * MAX_SIGHTINGS_PER_BATCH
+    payload = wrap(batch(sightings=sightings))
+
+    async with storm_client(make_client) as storm:
+        await storm.send(box.bus.topics.sightings("exit-1"), payload)
+        await storm.sync()
+
+    assert_box_healthy(box)
+    assert box.checkouts.stats.batches == 1
+    assert box.checkouts.stats.sightings == MAX_SIGHTINGS_PER_BATCH
+    assert box.checkouts.stats.rejected == {"not-a-site-band": MAX_SIGHTINGS_PER_BATCH}
+
+
+async def test_unknown_reader_batches_rejected(box: Box, make_client: Any) -> None:
+    unknown = box.bus.topics.sightings("ghost")
+    payloads = [wrap(batch(reader="ghost")), b"\xffgarbage", wrap(batch(seq=-1))]
+
+    async with storm_client(make_client) as storm:
+        for payload in payloads:
+            await storm.send(unknown, payload)
+        await storm.sync()
+
+    assert_box_healthy(box)
+    assert box.bus.stats.rejected == {"unknown-reader": len(payloads)}
+    assert box.checkouts.stats.rejected == {"unknown-reader": len(payloads)}
+    assert box.checkouts.stats.batches == 0
+    assert_store_unchanged(box)
+
+
+async def test_garbage_on_reply_and_status_topics(box: Box, make_client: Any) -> None:
+    # The box subscribes to its own reply topic but not to reader status, and
+    # both must shrug off anything published there.
+    targets = [
+        box.bus.topics.reply("box", "box-1"),
+        box.bus.topics.status("reader", "exit-1"),
+    ]
+    payloads = [b"\xff\xfe", b"[]", wrap({"ok": True}), wrap(None, ok=True)]
+
+    async with storm_client(make_client) as storm:
+        for topic in targets:
+            for payload in payloads:
+                await storm.send(topic, payload)
+        await storm.sync()
+
+    assert_box_healthy(box)
+    assert box.bus.stats.rejected == {}
+    assert_store_unchanged(box)
+
+
+async def test_box_subscriptions_all_covered(box: Box) -> None:
+    # The tests above cover exactly these filters; a new subscription of the
+    # box needs its own malformed cases here.
+    assert sorted(box.bus._subscriptions) == [
+        "nightbox/test/api/kits/issue",
+        "nightbox/test/api/optin/register",
+        "nightbox/test/box/box-1/reply",
+        "nightbox/test/reader/+/sightings",
+    ]
+
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+)
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_BATCH_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "reader": _JSON | st.just("exit-1"),
+        "boot": _JSON | st.just("storm"),
+        "seq": _JSON | st.integers(min_value=-5, max_value=5),
+        "t": _JSON,
+        "heard": _JSON,
+        "sightings": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "t": _JSON,
+                    "addr": _JSON,
+                    "rssi": _JSON,
+                    "n": _JSON,
+                    "adv": _JSON | st.just(ADVERT_HEX),
+                },
+            )
+            | _JSON,
+            max_size=4,
+        )
+        | _JSON,
+    },
+)
+_REQUEST_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "station": _JSON,
+        "band": _JSON,
+        "adv": _JSON,
+        "email": _JSON,
+        "wallet_id": _JSON,
+        "consent": _JSON,
+        "consent_text": _JSON,
+        "idempotency_key": _JSON,
+    },
+)
+_TOPIC_KIND = st.sampled_from(["sightings", "ghost", "kits", "optin", "reply"])
+_PAYLOAD = st.one_of(
+    st.binary(max_size=64),
+    _JSON.map(lambda value: json.dumps(value).encode()),
+    _BATCH_FIELDS.map(wrap),
+    _REQUEST_FIELDS.map(wrap),
+    st.dictionaries(st.sampled_from(["v", "id", "ts", "src", "data"]), _JSON).map(
+        lambda body: json.dumps(body).encode()
+    ),
+)
+
+
+def generated_storm() -> list[tuple[str, bytes]]:
+    """Draw 150 random (topic kind, payload) pairs, the same ones every run."""
+    drawn: list[tuple[str, bytes]] = []
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    @given(_TOPIC_KIND, _PAYLOAD)
+    def collect(kind: str, payload: bytes) -> None:
+        drawn.append((kind, payload))
+
+    collect()
+    return drawn
+
+
+async def test_generated_payloads_leave_box_running(box: Box, make_client: Any) -> None:
+    topics = {
+        "sightings": box.bus.topics.sightings("exit-1"),
+        "ghost": box.bus.topics.sightings("ghost"),
+        "kits": box.bus.topics.api("kits", "issue"),
+        "optin": box.bus.topics.api("optin", "register"),
+        "reply": box.bus.topics.reply("box", "box-1"),
+    }
+    storm_payloads = generated_storm()
+    requests = 0
+
+    async with storm_client(make_client) as storm:
+        for kind, payload in storm_payloads:
+            if kind in ("kits", "optin"):
+                body = await storm.request(topics[kind], payload)
+                requests += 1
+                assert body["ok"] is False, payload[:200]
+                assert body["error"]["code"] == "invalid-request", payload[:200]
+            else:
+                await storm.send(topics[kind], payload)
+        await storm.sync()
+
+    batches_rejected = box.checkouts.stats.rejected["malformed-batch"]
+    assert len(storm_payloads) == 150
+    assert_box_healthy(box)
+    assert box.bus.stats.rejected["invalid-request"] == requests
+    assert box.bus.stats.rejected["malformed-batch"] == batches_rejected
+    assert batches_rejected > 0
+    assert box.checkouts.stats.checkouts == 0
+    assert_store_unchanged(box)
+    await assert_kit_request_succeeds(box, make_client)
