@@ -7,6 +7,7 @@ organiser can fix the file without reading code. A sample lives in
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from appliance.errors import ConfigError
 
 _ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_BAND_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 
 ReaderRole = Literal["exit", "kit"]
 BrokerMode = Literal["auto", "mosquitto", "embedded", "external"]
@@ -136,6 +138,10 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         _band(item, index) for index, item in _items(bands, "registered", "bands.")
     )
     _reject_duplicates([band.id for band in registered], "bands.registered")
+    _reject_duplicates(
+        [alias for band in registered for alias in band.aliases],
+        "the aliases of bands.registered",
+    )
     kits = _table(raw, "kits", required=False)
     coupons = _table(raw, "coupons", required=False)
     _reject_unknown(kits, "kits", {"require_checkout", "low_stock"})
@@ -224,8 +230,13 @@ def _band(item: Any, index: int) -> RegisteredBand:
     allowed = {"id", "eid_identity_key", "eid_rotation_exponent", "eid_clock_offset_s"}
     _reject_unknown(item, key, allowed | {"aliases"})
     aliases = item.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-        raise ConfigError(f"{key}.aliases must be a list of band ids, not {aliases!r}")
+    if not isinstance(aliases, list) or not all(
+        isinstance(alias, str) and _BAND_ID_PATTERN.match(alias) for alias in aliases
+    ):
+        raise ConfigError(
+            f"{key}.aliases must be a list of band ids like 'ib-1-7' or "
+            f"'uid-00000000002a', not {aliases!r:.80}"
+        )
     return RegisteredBand(
         id=_identifier(item, f"{key}.id"),
         eid_identity_key=_hex_bytes(item, f"{key}.eid_identity_key", 16),
@@ -306,6 +317,9 @@ def _number(
     value = table.get(_leaf(key), default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{key} must be a number, not {value!r}")
+    # TOML allows nan and inf, and nan passes every range check below.
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, not {value!r}")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key} = {value} is below the minimum {minimum}")
     if maximum is not None and value > maximum:

@@ -19,6 +19,10 @@ class PayloadError(NightboxError, ValueError):
     """A bus payload is malformed; the message names the field and the value."""
 
 
+class StoreError(NightboxError, RuntimeError):
+    """The box's database cannot be used as it is; the message says why."""
+
+
 class BrokerUnavailableError(NightboxError, ConnectionError):
     """No MQTT broker could be started or reached."""
 

@@ -42,16 +42,17 @@ class CaptureLine:
     advert: bytes
 
 
-def read_capture(path: Path) -> Iterator[CaptureLine | PayloadError]:
-    """Yield each line of a capture, or a PayloadError naming the bad line."""
+def read_capture(path: Path) -> Iterator[tuple[int, CaptureLine | PayloadError]]:
+    """Yield each line number with its parsed line, or a PayloadError naming
+    the problem."""
     with path.open() as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
             try:
-                yield _parse_line(text)
+                yield number, _parse_line(text)
             except PayloadError as err:
-                yield PayloadError(f"{path}:{number}: {err}")
+                yield number, err
 
 
 def _parse_line(text: str) -> CaptureLine:
@@ -88,12 +89,13 @@ def replay(
     """Run a capture; return the check-outs, the rejected lines and the counters."""
     lines: list[CaptureLine] = []
     errors: list[str] = []
-    for item in read_capture(path):
+    for number, item in read_capture(path):
         if isinstance(item, PayloadError):
-            errors.append(str(item))
+            errors.append(f"{path}:{number}: {item}")
         elif config.reader(item.reader) is None:
             errors.append(
-                f"{path}: unknown reader {item.reader!r}; add it to [[readers]]"
+                f"{path}:{number}: unknown reader {item.reader!r}; "
+                "add it to [[readers]]"
             )
         else:
             lines.append(item)

@@ -17,11 +17,15 @@ from typing import Any
 
 from appliance.bus import envelope
 from appliance.bus.client import Bus, Incoming
+from appliance.clock import Clock
 from appliance.errors import PayloadError
 from appliance.kits._validation import idempotency_key
 from appliance.store import Store, Transaction
 
 _LOGGER = logging.getLogger(__name__)
+
+# Clock difference tolerated between a requester and the box, in seconds.
+DEADLINE_SKEW_S = 2.0
 
 
 class Refusal(Exception):
@@ -43,9 +47,10 @@ RequestHandler = Callable[[Transaction, dict[str, Any]], dict[str, Any]]
 class RequestServer:
     """Runs request handlers with idempotency, deadlines and clear errors."""
 
-    def __init__(self, bus: Bus, store: Store) -> None:
+    def __init__(self, bus: Bus, store: Store, clock: Clock) -> None:
         self._bus = bus
         self._store = store
+        self._clock = clock
         self.counts: Counter[str] = Counter()
 
     def serve(self, service: str, action: str, handler: RequestHandler) -> None:
@@ -62,8 +67,7 @@ class RequestServer:
     ) -> None:
         try:
             message = envelope.decode(incoming.payload)
-            deadline = message.body.get("deadline")
-            if isinstance(deadline, int | float) and time.time() > deadline:
+            if self._past_deadline(message.body.get("deadline")):
                 self.counts["deadline-exceeded"] += 1
                 await self._bus.respond(
                     incoming,
@@ -94,6 +98,17 @@ class RequestServer:
             await self._bus.respond(incoming, error=("invalid-request", str(err)))
             return
         await self._send(incoming, reply)
+
+    def _past_deadline(self, deadline: Any) -> bool:
+        # The deadline is the requester's wall time. Only a box whose own
+        # clock is vouched for can judge it, and then with a skew allowance;
+        # stale requests are also dropped by the broker through the MQTT 5
+        # Message Expiry Interval that Bus.request sets.
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+            return False
+        if not self._clock.trusted:
+            return False
+        return self._clock.now() > deadline + DEADLINE_SKEW_S
 
     def _run(
         self, name: str, key: str, handler: RequestHandler, data: dict[str, Any]

@@ -86,7 +86,7 @@ class Box:
             )
         )
         self.store = Store(config.data_dir / "nightbox.sqlite3", clock)
-        self.requests = RequestServer(self.bus, self.store)
+        self.requests = RequestServer(self.bus, self.store, clock)
         bands = site_bands(config)
         self.checkouts = CheckoutService(
             self.bus,

@@ -17,7 +17,7 @@ import pytest
 
 from appliance.bus.broker import BrokerHandle, find_mosquitto, start_broker
 from appliance.bus.client import Bus, BusSettings
-from appliance.clock import SystemClock
+from appliance.clock import SystemClock, TimeSource
 from appliance.config import BrokerConfig, ReaderConfig, SiteConfig
 from appliance.runtime import Box
 from provisioning import SiteCredentials
@@ -92,9 +92,11 @@ async def box(
     site_config: SiteConfig, credentials: SiteCredentials, mosquitto: BrokerHandle
 ) -> AsyncIterator[Box]:
     """The box's services, connected to the test broker."""
+    # The test machine's clock is taken as synchronised, so request deadlines
+    # are judged as on a box whose clock NTP has vouched for.
     async with Box(
         site_config,
-        SystemClock(),
+        SystemClock(TimeSource.NTP),
         credentials,
         mosquitto.host,
         mosquitto.port,

@@ -9,6 +9,8 @@ the bus carries tens of messages a second, not every advert.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,12 @@ from typing import Any
 from appliance.errors import PayloadError
 
 MAX_SIGHTINGS_PER_BATCH = 2000
+# A sighting belongs to its batch's interval; a minute covers any interval
+# a reader is configured with.
+MAX_SIGHTING_AGE_S = 60.0
+# The count weights the RSSI mean as a float, so it needs an upper bound.
+# NOTE: the bound is generous, not measured on readers.
+MAX_ADVERTS_PER_SIGHTING = 1_000_000
 _ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 _BOOT = re.compile(r"^[A-Za-z0-9-]{1,32}$")
 
@@ -78,7 +86,13 @@ def parse_batch(reader_id: str, data: dict[str, Any]) -> Batch:
     rejected: list[str] = []
     for index, item in enumerate(items):
         try:
-            sightings.append(_sighting(item))
+            sighting = _sighting(item)
+            if not t - MAX_SIGHTING_AGE_S <= sighting.t <= t + 1.0:
+                raise PayloadError(
+                    f"field 't' = {sighting.t} lies outside the batch, which "
+                    f"ends at {t}"
+                )
+            sightings.append(sighting)
         except PayloadError as err:
             rejected.append(f"sightings[{index}]: {err}")
     heard = data.get("heard")
@@ -113,12 +127,25 @@ def _sighting(item: Any) -> Sighting:
     if not -127 <= rssi <= 20:
         raise PayloadError(f"field 'rssi' = {rssi} dBm is outside -127..20")
     count = item.get("n", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise PayloadError(f"field 'n' must be a positive integer, not {count!r:.40}")
+    if (
+        isinstance(count, bool)
+        or not isinstance(count, int)
+        or not 1 <= count <= MAX_ADVERTS_PER_SIGHTING
+    ):
+        raise PayloadError(
+            f"field 'n' must be an integer from 1 to {MAX_ADVERTS_PER_SIGHTING}, "
+            f"not {count!r:.40}"
+        )
     return Sighting(_number(item.get("t"), "t"), address.lower(), rssi, count, advert)
 
 
 def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # json.loads reads NaN, Infinity and 1e999, and an integer too large
+        # for a float raises OverflowError: none of them is a time or an RSSI.
+        with contextlib.suppress(OverflowError):
+            number = float(value)
+    if not math.isfinite(number):
         raise PayloadError(f"field {name!r} must be a number, not {value!r:.40}")
-    return float(value)
+    return number

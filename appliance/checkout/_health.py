@@ -26,8 +26,9 @@ class Fault:
 
 @dataclass(slots=True)
 class _ReaderState:
+    first_batch_t: float | None = None
     last_batch_t: float | None = None
-    last_band_t: float | None = None
+    last_heard_t: float | None = None
     faults: dict[str, Fault] = field(default_factory=dict)
 
 
@@ -38,7 +39,7 @@ class HealthMonitor:
         self._readers = {reader_id: _ReaderState() for reader_id in reader_ids}
         self._silence_s = silence_s
         self._stall_s = stall_s
-        self._last_band_anywhere: float | None = None
+        self._last_heard_anywhere: float | None = None
 
     @property
     def open_faults(self) -> list[Fault]:
@@ -52,10 +53,12 @@ class HealthMonitor:
         state = self._readers.get(reader_id)
         return None if state is None else state.last_batch_t
 
-    def record_batch(self, reader_id: str, t: float, bands: int) -> list[Fault]:
-        """Note a batch in which the reader heard ``bands`` adverts; return the
+    def record_batch(self, reader_id: str, t: float, heard: int) -> list[Fault]:
+        """Note a batch in which the reader heard ``heard`` adverts; return the
         faults it cleared."""
         state = self._readers.setdefault(reader_id, _ReaderState())
+        if state.first_batch_t is None:
+            state.first_batch_t = t
         state.last_batch_t = (
             t if state.last_batch_t is None else max(state.last_batch_t, t)
         )
@@ -63,9 +66,9 @@ class HealthMonitor:
         silent = state.faults.pop("reader-silent", None)
         if silent is not None:
             cleared.append(silent)
-        if bands:
-            state.last_band_t = t
-            self._last_band_anywhere = max(t, self._last_band_anywhere or t)
+        if heard:
+            state.last_heard_t = t
+            self._last_heard_anywhere = max(t, self._last_heard_anywhere or t)
             stalled = state.faults.pop("scan-stalled", None)
             if stalled is not None:
                 cleared.append(stalled)
@@ -90,25 +93,35 @@ class HealthMonitor:
                 )
                 state.faults[fault.kind] = fault
                 raised.append(fault)
-            others_hear_bands = (
-                self._last_band_anywhere is not None
-                and now - self._last_band_anywhere <= self._stall_s / 2
-            )
-            if (
-                state.last_band_t is not None
-                and now - state.last_band_t > self._stall_s
-                and state.last_batch_t >= state.last_band_t
-                and others_hear_bands
-                and "scan-stalled" not in state.faults
-            ):
-                fault = Fault(
-                    reader_id,
-                    "scan-stalled",
-                    now,
-                    f"reader {reader_id} has heard no adverts for "
-                    f"{now - state.last_band_t:.0f} s while other readers do; "
-                    "its BLE scan may have stalled",
-                )
-                state.faults[fault.kind] = fault
-                raised.append(fault)
+            stalled = self._stalled_fault(reader_id, state, now)
+            if stalled is not None:
+                state.faults[stalled.kind] = stalled
+                raised.append(stalled)
         return raised
+
+    def _stalled_fault(
+        self, reader_id: str, state: _ReaderState, now: float
+    ) -> Fault | None:
+        # A reader that has heard nothing since its first batch counts from
+        # that batch, so a scan that is stalled from boot is caught too.
+        heard_t = state.last_heard_t or state.first_batch_t
+        others_hear = (
+            self._last_heard_anywhere is not None
+            and now - self._last_heard_anywhere <= self._stall_s / 2
+        )
+        if (
+            heard_t is None
+            or state.last_batch_t is None
+            or now - heard_t <= self._stall_s
+            or state.last_batch_t < heard_t
+            or not others_hear
+            or "scan-stalled" in state.faults
+        ):
+            return None
+        return Fault(
+            reader_id,
+            "scan-stalled",
+            now,
+            f"reader {reader_id} has heard no adverts for {now - heard_t:.0f} s "
+            "while other readers do; its BLE scan may have stalled",
+        )

@@ -11,14 +11,23 @@ import secrets
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _BODY_LENGTH = 7
+# x^5 + x^2 + 1, a primitive polynomial of GF(32): one field element per symbol.
+_GF32_POLYNOMIAL = 0b100101
 
 
 def _check_symbol(body: str) -> str:
-    # Position-weighted sum, so swapping two neighbours changes the check.
-    total = sum(
-        (index + 1) * _ALPHABET.index(symbol) for index, symbol in enumerate(body)
-    )
-    return _ALPHABET[total % len(_ALPHABET)]
+    # Damm's check over the quasigroup x * y = 2x + y in GF(32), where adding
+    # is XOR. The quasigroup is totally anti-symmetric, so the check catches
+    # every single changed symbol and every swap of two neighbours, the check
+    # symbol included. The trailing 0 makes the result c = 2x, the symbol for
+    # which x * c = 0.
+    interim = 0
+    for value in [*(_ALPHABET.index(symbol) for symbol in body), 0]:
+        interim <<= 1
+        if interim & 0b100000:
+            interim ^= _GF32_POLYNOMIAL
+        interim ^= value
+    return _ALPHABET[interim]
 
 
 def coupon_code() -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.clock import Clock
+from appliance.errors import StoreError
 from appliance.store._migrations import MIGRATIONS
 from appliance.store._outbox import OutboxEvent
 
@@ -78,7 +79,7 @@ class Store:
     def _migrate(self) -> None:
         (version,) = self._connection.execute("PRAGMA user_version").fetchone()
         if version > len(MIGRATIONS):
-            raise RuntimeError(
+            raise StoreError(
                 f"{self._path} has schema version {version}, newer than this "
                 f"Nightbox ({len(MIGRATIONS)}); install the newer release"
             )
