@@ -8,13 +8,12 @@ recognised; events also carry the box's ``seq`` and ``type``.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from appliance.errors import PayloadError
 
@@ -47,15 +46,15 @@ def encode(src: str, fields: dict[str, Any], *, message_id: str | None = None) -
         "src": src,
     }
     envelope.update(fields)
-    return json.dumps(envelope, separators=(",", ":")).encode()
+    return orjson.dumps(envelope)
 
 
 def decode(payload: bytes) -> Envelope:
     """Parse and check an envelope.
 
-    Raises PayloadError naming the problem: too large, not UTF-8 JSON, nested
-    too deeply, not an object, a missing or mistyped field (``ts`` must be a
-    finite number), or an unsupported schema version.
+    Raises PayloadError naming the problem: too large, not UTF-8 JSON (which
+    includes NaN, Infinity and nesting deeper than 1024 levels), not an
+    object, a missing or mistyped field, or an unsupported schema version.
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(
@@ -63,15 +62,12 @@ def decode(payload: bytes) -> Envelope:
             f"{MAX_PAYLOAD_BYTES} bytes"
         )
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        # orjson parses batches several times faster than the json module and
+        # is stricter: it rejects NaN, Infinity, invalid UTF-8 and nesting
+        # deeper than 1024 levels, all with JSONDecodeError.
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as err:
         raise PayloadError(f"payload is not UTF-8 JSON: {err}") from err
-    except RecursionError as err:
-        raise PayloadError("payload has arrays or objects nested too deeply") from err
-    except ValueError as err:
-        # Python rejects integer literals of more than 4300 digits
-        # (sys.get_int_max_str_digits()) with a plain ValueError.
-        raise PayloadError(f"payload has a number with too many digits: {err}") from err
     if not isinstance(body, dict):
         raise PayloadError(f"payload must be a JSON object, not {type(body).__name__}")
     version = body.get("v")
@@ -84,20 +80,17 @@ def decode(payload: bytes) -> Envelope:
     message_id = body.get("id")
     if not isinstance(message_id, str) or not 1 <= len(message_id) <= 64:
         raise PayloadError(
-            f"field 'id' must be a string of 1-64 characters, not {message_id!r}"
+            f"field 'id' must be a string of 1-64 characters, not {message_id!r:.80}"
         )
     ts = body.get("ts")
-    seconds = math.nan
-    if isinstance(ts, int | float) and not isinstance(ts, bool):
-        # json.loads accepts NaN, Infinity and 1e999, and an integer too large
-        # for a float raises OverflowError on conversion: none is a time.
-        with contextlib.suppress(OverflowError):
-            seconds = float(ts)
-    if not math.isfinite(seconds):
+    # orjson has already rejected NaN, Infinity and numbers beyond a double,
+    # so a number here converts to a finite float.
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise PayloadError(f"field 'ts' must be Unix seconds, not {ts!r:.40}")
+    seconds = float(ts)
     src = body.get("src", "")
     if not isinstance(src, str):
-        raise PayloadError(f"field 'src' must be a string, not {src!r}")
+        raise PayloadError(f"field 'src' must be a string, not {src!r:.80}")
     if "data" in body and not isinstance(body["data"], dict):
         raise PayloadError("field 'data' must be a JSON object")
     return Envelope(message_id, seconds, src, body)

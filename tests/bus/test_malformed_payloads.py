@@ -185,19 +185,21 @@ def envelope_cases(data: dict[str, Any]) -> list[tuple[str, bytes, str]]:
         ("id missing", wrap(data, id=None), "field 'id'"),
         ("id number", wrap(data, id=42), "field 'id'"),
         ("ts string", wrap(data, ts="yesterday"), "field 'ts'"),
-        ("ts NaN", wrap(data, ts=math.nan), "field 'ts'"),
-        ("ts Infinity", wrap(data, ts=math.inf), "field 'ts'"),
+        # NaN and Infinity are not JSON (RFC 8259 section 6), so the whole
+        # payload is rejected before any field is read.
+        ("ts NaN", wrap(data, ts=math.nan), "not UTF-8 JSON"),
+        ("ts Infinity", wrap(data, ts=math.inf), "not UTF-8 JSON"),
         ("data list", wrap([data]), "field 'data'"),
         ("huge", wrap(data, pad=padding), "exceeds the limit"),
         (
             "deeply nested",
             wrap(data).replace(b'"data"', f'"x":{nested(100_000)},"data"'.encode(), 1),
-            "nested too deeply",
+            "depth limit exceeded",
         ),
         (
             "5000-digit number",
             wrap(data).replace(b'"data"', b'"x":1' + b"0" * 5000 + b',"data"', 1),
-            "digits",
+            "not UTF-8 JSON",
         ),
     ]
 
@@ -206,7 +208,7 @@ KIT_FIELD_CASES = [
     ("key missing", without(kit_data(), "idempotency_key"), "'idempotency_key'"),
     ("key short", kit_data(idempotency_key="abc"), "'idempotency_key'"),
     ("key number", kit_data(idempotency_key=12345678), "'idempotency_key'"),
-    ("key NaN", kit_data(idempotency_key=math.nan), "'idempotency_key'"),
+    ("key NaN", kit_data(idempotency_key=math.nan), "not UTF-8 JSON"),
     ("band missing", without(kit_data(), "band"), "'band'"),
     ("band number", kit_data(band=7), "'band'"),
     ("band upper case", kit_data(band="IB-1-7"), "'band'"),
@@ -214,7 +216,7 @@ KIT_FIELD_CASES = [
     ("station missing", without(kit_data(), "station"), "'station'"),
     ("station exit reader", kit_data(station="exit-1"), "'station'"),
     ("station unknown", kit_data(station="kit-9"), "'station'"),
-    ("station Infinity", kit_data(station=math.inf), "'station'"),
+    ("station Infinity", kit_data(station=math.inf), "not UTF-8 JSON"),
     ("adv odd-length hex", kit_data(adv=ADVERT_HEX[:-1]), "'adv' is not hex"),
     ("adv not hex", kit_data(adv="zz" * 10), "'adv' is not hex"),
     ("adv number", kit_data(adv=5), "'adv'"),
@@ -392,14 +394,26 @@ def sighting_cases() -> list[tuple[str, Any]]:
         ("rssi above range", sighting(rssi=21)),
         ("rssi below range", sighting(rssi=-128)),
         ("rssi string", sighting(rssi="strong")),
-        ("rssi NaN", sighting(rssi=math.nan)),
-        ("rssi Infinity", sighting(rssi=math.inf)),
-        ("rssi overflows a float", sighting(rssi=-(10**400))),
         ("n zero", sighting(n=0)),
         ("n negative", sighting(n=-3)),
         ("n string", sighting(n="3")),
-        ("n huge", sighting(rssi=-50, n=10**400)),
+        ("n above limit", sighting(rssi=-50, n=1_000_001)),
         ("t missing", without(sighting(), "t")),
+        ("t far in the past", sighting(t=1.0)),
+    ]
+
+
+def non_json_number_cases() -> list[tuple[str, Any]]:
+    """Return sightings whose numbers JSON cannot express (RFC 8259 section 6).
+
+    Such a number makes the whole payload invalid JSON, so the box rejects
+    the batch instead of one sighting.
+    """
+    return [
+        ("rssi NaN", sighting(rssi=math.nan)),
+        ("rssi Infinity", sighting(rssi=math.inf)),
+        ("rssi overflows a float", sighting(rssi=-(10**400))),
+        ("n huge", sighting(rssi=-50, n=10**400)),
         ("t Infinity", sighting(t=math.inf)),
         ("t overflows a float", sighting(t=10**400)),
     ]
@@ -421,6 +435,22 @@ async def test_malformed_batches_rejected(box: Box, make_client: Any) -> None:
     assert box.checkouts.last_batch("exit-1") is None
     assert_store_unchanged(box)
     await assert_kit_request_succeeds(box, make_client)
+
+
+async def test_non_json_numbers_reject_batch(box: Box, make_client: Any) -> None:
+    known = box.bus.topics.sightings("exit-1")
+    cases = non_json_number_cases()
+
+    async with storm_client(make_client) as storm:
+        for seq, (_name, bad) in enumerate(cases, start=1):
+            await storm.send(known, wrap(batch(seq=seq, sightings=[bad, sighting()])))
+        await storm.sync()
+
+    assert_box_healthy(box)
+    assert box.checkouts.stats.batches == 0
+    assert box.checkouts.stats.rejected == {"malformed-batch": len(cases)}
+    assert box.bus.stats.rejected == {"malformed-batch": len(cases)}
+    assert_store_unchanged(box)
 
 
 async def test_malformed_sightings_dropped(box: Box, make_client: Any) -> None:
