@@ -9,7 +9,7 @@ from collections.abc import Callable
 from appliance.bus.broker import start_broker
 from appliance.clock import SystemClock
 from appliance.config import SiteConfig
-from appliance.runtime import Box
+from appliance.runtime import Box, tune_garbage_collector
 from appliance.sightings import ScannerService
 from hardware.scanner import create_scanner
 from provisioning import SiteCredentials
@@ -53,6 +53,7 @@ async def serve_box(
                     box.bus, scanner, config.box_id, box.clock
                 )
                 await scanner_service.start()
+            tune_garbage_collector()
             announce(
                 f"Box {config.box_id} of site {config.site_id} running; "
                 f"store {box.store.path}. Stop with Ctrl-C."

@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from appliance.bus import envelope
 from appliance.bus.topics import Topics
 from appliance.errors import PayloadError, RequestError
+from provisioning.acl import topic_matches
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ _LOGGER = logging.getLogger(__name__)
 # one back until the previous segment is acknowledged.
 _SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _BACKOFF_INITIAL_S = 0.2
+_MATCH_CACHE_SIZE = 1024
 _BACKOFF_MAX_S = 5.0
 
 
@@ -105,6 +107,7 @@ class Bus:
         self.connected = asyncio.Event()
         self._announce = announce
         self._subscriptions: dict[str, tuple[int, Handler]] = {}
+        self._matches: dict[str, list[tuple[str, Handler]]] = {}
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -164,6 +167,7 @@ class Bus:
         Handlers run one at a time in arrival order, so they must not block.
         """
         self._subscriptions[topic_filter] = (qos, handler)
+        self._matches.clear()
         client = self._client
         if client is not None and self.connected.is_set():
             task = asyncio.get_running_loop().create_task(
@@ -268,9 +272,7 @@ class Bus:
                 "invalid-response-topic",
             )
             return
-        for topic_filter, (_qos, handler) in list(self._subscriptions.items()):
-            if not message.topic.matches(topic_filter):
-                continue
+        for topic_filter, handler in self._handlers_for(topic):
             try:
                 await handler(incoming)
             except asyncio.CancelledError:
@@ -281,6 +283,21 @@ class Bus:
                 _LOGGER.exception(
                     "Handler for %s failed on a message on %s", topic_filter, topic
                 )
+
+    def _handlers_for(self, topic: str) -> list[tuple[str, Handler]]:
+        # Readers publish on a few dozen topics all night, so the filters that
+        # match each topic are worked out once, not for every message.
+        handlers = self._matches.get(topic)
+        if handlers is None:
+            handlers = [
+                (topic_filter, handler)
+                for topic_filter, (_qos, handler) in self._subscriptions.items()
+                if topic_matches(topic_filter, topic)
+            ]
+            if len(self._matches) >= _MATCH_CACHE_SIZE:
+                self._matches.clear()
+            self._matches[topic] = handlers
+        return handlers
 
     async def publish(
         self,

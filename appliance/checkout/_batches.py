@@ -9,7 +9,6 @@ the bus carries tens of messages a second, not every advert.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -25,12 +24,23 @@ MAX_SIGHTING_AGE_S = 60.0
 # NOTE: the bound is generous, not measured on readers.
 MAX_ADVERTS_PER_SIGHTING = 1_000_000
 _ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+# Integers beyond this are no time or RSSI, and float() would overflow.
+_MAX_INTEGER = 2**53
+# Validated adverts and addresses, emptied when full: a night has a few
+# thousand distinct ones.
+_CACHE_SIZE = 8192
+_ADVERTS: dict[str, bytes] = {}
+_ADDRESSES: dict[str, str] = {}
 _BOOT = re.compile(r"^[A-Za-z0-9-]{1,32}$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sighting:
-    """One advert as a reader summarised it for an interval."""
+    """One advert as a reader summarised it for an interval.
+
+    Not frozen: sightings are built by the ten thousand and never changed,
+    and a frozen dataclass is several times slower to construct.
+    """
 
     t: float
     address: str
@@ -84,15 +94,11 @@ def parse_batch(reader_id: str, data: dict[str, Any]) -> Batch:
         )
     sightings: list[Sighting] = []
     rejected: list[str] = []
+    earliest = t - MAX_SIGHTING_AGE_S
+    latest = t + 1.0
     for index, item in enumerate(items):
         try:
-            sighting = _sighting(item)
-            if not t - MAX_SIGHTING_AGE_S <= sighting.t <= t + 1.0:
-                raise PayloadError(
-                    f"field 't' = {sighting.t} lies outside the batch, which "
-                    f"ends at {t}"
-                )
-            sightings.append(sighting)
+            sightings.append(_sighting(item, earliest, latest))
         except PayloadError as err:
             rejected.append(f"sightings[{index}]: {err}")
     heard = data.get("heard")
@@ -105,47 +111,73 @@ def parse_batch(reader_id: str, data: dict[str, Any]) -> Batch:
     return Batch(reader_id, boot, seq, t, tuple(sightings), tuple(rejected), heard)
 
 
-def _sighting(item: Any) -> Sighting:
-    if not isinstance(item, dict):
+def _sighting(item: Any, earliest: float, latest: float) -> Sighting:
+    # This runs for every sighting of every batch, tens of thousands a
+    # second, so it checks exact types and caches adverts and addresses
+    # that readers send again and again.
+    if type(item) is not dict:
         raise PayloadError("a sighting must be a JSON object")
-    advert_hex = item.get("adv")
-    if not isinstance(advert_hex, str) or not 0 < len(advert_hex) <= 124:
-        raise PayloadError(
-            f"field 'adv' must be 1-62 bytes of hex, not {advert_hex!r:.40}"
-        )
-    try:
-        advert = bytes.fromhex(advert_hex)
-    except ValueError as err:
-        raise PayloadError(f"field 'adv' is not hex: {advert_hex!r:.40}") from err
-    address = item.get("addr", "00:00:00:00:00:00")
-    if not isinstance(address, str) or not _ADDRESS.match(address):
-        raise PayloadError(
-            "field 'addr' must be a BLE address like aa:bb:cc:dd:ee:ff, "
-            f"not {address!r:.40}"
-        )
-    rssi = _number(item.get("rssi"), "rssi")
-    if not -127 <= rssi <= 20:
-        raise PayloadError(f"field 'rssi' = {rssi} dBm is outside -127..20")
+    value = item.get("adv")
+    advert = _ADVERTS.get(value) if type(value) is str else None
+    if advert is None:
+        advert = _advert(value)
+    value = item.get("addr", "00:00:00:00:00:00")
+    address = _ADDRESSES.get(value) if type(value) is str else None
+    if address is None:
+        address = _address(value)
+    rssi = item.get("rssi")
+    if type(rssi) is not float or not -127.0 <= rssi <= 20.0:
+        rssi = _number(rssi, "rssi")
+        if not -127.0 <= rssi <= 20.0:
+            raise PayloadError(f"field 'rssi' = {rssi} dBm is outside -127..20")
     count = item.get("n", 1)
-    if (
-        isinstance(count, bool)
-        or not isinstance(count, int)
-        or not 1 <= count <= MAX_ADVERTS_PER_SIGHTING
-    ):
+    if type(count) is not int or not 1 <= count <= MAX_ADVERTS_PER_SIGHTING:
         raise PayloadError(
             f"field 'n' must be an integer from 1 to {MAX_ADVERTS_PER_SIGHTING}, "
             f"not {count!r:.40}"
         )
-    return Sighting(_number(item.get("t"), "t"), address.lower(), rssi, count, advert)
+    seen_t = item.get("t")
+    if type(seen_t) is not float:
+        seen_t = _number(seen_t, "t")
+    if not earliest <= seen_t <= latest:
+        raise PayloadError(
+            f"field 't' = {seen_t} lies outside the batch, which ends at {latest - 1.0}"
+        )
+    return Sighting(seen_t, address, rssi, count, advert)
+
+
+def _advert(value: Any) -> bytes:
+    if not isinstance(value, str) or not 0 < len(value) <= 124:
+        raise PayloadError(f"field 'adv' must be 1-62 bytes of hex, not {value!r:.40}")
+    try:
+        advert = bytes.fromhex(value)
+    except ValueError as err:
+        raise PayloadError(f"field 'adv' is not hex: {value!r:.40}") from err
+    if len(_ADVERTS) >= _CACHE_SIZE:
+        _ADVERTS.clear()
+    _ADVERTS[value] = advert
+    return advert
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or not _ADDRESS.match(value):
+        raise PayloadError(
+            "field 'addr' must be a BLE address like aa:bb:cc:dd:ee:ff, "
+            f"not {value!r:.40}"
+        )
+    if len(_ADDRESSES) >= _CACHE_SIZE:
+        _ADDRESSES.clear()
+    _ADDRESSES[value] = value.lower()
+    return value.lower()
 
 
 def _number(value: Any, name: str) -> float:
-    number = math.nan
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        # json.loads reads NaN, Infinity and 1e999, and an integer too large
-        # for a float raises OverflowError: none of them is a time or an RSSI.
-        with contextlib.suppress(OverflowError):
-            number = float(value)
-    if not math.isfinite(number):
-        raise PayloadError(f"field {name!r} must be a number, not {value!r:.40}")
-    return number
+    # JSON numbers arrive as int or float (a bool is neither here). json.loads
+    # also reads NaN, Infinity and 1e999, and an integer too large for a
+    # float raises OverflowError: none of them is a time or an RSSI.
+    if type(value) is float:
+        if math.isfinite(value):
+            return value
+    elif type(value) is int and -_MAX_INTEGER <= value <= _MAX_INTEGER:
+        return float(value)
+    raise PayloadError(f"field {name!r} must be a number, not {value!r:.40}")

@@ -8,15 +8,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.checkout._batches import Batch
-from appliance.checkout._tracker import ExitTracker, Thresholds, corrected_rssi
+from appliance.checkout._tracker import ExitTracker, Thresholds, power_correction_db
 from appliance.config import SiteConfig
 from appliance.store import Store
-from appliance.wristbands import BandMatch, SiteBands
+from appliance.wristbands import (
+    BandMatch,
+    EddystoneEid,
+    SiteBands,
+    decode_advert_cached,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
 # Tracks idle for this long are dropped so memory stays flat all night.
 _FORGET_AFTER_S = 60.0
+# Distinct adverts whose identification is cached. When the cache is full,
+# the oldest entry is evicted.
+_IDENTITY_CACHE_SIZE = 4096
+# A band match, or None for an advert that is no site band, with the dB to
+# subtract from its RSSI for the band's measured power.
+_Identity = tuple[BandMatch | None, float]
 
 
 @dataclass
@@ -42,6 +53,7 @@ class CheckoutPipeline:
         self._tracker = ExitTracker()
         self._last_seq: dict[str, tuple[str, int]] = {}
         self._last_forget_t = 0.0
+        self._identities: dict[bytes, _Identity] = {}
         self.stats = PipelineStats()
         defaults = config.checkout
         self._thresholds = {
@@ -83,22 +95,23 @@ class CheckoutPipeline:
         thresholds = self._thresholds.get(batch.reader_id)
         bands = 0
         checkouts: list[dict[str, Any]] = []
+        identities = self._identities
+        observe = self._tracker.observe
         for sighting in batch.sightings:
-            self.stats.sightings += 1
-            match = self._bands.identify(sighting.advert, sighting.t)
-            if not isinstance(match, BandMatch):
-                self.stats.rejected["not-a-site-band"] += 1
+            known = identities.get(sighting.advert)
+            if known is None:
+                known = self._identify(sighting.advert, sighting.t)
+            match, correction_db = known
+            if match is None:
                 continue
             bands += 1
-            self.stats.band_sightings += 1
             if thresholds is None:
                 continue  # a kit reader: its sightings feed health, not exits
-            rssi = corrected_rssi(sighting.rssi_dbm, match.measured_power_dbm)
-            crossing = self._tracker.observe(
+            crossing = observe(
                 match.band_id,
                 batch.reader_id,
                 sighting.t,
-                rssi,
+                sighting.rssi_dbm - correction_db,
                 thresholds,
                 sighting.count,
             )
@@ -112,10 +125,34 @@ class CheckoutPipeline:
                 )
                 if committed is not None:
                     checkouts.append(committed)
+        self.stats.sightings += len(batch.sightings)
+        self.stats.band_sightings += bands
+        foreign = len(batch.sightings) - bands
+        if foreign:
+            self.stats.rejected["not-a-site-band"] += foreign
         if batch.t - self._last_forget_t > _FORGET_AFTER_S:
             self._tracker.forget_before(batch.t - _FORGET_AFTER_S)
             self._last_forget_t = batch.t
         return bands, checkouts
+
+    def _identify(self, advert: bytes, t: float) -> _Identity:
+        # Readers resend the same adverts all night, so a sighting usually
+        # repeats an advert seen before. Without an Eddystone-EID frame the
+        # result depends on the bytes and the site configuration only, so it
+        # is cached with the RSSI correction of the band's measured power. An
+        # EID resolves differently as its rotation period passes.
+        found = self._bands.identify(advert, t)
+        if isinstance(found, BandMatch):
+            correction_db = power_correction_db(found.measured_power_dbm)
+            identity: _Identity = (found, correction_db)
+        else:
+            identity = (None, 0.0)
+        frames = decode_advert_cached(advert).frames
+        if not any(isinstance(frame, EddystoneEid) for frame in frames):
+            if len(self._identities) >= _IDENTITY_CACHE_SIZE:
+                del self._identities[next(iter(self._identities))]
+            self._identities[advert] = identity
+        return identity
 
     def _commit(
         self,
