@@ -45,7 +45,7 @@ class Crossing:
 @dataclass(slots=True)
 class _Track:
     last_t: float
-    # A window holds a handful of samples, so a list (80 bytes for three in
+    # A window has a handful of samples, so a list (80 bytes for three in
     # CPython 3.11) beats a deque (760 bytes) with thousands of tracks.
     samples: list[tuple[float, float, int]]
     weighted_sum: float
