@@ -87,6 +87,8 @@ class KitService:
     def _band_of(self, data: dict[str, Any]) -> str:
         # A kit reader sends the advert it heard, because only the box can
         # resolve rotating Eddystone-EIDs; a desk or tablet sends the band id.
+        if "adv" in data and "band" in data:
+            raise PayloadError("give exactly one of 'band' or 'adv', not both")
         if "adv" not in data:
             return _validation.band_id(data)
         advert = data["adv"]

@@ -66,4 +66,9 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    # 2: a digest of each idempotent request, so a key reused for a
+    # different request is told apart from a retry.
+    """
+    ALTER TABLE requests ADD COLUMN fingerprint TEXT;
+    """,
 )

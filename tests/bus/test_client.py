@@ -30,7 +30,7 @@ from provisioning import SiteCredentials
 TIMEOUT_S = 10.0
 BOX_ACCOUNT = "box-box-1"
 ECHO_TOPIC = "nightbox/test/api/echo/run"
-RAW_REPLY_TOPIC = "nightbox/test/box/raw/inbox"
+RAW_REPLY_TOPIC = "nightbox/test/box/raw/reply"
 
 
 @contextlib.asynccontextmanager
@@ -370,9 +370,11 @@ async def test_bus_kit_retry_same_key_one_issue(box: Box, make_client: Any) -> N
         again = await kit_reader.request(
             topic, kit_request("retry-key-1"), timeout_s=TIMEOUT_S
         )
-        other_band = await kit_reader.request(
-            topic, kit_request("retry-key-1", band="ib-1-99"), timeout_s=TIMEOUT_S
-        )
+        # The same key on a different request is a client bug, not a retry.
+        with pytest.raises(RequestError) as reused:
+            await kit_reader.request(
+                topic, kit_request("retry-key-1", band="ib-1-99"), timeout_s=TIMEOUT_S
+            )
 
     assert first == {
         "band": "ib-1-7",
@@ -381,14 +383,16 @@ async def test_bus_kit_retry_same_key_one_issue(box: Box, make_client: Any) -> N
         "coupon": None,
     }
     assert again == first
-    assert other_band == first
+    assert reused.value.code == "idempotency-key-reused"
+    assert "retry-key-1" in reused.value.message
     assert box.kits.stock() == {"kit-1": {"initial": 5, "remaining": 4}}
     assert box.store.query("SELECT band FROM kits") == [("ib-1-7",)]
     assert box.store.query("SELECT key FROM requests") == [("retry-key-1",)]
     assert box.store.query("SELECT COUNT(*) FROM outbox WHERE type = 'kit_issued'") == [
         (1,)
     ]
-    assert box.requests.counts["replayed"] == 2
+    assert box.requests.counts["replayed"] == 1
+    assert box.requests.counts["idempotency-key-reused"] == 1
 
 
 async def test_bus_kit_redelivery_same_envelope_one_issue(

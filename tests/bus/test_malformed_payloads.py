@@ -31,7 +31,7 @@ from appliance.runtime import Box
 from appliance.sim._adverts import ibeacon
 
 TIMEOUT_S = 10.0
-STORM_REPLY_TOPIC = "nightbox/test/box/storm/inbox"
+STORM_REPLY_TOPIC = "nightbox/test/box/storm/reply"
 OVERSIZE_BYTES = envelope.MAX_PAYLOAD_BYTES + 1024
 SITE_UUID = bytes.fromhex("426c7565436861726d426561636f6e73")
 ADVERT_HEX = ibeacon(SITE_UUID, 1, 7, -59).hex()
@@ -217,11 +217,20 @@ KIT_FIELD_CASES = [
     ("station exit reader", kit_data(station="exit-1"), "'station'"),
     ("station unknown", kit_data(station="kit-9"), "'station'"),
     ("station Infinity", kit_data(station=math.inf), "not UTF-8 JSON"),
-    ("adv odd-length hex", kit_data(adv=ADVERT_HEX[:-1]), "'adv' is not hex"),
-    ("adv not hex", kit_data(adv="zz" * 10), "'adv' is not hex"),
-    ("adv number", kit_data(adv=5), "'adv'"),
-    ("adv too long", kit_data(adv="00" * 63), "'adv'"),
-    ("adv foreign band", kit_data(adv="0201060303aafe"), "not a band of this site"),
+    (
+        "adv odd-length hex",
+        without(kit_data(adv=ADVERT_HEX[:-1]), "band"),
+        "'adv' is not hex",
+    ),
+    ("adv not hex", without(kit_data(adv="zz" * 10), "band"), "'adv' is not hex"),
+    ("adv number", without(kit_data(adv=5), "band"), "'adv'"),
+    ("adv too long", without(kit_data(adv="00" * 63), "band"), "'adv'"),
+    ("band and adv", kit_data(adv=ADVERT_HEX), "exactly one of 'band' or 'adv'"),
+    (
+        "adv foreign band",
+        without(kit_data(adv="0201060303aafe"), "band"),
+        "not a band of this site",
+    ),
 ]
 
 OPTIN_FIELD_CASES = [
@@ -319,8 +328,40 @@ async def test_malformed_request_without_response_topic(
             await storm.send(kits_topic, payload)
         await storm.sync()
 
+    # Without a response topic nothing is served, whatever the payload.
     assert_box_healthy(box)
-    assert box.bus.stats.rejected == {"invalid-request": len(cases)}
+    assert box.bus.stats.rejected == {"invalid-response-topic": len(cases)}
+    assert_store_unchanged(box)
+
+
+async def test_request_other_response_topics_rejected(
+    box: Box, make_client: Any
+) -> None:
+    kits_topic = box.bus.topics.api("kits", "issue")
+    topics = (
+        "nightbox/test/events/checkout",
+        "nightbox/other-site/reader/kit-1/reply",
+        "nightbox/test/reader/kit-1/status",
+        "elsewhere/reply",
+        "$SYS/reply",
+    )
+
+    async with storm_client(make_client) as storm:
+        for response_topic in topics:
+            await asyncio.wait_for(
+                storm.bus.publish(
+                    kits_topic,
+                    wrap(kit_data()),
+                    response_topic=response_topic,
+                    correlation=b"c",
+                ),
+                TIMEOUT_S,
+            )
+        await storm.sync()
+
+    assert_box_healthy(box)
+    assert box.bus.stats.rejected == {"invalid-response-topic": len(topics)}
+    assert box.requests.counts["invalid-response-topic"] == len(topics)
     assert_store_unchanged(box)
 
 

@@ -469,3 +469,48 @@ async def test_kit_unknown_station(box: Box, station: Bus, named: str) -> None:
     assert "station" in error.message
     assert rows(box, "kits") == []
     assert remaining(box) == STOCK
+
+
+async def test_deadline_not_a_time(box: Box, station: Bus) -> None:
+    correlation = uuid.uuid4().bytes
+    reply_topic = station.topics.reply("reader", "kit-1")
+    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_reply(incoming: Incoming) -> None:
+        if incoming.correlation == correlation:
+            await replies.put(envelope.decode(incoming.payload).body)
+
+    station.subscribe(reply_topic, on_reply)
+    body = {
+        "data": {"band": "ib-1-16", "station": "kit-1", "idempotency_key": new_key()},
+        "deadline": "soon",
+    }
+    await station.publish(
+        station.topics.api("kits", "issue"),
+        envelope.encode(station.settings.src, body),
+        response_topic=reply_topic,
+        correlation=correlation,
+        timeout_s=TIMEOUT_S,
+    )
+    reply = await asyncio.wait_for(replies.get(), TIMEOUT_S)
+
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "invalid-request"
+    assert "'deadline'" in reply["error"]["message"]
+    assert remaining(box) == STOCK
+
+
+async def test_band_and_advert_rejected(box: Box, station: Bus) -> None:
+    advert = _adverts.ibeacon(SITE_UUID, 1, 17, -59).hex()
+    data = {"band": "ib-1-18", "adv": advert, "station": "kit-1"}
+
+    with pytest.raises(RequestError) as caught:
+        await station.request(
+            station.topics.api("kits", "issue"),
+            dict(data, idempotency_key=new_key()),
+            timeout_s=TIMEOUT_S,
+        )
+
+    assert caught.value.code == "invalid-request"
+    assert "exactly one of 'band' or 'adv'" in caught.value.message
+    assert remaining(box) == STOCK
