@@ -17,6 +17,10 @@ from typing import Any
 from appliance.errors import PayloadError
 
 MAX_SIGHTINGS_PER_BATCH = 2000
+# A reader at 10 batches a second takes 28 million years to get here; a
+# larger seq can only be a bug, and it would make every later batch look
+# like a duplicate until the reader reboots.
+MAX_SEQ = 2**53
 # A sighting belongs to its batch's interval; a minute covers any interval
 # a reader is configured with.
 MAX_SIGHTING_AGE_S = 60.0
@@ -81,9 +85,9 @@ def parse_batch(reader_id: str, data: dict[str, Any]) -> Batch:
             f"field 'boot' must be 1-32 letters, digits or '-', not {boot!r:.40}"
         )
     seq = data.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         raise PayloadError(
-            f"field 'seq' must be a non-negative integer, not {seq!r:.40}"
+            f"field 'seq' must be an integer from 0 to {MAX_SEQ}, not {seq!r:.40}"
         )
     t = _number(data.get("t"), "t")
     items = data.get("sightings")

@@ -54,8 +54,12 @@ class HealthMonitor:
         return None if state is None else state.last_batch_t
 
     def record_batch(self, reader_id: str, t: float, heard: int) -> list[Fault]:
-        """Note a batch in which the reader heard ``heard`` adverts; return the
-        faults it cleared."""
+        """Note a batch that arrived at ``t`` (box time) in which the reader
+        heard ``heard`` adverts; return the faults it cleared.
+
+        Health is judged by arrival, not by the batch's own time, so a reader
+        replaying batches buffered while it was offline counts as alive.
+        """
         state = self._readers.setdefault(reader_id, _ReaderState())
         if state.first_batch_t is None:
             state.first_batch_t = t
@@ -65,13 +69,15 @@ class HealthMonitor:
         cleared: list[Fault] = []
         silent = state.faults.pop("reader-silent", None)
         if silent is not None:
-            cleared.append(silent)
+            cleared.append(_cleared(silent, f"reader {reader_id} sends batches again"))
         if heard:
             state.last_heard_t = t
             self._last_heard_anywhere = max(t, self._last_heard_anywhere or t)
             stalled = state.faults.pop("scan-stalled", None)
             if stalled is not None:
-                cleared.append(stalled)
+                cleared.append(
+                    _cleared(stalled, f"reader {reader_id} hears adverts again")
+                )
         return cleared
 
     def check(self, now: float) -> list[Fault]:
@@ -125,3 +131,7 @@ class HealthMonitor:
             f"reader {reader_id} has heard no adverts for {now - heard_t:.0f} s "
             "while other readers do; its BLE scan may have stalled",
         )
+
+
+def _cleared(fault: Fault, message: str) -> Fault:
+    return Fault(fault.reader_id, fault.kind, fault.since, message)

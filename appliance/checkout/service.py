@@ -110,7 +110,7 @@ class CheckoutService:
             return
         bands, _checkouts = self._pipeline.ingest(batch)
         activity = bands if batch.heard is None else batch.heard
-        cleared = self._health.record_batch(reader_id, batch.t, activity)
+        cleared = self._health.record_batch(reader_id, now, activity)
         if cleared:
             self._commit_faults("fault_cleared", cleared)
         # Checking on every batch, not only on the timer, raises a stall

@@ -11,6 +11,8 @@ import pytest
 from conftest import SITE_UUID, ClientFactory
 
 from appliance.checkout import HealthMonitor, parse_batch
+from appliance.checkout._batches import MAX_SEQ
+from appliance.errors import PayloadError
 from appliance.runtime import Box
 from appliance.sim import _adverts
 
@@ -107,3 +109,31 @@ async def _wait_for(condition: Any, timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+def test_backlog_batches_keep_reader_alive() -> None:
+    # A reader back from an outage replays old batches; health goes by arrival.
+    monitor = HealthMonitor(["exit-1"], silence_s=10.0, stall_s=30.0)
+    monitor.record_batch("exit-1", 100.0, heard=3)
+    raised = monitor.check(112.0)
+    cleared = [
+        monitor.record_batch("exit-1", 112.0 + step, heard=3) for step in range(5)
+    ]
+    later = [monitor.check(112.5 + step) for step in range(5)]
+
+    assert [fault.kind for fault in raised] == ["reader-silent"]
+    assert [len(faults) for faults in cleared] == [1, 0, 0, 0, 0]
+    assert "sends batches again" in cleared[0][0].message
+    assert later == [[], [], [], [], []]
+
+
+def test_seq_beyond_limit_rejected() -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_batch("exit-1", batch(1000.0, [], seq=2**63))
+
+    assert "'seq'" in str(caught.value)
+    assert str(MAX_SEQ) in str(caught.value)
+
+
+def test_seq_at_limit_accepted() -> None:
+    assert parse_batch("exit-1", batch(1000.0, [], seq=MAX_SEQ)).seq == MAX_SEQ
