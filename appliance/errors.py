@@ -23,6 +23,10 @@ class StoreError(NightboxError, RuntimeError):
     """The box's database cannot be used as it is; the message says why."""
 
 
+class HardwareError(NightboxError, RuntimeError):
+    """A device of the box (scanner, camera, buttons) failed to start or work."""
+
+
 class BrokerUnavailableError(NightboxError, ConnectionError):
     """No MQTT broker could be started or reached."""
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from appliance.bus.broker import start_broker
 from appliance.clock import SystemClock
 from appliance.config import SiteConfig
+from appliance.errors import HardwareError, StoreError
 from appliance.runtime import Box, tune_garbage_collector
 from appliance.sightings import ScannerService
-from hardware.scanner import create_scanner
+from hardware.scanner import ScannerError, create_scanner
 from provisioning import SiteCredentials
 from provisioning.site_access import ReaderGrant, site_policy
 
@@ -26,7 +31,48 @@ def credentials_for(config: SiteConfig) -> SiteCredentials:
 async def serve_box(
     config: SiteConfig, stop: asyncio.Event, announce: Callable[[str], None]
 ) -> None:
-    """Start the broker and every service, then run until ``stop`` is set."""
+    """Start the broker and every service, then run until ``stop`` is set.
+
+    Raises StoreError when another Nightbox process uses the data folder,
+    BrokerUnavailableError when the broker cannot start, and HardwareError
+    when the configured scanner cannot start.
+    """
+    with _locked(config.data_dir):
+        await _serve(config, stop, announce)
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    # Two boxes on one store would interleave check-outs and fight over one
+    # client id, so the second one stops here with the first one's pid.
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handle = open(data_dir / "nightbox.lock", "a+")  # noqa: SIM115
+    except OSError as err:
+        raise StoreError(
+            f"cannot use data folder {data_dir}: {err}; set box.data_dir to a "
+            "folder this user can write"
+        ) from err
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise StoreError(
+                f"data folder {data_dir} is in use by another Nightbox process "
+                f"(pid {owner}); stop it first"
+            ) from err
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+async def _serve(
+    config: SiteConfig, stop: asyncio.Event, announce: Callable[[str], None]
+) -> None:
     credentials = credentials_for(config)
     policy = site_policy(
         config.site_id,
@@ -52,11 +98,18 @@ async def serve_box(
                 scanner_service = ScannerService(
                     box.bus, scanner, config.box_id, box.clock
                 )
-                await scanner_service.start()
+                try:
+                    await scanner_service.start()
+                except ScannerError as err:
+                    raise HardwareError(
+                        f"the {config.scanner} scanner did not start: {err}; "
+                        "set box.scanner to 'none' or 'simulator'"
+                    ) from err
             tune_garbage_collector()
             announce(
-                f"Box {config.box_id} of site {config.site_id} running; "
-                f"store {box.store.path}. Stop with Ctrl-C."
+                f"Box {config.box_id} of site {config.site_id} running; data "
+                f"folder {config.data_dir}, broker credentials in "
+                f"{credentials.path}. Stop with Ctrl-C."
             )
             await stop.wait()
             if scanner_service is not None:

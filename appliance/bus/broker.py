@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import getpass
 import logging
 import os
@@ -43,10 +44,28 @@ def find_mosquitto() -> str | None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _check_port_free(host: str, port: int) -> None:
+    # SO_REUSEADDR as the brokers use it: only a socket that is listening
+    # (another Nightbox or broker) makes the bind fail, not one in TIME_WAIT.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            raise BrokerUnavailableError(
+                f"port {port} on {host} is already in use, perhaps by another "
+                "nightbox run; stop it or set broker.port to a free port"
+            ) from err
 
 
 @dataclass
@@ -64,7 +83,8 @@ class BrokerHandle:
     @property
     def description(self) -> str:
         """A line for people: which broker the box uses and where."""
-        return f"{self.kind} on {self.host}:{self.port}"
+        label = {"embedded": "embedded broker", "external": "external broker"}
+        return f"{label.get(self.kind, self.kind)} on {self.host}:{self.port}"
 
     async def stop(self) -> None:
         """Stop the broker if this process started it."""
@@ -103,14 +123,23 @@ async def start_broker(
     """
     credentials.ensure(policy.usernames)
     if config.mode == "external":
-        return BrokerHandle("external broker", config.host, config.port)
+        return BrokerHandle("external", config.host, config.port)
     mosquitto = find_mosquitto() if config.mode in ("auto", "mosquitto") else None
     if mosquitto is None and config.mode == "mosquitto":
         raise BrokerUnavailableError(
             "broker.mode is 'mosquitto' but mosquitto is not installed; "
             "install it (apt-get install mosquitto) or set broker.mode = 'auto'"
         )
-    port = config.port or free_port(config.host)
+    try:
+        port = config.port or free_port(config.host)
+        _check_port_free(config.host, port)
+    except BrokerUnavailableError:
+        raise
+    except OSError as err:
+        raise BrokerUnavailableError(
+            f"cannot listen on {config.host}:{config.port or 'a free port'}: "
+            f"{err}; set broker.host to an address of this machine"
+        ) from err
     if mosquitto is not None:
         config_path = _write_mosquitto_files(
             runtime_dir, config.host, port, credentials, policy
@@ -125,7 +154,7 @@ async def start_broker(
     passwords = {name: credentials.account(name).password for name in policy.usernames}
     broker = EmbeddedBroker(config.host, port, passwords=passwords, policy=policy)
     await broker.start()
-    return BrokerHandle("embedded broker", config.host, broker.port, None, broker)
+    return BrokerHandle("embedded", config.host, broker.port, None, broker)
 
 
 def _write_mosquitto_files(
@@ -135,7 +164,7 @@ def _write_mosquitto_files(
     credentials: SiteCredentials,
     policy: AccessPolicy,
 ) -> Path:
-    runtime_dir.mkdir(parents=True, exist_ok=True)
+    runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     password_path = runtime_dir / "mosquitto.passwd"
     acl_path = runtime_dir / "mosquitto.acl"
     config_path = runtime_dir / "mosquitto.conf"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -60,10 +61,13 @@ class Store:
     """The box's database file, migrated on open."""
 
     def __init__(self, path: Path, clock: Clock) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._path = path
         self._clock = clock
         self._connection = sqlite3.connect(path, isolation_level=None)
+        # Opt-in contacts live here: readable by the box's user only. SQLite
+        # gives the -wal and -shm files the same mode.
+        os.chmod(path, 0o600)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=FULL")
         self._connection.execute("PRAGMA foreign_keys=ON")

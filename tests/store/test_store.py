@@ -7,6 +7,7 @@ back through a second connection, as another process would.
 from __future__ import annotations
 
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,9 @@ def test_store_unpublished_in_order(store: Store) -> None:
         events[0].id,
         events[2].id,
     ]
+
+
+def test_store_file_private(store: Store, path: Path) -> None:
+    # Opt-in contacts are stored here, so only the box's user may read it.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
