@@ -6,16 +6,35 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from appliance.config import load_config
 from appliance.errors import NightboxError
 
 _LOGGER = logging.getLogger(__name__)
+
+# Simulated bands number guests in the 16-bit iBeacon minor, and a busy
+# exit's batch must stay under the bus's 256 KiB payload limit. At 5,000
+# guests the largest batch of a 60-minute night is about 55 KB (seed 1, one
+# exit, measured from NightPlan.hear).
+MAX_DEMO_GUESTS = 5000
+# Far more exits than a small venue has. The limit stops a typo such as
+# --exits 1000 from starting a thousand reader clients.
+MAX_DEMO_EXITS = 16
+# Guests arrive in the first 35 % of the night and stay at least a minute,
+# so a shorter night cannot fit an arrival and a departure.
+MIN_DEMO_MINUTES = 5.0
+MAX_DEMO_MINUTES = 24 * 60.0
+# The exit codes of a process stopped by SIGINT (Ctrl-C) or SIGTERM.
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+_STORE_NAME = "nightbox.sqlite3"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,36 +46,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run a simulated night on a real broker")
+    demo = commands.add_parser(
+        "demo",
+        help="run a simulated night on a real broker",
+        description="Run a simulated night on a real broker and score it. "
+        f"Ctrl-C or SIGTERM stops it cleanly (exit code {EXIT_SIGINT} or "
+        f"{EXIT_SIGTERM}), stopping its broker and removing its temporary folder.",
+    )
     demo.add_argument(
         "--guests",
-        type=_positive_int,
+        type=_whole_number(1, MAX_DEMO_GUESTS),
         default=200,
-        help="number of guests (default 200)",
+        help=f"number of guests, 1 to {MAX_DEMO_GUESTS} (default 200)",
     )
     demo.add_argument(
         "--exits",
-        type=_positive_int,
+        type=_whole_number(1, MAX_DEMO_EXITS),
         default=2,
-        help="exits with a reader each (default 2)",
+        help=f"exits with a reader each, 1 to {MAX_DEMO_EXITS} (default 2)",
     )
     demo.add_argument(
         "--seed",
         type=int,
         default=1,
-        help="random seed; the same seed gives the same night",
+        help="random seed; the same seed gives the same night (default 1)",
     )
     demo.add_argument(
         "--speed",
-        type=_positive_float,
+        type=_speed,
         default=120.0,
-        help="simulated seconds per real second (default 120)",
+        help="simulated seconds per real second, above 0 (default 120)",
     )
     demo.add_argument(
         "--minutes",
-        type=_positive_float,
+        type=_minutes,
         default=60.0,
-        help="length of the night in simulated minutes (default 60)",
+        help=f"length of the night in simulated minutes, {MIN_DEMO_MINUTES:.0f} "
+        f"to {MAX_DEMO_MINUTES:.0f} (default 60)",
     )
     demo.add_argument("--headless", action="store_true", help="no live progress")
     demo.add_argument(
@@ -70,11 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--data-dir",
-        type=Path,
-        help="keep the box's files here instead of a temporary folder",
+        type=_empty_folder,
+        help="keep the box's files in this empty or new folder instead of a "
+        "temporary one",
     )
     demo.add_argument(
-        "--no-stall", action="store_true", help="do not stall a reader's scan mid-night"
+        "--no-stall",
+        action="store_true",
+        help="do not stall an exit reader's scan for 20 s mid-night",
     )
 
     run = commands.add_parser(
@@ -101,26 +130,72 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"must be a whole number, not {text!r}"
-        ) from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _whole_number(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number, not {text!r}"
+            ) from err
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be from {low} to {high}, not {value}"
+            )
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
+def _finite_number(text: str) -> float:
     try:
         value = float(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from err
+    # float() reads "inf" and "nan", and nan passes no comparison.
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
+def _speed(text: str) -> float:
+    value = _finite_number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
     return value
+
+
+def _minutes(text: str) -> float:
+    value = _finite_number(text)
+    if not MIN_DEMO_MINUTES <= value <= MAX_DEMO_MINUTES:
+        raise argparse.ArgumentTypeError(
+            f"must be from {MIN_DEMO_MINUTES:.0f} to {MAX_DEMO_MINUTES:.0f}, not {text}"
+        )
+    return value
+
+
+def _empty_folder(text: str) -> Path:
+    """Return the path if it names an empty or missing folder."""
+    path = Path(text)
+    try:
+        if path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} exists and is not a folder; give an empty or new folder"
+            )
+        if (path / _STORE_NAME).exists():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} contains a Nightbox store ({_STORE_NAME}) of an earlier "
+                "night or of a box; give an empty or new folder"
+            )
+        if path.is_dir() and any(path.iterdir()):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not empty; give an empty or new folder"
+            )
+    except OSError as err:
+        raise argparse.ArgumentTypeError(
+            f"cannot use {text!r}: {err.strerror}"
+        ) from err
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,12 +217,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nightbox: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130
+        return EXIT_SIGINT
 
 
 def _demo(arguments: argparse.Namespace) -> int:
     from appliance.sim.demo import DemoOptions, run_demo
 
+    if arguments.data_dir is not None:
+        try:
+            arguments.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(
+                f"nightbox demo: cannot create --data-dir {arguments.data_dir}: "
+                f"{err.strerror}",
+                file=sys.stderr,
+            )
+            return 2
     options = DemoOptions(
         guests=arguments.guests,
         exits=arguments.exits,
@@ -159,7 +244,29 @@ def _demo(arguments: argparse.Namespace) -> int:
         data_dir=arguments.data_dir,
         stall=not arguments.no_stall,
     )
-    results = asyncio.run(run_demo(options, progress=sys.stderr))
+    terminated = False
+
+    async def night() -> dict[str, Any]:
+        # asyncio.run turns Ctrl-C into a cancellation, and SIGTERM does the
+        # same here, so run_demo's cleanup stops the broker and removes the
+        # temporary folder either way.
+        demo = asyncio.ensure_future(run_demo(options, progress=sys.stderr))
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            demo.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        return await demo
+
+    try:
+        results = asyncio.run(night())
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        print("nightbox demo: stopped by SIGTERM", file=sys.stderr)
+        return EXIT_SIGTERM
     if arguments.json:
         print(json.dumps(results, sort_keys=True))
     else:
@@ -170,7 +277,8 @@ def _demo(arguments: argparse.Namespace) -> int:
 def _summary(results: dict[str, object]) -> str:
     lines = [
         f"Night over: {results['guests']} guests, {results['left']} left through "
-        f"{results['exits']} exits ({results['broker']}, {results['elapsed_s']} s).",
+        f"{results['exits']} exits ({results['broker']} broker, "
+        f"{results['elapsed_s']} s).",
         f"Check-outs {results['checkouts']}: {results['missed_checkouts']} missed, "
         f"{results['duplicate_checkouts']} duplicate, "
         f"{results['false_checkouts']} false.",
@@ -228,7 +336,7 @@ def _decode(text: str) -> int:
 
 
 def _replay(path: Path, config_path: Path | None) -> int:
-    from appliance.replay import replay
+    from appliance.replay import CaptureError, replay
 
     if config_path is None:
         sample = resources.files("appliance") / "samples" / "site.toml"
@@ -236,12 +344,20 @@ def _replay(path: Path, config_path: Path | None) -> int:
             config = load_config(sample_path)
     else:
         config = load_config(config_path)
-    if not path.exists():
-        print(f"nightbox replay: capture {path} not found", file=sys.stderr)
+    try:
+        checkouts, errors, counters = replay(path, config)
+    except CaptureError as err:
+        print(f"nightbox replay: {err}", file=sys.stderr)
         return 2
-    checkouts, errors, counters = replay(path, config)
     for error in errors:
         print(f"nightbox replay: skipped {error}", file=sys.stderr)
+    unreported = counters["rejected_lines"] - len(errors)
+    if unreported:
+        print(
+            f"nightbox replay: skipped {unreported} more lines; "
+            "fix the ones above and run it again to see the rest",
+            file=sys.stderr,
+        )
     for checkout in checkouts:
         print(
             json.dumps(
@@ -251,8 +367,15 @@ def _replay(path: Path, config_path: Path | None) -> int:
                 }
             )
         )
+    if not counters["accepted_lines"]:
+        print(
+            f"nightbox replay: no line of {path} was accepted; each line must be "
+            "a JSON object like those in appliance/samples/capture.jsonl",
+            file=sys.stderr,
+        )
+    # The summary stays the last line of stderr, for scripts.
     print(json.dumps({"summary": counters}), file=sys.stderr)
-    return 0
+    return 0 if counters["accepted_lines"] else 1
 
 
 if __name__ == "__main__":

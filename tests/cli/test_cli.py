@@ -7,8 +7,10 @@ the same bytes as the decoder.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +304,25 @@ def test_run_invalid_config(tmp_path: Path, old: str, new: str, named: str) -> N
     assert not (tmp_path / "box").exists()
 
 
+def test_run_config_directory(tmp_path: Path) -> None:
+    result = nightbox("run", "--config", str(tmp_path))
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"configuration file {tmp_path} is a directory" in result.stderr
+
+
+def test_run_config_binary(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_bytes(bytes(range(256)))
+
+    result = nightbox("run", "--config", str(path))
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{path} is not UTF-8 text" in result.stderr
+
+
 def test_run_missing_config(tmp_path: Path) -> None:
     result = nightbox("run", "--config", str(tmp_path / "absent.toml"))
 
@@ -310,16 +331,26 @@ def test_run_missing_config(tmp_path: Path) -> None:
     assert "not found" in result.stderr
 
 
+DEMO_USAGE_ERRORS: list[tuple[str, list[str], str]] = [
+    ("guests-zero", ["--guests", "0"], "must be from 1 to 5000, not 0"),
+    ("guests-many", ["--guests", "5001"], "must be from 1 to 5000, not 5001"),
+    ("guests-text", ["--guests", "many"], "must be a whole number, not 'many'"),
+    ("exits-many", ["--exits", "17"], "must be from 1 to 16, not 17"),
+    ("speed-zero", ["--speed", "0"], "must be above 0, not 0"),
+    ("speed-inf", ["--speed", "inf"], "must be a finite number, not 'inf'"),
+    ("speed-nan", ["--speed", "nan"], "must be a finite number, not 'nan'"),
+    ("minutes-text", ["--minutes", "fast"], "must be a number, not 'fast'"),
+    ("minutes-short", ["--minutes", "4.5"], "must be from 5 to 1440, not 4.5"),
+    ("minutes-long", ["--minutes", "1e308"], "must be from 5 to 1440, not 1e308"),
+    ("minutes-nan", ["--minutes", "nan"], "must be a finite number, not 'nan'"),
+    ("broker", ["--broker", "cloud"], "invalid choice: 'cloud'"),
+]
+
+
 @pytest.mark.parametrize(
     ("arguments", "named"),
-    [
-        (["--guests", "0"], "must be at least 1, not 0"),
-        (["--guests", "many"], "must be a whole number, not 'many'"),
-        (["--speed", "0"], "must be above 0"),
-        (["--minutes", "fast"], "must be a number, not 'fast'"),
-        (["--broker", "cloud"], "invalid choice: 'cloud'"),
-    ],
-    ids=["guests-zero", "guests-text", "speed-zero", "minutes-text", "broker"],
+    [(arguments, named) for _name, arguments, named in DEMO_USAGE_ERRORS],
+    ids=[name for name, _arguments, _named in DEMO_USAGE_ERRORS],
 )
 def test_demo_usage_error(arguments: list[str], named: str) -> None:
     result = nightbox("demo", "--headless", *arguments)
@@ -327,8 +358,102 @@ def test_demo_usage_error(arguments: list[str], named: str) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert "usage: nightbox demo" in result.stderr
-    assert arguments[0] in result.stderr
-    assert named in result.stderr
+    assert f"argument {arguments[0]}: {named}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_data_dir_with_store(tmp_path: Path) -> None:
+    (tmp_path / "nightbox.sqlite3").write_bytes(b"")
+
+    result = nightbox("demo", "--headless", "--data-dir", str(tmp_path))
+
+    assert result.returncode == 2
+    assert "argument --data-dir" in result.stderr
+    assert f"{str(tmp_path)!r} contains a Nightbox store (nightbox.sqlite3)" in (
+        result.stderr
+    )
+    assert "empty or new folder" in result.stderr
+    assert (tmp_path / "nightbox.sqlite3").read_bytes() == b""
+
+
+def test_demo_data_dir_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep")
+
+    result = nightbox("demo", "--headless", "--data-dir", str(tmp_path))
+
+    assert result.returncode == 2
+    assert f"{str(tmp_path)!r} is not empty" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_demo_data_dir_is_file(tmp_path: Path) -> None:
+    path = tmp_path / "night"
+    path.write_text("")
+
+    result = nightbox("demo", "--headless", "--data-dir", str(path))
+
+    assert result.returncode == 2
+    assert f"{str(path)!r} exists and is not a folder" in result.stderr
+
+
+def test_demo_data_dir_under_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "night"
+
+    result = nightbox("demo", "--headless", "--data-dir", str(path))
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"cannot create --data-dir {path}" in result.stderr
+
+
+def test_demo_help_names_signal_exit_codes() -> None:
+    result = nightbox("demo", "--help")
+
+    assert result.returncode == 0
+    assert "SIGTERM" in result.stdout
+    assert "143" in result.stdout
+
+
+def read_until(path: Path, text: str, process: subprocess.Popen[bytes]) -> str:
+    """Return the contents of ``path`` once they hold ``text``; fail on timeout."""
+    deadline = time.monotonic() + TIMEOUT_S
+    contents = ""
+    while time.monotonic() < deadline and process.poll() is None:
+        contents = path.read_text(errors="replace")
+        if text in contents:
+            return contents
+        time.sleep(0.05)
+    pytest.fail(f"{text!r} not printed; output: {contents[-2000:]}")
+
+
+def test_run_announces_data_folder(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(SITE_TOML)
+    output_path = tmp_path / "run.out"
+    with output_path.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "run", "--config", str(path)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        announced = read_until(output_path, "running", process)
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=TIMEOUT_S)
+
+    data_dir = tmp_path / "box"
+    secrets_path = data_dir / "secrets" / "broker.json"
+    assert returncode == 0, output_path.read_text()
+    assert f"data folder {data_dir}" in announced
+    assert f"broker credentials in {secrets_path}" in announced
+    for password in json.loads(secrets_path.read_text()).values():
+        assert password not in announced
 
 
 def test_command_without_arguments() -> None:
