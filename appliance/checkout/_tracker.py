@@ -116,7 +116,9 @@ class ExitTracker:
         weighted_sum = track.weighted_sum + rssi_dbm * count
         total = track.count + count
         horizon = t - thresholds.window_s
-        while samples[0][0] <= horizon:  # the new sample is never dropped
+        # The length check keeps the new sample even when t is so large
+        # (1e308) that t - window_s == t.
+        while len(samples) > 1 and samples[0][0] <= horizon:
             _old_t, old_rssi, old_count = samples.pop(0)
             weighted_sum -= old_rssi * old_count
             total -= old_count
