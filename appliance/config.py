@@ -7,6 +7,7 @@ organiser can fix the file without reading code. A sample lives in
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
@@ -18,6 +19,16 @@ from appliance.errors import ConfigError
 
 _ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _BAND_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+# One label of a DNS host name: 1-63 letters, digits and '-', with no '-'
+# at either end.
+_HOST_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# The kit_stock column is an SQLite INTEGER (64-bit). No venue hands out a
+# million kits, so a larger figure is a typing error.
+MAX_KIT_STOCK = 1_000_000
+# An Eddystone-EID band counts seconds in 32 bits (see
+# appliance/wristbands/_eid.py). The offset is the Unix time at which that
+# counter was 0, so it is kept in the same range.
+_MAX_EID_CLOCK_OFFSET_S = 2**32 - 1
 
 ReaderRole = Literal["exit", "kit"]
 BrokerMode = Literal["auto", "mosquitto", "embedded", "external"]
@@ -102,9 +113,26 @@ def load_config(path: Path) -> SiteConfig:
     Raises ConfigError naming the file and the key for anything invalid.
     """
     try:
-        raw = tomllib.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError as err:
         raise ConfigError(f"configuration file {path} not found") from err
+    except IsADirectoryError as err:
+        raise ConfigError(
+            f"configuration file {path} is a directory; give the path of a TOML file"
+        ) from err
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read configuration file {path}: {err.strerror}"
+        ) from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+            f"{err.start}); TOML files must be saved as UTF-8"
+        ) from err
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
     try:
@@ -126,13 +154,18 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         "bands",
         {"ibeacon_uuid", "altbeacon_prefix", "eddystone_namespace", "registered"},
     )
-    data_dir = Path(_string(box, "box.data_dir", default="var/nightbox"))
+    data_dir = _data_dir(box, base_dir)
     readers = tuple(_reader(item, index) for index, item in _items(raw, "readers"))
     box_id = _identifier(box, "box.id", default="box-1")
     scanner = _choice(box, "box.scanner", ("none", "simulator", "bleak"), "none")
     if scanner != "none" and not any(reader.id == box_id for reader in readers):
         # The box's own scanner reports as an exit reader named after the box.
         readers += (ReaderConfig(box_id, "exit"),)
+    if not readers:
+        raise ConfigError(
+            "the site has no readers and box.scanner is 'none'; add at least one "
+            "[[readers]] entry (id and role) or set box.scanner"
+        )
     _reject_duplicates([reader.id for reader in readers], "readers")
     registered = tuple(
         _band(item, index) for index, item in _items(bands, "registered", "bands.")
@@ -150,7 +183,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         site_id=_identifier(site, "site.id"),
         site_name=_string(site, "site.name", default=site.get("id", "")),
         box_id=box_id,
-        data_dir=(base_dir / data_dir).resolve(),
+        data_dir=data_dir,
         ibeacon_uuid=_hex_bytes(bands, "bands.ibeacon_uuid", 16),
         altbeacon_prefix=_hex_bytes(bands, "bands.altbeacon_prefix", 16),
         eddystone_namespace=_hex_bytes(bands, "bands.eddystone_namespace", 10),
@@ -162,11 +195,29 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         kits_require_checkout=_bool(kits, "kits.require_checkout", False),
         kit_low_stock=_int(kits, "kits.low_stock", 10, minimum=0),
         coupon_ttl_s=_number(coupons, "coupons.ttl_h", 168.0, minimum=0.1) * 3600.0,
-        coupon_offer=_string(coupons, "coupons.offer", default=_DEFAULT_COUPON_OFFER),
+        coupon_offer=_nonblank(coupons, "coupons.offer", _DEFAULT_COUPON_OFFER),
     )
 
 
 _MORE = {"readers", "kits", "coupons"}
+
+
+def _data_dir(box: dict[str, Any], base_dir: Path) -> Path:
+    text = _nonblank(box, "box.data_dir", "var/nightbox")
+    try:
+        path = (base_dir / text).resolve()
+    except (OSError, RuntimeError, ValueError) as err:
+        # Path.resolve raises ValueError for a NUL character and, in Python
+        # 3.11, RuntimeError for a symlink loop.
+        raise ConfigError(
+            f"box.data_dir = {text!r} is not a usable path: {err}"
+        ) from err
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"box.data_dir = {text!r} resolves to {path}, which exists and is "
+            "not a directory; point it at a folder (it is created when missing)"
+        )
+    return path
 
 
 def _checkout(table: dict[str, Any]) -> CheckoutConfig:
@@ -199,8 +250,31 @@ def _broker(table: dict[str, Any]) -> BrokerConfig:
     port = _int(table, "broker.port", 0, minimum=0, maximum=65535)
     if mode == "external" and port == 0:
         raise ConfigError("broker.port is required when broker.mode is 'external'")
-    return BrokerConfig(
-        mode=mode, host=_string(table, "broker.host", default="127.0.0.1"), port=port
+    return BrokerConfig(mode=mode, host=_host(table, "broker.host"), port=port)
+
+
+def _host(table: dict[str, Any], key: str) -> str:
+    # Only the form is checked: resolving the name here would make parsing
+    # depend on the network.
+    value = _string(table, key, default="127.0.0.1")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return value
+    labels = value.removesuffix(".").split(".")
+    # No top-level domain is all digits, so "256.1.1.1" is a bad IPv4
+    # address, not a host name.
+    if (
+        len(value) <= 253
+        and all(_HOST_LABEL_PATTERN.match(label) for label in labels)
+        and not labels[-1].isdigit()
+    ):
+        return value
+    raise ConfigError(
+        f"{key} = {value!r:.80} is invalid; use an IPv4 or IPv6 address "
+        "(127.0.0.1, ::1) or a host name of letters, digits, '-' and '.'"
     )
 
 
@@ -213,13 +287,21 @@ def _reader(item: Any, index: int) -> ReaderConfig:
     _reject_unknown(item, key, {"id", "role", "threshold_dbm", "kit_stock"})
     role = _choice(item, f"{key}.role", ("exit", "kit"), None)
     threshold = item.get("threshold_dbm")
+    kit_stock = _int(item, f"{key}.kit_stock", 0, minimum=0, maximum=MAX_KIT_STOCK)
+    # NOTE: 0 stays accepted on an exit reader, because it is the default and
+    # generated configurations write it for every reader.
+    if role == "exit" and kit_stock:
+        raise ConfigError(
+            f"{key}.kit_stock = {kit_stock} is set on an exit reader; only kit "
+            "readers hand out kits, so remove it or set role = 'kit'"
+        )
     return ReaderConfig(
         id=_identifier(item, f"{key}.id"),
         role=role,
         threshold_dbm=None
         if threshold is None
         else _number(item, f"{key}.threshold_dbm", -65.0, -120, -20),
-        kit_stock=_int(item, f"{key}.kit_stock", 0, minimum=0),
+        kit_stock=kit_stock,
     )
 
 
@@ -243,7 +325,9 @@ def _band(item: Any, index: int) -> RegisteredBand:
         eid_rotation_exponent=_int(
             item, f"{key}.eid_rotation_exponent", 10, minimum=0, maximum=15
         ),
-        eid_clock_offset_s=_number(item, f"{key}.eid_clock_offset_s", 0.0),
+        eid_clock_offset_s=_number(
+            item, f"{key}.eid_clock_offset_s", 0.0, 0.0, _MAX_EID_CLOCK_OFFSET_S
+        ),
         aliases=tuple(aliases),
     )
 
@@ -294,6 +378,13 @@ def _string(table: dict[str, Any], key: str, *, default: str | None = None) -> s
         raise ConfigError(f"missing {key}")
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, not {value!r}")
+    return value
+
+
+def _nonblank(table: dict[str, Any], key: str, default: str) -> str:
+    value = _string(table, key, default=default)
+    if not value.strip():
+        raise ConfigError(f"{key} = {value!r} is empty; remove the key or give a value")
     return value
 
 

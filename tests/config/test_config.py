@@ -72,14 +72,59 @@ def test_config_load_matches_parse() -> None:
 
 
 def test_config_minimal_defaults(tmp_path: Path) -> None:
-    config = parse_config({"site": {"id": "venue"}, "box": {}}, base_dir=tmp_path)
+    raw = {
+        "site": {"id": "venue"},
+        "box": {},
+        "readers": [{"id": "exit-1", "role": "exit"}],
+    }
+
+    config = parse_config(raw, base_dir=tmp_path)
 
     assert config.site_name == "venue"
     assert config.box_id == "box-1"
     assert config.data_dir == tmp_path / "var" / "nightbox"
-    assert config.readers == ()
+    assert config.readers == (ReaderConfig("exit-1", "exit"),)
     assert config.broker == BrokerConfig()
     assert config.ibeacon_uuid is None
+    assert config.coupon_offer == "Recovery microcation: 20% off"
+
+
+def test_config_scanner_alone_is_enough(tmp_path: Path) -> None:
+    raw = {"site": {"id": "venue"}, "box": {"scanner": "simulator"}}
+
+    config = parse_config(raw, base_dir=tmp_path)
+
+    assert config.readers == (ReaderConfig("box-1", "exit"),)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "0.0.0.0", "::1", "fe80::1%eth0", "box.local", "broker-1", "a.b."],
+)
+def test_config_broker_host_accepted(host: str) -> None:
+    raw = sample()
+    raw["broker"]["host"] = host
+
+    assert parse(raw).broker.host == host
+
+
+def test_config_exit_reader_stock_zero_accepted() -> None:
+    # Generated configurations write kit_stock = 0 for every reader.
+    raw = sample()
+    raw["readers"][0]["kit_stock"] = 0
+
+    assert parse(raw).readers[0] == ReaderConfig("exit-1", "exit")
+
+
+def test_config_limits_accepted() -> None:
+    raw = sample()
+    raw["readers"][2]["kit_stock"] = 1_000_000
+    raw["bands"]["registered"][0]["eid_clock_offset_s"] = 2**32 - 1
+
+    config = parse(raw)
+
+    assert config.readers[2].kit_stock == 1_000_000
+    assert config.bands[0].eid_clock_offset_s == 2**32 - 1
 
 
 def test_config_scanner_adds_box_reader() -> None:
@@ -245,6 +290,68 @@ BAD_VALUES: list[tuple[str, Change, list[str]]] = [
         ["bands.registered[0].aliases", "'IB 1 2'"],
     ),
     ("alias-duplicate", duplicate_alias, ["aliases", "'ib-1-2'", "twice"]),
+    ("data-dir-empty", put("box.data_dir", ""), ["box.data_dir", "''", "empty"]),
+    (
+        "data-dir-is-file",
+        # Relative to the sample's folder, so this names the sample itself.
+        put("box.data_dir", "site.toml"),
+        ["box.data_dir", "'site.toml'", "not a directory"],
+    ),
+    (
+        "data-dir-nul",
+        put("box.data_dir", "var/\0box"),
+        ["box.data_dir", "not a usable path"],
+    ),
+    (
+        "reader-stock-huge",
+        put("readers[2].kit_stock", 10**20),
+        ["readers[2].kit_stock", str(10**20), "maximum 1000000"],
+    ),
+    (
+        "reader-stock-on-exit",
+        put("readers[0].kit_stock", 5),
+        ["readers[0].kit_stock", "5", "exit reader", "role = 'kit'"],
+    ),
+    ("offer-empty", put("coupons.offer", ""), ["coupons.offer", "''", "empty"]),
+    ("offer-blank", put("coupons.offer", "   "), ["coupons.offer", "empty"]),
+    ("no-readers", put("readers", []), ["no readers", "[[readers]]"]),
+    (
+        "eid-offset-negative",
+        put("bands.registered[0].eid_clock_offset_s", -1),
+        ["bands.registered[0].eid_clock_offset_s", "-1", "minimum"],
+    ),
+    (
+        "eid-offset-beyond-32-bits",
+        put("bands.registered[0].eid_clock_offset_s", 2**32),
+        ["bands.registered[0].eid_clock_offset_s", str(2**32), "maximum"],
+    ),
+    (
+        "broker-host-spaces",
+        put("broker.host", "my broker"),
+        ["broker.host", "'my broker'", "host name"],
+    ),
+    ("broker-host-empty", put("broker.host", ""), ["broker.host", "''"]),
+    (
+        "broker-host-bad-ipv4",
+        put("broker.host", "256.1.1.1"),
+        ["broker.host", "'256.1.1.1'", "IPv4"],
+    ),
+    (
+        "broker-host-url",
+        put("broker.host", "mqtt://box.local"),
+        ["broker.host", "'mqtt://box.local'"],
+    ),
+    (
+        "broker-host-label-hyphen",
+        put("broker.host", "-box.local"),
+        ["broker.host", "'-box.local'"],
+    ),
+    (
+        "broker-host-long-label",
+        put("broker.host", "a" * 64 + ".local"),
+        ["broker.host", "a" * 40],
+    ),
+    ("broker-host-number", put("broker.host", 127), ["broker.host", "127"]),
 ]
 
 
@@ -299,6 +406,35 @@ def test_config_load_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.toml"
 
     with pytest.raises(ConfigError, match="not found") as caught:
+        load_config(path)
+
+    assert str(path) in str(caught.value)
+
+
+def test_config_load_binary_file(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_bytes(b'[site]\nid = "\xff\xfe\x00\x01"\n')
+
+    with pytest.raises(ConfigError, match="not UTF-8") as caught:
+        load_config(path)
+
+    assert str(path) in str(caught.value)
+    assert "0xff" in str(caught.value)
+
+
+def test_config_load_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory") as caught:
+        load_config(tmp_path)
+
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_config_load_through_file(tmp_path: Path) -> None:
+    # A path that runs through a file gives NotADirectoryError, not "not found".
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "site.toml"
+
+    with pytest.raises(ConfigError, match="cannot read") as caught:
         load_config(path)
 
     assert str(path) in str(caught.value)
