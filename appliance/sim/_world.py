@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from appliance.sim._bands import SimBand, make_band
 
 ADVERTS_PER_S = 4
+# A guest who would leave this close to the end of the night stays instead.
+# A pass ends at most 10 s after the leave time (a pause of up to 4 s, then
+# 6 s walking away), so 30 s leaves the readers and the box time to finish.
+LAST_DEPARTURE_MARGIN_S = 30.0
 _Window = tuple[float, float, "Guest"]
 _PATH_LOSS_EXPONENT = 2.0
 _SHADOWING_DB = 3.0
@@ -88,6 +92,8 @@ class NightPlan:
         if rng.random() >= 0.03:  # a few stay past the end of the simulation
             leave = rng.uniform(arrive + 0.15 * self.duration_s, self.end_s - 60.0)
             leave = max(leave, arrive + 60.0)
+            if leave >= self.end_s - LAST_DEPARTURE_MARGIN_S:
+                leave = None
         loiter = None
         if rng.random() < 0.15:
             last = (leave or self.end_s) - 300.0

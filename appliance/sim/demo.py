@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -104,9 +105,15 @@ def _settings(
 async def run_demo(
     options: DemoOptions, progress: TextIO | None = sys.stderr
 ) -> dict[str, Any]:
-    """Run a simulated night and return its scored results."""
-    if options.guests < 1 or options.exits < 1 or options.speed <= 0:
-        raise ValueError("guests and exits must be at least 1 and speed above 0")
+    """Run a simulated night and return its scored results.
+
+    Cancelling the task stops the broker and removes the temporary folder
+    before the CancelledError propagates.
+    """
+    if options.guests < 1 or options.exits < 1 or not 0 < options.speed < math.inf:
+        raise ValueError(
+            "guests and exits must be at least 1 and speed a finite number above 0"
+        )
     started = time.monotonic()
     plan = NightPlan(
         options.guests, options.exits, options.seed, NIGHT_START_S, options.duration_s
@@ -115,6 +122,7 @@ async def run_demo(
         data_dir = options.data_dir or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="nightbox-demo-"))
         )
+        _LOGGER.info("Demo data folder: %s", data_dir)
         config = demo_config(plan, data_dir, options.broker_mode)
         credentials = SiteCredentials(data_dir / "secrets" / "broker.json")
         policy = site_policy(
@@ -421,7 +429,7 @@ def _progress_line(plan: NightPlan, box: Box, tally: _Tally, t: float) -> str:
         f"check-outs {box.checkouts.stats.checkouts:4d}  "
         f"kits {tally.kits_issued:4d} (stock {stock})  "
         f"coupons {tally.coupons_issued:4d}  "
-        f"faults {len(box.checkouts.faults)}"
+        f"faults raised {tally.faults_raised} (open {len(box.checkouts.faults)})"
     )
 
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,10 +27,13 @@ from appliance.bus.broker import start_broker
 from appliance.bus.client import Bus, BusSettings
 from appliance.config import BrokerConfig
 from appliance.errors import BrokerUnavailableError
+from appliance.sim._world import NightPlan
+from appliance.sim.demo import NIGHT_START_S
 from provisioning import SiteCredentials
 from provisioning.site_access import OBSERVER, ReaderGrant, site_policy
 
 NIGHT_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 30.0
 REQUIRED_KEYS = {
     "guests",
     "left",
@@ -98,7 +106,7 @@ def test_demo_embedded_broker() -> None:
     results = run_night(*SMALL_NIGHT, "--broker", "embedded")
 
     assert set(results) >= REQUIRED_KEYS
-    assert results["broker"] == "embedded broker"
+    assert results["broker"] == "embedded"
     assert results["duplicate_checkouts"] == 0, results
     assert results["false_checkouts"] == 0, results
     assert results["missed_checkouts"] <= 0.01 * results["left"], results
@@ -134,9 +142,9 @@ async def test_start_broker_falls_back_to_embedded(
     finally:
         await handle.stop()
 
-    assert handle.kind == "embedded broker"
+    assert handle.kind == "embedded"
     assert handle.host == "127.0.0.1"
-    assert handle.description.startswith("embedded broker on 127.0.0.1:")
+    assert handle.description == f"embedded broker on 127.0.0.1:{handle.port}"
     assert not (tmp_path / "run" / "mosquitto.conf").exists()
 
 
@@ -151,3 +159,135 @@ async def test_start_broker_mosquitto_mode_missing(
         await start_broker(
             BrokerConfig(mode="mosquitto"), tmp_path / "run", credentials, policy
         )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_night_plan_no_departure_at_the_end(seed: int) -> None:
+    # A 100 s night (shorter than the command allows) puts many drawn
+    # departures into the last 30 s, where the readers could not finish.
+    plan = NightPlan(200, 2, seed, NIGHT_START_S, 100.0)
+
+    late = [
+        guest.band.band_id
+        for guest in plan.guests
+        if guest.leave_s is not None and guest.leave_s >= plan.end_s - 30.0
+    ]
+
+    assert late == []
+
+
+def test_night_plan_short_night_has_departures() -> None:
+    plan = NightPlan(200, 2, 1, NIGHT_START_S, 300.0)
+
+    leaving = [guest for guest in plan.guests if guest.leave_s is not None]
+
+    assert len(leaving) > 150
+    assert all(guest.leave_s < plan.end_s - 30.0 for guest in leaving)
+
+
+def test_demo_progress_counts_faults_raised() -> None:
+    command = [sys.executable, "-m", "appliance", "demo", "--json"]
+    result = subprocess.run(
+        [*command, "--speed", "5000", "--guests", "60", "--minutes", "15"],
+        capture_output=True,
+        text=True,
+        timeout=NIGHT_TIMEOUT_S,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads(result.stdout)
+    progress = [line for line in result.stderr.splitlines() if " min] " in line]
+    assert len(progress) == 3, result.stderr[-2000:]
+    pattern = re.compile(r"faults raised (\d+) \(open (\d+)\)$")
+    raised = []
+    for line in progress:
+        match = pattern.search(line)
+        assert match is not None, line
+        raised.append(int(match.group(1)))
+    assert raised == sorted(raised)
+    assert raised[-1] <= results["faults_raised"]
+    assert results["faults_raised"] == 1
+
+
+def process_state(pid: int) -> str | None:
+    """Return the state letter of process ``pid`` (Z for a zombie), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def child_pids(parent: int, name: str) -> list[int]:
+    """Return the pids of the children of ``parent`` whose command is ``name``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        command = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == parent and command == name:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for_text(path: Path, text: str, timeout_s: float) -> str:
+    """Return the contents of ``path`` once they hold ``text``; fail on timeout."""
+    deadline = time.monotonic() + timeout_s
+    contents = ""
+    while time.monotonic() < deadline:
+        contents = path.read_text(errors="replace")
+        if text in contents:
+            return contents
+        time.sleep(0.05)
+    pytest.fail(f"{text!r} did not appear within {timeout_s} s: {contents[-2000:]}")
+
+
+def test_demo_sigterm_stops_broker(tmp_path: Path) -> None:
+    # Slow enough that the night is still running when the signal comes.
+    command = [sys.executable, "-m", "appliance", "-v", "demo", "--headless"]
+    log_path = tmp_path / "demo.log"
+    brokers: list[int] = []
+    folder: Path | None = None
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "--speed", "20", "--broker", "mosquitto"],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        started = wait_for_text(log_path, "Broker: ", START_TIMEOUT_S)
+        brokers = child_pids(process.pid, "mosquitto")
+        found = re.search(r"Demo data folder: (\S+)", started)
+        assert found is not None, started[-2000:]
+        folder = Path(found.group(1))
+        assert len(brokers) == 1
+        assert folder.is_dir()
+
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=START_TIMEOUT_S)
+        broker_state = process_state(brokers[0])
+        folder_left = folder.exists()
+    finally:
+        if process.poll() is None:
+            brokers = brokers or child_pids(process.pid, "mosquitto")
+            process.kill()
+            process.wait(timeout=START_TIMEOUT_S)
+        # A demo that dies without its cleanup leaves its broker running.
+        for pid in brokers:
+            if process_state(pid) not in (None, "Z"):
+                os.kill(pid, signal.SIGKILL)
+        if folder is not None and folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+    log = log_path.read_text(errors="replace")
+    assert returncode == 128 + signal.SIGTERM, log[-2000:]
+    assert "stopped by SIGTERM" in log
+    assert "Traceback" not in log
+    assert broker_state in (None, "Z")
+    assert not folder_left
