@@ -68,7 +68,7 @@ class RequestServer:
         self.counts: Counter[str] = Counter()
 
     def serve(self, service: str, action: str, handler: RequestHandler) -> None:
-        """Answer requests on ``api/<service>/<action>`` with ``handler``."""
+        """Serve requests on ``api/<service>/<action>`` with ``handler``."""
         name = f"{service}/{action}"
 
         async def on_request(incoming: Incoming) -> None:
