@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from appliance.bus.client import Bus, BusSettings
 from appliance.clock import SystemClock, TimeSource
 from appliance.config import BrokerConfig, ReaderConfig, SiteConfig
 from appliance.runtime import Box
+from appliance.sim._adverts import ibeacon
 from provisioning import SiteCredentials
 from provisioning.site_access import ReaderGrant, site_policy
 
@@ -143,3 +145,40 @@ def make_client(
             yield bus
 
     return factory
+
+
+def strong_batches(
+    site_config: SiteConfig,
+    reader_id: str,
+    minor: int,
+    boot: str,
+    first_seq: int = 1,
+) -> list[dict[str, Any]]:
+    """Return batches that make band ib-1-<minor> cross an exit.
+
+    Five batches 0.5 s apart, each with one sighting of 3 adverts at -50 dBm,
+    well above the -66 dBm threshold for longer than the 0.5 s dwell.
+    """
+    advert = ibeacon(site_config.ibeacon_uuid or SITE_UUID, 1, minor, -59).hex()
+    start = time.time()
+    batches = []
+    for index in range(5):
+        t = round(start + 0.5 * index, 3)
+        sighting = {
+            "t": t,
+            "addr": f"c4:7c:8d:6a:11:{minor:02x}",
+            "rssi": -50,
+            "n": 3,
+            "adv": advert,
+        }
+        batches.append(
+            {
+                "reader": reader_id,
+                "boot": boot,
+                "seq": first_seq + index,
+                "t": t,
+                "heard": 3,
+                "sightings": [sighting],
+            }
+        )
+    return batches

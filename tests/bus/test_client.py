@@ -16,6 +16,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from conftest import strong_batches
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.bus import envelope
@@ -24,7 +25,6 @@ from appliance.bus.client import Bus, Incoming
 from appliance.config import SiteConfig
 from appliance.errors import RequestError
 from appliance.runtime import Box
-from appliance.sim._adverts import ibeacon
 from provisioning import SiteCredentials
 
 TIMEOUT_S = 10.0
@@ -95,40 +95,6 @@ async def watching(
 async def next_message(queue: asyncio.Queue[Any]) -> Any:
     """Return the next queued message, failing after TIMEOUT_S."""
     return await asyncio.wait_for(queue.get(), TIMEOUT_S)
-
-
-def strong_batches(
-    site_config: SiteConfig, reader_id: str, minor: int, boot: str
-) -> list[dict[str, Any]]:
-    """Return batches that make band ib-1-<minor> cross an exit.
-
-    Five batches 0.5 s apart, each with one sighting of 3 adverts at -50 dBm,
-    well above the -66 dBm threshold for longer than the 0.5 s dwell.
-    """
-    assert site_config.ibeacon_uuid is not None
-    advert = ibeacon(site_config.ibeacon_uuid, 1, minor, -59).hex()
-    start = time.time()
-    batches = []
-    for index in range(5):
-        t = round(start + 0.5 * index, 3)
-        sighting = {
-            "t": t,
-            "addr": f"c4:7c:8d:6a:11:{minor:02x}",
-            "rssi": -50,
-            "n": 3,
-            "adv": advert,
-        }
-        batches.append(
-            {
-                "reader": reader_id,
-                "boot": boot,
-                "seq": index + 1,
-                "t": t,
-                "heard": 3,
-                "sightings": [sighting],
-            }
-        )
-    return batches
 
 
 def kit_request(key: str, band: str = "ib-1-7") -> dict[str, Any]:

@@ -9,56 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
+from conftest import strong_batches
 
 from appliance.bus import envelope
 from appliance.bus.broker import BrokerHandle
 from appliance.bus.client import Bus, Incoming
 from appliance.config import SiteConfig
 from appliance.runtime import Box
-from appliance.sim._adverts import ibeacon
 from provisioning import SiteCredentials
 
 TIMEOUT_S = 10.0
-
-
-def strong_batches(
-    site_config: SiteConfig, reader_id: str, minor: int, boot: str, first_seq: int
-) -> list[dict[str, Any]]:
-    """Return batches that make band ib-1-<minor> cross an exit.
-
-    Five batches 0.5 s apart, each with one sighting of 3 adverts at -50 dBm,
-    well above the -66 dBm threshold for longer than the 0.5 s dwell.
-    """
-    assert site_config.ibeacon_uuid is not None
-    advert = ibeacon(site_config.ibeacon_uuid, 1, minor, -59).hex()
-    start = time.time()
-    batches = []
-    for index in range(5):
-        t = round(start + 0.5 * index, 3)
-        sighting = {
-            "t": t,
-            "addr": f"c4:7c:8d:6a:11:{minor:02x}",
-            "rssi": -50,
-            "n": 3,
-            "adv": advert,
-        }
-        batches.append(
-            {
-                "reader": reader_id,
-                "boot": boot,
-                "seq": first_seq + index,
-                "t": t,
-                "heard": 3,
-                "sightings": [sighting],
-            }
-        )
-    return batches
 
 
 async def cross_exit(reader: Bus, batches: list[dict[str, Any]]) -> None:
