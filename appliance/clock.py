@@ -14,7 +14,7 @@ from typing import Protocol
 
 
 class TimeSource(StrEnum):
-    """Who vouched for the wall clock, if anyone."""
+    """Source that vouched for the wall clock, if any."""
 
     UNTRUSTED = "untrusted"
     NTP = "ntp"
@@ -67,7 +67,7 @@ class SystemClock:
 
 
 class ManualClock:
-    """A clock that moves only when told to; the simulated night drives it.
+    """A clock that moves only when advanced; the simulated night drives it.
 
     The simulator and the box share one instance, so the box judges silence
     and expiry in the night's own time however fast the night runs.

@@ -20,7 +20,7 @@ class PayloadError(NightboxError, ValueError):
 
 
 class StoreError(NightboxError, RuntimeError):
-    """The box's database cannot be used as it is; the message says why."""
+    """The box's database cannot be used as it is; the message gives the reason."""
 
 
 class HardwareError(NightboxError, RuntimeError):
@@ -32,7 +32,7 @@ class BrokerUnavailableError(NightboxError, ConnectionError):
 
 
 class RequestError(NightboxError):
-    """A bus request was answered with an error, or not answered in time.
+    """A bus request got an error reply, or no reply in time.
 
     ``code`` is a stable machine-readable word (``out-of-stock``,
     ``already-issued``, ``timeout`` ...) and ``message`` a sentence for people.

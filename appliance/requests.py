@@ -136,10 +136,10 @@ class RequestServer:
 
         Raises PayloadError when ``deadline`` is present but no Unix time.
         """
-        # The deadline is the requester's wall time. Only a box whose own
-        # clock is vouched for can judge it, and then with a skew allowance;
-        # stale requests are also dropped by the broker through the MQTT 5
-        # Message Expiry Interval that Bus.request sets.
+        # The deadline is the requester's wall time, so only a box whose own
+        # clock is vouched for can judge it, and then with a skew allowance.
+        # The broker also drops stale requests through the MQTT 5 Message
+        # Expiry Interval that Bus.request sets.
         if deadline is None:
             return False
         if isinstance(deadline, bool) or not isinstance(deadline, int | float):
@@ -197,9 +197,9 @@ class RequestServer:
         stored: tuple[Any, ...],
     ) -> None:
         action, stored_fingerprint, reply_text = stored
-        # A retry repeats the request exactly; the same key on another
-        # request is a client bug, and replaying would answer the wrong one.
-        # Rows from before fingerprints were stored have none and replay.
+        # A retry repeats the request exactly. The same key on another request
+        # is a client bug, and a replay would return another request's reply.
+        # Rows stored before schema version 2 have no fingerprint and replay.
         if action != name or stored_fingerprint not in (None, fingerprint):
             self.counts["idempotency-key-reused"] += 1
             used_for = action if action != name else f"another {action} request"

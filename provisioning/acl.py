@@ -12,7 +12,7 @@ from enum import StrEnum
 
 
 class Access(StrEnum):
-    """What a rule lets a client do with the topics its filter matches."""
+    """Permission that a rule grants on the topics its filter matches."""
 
     READ = "read"
     WRITE = "write"

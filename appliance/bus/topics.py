@@ -31,7 +31,7 @@ class Topics:
         return f"{self.prefix}/{kind}/{device_id}/status"
 
     def reply(self, kind: str, device_id: str) -> str:
-        """Where a device receives the replies to its requests."""
+        """Return the topic where a device receives replies to its requests."""
         return f"{self.prefix}/{kind}/{device_id}/reply"
 
     def sightings(self, reader_id: str) -> str:

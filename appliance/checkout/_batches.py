@@ -17,7 +17,7 @@ from typing import Any
 from appliance.errors import PayloadError
 
 MAX_SIGHTINGS_PER_BATCH = 2000
-# A reader at 10 batches a second takes 28 million years to get here; a
+# A reader at 10 batches a second takes 28 million years to get here. A
 # larger seq can only be a bug, and it would make every later batch look
 # like a duplicate until the reader reboots.
 MAX_SEQ = 2**53

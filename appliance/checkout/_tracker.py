@@ -2,10 +2,10 @@
 
 A band checks out at an exit when the mean of its power-corrected RSSI over
 a short window at one reader stays at or above that reader's threshold for
-the minimum dwell, with enough adverts in the window to trust the mean. The
-decision runs on the sightings' own timestamps, never on arrival time, so a
-replayed capture or a reader's buffered backlog gives the same answer as the
-live night. Absence of sightings never checks anyone out.
+the minimum dwell. The window must also contain enough adverts to trust the
+mean. The decision runs on the sightings' own timestamps, never on arrival
+time, so a replayed capture or a reader's buffered backlog gives the same
+result as the live night. Absence of sightings never checks anyone out.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 # Measured power that the RSSI is normalised to: a common 1 m calibration.
 REFERENCE_POWER_DBM = -59.0
-# Plausible 1 m measured powers of BLE tags; outside this the advert's own
-# figure is ignored and the raw RSSI decides (zero or positive is impossible).
+# Plausible 1 m measured powers of BLE tags. Outside this range the advert's
+# own figure is ignored and the raw RSSI decides, because zero or positive is
+# impossible.
 _MIN_PLAUSIBLE_POWER_DBM = -100
 _MAX_PLAUSIBLE_POWER_DBM = -1
 # A band unseen by a reader for longer than this starts a new approach.
@@ -77,11 +78,11 @@ def corrected_rssi(rssi_dbm: float, measured_power_dbm: int | None) -> float:
 
 
 class ExitTracker:
-    """Smoothed RSSI per band and reader; reports bands that cross an exit.
+    """Windowed RSSI per band and reader, reporting bands that cross an exit.
 
-    One band fires at most once per approach to a reader; deduplication
-    across readers and across the exit window is the caller's, because it
-    must survive a restart and so lives in the store.
+    One band fires at most once per approach to a reader. Deduplication
+    across readers and across the exit window belongs to the caller, because
+    it must survive a restart and so lives in the store.
     """
 
     def __init__(self) -> None:

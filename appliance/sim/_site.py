@@ -18,7 +18,7 @@ KIT_STATION = "kit-1"
 
 
 def exit_reader_id(index: int) -> str:
-    """The reader id of exit ``index`` (0-based)."""
+    """Return the reader id of exit ``index`` (0-based)."""
     return f"exit-{index + 1}"
 
 

@@ -67,7 +67,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 2: a digest of each idempotent request, so a key reused for a
-    # different request is told apart from a retry.
+    # different request is distinguished from a retry.
     """
     ALTER TABLE requests ADD COLUMN fingerprint TEXT;
     """,

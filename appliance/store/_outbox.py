@@ -11,7 +11,7 @@ from typing import Any
 class OutboxEvent:
     """A committed event waiting to be published, in box sequence order.
 
-    ``seq`` orders the box's own events whatever its wall clock says; ``id``
+    ``seq`` orders the box's own events whatever its wall clock reads; ``id``
     is globally unique, so consumers and the upstream collector deduplicate
     on it.
     """

@@ -26,8 +26,8 @@ class Advertisement:
 class Scanner(ABC):
     """A source of adverts, used as an async context manager.
 
-    Adverts queue up between reads; when the consumer falls behind by more
-    than ``queue_size`` adverts the oldest are dropped and counted, because a
+    Adverts queue up between reads. When the consumer falls behind by more
+    than ``queue_size`` adverts, the oldest are dropped and counted, because a
     stale advert is worth less than a fresh one.
     """
 

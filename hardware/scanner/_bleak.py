@@ -44,7 +44,7 @@ def advert_bytes_from_fields(
 
     BlueZ hands bleak parsed fields, not the raw bytes, so the box rebuilds
     the structures in a fixed order. Only 16-bit service UUIDs survive,
-    because wristband frames use nothing longer; field contents are kept
+    because wristband frames use nothing longer. Field contents are kept
     byte for byte, so the decoder gets what the band sent.
     """
     parts: list[bytes] = []
