@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from appliance import cli_economy
 from appliance.config import load_config
 from appliance.errors import NightboxError
 
@@ -127,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--config", type=Path, help="site configuration (default: the sample site)"
     )
+    cli_economy.add_commands(commands)
     return parser
 
 
@@ -212,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(arguments.config)
         if arguments.command == "decode":
             return _decode(arguments.hex)
+        if arguments.command in ("token", "wallet"):
+            return cli_economy.run(arguments)
         return _replay(arguments.file, arguments.config)
     except NightboxError as err:
         print(f"nightbox: {err}", file=sys.stderr)

@@ -8,16 +8,51 @@ organiser can fix the file without reading code. A sample lives in
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance._toml_values import (
+    boolean as _bool,
+)
+from appliance._toml_values import (
+    choice as _choice,
+)
+from appliance._toml_values import (
+    hex_bytes as _hex_bytes,
+)
+from appliance._toml_values import (
+    identifier as _identifier,
+)
+from appliance._toml_values import (
+    integer as _int,
+)
+from appliance._toml_values import (
+    items as _items,
+)
+from appliance._toml_values import (
+    nonblank as _nonblank,
+)
+from appliance._toml_values import (
+    number as _number,
+)
+from appliance._toml_values import (
+    reject_duplicates as _reject_duplicates,
+)
+from appliance._toml_values import (
+    reject_unknown as _reject_unknown,
+)
+from appliance._toml_values import (
+    string as _string,
+)
+from appliance._toml_values import (
+    table as _table,
+)
+from appliance.commerce.config import COMMERCE_TABLES, CommerceConfig, parse_commerce
 from appliance.errors import ConfigError
 
-_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _BAND_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 # One label of a DNS host name: 1-63 letters, digits and '-', with no '-'
 # at either end.
@@ -101,6 +136,7 @@ class SiteConfig:
     kit_low_stock: int = 10
     coupon_ttl_s: float = 7 * 24 * 3600.0
     coupon_offer: str = _DEFAULT_COUPON_OFFER
+    commerce: CommerceConfig = field(default_factory=CommerceConfig)
 
     def reader(self, reader_id: str) -> ReaderConfig | None:
         """Return the reader called ``reader_id``, or None."""
@@ -147,7 +183,11 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
     site = _table(raw, "site")
     box = _table(raw, "box")
     bands = _table(raw, "bands", required=False)
-    _reject_unknown(site, "site", {"id", "name"})
+    _reject_unknown(
+        site,
+        "site",
+        {"id", "name", "timezone", "night_rollover_hour", "portal_url"},
+    )
     _reject_unknown(box, "box", {"id", "data_dir", "scanner"})
     _reject_unknown(
         bands,
@@ -196,10 +236,11 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         kit_low_stock=_int(kits, "kits.low_stock", 10, minimum=0),
         coupon_ttl_s=_number(coupons, "coupons.ttl_h", 168.0, minimum=0.1) * 3600.0,
         coupon_offer=_nonblank(coupons, "coupons.offer", _DEFAULT_COUPON_OFFER),
+        commerce=parse_commerce(raw, site, box_id),
     )
 
 
-_MORE = {"readers", "kits", "coupons"}
+_MORE = {"readers", "kits", "coupons"} | COMMERCE_TABLES
 
 
 def _data_dir(box: dict[str, Any], base_dir: Path) -> Path:
@@ -330,143 +371,3 @@ def _band(item: Any, index: int) -> RegisteredBand:
         ),
         aliases=tuple(aliases),
     )
-
-
-def _leaf(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
-
-
-def _table(raw: dict[str, Any], key: str, *, required: bool = True) -> dict[str, Any]:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"missing [{key}] table")
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{key}] must be a table, not {value!r}")
-    return value
-
-
-def _items(raw: dict[str, Any], key: str, prefix: str = "") -> list[tuple[int, Any]]:
-    value = raw.get(key, [])
-    if not isinstance(value, list):
-        raise ConfigError(f"{prefix}{key} must be an array of tables ([[{key}]])")
-    return list(enumerate(value))
-
-
-def _reject_unknown(table: dict[str, Any], where: str, allowed: set[str]) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        place = f"[{where}]" if where else "the top level"
-        raise ConfigError(
-            f"unknown key {unknown[0]!r} in {place}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
-
-
-def _reject_duplicates(ids: list[str], where: str) -> None:
-    seen: set[str] = set()
-    for item in ids:
-        if item in seen:
-            raise ConfigError(f"{where} lists id {item!r} twice; ids must be unique")
-        seen.add(item)
-
-
-def _string(table: dict[str, Any], key: str, *, default: str | None = None) -> str:
-    value = table.get(_leaf(key), default)
-    if value is None:
-        raise ConfigError(f"missing {key}")
-    if not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, not {value!r}")
-    return value
-
-
-def _nonblank(table: dict[str, Any], key: str, default: str) -> str:
-    value = _string(table, key, default=default)
-    if not value.strip():
-        raise ConfigError(f"{key} = {value!r} is empty; remove the key or give a value")
-    return value
-
-
-def _identifier(table: dict[str, Any], key: str, *, default: str | None = None) -> str:
-    value = _string(table, key, default=default)
-    if not _ID_PATTERN.match(value):
-        raise ConfigError(
-            f"{key} = {value!r} is invalid; use 1-32 lowercase letters, digits "
-            "and '-', starting with a letter or digit"
-        )
-    return value
-
-
-def _number(
-    table: dict[str, Any],
-    key: str,
-    default: float,
-    minimum: float | None = None,
-    maximum: float | None = None,
-) -> float:
-    value = table.get(_leaf(key), default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key} must be a number, not {value!r}")
-    # TOML allows nan and inf, and nan passes every range check below.
-    if not math.isfinite(value):
-        raise ConfigError(f"{key} must be a finite number, not {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{key} = {value} is below the minimum {minimum}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{key} = {value} is above the maximum {maximum}")
-    return float(value)
-
-
-def _int(
-    table: dict[str, Any],
-    key: str,
-    default: int,
-    *,
-    minimum: int | None = None,
-    maximum: int | None = None,
-) -> int:
-    value = table.get(_leaf(key), default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key} must be a whole number, not {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{key} = {value} is below the minimum {minimum}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{key} = {value} is above the maximum {maximum}")
-    return value
-
-
-def _bool(table: dict[str, Any], key: str, default: bool) -> bool:
-    value = table.get(_leaf(key), default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, not {value!r}")
-    return value
-
-
-def _choice(
-    table: dict[str, Any], key: str, choices: tuple[str, ...], default: str | None
-) -> Any:
-    value = table.get(_leaf(key), default)
-    if value not in choices:
-        raise ConfigError(
-            f"{key} = {value!r} is invalid; use one of {', '.join(choices)}"
-        )
-    return value
-
-
-def _hex_bytes(table: dict[str, Any], key: str, size: int) -> bytes | None:
-    value = table.get(_leaf(key))
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{key} must be a hex string, not {value!r}")
-    text = value.replace("-", "").strip()
-    try:
-        decoded = bytes.fromhex(text)
-    except ValueError as err:
-        raise ConfigError(f"{key} = {value!r} is not hex: {err}") from err
-    if len(decoded) != size:
-        raise ConfigError(
-            f"{key} = {value!r} has {len(decoded)} bytes; it must have {size}"
-        )
-    return decoded

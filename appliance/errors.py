@@ -6,6 +6,8 @@ Python's exceptions still catch the right thing.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NightboxError(Exception):
     """Base class for every error the appliance raises on purpose."""
@@ -35,10 +37,14 @@ class RequestError(NightboxError):
     """A bus request got an error reply, or no reply in time.
 
     ``code`` is a stable machine-readable word (``out-of-stock``,
-    ``already-issued``, ``timeout`` ...) and ``message`` a sentence for people.
+    ``already-issued``, ``timeout`` ...), ``message`` a sentence for people and
+    ``details`` the error's other fields.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(
+        self, code: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.details = details or {}

@@ -1,39 +1,51 @@
-"""Idempotent request handling shared by every mutating bus API.
+"""Idempotent, authorised request handling shared by every bus API.
 
-A request carries an idempotency key. Its answer, success or refusal, is
-committed in the same transaction as the change it made, so a retry after a
-lost reply or a crash of the box between commit and reply gets the first
-answer again and changes nothing.
+A mutating request carries an idempotency key. Its answer, success or
+refusal, is committed in the same transaction as the change it made, so a
+retry after a lost reply or a crash of the box between commit and reply gets
+the first answer again and changes nothing.
+
+Requests from terminals carry an edge token (see :mod:`appliance.tokens`)
+that must allow the endpoint's scope. Requests are committed in groups: all
+requests waiting when the worker runs share one durable SQLite commit, each
+inside its own savepoint, and every reply is sent only after that commit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from appliance.bus import envelope
 from appliance.bus.client import Bus, Incoming
 from appliance.clock import Clock
 from appliance.errors import PayloadError
-from appliance.kits._validation import idempotency_key
 from appliance.store import Store, Transaction
+from appliance.tokens import EdgeTokens, TokenClaims, TokenError
 
 _LOGGER = logging.getLogger(__name__)
 
 # Clock difference tolerated between a requester and the box, in seconds.
 DEADLINE_SKEW_S = 2.0
+# Requests committed together at most; a group this size commits in a few
+# milliseconds, which bounds the wait of the last request in it.
+MAX_GROUP = 256
 
 
 class Refusal(Exception):
     """A final, stored "no" to a request, with a code and a sentence.
 
-    Raise it from a request handler before the handler writes anything.
+    Raise it from a request handler; the handler's writes are rolled back.
     """
 
     def __init__(self, code: str, message: str, **details: Any) -> None:
@@ -43,7 +55,54 @@ class Refusal(Exception):
         self.details = details
 
 
-RequestHandler = Callable[[Transaction, dict[str, Any]], dict[str, Any]]
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded request as a handler receives it.
+
+    ``requester`` is the device id from the reply topic, ``requester_kind``
+    its kind (``terminal``, ``reader`` or ``box``), and ``token`` the verified
+    edge token, None for a reader on an endpoint that readers may use.
+    """
+
+    key: str | None
+    data: dict[str, Any]
+    requester: str
+    requester_kind: str
+    token: TokenClaims | None
+
+
+RequestHandler = Callable[[Transaction, Request], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    name: str
+    handler: RequestHandler
+    scope: str | None
+    readers: bool
+    mutating: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    endpoint: _Endpoint
+    incoming: Incoming
+    request: Request
+    fingerprint: str
+
+
+_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+
+
+def idempotency_key(data: dict[str, Any]) -> str:
+    """Return the request's ``idempotency_key`` or raise PayloadError."""
+    value = data.get("idempotency_key")
+    if not isinstance(value, str) or not _KEY.match(value):
+        raise PayloadError(
+            "field 'idempotency_key' must be 8-64 letters, digits or ._:- "
+            f"(a UUID works), not {value!r:.60}"
+        )
+    return value
 
 
 def request_fingerprint(data: dict[str, Any]) -> str:
@@ -54,38 +113,73 @@ def request_fingerprint(data: dict[str, Any]) -> str:
 
 
 class RequestServer:
-    """Runs request handlers with idempotency, deadlines and clear errors."""
+    """Runs request handlers with tokens, idempotency, deadlines and clear errors."""
 
-    def __init__(self, bus: Bus, store: Store, clock: Clock) -> None:
+    def __init__(
+        self, bus: Bus, store: Store, clock: Clock, tokens: EdgeTokens | None = None
+    ) -> None:
         self._bus = bus
         self._store = store
         self._clock = clock
+        self._tokens = tokens
         # Replies go only to a device's own reply topic, which the ACL lets
         # only that device read, never to events or another site.
         self._reply_topic = re.compile(
-            rf"^{re.escape(bus.topics.prefix)}/(box|reader|terminal)/[^/+#]+/reply$"
+            rf"^{re.escape(bus.topics.prefix)}/(box|reader|terminal)/([^/+#]+)/reply$"
         )
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self.counts: Counter[str] = Counter()
+        self.groups = 0
 
-    def serve(self, service: str, action: str, handler: RequestHandler) -> None:
-        """Serve requests on ``api/<service>/<action>`` with ``handler``."""
-        name = f"{service}/{action}"
+    def serve(
+        self,
+        service: str,
+        action: str,
+        handler: RequestHandler,
+        *,
+        scope: str | None = None,
+        readers: bool = False,
+        mutating: bool = True,
+    ) -> None:
+        """Serve requests on ``api/<service>/<action>`` with ``handler``.
+
+        ``scope`` is the token scope a terminal needs; ``readers`` lets
+        readers call the endpoint without a token, because the broker's ACL
+        already limits which readers may publish there. A ``mutating``
+        endpoint needs an idempotency key and stores its answer; a query
+        does neither.
+        """
+        endpoint = _Endpoint(f"{service}/{action}", handler, scope, readers, mutating)
 
         async def on_request(incoming: Incoming) -> None:
-            await self._handle(name, incoming, handler)
+            await self._accept(endpoint, incoming)
 
         self._bus.subscribe(self._bus.topics.api(service, action), on_request)
 
-    async def _handle(
-        self, name: str, incoming: Incoming, handler: RequestHandler
-    ) -> None:
-        problem = self._response_topic_problem(incoming.response_topic)
-        if problem is not None:
+    async def start(self) -> None:
+        """Start the worker that commits and answers queued requests."""
+        self._worker = asyncio.create_task(self._work(), name="request-worker")
+
+    async def stop(self) -> None:
+        """Stop the worker; requests still queued get no reply and are retried."""
+        tasks = [task for task in (self._worker, *self._sending) if task]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _accept(self, endpoint: _Endpoint, incoming: Incoming) -> None:
+        requester = self._requester(incoming.response_topic)
+        if isinstance(requester, str):
             # Without a reply topic of a device, the requester would never
             # learn the outcome, so nothing is done.
             self.counts["invalid-response-topic"] += 1
-            self._bus.reject(incoming, problem, "invalid-response-topic")
+            self._bus.reject(incoming, requester, "invalid-response-topic")
             return
+        kind, device = requester
         try:
             message = envelope.decode(incoming.payload)
             if self._past_deadline(message.body.get("deadline")):
@@ -99,37 +193,55 @@ class RequestServer:
                 )
                 return
             data = message.data
-            key = idempotency_key(data)
+            key = idempotency_key(data) if endpoint.mutating else None
         except PayloadError as err:
-            self.counts["invalid-request"] += 1
-            self._bus.reject(incoming, str(err), "invalid-request")
-            await self._bus.respond(incoming, error=("invalid-request", str(err)))
-            return
-        fingerprint = request_fingerprint(data)
-        stored = self._store.query_one(
-            "SELECT action, fingerprint, reply FROM requests WHERE key = ?", (key,)
-        )
-        if stored is not None:
-            await self._replay(name, incoming, key, fingerprint, stored)
+            await self._invalid(incoming, err)
             return
         try:
-            reply = self._run(name, key, fingerprint, handler, data)
-        except PayloadError as err:
-            self.counts["invalid-request"] += 1
-            self._bus.reject(incoming, str(err), "invalid-request")
-            await self._bus.respond(incoming, error=("invalid-request", str(err)))
+            claims = self._authorise(endpoint, kind, device, message.body.get("token"))
+        except TokenError as err:
+            self.counts[f"token-{err.reason}"] += 1
+            self._bus.reject(incoming, str(err), f"token-{err.reason}")
+            await self._bus.respond(
+                incoming,
+                error={
+                    "code": f"token-{err.reason}",
+                    "message": err.message,
+                    "reason": err.reason,
+                },
+            )
             return
-        await self._send(incoming, reply)
+        request = Request(key, data, device, kind, claims)
+        fingerprint = request_fingerprint(data) if endpoint.mutating else ""
+        self._queue.put_nowait(_Pending(endpoint, incoming, request, fingerprint))
 
-    def _response_topic_problem(self, topic: str | None) -> str | None:
+    def _authorise(
+        self, endpoint: _Endpoint, kind: str, device: str, token: Any
+    ) -> TokenClaims | None:
+        if endpoint.scope is None or (endpoint.readers and kind == "reader"):
+            # NOTE: the local bus has no TLS, so a reader's identity rests on
+            # the broker's ACL and on the reply topic it names.
+            return None
+        if self._tokens is None:
+            raise TokenError("missing", "this box issues no tokens")
+        return self._tokens.verify(token, endpoint.scope, device)
+
+    async def _invalid(self, incoming: Incoming, err: PayloadError) -> None:
+        self.counts["invalid-request"] += 1
+        self._bus.reject(incoming, str(err), "invalid-request")
+        await self._bus.respond(incoming, error=("invalid-request", str(err)))
+
+    def _requester(self, topic: str | None) -> tuple[str, str] | str:
+        """Return ``(kind, device id)`` of a reply topic, or why it is invalid."""
         if not topic:
             return "the request has no response topic; set it to your reply topic"
-        if not self._reply_topic.match(topic):
+        match = self._reply_topic.match(topic)
+        if match is None:
             return (
                 f"response topic {topic!r:.80} is not a device reply topic like "
                 f"{self._bus.topics.reply('reader', 'kit-1')!r}"
             )
-        return None
+        return match.group(1), match.group(2)
 
     def _past_deadline(self, deadline: Any) -> bool:
         """Return whether the request's deadline has passed.
@@ -150,74 +262,141 @@ class RequestServer:
             return False
         return self._clock.now() > deadline + DEADLINE_SKEW_S
 
-    def _run(
-        self,
-        name: str,
-        key: str,
-        fingerprint: str,
-        handler: RequestHandler,
-        data: dict[str, Any],
-    ) -> dict[str, Any]:
-        with self._store.transaction() as transaction:
-            transaction.execute("SAVEPOINT handler")
-            try:
-                reply: dict[str, Any] = {"ok": True, "data": handler(transaction, data)}
-                self.counts[f"{name}:ok"] += 1
-            except Refusal as refusal:
-                transaction.execute("ROLLBACK TO handler")
-                reply = {
-                    "ok": False,
-                    "error": {
-                        "code": refusal.code,
-                        "message": refusal.message,
-                        **refusal.details,
-                    },
-                }
-                self.counts[f"{name}:{refusal.code}"] += 1
-            transaction.execute("RELEASE handler")
+    async def _work(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < MAX_GROUP and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            replies = self._commit(group)
+            self.groups += 1
+            task = asyncio.create_task(self._send_all(group, replies))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    def _commit(self, group: list[_Pending]) -> list[dict[str, Any]]:
+        """Run every request of ``group`` in one transaction; return the replies."""
+        try:
+            with self._store.transaction() as transaction:
+                return [self._run(transaction, pending) for pending in group]
+        except sqlite3.Error as err:
+            # The transaction rolled back, so no request of the group took
+            # effect, and each requester's retry runs it again.
+            _LOGGER.error(
+                "Could not commit %d requests: %s; they will be retried",
+                len(group),
+                err,
+            )
+            self.counts["store-error"] += len(group)
+            error = {
+                "code": "store-error",
+                "message": "the box could not store the request; retry it",
+            }
+            return [{"ok": False, "error": error} for _ in group]
+
+    def _run(self, transaction: Transaction, pending: _Pending) -> dict[str, Any]:
+        endpoint, request = pending.endpoint, pending.request
+        if endpoint.mutating:
+            stored = transaction.execute(
+                "SELECT action, fingerprint, reply FROM requests WHERE key = ?",
+                (request.key,),
+            ).fetchone()
+            if stored is not None:
+                return self._replay(endpoint.name, pending, stored)
+        transaction.execute("SAVEPOINT handler")
+        store_reply = endpoint.mutating
+        try:
+            reply: dict[str, Any] = {
+                "ok": True,
+                "data": endpoint.handler(transaction, request),
+            }
+            self.counts[f"{endpoint.name}:ok"] += 1
+        except Refusal as refusal:
+            transaction.execute("ROLLBACK TO handler")
+            reply = _error_reply(refusal.code, refusal.message, **refusal.details)
+            self.counts[f"{endpoint.name}:{refusal.code}"] += 1
+        except PayloadError as err:
+            # An invalid request is not stored, so the fixed request may
+            # reuse its key.
+            transaction.execute("ROLLBACK TO handler")
+            self.counts["invalid-request"] += 1
+            self._bus.reject(pending.incoming, str(err), "invalid-request")
+            reply = _error_reply("invalid-request", str(err))
+            store_reply = False
+        except Exception as err:  # a handler bug must not stop the worker
+            transaction.execute("ROLLBACK TO handler")
+            _LOGGER.exception(
+                "Request %s (key %s) failed: %s", endpoint.name, request.key, err
+            )
+            self.counts["internal-error"] += 1
+            reply = _error_reply(
+                "internal-error", "the box failed to handle the request; retry it"
+            )
+            store_reply = False
+        transaction.execute("RELEASE handler")
+        if store_reply:
             transaction.execute(
                 "INSERT INTO requests (key, action, fingerprint, reply, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (
-                    key,
-                    name,
-                    fingerprint,
+                    request.key,
+                    endpoint.name,
+                    pending.fingerprint,
                     json.dumps(reply, separators=(",", ":")),
                     time.time(),
                 ),
             )
         return reply
 
-    async def _replay(
-        self,
-        name: str,
-        incoming: Incoming,
-        key: str,
-        fingerprint: str,
-        stored: tuple[Any, ...],
-    ) -> None:
+    def _replay(
+        self, name: str, pending: _Pending, stored: tuple[Any, ...]
+    ) -> dict[str, Any]:
         action, stored_fingerprint, reply_text = stored
+        key = pending.request.key
+        fingerprint = pending.fingerprint
         # A retry repeats the request exactly. The same key on another request
         # is a client bug, and a replay would return another request's reply.
         # Rows stored before schema version 2 have no fingerprint and replay.
         if action != name or stored_fingerprint not in (None, fingerprint):
             self.counts["idempotency-key-reused"] += 1
             used_for = action if action != name else f"another {action} request"
-            self._bus.reject(incoming, f"key {key!r} reused", "idempotency-key-reused")
-            await self._bus.respond(
-                incoming,
-                error=(
-                    "idempotency-key-reused",
-                    f"key {key!r} was already used for {used_for}; use a new key",
-                ),
+            self._bus.reject(
+                pending.incoming, f"key {key!r} reused", "idempotency-key-reused"
             )
-            return
+            return _error_reply(
+                "idempotency-key-reused",
+                f"key {key!r} was already used for {used_for}; use a new key",
+            )
         self.counts["replayed"] += 1
         _LOGGER.info("Replayed the stored answer to %s request %s", name, key)
-        await self._send(incoming, json.loads(reply_text))
+        reply: dict[str, Any] = json.loads(reply_text)
+        return reply
+
+    async def _send_all(
+        self, group: list[_Pending], replies: list[dict[str, Any]]
+    ) -> None:
+        results = await asyncio.gather(
+            *(
+                self._send(pending.incoming, reply)
+                for pending, reply in zip(group, replies, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures:
+            # The answers are stored, so the requesters' retries get them.
+            _LOGGER.warning(
+                "Could not send %d of %d replies: %s",
+                len(failures),
+                len(group),
+                failures[0],
+            )
 
     async def _send(self, incoming: Incoming, reply: dict[str, Any]) -> None:
         if reply.get("ok"):
             await self._bus.respond(incoming, data=reply.get("data", {}))
             return
         await self._bus.respond(incoming, error=reply.get("error", {}))
+
+
+def _error_reply(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message, **details}}

@@ -14,11 +14,17 @@ import aiomqtt
 from appliance.bus.client import Bus, BusSettings
 from appliance.checkout import CheckoutService
 from appliance.clock import Clock
+from appliance.commerce._pricing import Pricing
+from appliance.commerce.figures import CreatorFigures
+from appliance.commerce.offers import PartnerOffers
 from appliance.config import SiteConfig
+from appliance.drops.service import DropService
 from appliance.kits import KitService
 from appliance.outbox import OutboxPublisher
 from appliance.requests import RequestServer
 from appliance.store import Store
+from appliance.tokens import box_tokens
+from appliance.wallet.service import WalletService
 from appliance.wristbands import EidResolver, SiteBands
 from provisioning import SiteCredentials
 from provisioning.site_access import box_username
@@ -100,7 +106,8 @@ class Box:
             )
         )
         self.store = Store(config.data_dir / "nightbox.sqlite3", clock)
-        self.requests = RequestServer(self.bus, self.store, clock)
+        self.tokens = box_tokens(config, self.store, clock)
+        self.requests = RequestServer(self.bus, self.store, clock, self.tokens)
         bands = site_bands(config)
         self.checkouts = CheckoutService(
             self.bus,
@@ -110,7 +117,24 @@ class Box:
             clock,
             health_interval_s=health_interval_s,
         )
-        self.kits = KitService(self.requests, self.store, config, clock, bands)
+        self.offers = PartnerOffers(self.requests, self.store, config.commerce, clock)
+        self.kits = KitService(
+            self.requests, self.store, config, clock, bands, self.offers
+        )
+        self._pricing = Pricing(config.commerce)
+        self.wallet = WalletService(
+            self.requests, config.commerce, self._pricing, clock
+        )
+        self.drops = DropService(
+            self.requests,
+            self.store,
+            config.commerce,
+            config.box_id,
+            clock,
+            self._pricing,
+            self.wallet,
+        )
+        self.figures = CreatorFigures(self.bus, self.store, config.commerce, clock)
         self.outbox = OutboxPublisher(self.bus, self.store, config.box_id)
         self._status_task: asyncio.Task[None] | None = None
         self.bus.on_connect(self.publish_status)
@@ -118,8 +142,14 @@ class Box:
     async def __aenter__(self) -> Box:
         await self.checkouts.start()
         await self.kits.start()
+        self._pricing.seed(self.store)
+        self.offers.start()
+        self.wallet.start()
+        self.drops.start()
+        await self.requests.start()
         await self.bus.__aenter__()
         await self.outbox.start()
+        await self.figures.start()
         self._status_task = asyncio.create_task(
             self._publish_status_forever(), name="box-status"
         )
@@ -141,6 +171,9 @@ class Box:
             self._status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._status_task
+        await self.requests.stop()
+        await self.drops.stop()
+        await self.figures.stop()
         await self.outbox.stop()
         await self.checkouts.stop()
         await self.bus.close()
@@ -170,6 +203,8 @@ class Box:
             "rejected": dict(stats.rejected) | dict(self.bus.stats.rejected),
             "requests": dict(self.requests.counts),
             "kit_stock": self.kits.stock(),
+            "drops": self.drops.stock(),
+            "partner_codes_left": self.offers.remaining(),
             "outbox_backlog": self.outbox.backlog,
             "readers": readers,
             "faults": [

@@ -78,6 +78,7 @@ async def _serve(
         config.site_id,
         config.box_id,
         [ReaderGrant(reader.id, reader.role) for reader in config.readers],
+        config.commerce.terminals,
     )
     broker = await start_broker(
         config.broker, config.data_dir / "run", credentials, policy

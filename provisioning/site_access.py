@@ -39,19 +39,36 @@ def terminal_username(terminal_id: str) -> str:
     return f"terminal-{terminal_id}"
 
 
-def site_policy(site: str, box_id: str, readers: Iterable[ReaderGrant]) -> AccessPolicy:
-    """Build the ACL of a site with one box, its readers, a desk and an observer."""
+# What a terminal may request; its edge token's scopes decide which of these
+# requests the box carries out.
+TERMINAL_SERVICES = ("optin", "kits", "wallet", "drops", "offers")
+
+
+def site_policy(
+    site: str,
+    box_id: str,
+    readers: Iterable[ReaderGrant],
+    terminals: Iterable[str] = (),
+) -> AccessPolicy:
+    """Build the ACL of a site: one box, its readers, terminals, a desk, an observer.
+
+    The desk is always a terminal; ``terminals`` adds the site's other
+    terminals (POS phones, kit tablets, creator stations).
+    """
     root = f"nightbox/{site}"
     grants: dict[str, list[AclRule]] = {
         box_username(box_id): [AclRule(Access.READWRITE, f"{root}/#")],
         # Read-only view of the whole site: dashboards and the demo's scoring.
         OBSERVER: [AclRule(Access.READ, f"{root}/#")],
-        terminal_username(DESK): [
-            *_device_rules(root, "terminal", DESK),
-            AclRule(Access.WRITE, f"{root}/api/optin/register"),
-            AclRule(Access.WRITE, f"{root}/api/kits/issue"),
-        ],
     }
+    for terminal in dict.fromkeys([DESK, *terminals]):
+        grants[terminal_username(terminal)] = [
+            *_device_rules(root, "terminal", terminal),
+            *(
+                AclRule(Access.WRITE, f"{root}/api/{service}/+")
+                for service in TERMINAL_SERVICES
+            ),
+        ]
     for reader in readers:
         rules = _device_rules(root, "reader", reader.reader_id)
         rules.append(

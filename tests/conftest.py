@@ -76,6 +76,7 @@ async def mosquitto(
         site_config.site_id,
         site_config.box_id,
         [ReaderGrant(reader.id, reader.role) for reader in site_config.readers],
+        site_config.commerce.terminals,
     )
     broker = await start_broker(
         BrokerConfig(mode="mosquitto"),
@@ -107,6 +108,22 @@ async def box(
     ) as running:
         await asyncio.wait_for(running.bus.connected.wait(), timeout=10)
         yield running
+
+
+TokenFactory = Callable[..., str]
+
+
+@pytest.fixture
+def issue_token(box: Box) -> TokenFactory:
+    """Return a factory of edge tokens: ``issue_token("desk", "optin:register")``.
+
+    Tokens last an hour unless ``ttl_s=`` says otherwise.
+    """
+
+    def issue(subject: str, *scopes: str, ttl_s: float = 3600.0) -> str:
+        return box.tokens.issue(subject, scopes, ttl_s).token
+
+    return issue
 
 
 @pytest.fixture

@@ -346,22 +346,33 @@ class Bus:
         )
 
     async def request(
-        self, topic: str, data: dict[str, Any], *, timeout_s: float = 2.0
+        self,
+        topic: str,
+        data: dict[str, Any],
+        *,
+        timeout_s: float = 2.0,
+        token: str | None = None,
     ) -> dict[str, Any]:
         """Send a request and return the ``data`` of a successful reply.
 
         The request carries ``deadline`` (Unix seconds) so a responder with a
         trusted clock can drop work whose caller has given up, and an MQTT 5
         Message Expiry Interval so the broker drops it unsent after
-        ``timeout_s``. Raises RequestError with the responder's error code,
-        or code ``timeout`` when no reply arrives.
+        ``timeout_s``. ``token`` is the terminal's edge token, sent beside
+        ``data``. Raises RequestError with the responder's error code, or
+        code ``timeout`` when no reply arrives.
         """
         correlation = uuid.uuid4().bytes
         future: asyncio.Future[dict[str, Any]] = (
             asyncio.get_running_loop().create_future()
         )
         self._pending[correlation] = future
-        body = {"data": data, "deadline": round(time.time() + timeout_s, 3)}
+        body: dict[str, Any] = {
+            "data": data,
+            "deadline": round(time.time() + timeout_s, 3),
+        }
+        if token is not None:
+            body["token"] = token
         try:
             async with asyncio.timeout(timeout_s):
                 await self.publish(
@@ -383,7 +394,9 @@ class Bus:
             return result if isinstance(result, dict) else {}
         error = reply.get("error") or {}
         raise RequestError(
-            str(error.get("code", "error")), str(error.get("message", "request failed"))
+            str(error.get("code", "error")),
+            str(error.get("message", "request failed")),
+            error if isinstance(error, dict) else None,
         )
 
     async def _on_reply(self, incoming: Incoming) -> None:

@@ -61,6 +61,10 @@ class Topics:
         """Request topic of a service action."""
         return f"{self.prefix}/api/{service}/{action}"
 
+    def creator_figures(self, creator_id: str) -> str:
+        """Retained live sales and drop claims of one creator, by set."""
+        return f"{self.prefix}/creators/{creator_id}/figures"
+
     @property
     def health(self) -> str:
         """Retained list of open health faults on the site."""

@@ -8,7 +8,6 @@ from typing import Any
 from appliance.errors import PayloadError
 
 _BAND = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
-_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 _WALLET = re.compile(r"^[A-Za-z0-9._:-]{4,64}$")
 # A practical address check (local@domain.tld); delivery proves the rest.
 _EMAIL = re.compile(
@@ -23,17 +22,6 @@ def band_id(data: dict[str, Any]) -> str:
     if not isinstance(value, str) or not _BAND.match(value):
         raise PayloadError(
             f"field 'band' must be a band id like 'ib-100-7', not {value!r:.60}"
-        )
-    return value
-
-
-def idempotency_key(data: dict[str, Any]) -> str:
-    """Return the request's ``idempotency_key`` or raise PayloadError."""
-    value = data.get("idempotency_key")
-    if not isinstance(value, str) or not _KEY.match(value):
-        raise PayloadError(
-            "field 'idempotency_key' must be 8-64 letters, digits or ._:- "
-            f"(a UUID works), not {value!r:.60}"
         )
     return value
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.clock import Clock
 from appliance.config import SiteConfig
 from appliance.errors import PayloadError
 from appliance.kits import _validation
 from appliance.kits._coupons import coupon_code
-from appliance.requests import Refusal, RequestServer
+from appliance.requests import Refusal, Request, RequestServer
 from appliance.store import Store, Transaction
 from appliance.wristbands import BandMatch, SiteBands
+
+if TYPE_CHECKING:
+    # A type only: importing the offers at run time would be circular,
+    # because they serve requests through appliance.requests.
+    from appliance.commerce.offers import PartnerOffers
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,8 +39,10 @@ class KitService:
         config: SiteConfig,
         clock: Clock,
         bands: SiteBands,
+        partner_offers: PartnerOffers | None = None,
     ) -> None:
         self._requests = requests
+        self._partner_offers = partner_offers
         self._bands = bands
         self._store = store
         self._config = config
@@ -51,8 +58,12 @@ class KitService:
                         " VALUES (?, ?, ?)",
                         (reader.id, reader.kit_stock, reader.kit_stock),
                     )
-        self._requests.serve("optin", "register", self._register_optin)
-        self._requests.serve("kits", "issue", self._issue_kit)
+        self._requests.serve(
+            "optin", "register", self._register_optin, scope="optin:register"
+        )
+        self._requests.serve(
+            "kits", "issue", self._issue_kit, scope="kits:issue", readers=True
+        )
 
     def stock(self) -> dict[str, dict[str, int]]:
         """Return initial and remaining kits per station."""
@@ -65,8 +76,9 @@ class KitService:
         }
 
     def _register_optin(
-        self, transaction: Transaction, data: dict[str, Any]
+        self, transaction: Transaction, request: Request
     ) -> dict[str, Any]:
+        data = request.data
         band = _validation.band_id(data)
         kind, contact = _validation.contact(data)
         consent = _validation.consent_text(data)
@@ -107,9 +119,8 @@ class KitService:
             )
         return match.band_id
 
-    def _issue_kit(
-        self, transaction: Transaction, data: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _issue_kit(self, transaction: Transaction, request: Request) -> dict[str, Any]:
+        data = request.data
         band = self._band_of(data)
         station = data.get("station")
         reader = self._config.reader(station) if isinstance(station, str) else None
@@ -117,6 +128,11 @@ class KitService:
             raise PayloadError(
                 "field 'station' must name a configured kit station, "
                 f"not {station!r:.40}"
+            )
+        if request.requester_kind == "reader" and request.requester != station:
+            raise PayloadError(
+                f"reader {request.requester} can hand out kits only from its own "
+                f"stock, not from station {station!r}"
             )
         earlier = transaction.execute(
             "SELECT station, issued_at FROM kits WHERE band = ?", (band,)
@@ -181,8 +197,14 @@ class KitService:
         if optin is None:
             return None
         expires_at = now + self._config.coupon_ttl_s
+        partner = None
+        if self._partner_offers is not None:
+            partner = self._partner_offers.hand_out(transaction, band, now)
+        offer = self._config.coupon_offer if partner is None else partner["offer"]
         for _attempt in range(5):
-            code = coupon_code()
+            # A partner's code is unique by configuration, so only a drawn
+            # code can collide.
+            code = coupon_code() if partner is None else partner["code"]
             try:
                 transaction.execute(
                     "INSERT INTO coupons (code, band, contact_kind, contact,"
@@ -193,7 +215,7 @@ class KitService:
                         band,
                         optin[0],
                         optin[1],
-                        self._config.coupon_offer,
+                        offer,
                         now,
                         expires_at,
                     ),
@@ -212,8 +234,11 @@ class KitService:
                 "contact_kind": optin[0],
             },
         )
-        return {
+        coupon: dict[str, Any] = {
             "code": code,
-            "offer": self._config.coupon_offer,
+            "offer": offer,
             "expires_at": round(expires_at, 3),
         }
+        if partner is not None:
+            coupon["partner"] = partner["partner"]
+        return coupon

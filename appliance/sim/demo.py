@@ -195,8 +195,11 @@ async def _run_night(
             ),
             timeout=15,
         )
+        # Terminals act only with an edge token, which the box issues.
+        issued = box.tokens.issue(DESK, ["optin:register"], ttl_s=12 * 3600)
+        terminal = _Terminal(desk, issued.token)
         await _tick_loop(
-            plan, box, clock, readers, kit_station, desk, tally, options, progress
+            plan, box, clock, readers, kit_station, terminal, tally, options, progress
         )
         await _drain(box, tally)
     return tally
@@ -208,7 +211,7 @@ async def _tick_loop(
     clock: ManualClock,
     readers: list[Bus],
     kit_station: Bus,
-    desk: Bus,
+    desk: _Terminal,
     tally: _Tally,
     options: DemoOptions,
     progress: TextIO | None,
@@ -284,7 +287,20 @@ async def _keep_pace(
     await asyncio.sleep(max(0.0, delay))
 
 
-async def _opt_in(desk: Bus, guest: Guest, tally: _Tally) -> None:
+@dataclass(frozen=True, slots=True)
+class _Terminal:
+    """A terminal's bus client with its edge token."""
+
+    bus: Bus
+    token: str
+
+    async def request(self, service: str, action: str, data: dict[str, Any]) -> Any:
+        """Send a request with the terminal's token; return the reply data."""
+        topic = self.bus.topics.api(service, action)
+        return await self.bus.request(topic, data, timeout_s=5, token=self.token)
+
+
+async def _opt_in(desk: _Terminal, guest: Guest, tally: _Tally) -> None:
     contact = guest.opt_in or ""
     data: dict[str, Any] = {
         "band": guest.band.band_id,
@@ -297,7 +313,7 @@ async def _opt_in(desk: Bus, guest: Guest, tally: _Tally) -> None:
     else:
         data["wallet_id"] = contact
     try:
-        await desk.request(desk.topics.api("optin", "register"), data, timeout_s=5)
+        await desk.request("optin", "register", data)
         tally.optins += 1
     except RequestError as err:
         _LOGGER.warning("Opt-in of band %s failed: %s", guest.band.band_id, err)

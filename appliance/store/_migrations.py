@@ -71,4 +71,114 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE requests ADD COLUMN fingerprint TEXT;
     """,
+    # 3: the economy: edge tokens, wallets with a double-entry ledger,
+    # microdrops, promo codes, members and partner offer codes.
+    """
+    CREATE TABLE edge_tokens (
+        id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE revoked_tokens (
+        id TEXT PRIMARY KEY,
+        revoked_at REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE wallets (
+        band TEXT PRIMARY KEY,
+        currency TEXT NOT NULL,
+        balance INTEGER NOT NULL CHECK (balance >= 0)
+    );
+    CREATE TABLE ledger_transactions (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL
+            CHECK (kind IN ('topup', 'charge', 'refund', 'void')),
+        band TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        amount INTEGER NOT NULL CHECK (amount >= 0),
+        method TEXT,
+        terminal TEXT NOT NULL,
+        item TEXT,
+        quantity INTEGER,
+        list_amount INTEGER,
+        discount INTEGER NOT NULL DEFAULT 0,
+        promo_code TEXT,
+        creator TEXT,
+        set_id TEXT,
+        drop_claim TEXT,
+        refers_to TEXT REFERENCES ledger_transactions (id),
+        refunded INTEGER NOT NULL DEFAULT 0,
+        voided_by TEXT,
+        night TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        event_id TEXT NOT NULL
+    );
+    CREATE INDEX ledger_transactions_by_band ON ledger_transactions (band, night);
+    CREATE INDEX ledger_transactions_by_night ON ledger_transactions (night);
+    CREATE TABLE ledger_entries (
+        transaction_id TEXT NOT NULL REFERENCES ledger_transactions (id),
+        account TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        currency TEXT NOT NULL
+    );
+    CREATE INDEX ledger_entries_by_transaction ON ledger_entries (transaction_id);
+    CREATE INDEX ledger_entries_by_account ON ledger_entries (account);
+    CREATE TABLE drops (
+        id TEXT PRIMARY KEY,
+        item TEXT NOT NULL,
+        price INTEGER NOT NULL CHECK (price >= 0),
+        currency TEXT NOT NULL,
+        quota INTEGER NOT NULL CHECK (quota >= 0),
+        available INTEGER NOT NULL CHECK (available >= 0 AND available <= quota),
+        state TEXT NOT NULL DEFAULT 'scheduled'
+            CHECK (state IN ('scheduled', 'live', 'stopped'))
+    );
+    CREATE TABLE drop_claims (
+        id TEXT PRIMARY KEY,
+        drop_id TEXT NOT NULL REFERENCES drops (id),
+        band TEXT NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('reserved', 'paid', 'expired', 'cancelled')),
+        terminal TEXT NOT NULL,
+        creator TEXT,
+        set_id TEXT,
+        promo_code TEXT,
+        night TEXT NOT NULL,
+        reserved_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        transaction_id TEXT REFERENCES ledger_transactions (id),
+        pickup_code TEXT UNIQUE,
+        picked_up_at REAL
+    );
+    CREATE INDEX drop_claims_reserved ON drop_claims (expires_at)
+        WHERE status = 'reserved';
+    CREATE TABLE drop_holdings (
+        drop_id TEXT NOT NULL REFERENCES drops (id),
+        band TEXT NOT NULL,
+        units INTEGER NOT NULL CHECK (units >= 0),
+        PRIMARY KEY (drop_id, band)
+    );
+    CREATE TABLE promo_codes (
+        code TEXT PRIMARY KEY,
+        max_uses INTEGER NOT NULL,
+        uses INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0 AND uses <= max_uses)
+    );
+    CREATE TABLE members (
+        band TEXT PRIMARY KEY,
+        tier TEXT NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE TABLE partner_codes (
+        code TEXT PRIMARY KEY,
+        offer TEXT NOT NULL,
+        band TEXT UNIQUE,
+        issued_at REAL,
+        redeemed_at REAL,
+        redeemed_by TEXT
+    );
+    CREATE INDEX partner_codes_free ON partner_codes (offer, code)
+        WHERE band IS NULL;
+    """,
 )

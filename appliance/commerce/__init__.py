@@ -1,0 +1,1 @@
+"""Creator commerce: creators, promo codes, membership tiers, partner offers."""

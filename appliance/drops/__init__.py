@@ -1,0 +1,1 @@
+"""Limited microdrops with reservations, per-guest limits and per-box quotas."""

@@ -1,0 +1,1 @@
+"""Wristband wallets on a double-entry ledger."""
