@@ -38,6 +38,7 @@ _LOGGER = logging.getLogger(__name__)
 # one back until the previous segment is acknowledged.
 _SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _BACKOFF_INITIAL_S = 0.2
+_PENDING_CALLS_WARNING = 5000
 _MATCH_CACHE_SIZE = 1024
 _BACKOFF_MAX_S = 5.0
 
@@ -161,6 +162,12 @@ class Bus:
     def _availability_topic(self) -> str:
         return self.topics.availability(self.settings.kind, self.settings.device_id)
 
+    @property
+    def queued_messages(self) -> int:
+        """Messages received from the broker and not yet handed to a handler."""
+        client = self._client
+        return 0 if client is None else len(client.messages)
+
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         """Register ``handler`` for ``topic_filter``, resubscribed on every connect.
 
@@ -188,7 +195,7 @@ class Bus:
             )
         while not self._closing:
             try:
-                async with aiomqtt.Client(
+                client = aiomqtt.Client(
                     self.settings.host,
                     self.settings.port,
                     username=self.settings.username,
@@ -200,7 +207,12 @@ class Bus:
                     timeout=10,
                     max_queued_incoming_messages=100_000,
                     socket_options=_SOCKET_OPTIONS,
-                ) as client:
+                )
+                # aiomqtt 2.x logs a warning on every publish while more than
+                # this many wait for their acknowledgement (10 by default). A
+                # box answering several terminals has hundreds by design.
+                client.pending_calls_threshold = _PENDING_CALLS_WARNING
+                async with client:
                     await self._serve(client)
                     backoff_s = _BACKOFF_INITIAL_S
             except aiomqtt.MqttError as err:
