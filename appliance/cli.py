@@ -290,8 +290,18 @@ def _summary(results: dict[str, object]) -> str:
         f"{results['kits_refused_by_reason']}; coupons {results['coupons_issued']}.",
         f"Readers sent {results['sightings']} sightings; "
         f"faults raised {results['faults_raised']}.",
+        f"Wallets: {results['topups']} top-ups ({_euros(results['topped_up'])}), "
+        f"{results['charges']} bar charges ({_euros(results['charged'])}), "
+        f"{results['drop_sold']} drop tees sold; refused "
+        f"{results['economy_refused_by_reason']}; ledger balanced: "
+        f"{results['ledger_ok']}.",
     ]
     return "\n".join(lines)
+
+
+def _euros(cents: object) -> str:
+    value = cents if isinstance(cents, int) else 0
+    return f"{value // 100}.{value % 100:02d} EUR"
 
 
 def _run(config_path: Path) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance._toml_values import (
+    ID_PATTERN,
     boolean,
     choice,
     identifier,
@@ -543,7 +544,11 @@ def _quotas(
     quotas = table(source, "quotas", required=False)
     result: dict[str, int] = {}
     for box in quotas:
-        identifier({"id": box}, f"{key}.quotas box id")
+        if not ID_PATTERN.match(box):
+            raise ConfigError(
+                f"{key}.quotas names {box!r:.40}, which is not a box id; use the "
+                "box.id of each box that sells the drop"
+            )
         result[box] = integer(
             quotas, f"{key}.quotas.{box}", None, minimum=0, maximum=MAX_QUANTITY
         )

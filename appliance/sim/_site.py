@@ -12,6 +12,7 @@ from appliance.config import (
     SiteConfig,
 )
 from appliance.sim._bands import SITE_ALT_PREFIX, SITE_NAMESPACE, SITE_UUID
+from appliance.sim._economy import demo_commerce
 from appliance.sim._world import NightPlan
 
 KIT_STATION = "kit-1"
@@ -53,4 +54,5 @@ def demo_config(plan: NightPlan, data_dir: Path, broker_mode: BrokerMode) -> Sit
         checkout=CheckoutConfig(stall_s=12.0),
         broker=BrokerConfig(mode=broker_mode),
         kit_low_stock=10,
+        commerce=demo_commerce(plan),
     )

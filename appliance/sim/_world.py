@@ -69,6 +69,7 @@ class NightPlan:
         self, guests: int, exits: int, seed: int, start_s: float, duration_s: float
     ) -> None:
         self.rng = random.Random(seed)
+        self.seed = seed
         self.exits = exits
         self.start_s = start_s
         self.duration_s = duration_s

@@ -30,8 +30,18 @@ from appliance.config import BrokerMode, SiteConfig
 from appliance.errors import PayloadError, RequestError
 from appliance.runtime import Box
 from appliance.sightings import BatchBuilder
+from appliance.sim._economy import (
+    BAR,
+    MERCH,
+    EconomyTally,
+    Purchase,
+    Terminal,
+    plan_purchases,
+    run_purchases,
+)
 from appliance.sim._site import KIT_STATION, demo_config, exit_reader_id
 from appliance.sim._world import Guest, NightPlan
+from appliance.wallet._ledger import ledger_check
 from provisioning import SiteCredentials
 from provisioning.site_access import (
     DESK,
@@ -86,6 +96,7 @@ class _Tally:
     checkouts: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     event_ids: set[str] = field(default_factory=set)
     faults_raised: int = 0
+    economy: EconomyTally = field(default_factory=EconomyTally)
 
 
 def _settings(
@@ -129,6 +140,7 @@ async def run_demo(
             config.site_id,
             config.box_id,
             [ReaderGrant(reader.id, reader.role) for reader in config.readers],
+            config.commerce.terminals,
         )
         broker = await start_broker(
             config.broker, data_dir / "run", credentials, policy
@@ -176,6 +188,8 @@ async def _run_night(
     ]
     kit_station = client(reader_username(KIT_STATION), "reader", KIT_STATION)
     desk = client(terminal_username(DESK), "terminal", DESK)
+    bar = client(terminal_username(BAR), "terminal", BAR)
+    merch = client(terminal_username(MERCH), "terminal", MERCH)
     observer = client(OBSERVER, "observer", "demo", announce=False)
 
     async def on_event(incoming: Incoming) -> None:
@@ -184,24 +198,34 @@ async def _run_night(
     observer.subscribe(observer.topics.all_events, on_event)
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(box)
-        for bus in (*readers, kit_station, desk, observer):
+        terminals = (desk, bar, merch)
+        for bus in (*readers, kit_station, *terminals, observer):
             await stack.enter_async_context(bus)
         await asyncio.wait_for(
             asyncio.gather(
                 *(
                     bus.connected.wait()
-                    for bus in (box.bus, *readers, kit_station, desk, observer)
+                    for bus in (box.bus, *readers, kit_station, *terminals, observer)
                 )
             ),
             timeout=15,
         )
         # Terminals act only with an edge token, which the box issues.
-        issued = box.tokens.issue(DESK, ["optin:register"], ttl_s=12 * 3600)
-        terminal = _Terminal(desk, issued.token)
+        lifetime = min(24 * 3600.0, plan.duration_s + 3600.0)
+        scopes = {
+            DESK: ["optin:register"],
+            BAR: ["wallet:topup", "pos:charge", "drops:claim"],
+            MERCH: ["drops:claim"],
+        }
+        signed = {
+            name: Terminal(bus, box.tokens.issue(name, scopes[name], lifetime).token)
+            for name, bus in ((DESK, desk), (BAR, bar), (MERCH, merch))
+        }
         await _tick_loop(
-            plan, box, clock, readers, kit_station, terminal, tally, options, progress
+            plan, box, clock, readers, kit_station, signed, tally, options, progress
         )
         await _drain(box, tally)
+        tally.economy.ledger_ok = ledger_check(box.store).ok
     return tally
 
 
@@ -211,7 +235,7 @@ async def _tick_loop(
     clock: ManualClock,
     readers: list[Bus],
     kit_station: Bus,
-    desk: _Terminal,
+    terminals: dict[str, Terminal],
     tally: _Tally,
     options: DemoOptions,
     progress: TextIO | None,
@@ -220,6 +244,7 @@ async def _tick_loop(
         BatchBuilder(exit_reader_id(i), boot=f"sim{i}") for i in range(plan.exits)
     ]
     actions = _scheduled_actions(plan)
+    purchases = plan_purchases(plan, box.config.commerce)
     stall_from = (
         plan.start_s + plan.duration_s / 2 if options.stall and plan.exits > 1 else None
     )
@@ -253,9 +278,14 @@ async def _tick_loop(
         while actions and actions[0][0] <= t:
             _when, kind, guest = actions.pop(0)
             if kind == "optin":
-                await _opt_in(desk, guest, tally)
+                await _opt_in(terminals[DESK], guest, tally)
             else:
                 await _visit_kit_station(kit_station, guest, tally)
+        due: list[Purchase] = []
+        while purchases and purchases[0].at <= t:
+            due.append(purchases.pop(0))
+        if due:
+            await run_purchases(due, terminals[BAR], terminals[MERCH], tally.economy)
         await _keep_pace(box, tally, wall_start, (t - plan.start_s) / options.speed)
         if progress is not None and not options.headless and t >= next_report:
             next_report += 300.0
@@ -287,20 +317,7 @@ async def _keep_pace(
     await asyncio.sleep(max(0.0, delay))
 
 
-@dataclass(frozen=True, slots=True)
-class _Terminal:
-    """A terminal's bus client with its edge token."""
-
-    bus: Bus
-    token: str
-
-    async def request(self, service: str, action: str, data: dict[str, Any]) -> Any:
-        """Send a request with the terminal's token; return the reply data."""
-        topic = self.bus.topics.api(service, action)
-        return await self.bus.request(topic, data, timeout_s=5, token=self.token)
-
-
-async def _opt_in(desk: _Terminal, guest: Guest, tally: _Tally) -> None:
+async def _opt_in(desk: Terminal, guest: Guest, tally: _Tally) -> None:
     contact = guest.opt_in or ""
     data: dict[str, Any] = {
         "band": guest.band.band_id,
@@ -424,6 +441,13 @@ def _score(
         "sightings": tally.sightings,
         "batches": tally.batches,
         "faults_raised": tally.faults_raised,
+        "topups": tally.economy.topups,
+        "topped_up": tally.economy.topped_up,
+        "charges": tally.economy.charges,
+        "charged": tally.economy.charged,
+        "drop_sold": tally.economy.drop_sold,
+        "ledger_ok": tally.economy.ledger_ok,
+        "economy_refused_by_reason": dict(sorted(tally.economy.refused.items())),
         "broker": broker,
         "seed": options.seed,
         "exits": options.exits,
