@@ -89,9 +89,12 @@ class _Endpoint:
 @dataclass(slots=True)
 class _Pending:
     endpoint: _Endpoint
-    incoming: Incoming
     request: Request
     fingerprint: str
+    # A request from the bus is answered on its reply topic, an in-process
+    # call through its future.
+    incoming: Incoming | None = None
+    future: asyncio.Future[dict[str, Any]] | None = None
 
 
 _KEY = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
@@ -133,6 +136,7 @@ class RequestServer:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._endpoints: dict[str, _Endpoint] = {}
         self.counts: Counter[str] = Counter()
         self.groups = 0
 
@@ -155,6 +159,7 @@ class RequestServer:
         does neither.
         """
         endpoint = _Endpoint(f"{service}/{action}", handler, scope, readers, mutating)
+        self._endpoints[endpoint.name] = endpoint
 
         async def on_request(incoming: Incoming) -> None:
             await self._accept(endpoint, incoming)
@@ -216,7 +221,44 @@ class RequestServer:
             return
         request = Request(key, data, device, kind, claims)
         fingerprint = request_fingerprint(data) if endpoint.mutating else ""
-        self._queue.put_nowait(_Pending(endpoint, incoming, request, fingerprint))
+        self._queue.put_nowait(
+            _Pending(endpoint, request, fingerprint, incoming=incoming)
+        )
+
+    async def call(
+        self,
+        service: str,
+        action: str,
+        data: dict[str, Any],
+        *,
+        token: str | None,
+        terminal: str,
+    ) -> dict[str, Any]:
+        """Run a request from a terminal in this process; return its reply.
+
+        The request passes the same token, idempotency and commit path as one
+        from the bus, so the box's own terminal UI needs no broker. The reply
+        is ``{"ok": True, "data": …}`` or ``{"ok": False, "error": …}``.
+        """
+        endpoint = self._endpoints.get(f"{service}/{action}")
+        if endpoint is None:
+            raise KeyError(f"no endpoint api/{service}/{action} is served")
+        try:
+            key = idempotency_key(data) if endpoint.mutating else None
+            claims = self._authorise(endpoint, "terminal", terminal, token)
+        except TokenError as err:
+            self.counts[f"token-{err.reason}"] += 1
+            return _error_reply(f"token-{err.reason}", err.message, reason=err.reason)
+        except PayloadError as err:
+            self.counts["invalid-request"] += 1
+            return _error_reply("invalid-request", str(err))
+        request = Request(key, data, terminal, "terminal", claims)
+        fingerprint = request_fingerprint(data) if endpoint.mutating else ""
+        future: asyncio.Future[dict[str, Any]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.put_nowait(_Pending(endpoint, request, fingerprint, future=future))
+        return await future
 
     def _authorise(
         self, endpoint: _Endpoint, kind: str, device: str, token: Any
@@ -337,7 +379,7 @@ class RequestServer:
             # reuse its key.
             transaction.execute("ROLLBACK TO handler")
             self.counts["invalid-request"] += 1
-            self._bus.reject(pending.incoming, str(err), "invalid-request")
+            self._reject(pending, str(err), "invalid-request")
             reply = _error_reply("invalid-request", str(err))
             store_reply = False
         except Exception as err:  # a handler bug must not stop the worker
@@ -377,9 +419,7 @@ class RequestServer:
         if action != name or stored_fingerprint not in (None, fingerprint):
             self.counts["idempotency-key-reused"] += 1
             used_for = action if action != name else f"another {action} request"
-            self._bus.reject(
-                pending.incoming, f"key {key!r} reused", "idempotency-key-reused"
-            )
+            self._reject(pending, f"key {key!r} reused", "idempotency-key-reused")
             return _error_reply(
                 "idempotency-key-reused",
                 f"key {key!r} was already used for {used_for}; use a new key",
@@ -389,13 +429,29 @@ class RequestServer:
         reply: dict[str, Any] = json.loads(reply_text)
         return reply
 
+    def _reject(self, pending: _Pending, reason: str, kind: str) -> None:
+        if pending.incoming is not None:
+            self._bus.reject(pending.incoming, reason, kind)
+        else:
+            _LOGGER.warning(
+                "Rejected a %s request of %s (%s): %s",
+                pending.endpoint.name,
+                pending.request.requester,
+                kind,
+                reason,
+            )
+
     async def _send_all(
         self, group: list[_Pending], replies: list[dict[str, Any]]
     ) -> None:
+        for pending, reply in zip(group, replies, strict=True):
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_result(reply)
         results = await asyncio.gather(
             *(
                 self._send(pending.incoming, reply)
                 for pending, reply in zip(group, replies, strict=True)
+                if pending.incoming is not None
             ),
             return_exceptions=True,
         )

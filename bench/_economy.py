@@ -33,12 +33,14 @@ from provisioning.site_access import ReaderGrant, site_policy, terminal_username
 
 SCOPES = ("wallet:topup", "pos:charge", "drops:claim")
 BEER_PRICE = 450
+# One drop per phase of the drop benchmark, each with the same units.
+DROP_IDS = ("drop-engine", "drop-bus")
 
 
 def site_config(
     data_dir: Path, terminals: int, drop_units: int, per_guest_limit: int
 ) -> SiteConfig:
-    """Return the benchmark site: a bar item, one drop and ``terminals`` POS."""
+    """Return the benchmark site: a bar item, two drops and ``terminals`` POS."""
     now = time.time()
     commerce = CommerceConfig(
         wallet=WalletConfig(
@@ -49,16 +51,17 @@ def site_config(
             night_spend_limit=10_000_000,
         ),
         items=(Item("beer", "Beer", price=BEER_PRICE), Item("tee", "Tee", price=3000)),
-        drops=(
+        drops=tuple(
             DropConfig(
-                "bench-drop",
+                drop_id,
                 "tee",
                 price=3000,
                 quantity=drop_units,
                 starts_at=now - 60,
                 ends_at=now + 24 * 3600,
                 per_guest_limit=per_guest_limit,
-            ),
+            )
+            for drop_id in DROP_IDS
         ),
         terminals=tuple(f"pos-{i}" for i in range(terminals)),
     )

@@ -430,6 +430,9 @@ class Bus:
         """Reply to a request on its response topic; skip requests without one.
 
         ``error`` is ``(code, message)`` or a dict with at least those keys.
+        Replies go at QoS 0: the answer of every mutating request is stored,
+        so a requester that misses a reply retries with the same key and
+        gets the same answer, and the broker need not acknowledge each one.
         """
         if not incoming.response_topic:
             return
@@ -443,6 +446,7 @@ class Bus:
             incoming.response_topic,
             envelope.encode(self.settings.src, fields),
             correlation=incoming.correlation,
+            qos=0,
         )
 
     def reject(self, incoming: Incoming, reason: str, kind: str) -> None:
