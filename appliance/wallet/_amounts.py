@@ -43,7 +43,7 @@ def amount(data: dict[str, Any], key: str = "amount", *, minimum: int = 1) -> in
         )
     if value > MAX_AMOUNT:
         raise PayloadError(
-            f"field {key!r} = {value:.40} is above the maximum of {MAX_AMOUNT} "
+            f"field {key!r} = {value!r:.40} is above the maximum of {MAX_AMOUNT} "
             "minor units"
         )
     return value

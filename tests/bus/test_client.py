@@ -16,7 +16,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import strong_batches
+from conftest import TokenFactory, strong_batches
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.bus import envelope
@@ -362,14 +362,16 @@ async def test_bus_kit_retry_same_key_one_issue(box: Box, make_client: Any) -> N
 
 
 async def test_bus_kit_redelivery_same_envelope_one_issue(
-    box: Box, make_client: Any
+    box: Box, make_client: Any, issue_token: TokenFactory
 ) -> None:
     topic = box.bus.topics.api("kits", "issue")
-    request = envelope.encode(
-        "box/raw",
-        {"data": kit_request("redelivered-1"), "deadline": time.time() + 60},
-        message_id="kit-request-1",
-    )
+    # The token's subject is the device id of RAW_REPLY_TOPIC.
+    body = {
+        "data": kit_request("redelivered-1"),
+        "deadline": time.time() + 60,
+        "token": issue_token("raw", "kits:issue"),
+    }
+    request = envelope.encode("box/raw", body, message_id="kit-request-1")
 
     async with serving(make_client, "raw", RAW_REPLY_TOPIC) as (requester, replies):
         for correlation in (b"first", b"second"):
@@ -394,13 +396,16 @@ async def test_bus_kit_redelivery_same_envelope_one_issue(
 
 
 async def test_bus_idempotency_key_reused_other_action(
-    box: Box, make_client: Any
+    box: Box, make_client: Any, issue_token: TokenFactory
 ) -> None:
+    token = issue_token("caller", "kits:issue", "optin:register")
+
     async with make_client(BOX_ACCOUNT, "box", "caller", announce=False) as caller:
         await caller.request(
             box.bus.topics.api("kits", "issue"),
             kit_request("shared-key-1"),
             timeout_s=TIMEOUT_S,
+            token=token,
         )
         with pytest.raises(RequestError) as caught:
             await caller.request(
@@ -413,6 +418,7 @@ async def test_bus_idempotency_key_reused_other_action(
                     "idempotency_key": "shared-key-1",
                 },
                 timeout_s=TIMEOUT_S,
+                token=token,
             )
 
     assert caught.value.code == "idempotency-key-reused"

@@ -7,7 +7,8 @@ stored, and that a valid kit request still succeeds.
 
 The storm is published with the box's own account, the only one allowed to
 write every topic the box subscribes to, so one client delivers all of it
-in order.
+in order. Its requests carry an edge token issued to its device id "storm"
+with every scope, so a request fails only on the fault it was built with.
 """
 
 from __future__ import annotations
@@ -18,24 +19,47 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import jwt
+import pytest
+from conftest import TokenFactory
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.bus import envelope
 from appliance.bus.client import Bus, Incoming
 from appliance.checkout._batches import MAX_SIGHTINGS_PER_BATCH
+from appliance.commerce.config import MAX_AMOUNT
 from appliance.runtime import Box
 from appliance.sim._adverts import ibeacon
+from appliance.tokens import SCOPES
 
 TIMEOUT_S = 10.0
 STORM_REPLY_TOPIC = "nightbox/test/box/storm/reply"
 OVERSIZE_BYTES = envelope.MAX_PAYLOAD_BYTES + 1024
 SITE_UUID = bytes.fromhex("426c7565436861726d426561636f6e73")
 ADVERT_HEX = ibeacon(SITE_UUID, 1, 7, -59).hex()
-DOMAIN_TABLES = ("checkouts", "kits", "optins", "coupons", "requests")
+# The test site configures no drops, partner offers or promo codes, so
+# every one of these tables starts empty.
+DOMAIN_TABLES = (
+    "checkouts",
+    "kits",
+    "optins",
+    "coupons",
+    "requests",
+    "wallets",
+    "ledger_transactions",
+    "ledger_entries",
+    "drops",
+    "drop_claims",
+    "drop_holdings",
+    "partner_codes",
+    "revoked_tokens",
+)
 # Short enough that 2001 of them stay under the payload size limit.
 TINY_SIGHTING = {"t": 1, "rssi": -90, "adv": "00"}
 
@@ -79,6 +103,12 @@ class Storm:
             envelope.encode("box/storm", {"data": {}, "deadline": 1.0}),
         )
         assert body["error"]["code"] == "deadline-exceeded"
+
+
+@pytest.fixture
+def storm_token(issue_token: TokenFactory) -> str:
+    """A token of the storm client with every scope."""
+    return issue_token("storm", *SCOPES)
 
 
 @contextlib.asynccontextmanager
@@ -170,8 +200,11 @@ def optin_data(**changes: Any) -> dict[str, Any]:
     return data
 
 
-def envelope_cases(data: dict[str, Any]) -> list[tuple[str, bytes, str]]:
-    """Return envelope-level faults around an otherwise valid ``data``."""
+def envelope_cases(data: dict[str, Any], **fields: Any) -> list[tuple[str, bytes, str]]:
+    """Return envelope-level faults around an otherwise valid ``data``.
+
+    ``fields``, such as a request's ``token``, go into every envelope.
+    """
     padding = "x" * OVERSIZE_BYTES
     return [
         ("garbage bytes", b"\x00\x01garbage\xfe", "not UTF-8 JSON"),
@@ -180,25 +213,29 @@ def envelope_cases(data: dict[str, Any]) -> list[tuple[str, bytes, str]]:
         ("JSON list", b"[1, 2, 3]", "must be a JSON object"),
         ("JSON string", b'"hello"', "must be a JSON object"),
         ("JSON null", b"null", "must be a JSON object"),
-        ("schema v2", wrap(data, v=2), "schema version v=2"),
-        ("schema v true", wrap(data, v=True), "schema version v=True"),
-        ("id missing", wrap(data, id=None), "field 'id'"),
-        ("id number", wrap(data, id=42), "field 'id'"),
-        ("ts string", wrap(data, ts="yesterday"), "field 'ts'"),
+        ("schema v2", wrap(data, v=2, **fields), "schema version v=2"),
+        ("schema v true", wrap(data, v=True, **fields), "schema version v=True"),
+        ("id missing", wrap(data, id=None, **fields), "field 'id'"),
+        ("id number", wrap(data, id=42, **fields), "field 'id'"),
+        ("ts string", wrap(data, ts="yesterday", **fields), "field 'ts'"),
         # NaN and Infinity are not JSON (RFC 8259 section 6), so the whole
         # payload is rejected before any field is read.
-        ("ts NaN", wrap(data, ts=math.nan), "not UTF-8 JSON"),
-        ("ts Infinity", wrap(data, ts=math.inf), "not UTF-8 JSON"),
-        ("data list", wrap([data]), "field 'data'"),
-        ("huge", wrap(data, pad=padding), "exceeds the limit"),
+        ("ts NaN", wrap(data, ts=math.nan, **fields), "not UTF-8 JSON"),
+        ("ts Infinity", wrap(data, ts=math.inf, **fields), "not UTF-8 JSON"),
+        ("data list", wrap([data], **fields), "field 'data'"),
+        ("huge", wrap(data, pad=padding, **fields), "exceeds the limit"),
         (
             "deeply nested",
-            wrap(data).replace(b'"data"', f'"x":{nested(100_000)},"data"'.encode(), 1),
+            wrap(data, **fields).replace(
+                b'"data"', f'"x":{nested(100_000)},"data"'.encode(), 1
+            ),
             "depth limit exceeded",
         ),
         (
             "5000-digit number",
-            wrap(data).replace(b'"data"', b'"x":1' + b"0" * 5000 + b',"data"', 1),
+            wrap(data, **fields).replace(
+                b'"data"', b'"x":1' + b"0" * 5000 + b',"data"', 1
+            ),
             "not UTF-8 JSON",
         ),
     ]
@@ -249,6 +286,167 @@ OPTIN_FIELD_CASES = [
 ]
 
 
+def keyed(fields: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Return ``fields`` with a fresh idempotency key, then ``changes`` applied."""
+    data = {**fields, "idempotency_key": f"storm-{uuid.uuid4()}"}
+    data.update(changes)
+    return data
+
+
+def topup_data(**changes: Any) -> dict[str, Any]:
+    """Return a valid wallet top-up of 5.00 EUR with ``changes`` applied."""
+    fields = {"band": "ib-1-7", "currency": "EUR", "amount": 500, "method": "cash"}
+    return keyed(fields, changes)
+
+
+def charge_data(**changes: Any) -> dict[str, Any]:
+    """Return a wallet charge with ``changes`` applied.
+
+    The test site has an empty catalogue, so the box rejects the item.
+    """
+    fields = {"band": "ib-1-7", "currency": "EUR", "item": "water", "amount": 250}
+    return keyed(fields, changes)
+
+
+def transaction_data(**changes: Any) -> dict[str, Any]:
+    """Return a refund or void of a transaction id with ``changes`` applied."""
+    return keyed({"transaction_id": "tx-0001"}, changes)
+
+
+def balance_data(**changes: Any) -> dict[str, Any]:
+    """Return a valid balance query with ``changes`` applied."""
+    return keyed({"band": "ib-1-7"}, changes)
+
+
+def drop_data(**changes: Any) -> dict[str, Any]:
+    """Return a drop claim, start, stop or status request with ``changes`` applied.
+
+    The test site configures no drops, so the box rejects the drop.
+    """
+    return keyed({"drop": "tee-drop", "band": "ib-1-7"}, changes)
+
+
+def claim_data(**changes: Any) -> dict[str, Any]:
+    """Return a payment or cancellation of a drop claim with ``changes`` applied."""
+    return keyed({"claim": "claim-0001"}, changes)
+
+
+def code_data(**changes: Any) -> dict[str, Any]:
+    """Return a drop pick-up or partner offer redemption with ``changes`` applied."""
+    return keyed({"code": "AB12-CD3E"}, changes)
+
+
+# Every request endpoint of the box with a builder of its request data.
+ENDPOINTS: dict[str, Callable[..., dict[str, Any]]] = {
+    "kits/issue": kit_data,
+    "optin/register": optin_data,
+    "wallet/topup": topup_data,
+    "wallet/charge": charge_data,
+    "wallet/refund": transaction_data,
+    "wallet/void": transaction_data,
+    "wallet/balance": balance_data,
+    "drops/claim": drop_data,
+    "drops/pay": claim_data,
+    "drops/cancel": claim_data,
+    "drops/pickup": code_data,
+    "drops/start": drop_data,
+    "drops/stop": drop_data,
+    "drops/status": drop_data,
+    "offers/redeem": code_data,
+}
+# Queries take no idempotency key, but every other endpoint requires one.
+QUERIES = ("wallet/balance", "drops/status")
+
+# Cases of the wallet, drop and offer endpoints: (endpoint, name, data,
+# expected text of the error message).
+ECONOMY_FIELD_CASES = [
+    (endpoint, "key missing", without(data(), "idempotency_key"), "'idempotency_key'")
+    for endpoint, data in ENDPOINTS.items()
+    if endpoint not in QUERIES and endpoint not in ("kits/issue", "optin/register")
+]
+ECONOMY_FIELD_CASES += [
+    ("wallet/topup", "band missing", without(topup_data(), "band"), "'band'"),
+    (
+        "wallet/topup",
+        "currency missing",
+        without(topup_data(), "currency"),
+        "'currency'",
+    ),
+    ("wallet/topup", "currency other", topup_data(currency="USD"), "'currency'"),
+    ("wallet/topup", "amount missing", without(topup_data(), "amount"), "'amount'"),
+    ("wallet/topup", "amount fractional", topup_data(amount=4.5), "'amount'"),
+    ("wallet/topup", "amount string", topup_data(amount="500"), "'amount'"),
+    ("wallet/topup", "amount boolean", topup_data(amount=True), "'amount'"),
+    ("wallet/topup", "amount zero", topup_data(amount=0), "'amount'"),
+    ("wallet/topup", "amount negative", topup_data(amount=-500), "'amount'"),
+    ("wallet/topup", "amount too large", topup_data(amount=MAX_AMOUNT + 1), "'amount'"),
+    ("wallet/topup", "amount NaN", topup_data(amount=math.nan), "not UTF-8 JSON"),
+    ("wallet/topup", "method missing", without(topup_data(), "method"), "'method'"),
+    ("wallet/topup", "method unknown", topup_data(method="iou"), "'method'"),
+    ("wallet/charge", "band upper case", charge_data(band="IB-1-7"), "'band'"),
+    ("wallet/charge", "currency number", charge_data(currency=978), "'currency'"),
+    ("wallet/charge", "item missing", without(charge_data(), "item"), "'item'"),
+    ("wallet/charge", "item with slash", charge_data(item="a/b"), "'item'"),
+    ("wallet/charge", "item not sold", charge_data(), "not in the catalogue"),
+    (
+        "wallet/refund",
+        "id missing",
+        without(transaction_data(), "transaction_id"),
+        "'transaction_id'",
+    ),
+    (
+        "wallet/refund",
+        "id with space",
+        transaction_data(transaction_id="tx 1"),
+        "'transaction_id'",
+    ),
+    (
+        "wallet/refund",
+        "id too long",
+        transaction_data(transaction_id="t" * 65),
+        "'transaction_id'",
+    ),
+    (
+        "wallet/void",
+        "id missing",
+        without(transaction_data(), "transaction_id"),
+        "'transaction_id'",
+    ),
+    (
+        "wallet/void",
+        "id number",
+        transaction_data(transaction_id=7),
+        "'transaction_id'",
+    ),
+    ("wallet/balance", "band missing", without(balance_data(), "band"), "'band'"),
+    ("wallet/balance", "band nested", balance_data(band=[["ib-1-7"]]), "'band'"),
+    ("drops/claim", "drop missing", without(drop_data(), "drop"), "'drop'"),
+    ("drops/claim", "drop unknown", drop_data(), "not a drop of this site"),
+    ("drops/claim", "drop number", drop_data(drop=1), "'drop'"),
+    ("drops/pay", "claim missing", without(claim_data(), "claim"), "'claim'"),
+    ("drops/pay", "claim with slash", claim_data(claim="a/b"), "'claim'"),
+    ("drops/cancel", "claim missing", without(claim_data(), "claim"), "'claim'"),
+    ("drops/cancel", "claim empty", claim_data(claim=""), "'claim'"),
+    ("drops/pickup", "code missing", without(code_data(), "code"), "'code'"),
+    ("drops/pickup", "code number", code_data(code=1234), "'code'"),
+    ("drops/pickup", "code too long", code_data(code="A" * 21), "'code'"),
+    ("drops/start", "drop unknown", drop_data(), "not a drop of this site"),
+    ("drops/stop", "drop missing", without(drop_data(), "drop"), "'drop'"),
+    ("drops/status", "drop unknown", drop_data(), "not a drop of this site"),
+    ("drops/status", "drop Infinity", drop_data(drop=math.inf), "not UTF-8 JSON"),
+    ("offers/redeem", "code missing", without(code_data(), "code"), "'code'"),
+    ("offers/redeem", "code too short", code_data(code="AB"), "'code'"),
+    ("offers/redeem", "code too long", code_data(code="A" * 25), "'code'"),
+    ("offers/redeem", "code list", code_data(code=["AB12-CD3E"]), "'code'"),
+]
+
+
+def api_topic(box: Box, endpoint: str) -> str:
+    """Return the request topic of ``endpoint``, written "service/action"."""
+    service, action = endpoint.split("/")
+    return box.bus.topics.api(service, action)
+
+
 def assert_box_healthy(box: Box) -> None:
     """Assert that the bus task runs and no handler raised."""
     assert box.bus._task is not None
@@ -257,14 +455,17 @@ def assert_box_healthy(box: Box) -> None:
     assert box.bus.connected.is_set()
 
 
-def assert_store_unchanged(box: Box) -> None:
-    """Assert that no request or batch changed the store."""
+def assert_store_unchanged(box: Box, tokens_issued: int = 0) -> None:
+    """Assert that no request or batch changed the store.
+
+    ``tokens_issued`` is the number of tokens the test issued before its
+    storm, each of which emitted one ``token_issued`` event.
+    """
     for table in DOMAIN_TABLES:
         assert box.store.query(f"SELECT COUNT(*) FROM {table}") == [(0,)], table
     # A reader that goes quiet raises a fault event, and nothing else may appear.
-    assert (
-        box.store.query("SELECT type FROM outbox WHERE type NOT LIKE 'fault_%'") == []
-    )
+    events = box.store.query("SELECT type FROM outbox WHERE type NOT LIKE 'fault_%'")
+    assert events == [("token_issued",)] * tokens_issued
     assert box.kits.stock() == {"kit-1": {"initial": 5, "remaining": 5}}
 
 
@@ -281,25 +482,31 @@ async def assert_kit_request_succeeds(box: Box, make_client: Any) -> None:
 
 
 async def test_malformed_requests_get_invalid_request(
-    box: Box, make_client: Any
+    box: Box, make_client: Any, storm_token: str
 ) -> None:
-    kits_topic = box.bus.topics.api("kits", "issue")
-    optin_topic = box.bus.topics.api("optin", "register")
+    kits_topic = api_topic(box, "kits/issue")
+    optin_topic = api_topic(box, "optin/register")
     cases = [
-        (kits_topic, f"kits {name}", payload, expected)
-        for name, payload, expected in envelope_cases(kit_data())
+        (api_topic(box, endpoint), f"{endpoint} {name}", payload, expected)
+        for endpoint, data in ENDPOINTS.items()
+        for name, payload, expected in envelope_cases(data(), token=storm_token)
     ]
     cases += [
-        (optin_topic, f"optin {name}", payload, expected)
-        for name, payload, expected in envelope_cases(optin_data())
-    ]
-    cases += [
-        (kits_topic, f"kits {name}", wrap(data), expected)
+        (kits_topic, f"kits {name}", wrap(data, token=storm_token), expected)
         for name, data, expected in KIT_FIELD_CASES
     ]
     cases += [
-        (optin_topic, f"optin {name}", wrap(data), expected)
+        (optin_topic, f"optin {name}", wrap(data, token=storm_token), expected)
         for name, data, expected in OPTIN_FIELD_CASES
+    ]
+    cases += [
+        (
+            api_topic(box, endpoint),
+            f"{endpoint} {name}",
+            wrap(data, token=storm_token),
+            expected,
+        )
+        for endpoint, name, data, expected in ECONOMY_FIELD_CASES
     ]
 
     async with storm_client(make_client) as storm:
@@ -313,7 +520,65 @@ async def test_malformed_requests_get_invalid_request(
     assert_box_healthy(box)
     assert box.bus.stats.rejected == {"invalid-request": len(cases)}
     assert box.requests.counts["invalid-request"] == len(cases)
-    assert_store_unchanged(box)
+    assert_store_unchanged(box, tokens_issued=1)
+    await assert_kit_request_succeeds(box, make_client)
+
+
+def forged_token(token: str) -> str:
+    """Return ``token``'s claims signed with a fresh key instead of the box's."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA")
+
+
+def unsigned_token(token: str) -> str:
+    """Return ``token``'s claims as an unsigned JWT (``alg`` "none")."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    # PyJWT takes an empty key for the "none" algorithm.
+    return jwt.encode(claims, "", algorithm="none")
+
+
+async def test_token_faults_rejected(
+    box: Box, make_client: Any, storm_token: str, issue_token: TokenFactory
+) -> None:
+    # (name, token or None for no token field, expected error code)
+    faults: list[tuple[str, Any, str]] = [
+        ("no token", None, "token-missing"),
+        ("token number", 42, "token-malformed"),
+        ("token too short", "abc", "token-malformed"),
+        ("token not a JWT", "x" * 40, "token-malformed"),
+        ("token forged", forged_token(storm_token), "token-forged"),
+        ("token unsigned", unsigned_token(storm_token), "token-forged"),
+        ("token of the desk", issue_token("desk", *SCOPES), "token-replayed"),
+        (
+            "token without scope",
+            issue_token("storm", "stream:publish"),
+            "token-wrong-scope",
+        ),
+    ]
+    cases = []
+    for endpoint, data in ENDPOINTS.items():
+        for name, token, expected in faults:
+            fields = {} if token is None else {"token": token}
+            payload = wrap(data(), **fields)
+            cases.append(
+                (api_topic(box, endpoint), f"{endpoint} {name}", payload, expected)
+            )
+
+    async with storm_client(make_client) as storm:
+        for topic, name, payload, expected in cases:
+            body = await storm.request(topic, payload)
+
+            assert body["ok"] is False, name
+            assert body["error"]["code"] == expected, name
+            assert body["error"]["reason"] == expected.removeprefix("token-"), name
+
+    expected_counts = Counter(expected for _topic, _name, _payload, expected in cases)
+    assert_box_healthy(box)
+    assert box.bus.stats.rejected == expected_counts
+    for code, count in expected_counts.items():
+        assert box.requests.counts[code] == count, code
+    # The storm's token and the two tokens issued for ``faults``.
+    assert_store_unchanged(box, tokens_issued=3)
     await assert_kit_request_succeeds(box, make_client)
 
 
@@ -572,11 +837,29 @@ async def test_box_subscriptions_all_covered(box: Box) -> None:
     # The tests above cover exactly these filters; a new subscription of the
     # box needs its own malformed cases here.
     assert sorted(box.bus._subscriptions) == [
+        "nightbox/test/api/drops/cancel",
+        "nightbox/test/api/drops/claim",
+        "nightbox/test/api/drops/pay",
+        "nightbox/test/api/drops/pickup",
+        "nightbox/test/api/drops/start",
+        "nightbox/test/api/drops/status",
+        "nightbox/test/api/drops/stop",
         "nightbox/test/api/kits/issue",
+        "nightbox/test/api/offers/redeem",
         "nightbox/test/api/optin/register",
+        "nightbox/test/api/wallet/balance",
+        "nightbox/test/api/wallet/charge",
+        "nightbox/test/api/wallet/refund",
+        "nightbox/test/api/wallet/topup",
+        "nightbox/test/api/wallet/void",
         "nightbox/test/box/box-1/reply",
         "nightbox/test/reader/+/sightings",
     ]
+    # Every request topic has envelope, field and token cases above.
+    api_topics = [topic for topic in box.bus._subscriptions if "/api/" in topic]
+    assert sorted(api_topics) == sorted(
+        api_topic(box, endpoint) for endpoint in ENDPOINTS
+    )
 
 
 _JSON_SCALARS = (

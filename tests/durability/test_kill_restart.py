@@ -28,8 +28,11 @@ from conftest import SITE_UUID, ClientFactory
 from appliance.bus import envelope
 from appliance.bus.broker import BrokerHandle
 from appliance.bus.client import Bus, Incoming
+from appliance.clock import SystemClock, TimeSource
 from appliance.config import SiteConfig
 from appliance.sim import _adverts
+from appliance.store import Store
+from appliance.tokens import box_tokens
 
 TIMEOUT_S = 15.0
 STOCK = 5  # kit-1 in the test site
@@ -242,6 +245,21 @@ def kit_request(key: str) -> dict[str, Any]:
     return {"band": KIT_BAND, "station": "kit-1", "idempotency_key": key}
 
 
+def issue_token(site: SiteConfig, subject: str, *scopes: str) -> str:
+    """Issue an edge token with the box's own key and store, as the box would.
+
+    Call it before the box starts. The box then publishes the
+    ``token_issued`` event from its outbox when it starts, whereas a commit
+    from another process does not wake a running box's publisher.
+    """
+    clock = SystemClock(TimeSource.NTP)
+    store = Store(site.data_dir / "nightbox.sqlite3", clock)
+    try:
+        return box_tokens(site, store, clock).issue(subject, scopes, 3600.0).token
+    finally:
+        store.close()
+
+
 def query(site: SiteConfig, sql: str) -> list[tuple[Any, ...]]:
     """Read the box's SQLite file directly, beside the running box."""
     connection = sqlite3.connect(site.data_dir / "nightbox.sqlite3", timeout=10)
@@ -278,6 +296,8 @@ async def test_kill_restart_no_duplicates(
     make_client: ClientFactory,
     site_config: SiteConfig,
 ) -> None:
+    desk_token = issue_token(site_config, "desk", "optin:register")
+
     async with clients(make_client) as (exit_1, station, desk):
         await start_box(box_process, inbox)
         optin = {
@@ -288,7 +308,10 @@ async def test_kill_restart_no_duplicates(
             "idempotency_key": str(uuid.uuid4()),
         }
         await desk.request(
-            desk.topics.api("optin", "register"), optin, timeout_s=TIMEOUT_S
+            desk.topics.api("optin", "register"),
+            optin,
+            timeout_s=TIMEOUT_S,
+            token=desk_token,
         )
         batches = pass_batches(time.time(), first_seq=1, count=4)
         await publish_batches(exit_1, batches)

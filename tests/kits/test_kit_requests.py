@@ -2,7 +2,9 @@
 
 The kit station logs in as ``reader-kit-1`` and the opt-in desk as
 ``terminal-desk``, each with its generated password, so every request also
-passes mosquitto's ACLs. The test site has one kit station with 5 kits.
+passes mosquitto's ACLs. The desk also sends an edge token issued to "desk",
+and the kit station, a reader, sends none. The test site has one kit station
+with 5 kits.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SITE_UUID, ClientFactory, make_site_config
+from conftest import SITE_UUID, ClientFactory, TokenFactory, make_site_config
 
 from appliance.bus import envelope
 from appliance.bus.broker import BrokerHandle
 from appliance.bus.client import Bus, Incoming
 from appliance.clock import SystemClock
-from appliance.config import SiteConfig
+from appliance.config import ReaderConfig, SiteConfig
 from appliance.errors import RequestError
 from appliance.kits import is_valid_coupon_code
 from appliance.runtime import Box
@@ -33,6 +35,14 @@ TIMEOUT_S = 10.0
 EMAIL = "night.owl@example.org"
 CONSENT = "Send me one follow-up offer after tonight."
 STOCK = 5  # kit-1 in the test site
+# A second kit station, which reader kit-1 must not hand out kits from.
+TWO_STATIONS = {
+    "readers": (
+        ReaderConfig("exit-1", "exit"),
+        ReaderConfig("kit-1", "kit", kit_stock=STOCK),
+        ReaderConfig("kit-2", "kit", kit_stock=3),
+    )
+}
 
 Predicate = Callable[[str, dict[str, Any]], bool]
 
@@ -51,6 +61,12 @@ async def desk(make_client: ClientFactory) -> AsyncIterator[Bus]:
 
 
 @pytest.fixture
+def desk_token(issue_token: TokenFactory) -> str:
+    """The desk's token, allowed to record opt-ins and hand out kits."""
+    return issue_token("desk", "optin:register", "kits:issue")
+
+
+@pytest.fixture
 async def station(make_client: ClientFactory) -> AsyncIterator[Bus]:
     async with make_client("reader-kit-1", "reader", "kit-1") as client:
         yield client
@@ -60,7 +76,9 @@ def new_key() -> str:
     return str(uuid.uuid4())
 
 
-async def opt_in(desk: Bus, band: str, key: str | None = None, **fields: Any) -> Any:
+async def opt_in(
+    desk: Bus, token: str | None, band: str, key: str | None = None, **fields: Any
+) -> Any:
     data: dict[str, Any] = {
         "band": band,
         "consent": True,
@@ -69,17 +87,22 @@ async def opt_in(desk: Bus, band: str, key: str | None = None, **fields: Any) ->
     }
     data.update(fields if fields else {"email": EMAIL})
     topic = desk.topics.api("optin", "register")
-    return await desk.request(topic, data, timeout_s=TIMEOUT_S)
+    return await desk.request(topic, data, timeout_s=TIMEOUT_S, token=token)
 
 
 async def issue_kit(
-    client: Bus, band: str | None, key: str, station: str = "kit-1", **fields: Any
+    client: Bus,
+    band: str | None,
+    key: str,
+    station: str = "kit-1",
+    token: str | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {"station": station, "idempotency_key": key, **fields}
     if band is not None:
         data["band"] = band
     topic = client.topics.api("kits", "issue")
-    return await client.request(topic, data, timeout_s=TIMEOUT_S)
+    return await client.request(topic, data, timeout_s=TIMEOUT_S, token=token)
 
 
 async def request_error(request: Awaitable[Any]) -> RequestError:
@@ -146,8 +169,8 @@ async def inbox(make_client: ClientFactory) -> AsyncIterator[Inbox]:
         yield received
 
 
-async def test_optin_with_email(box: Box, desk: Bus) -> None:
-    reply = await opt_in(desk, "ib-1-1", email=EMAIL)
+async def test_optin_with_email(box: Box, desk: Bus, desk_token: str) -> None:
+    reply = await opt_in(desk, desk_token, "ib-1-1", email=EMAIL)
 
     assert reply == {"band": "ib-1-1", "contact_kind": "email", "recorded": True}
     assert [row[:4] for row in rows(box, "optins")] == [
@@ -155,8 +178,8 @@ async def test_optin_with_email(box: Box, desk: Bus) -> None:
     ]
 
 
-async def test_optin_with_wallet_id(box: Box, desk: Bus) -> None:
-    reply = await opt_in(desk, "ib-1-2", wallet_id="wallet:000042")
+async def test_optin_with_wallet_id(box: Box, desk: Bus, desk_token: str) -> None:
+    reply = await opt_in(desk, desk_token, "ib-1-2", wallet_id="wallet:000042")
 
     assert reply["contact_kind"] == "wallet"
     assert [row[:3] for row in rows(box, "optins")] == [
@@ -186,7 +209,7 @@ async def test_optin_with_wallet_id(box: Box, desk: Bus) -> None:
     ],
 )
 async def test_optin_invalid_rejected(
-    box: Box, desk: Bus, fields: dict[str, Any], named: str
+    box: Box, desk: Bus, desk_token: str, fields: dict[str, Any], named: str
 ) -> None:
     key = new_key()
     data: dict[str, Any] = {
@@ -199,7 +222,7 @@ async def test_optin_invalid_rejected(
     data = {name: value for name, value in data.items() if value is not None}
 
     error = await request_error(
-        desk.request(desk.topics.api("optin", "register"), data)
+        desk.request(desk.topics.api("optin", "register"), data, token=desk_token)
     )
 
     assert error.code == "invalid-request"
@@ -208,16 +231,42 @@ async def test_optin_invalid_rejected(
     assert key not in stored_keys(box)
 
 
-async def test_optin_invalid_answer_not_stored(box: Box, desk: Bus) -> None:
+async def test_optin_invalid_answer_not_stored(
+    box: Box, desk: Bus, desk_token: str
+) -> None:
     # A malformed request changed nothing, so the same key may be used
     # again once the desk has fixed the input.
     key = new_key()
-    error = await request_error(opt_in(desk, "ib-1-4", key, email="not-an-address"))
-    fixed = await opt_in(desk, "ib-1-4", key, email=EMAIL)
+    error = await request_error(
+        opt_in(desk, desk_token, "ib-1-4", key, email="not-an-address")
+    )
+    fixed = await opt_in(desk, desk_token, "ib-1-4", key, email=EMAIL)
 
     assert error.code == "invalid-request"
     assert fixed["recorded"] is True
     assert key in stored_keys(box)
+
+
+async def test_optin_without_token_rejected(
+    box: Box, desk: Bus, desk_token: str
+) -> None:
+    key = new_key()
+
+    error = await request_error(opt_in(desk, None, "ib-1-20", key))
+    optins_after_reject = rows(box, "optins")
+    keys_after_reject = stored_keys(box)
+    # The rejection is not stored, so the same key works once the token is sent.
+    fixed = await opt_in(desk, desk_token, "ib-1-20", key)
+
+    assert error.code == "token-missing"
+    assert error.details["reason"] == "missing"
+    assert optins_after_reject == []
+    assert keys_after_reject == set()
+    assert box.requests.counts["token-missing"] == 1
+    assert fixed["recorded"] is True
+    assert box.store.query(
+        "SELECT COUNT(*) FROM outbox WHERE type = 'optin_recorded'"
+    ) == [(1,)]
 
 
 async def test_kit_issued_once(box: Box, station: Bus) -> None:
@@ -236,8 +285,10 @@ async def test_kit_issued_once(box: Box, station: Bus) -> None:
     assert len(rows(box, "kits")) == 1
 
 
-async def test_kit_retry_same_answer(box: Box, desk: Bus, station: Bus) -> None:
-    await opt_in(desk, "ib-1-6")
+async def test_kit_retry_same_answer(
+    box: Box, desk: Bus, desk_token: str, station: Bus
+) -> None:
+    await opt_in(desk, desk_token, "ib-1-6")
     key = new_key()
 
     first = await issue_kit(station, "ib-1-6", key)
@@ -272,9 +323,9 @@ async def test_kit_out_of_stock_stored(box: Box, station: Bus) -> None:
 
 
 async def test_coupon_for_email_optin(
-    box: Box, site_config: SiteConfig, desk: Bus, station: Bus
+    box: Box, site_config: SiteConfig, desk: Bus, desk_token: str, station: Bus
 ) -> None:
-    await opt_in(desk, "ib-1-8", email=EMAIL)
+    await opt_in(desk, desk_token, "ib-1-8", email=EMAIL)
 
     before = time.time()
     reply = await issue_kit(station, "ib-1-8", new_key())
@@ -297,8 +348,10 @@ async def test_coupon_for_email_optin(
     assert before <= issued_at <= after
 
 
-async def test_coupon_for_wallet_optin(box: Box, desk: Bus, station: Bus) -> None:
-    await opt_in(desk, "ib-1-9", wallet_id="wallet:000009")
+async def test_coupon_for_wallet_optin(
+    box: Box, desk: Bus, desk_token: str, station: Bus
+) -> None:
+    await opt_in(desk, desk_token, "ib-1-9", wallet_id="wallet:000009")
 
     reply = await issue_kit(station, "ib-1-9", new_key())
 
@@ -308,8 +361,10 @@ async def test_coupon_for_wallet_optin(box: Box, desk: Bus, station: Bus) -> Non
     ]
 
 
-async def test_no_coupon_without_optin(box: Box, desk: Bus, station: Bus) -> None:
-    await opt_in(desk, "ib-1-10")
+async def test_no_coupon_without_optin(
+    box: Box, desk: Bus, desk_token: str, station: Bus
+) -> None:
+    await opt_in(desk, desk_token, "ib-1-10")
 
     reply = await issue_kit(station, "ib-1-11", new_key())
 
@@ -318,9 +373,9 @@ async def test_no_coupon_without_optin(box: Box, desk: Bus, station: Bus) -> Non
 
 
 async def test_events_never_contain_email(
-    box: Box, desk: Bus, station: Bus, inbox: Inbox
+    box: Box, desk: Bus, desk_token: str, station: Bus, inbox: Inbox
 ) -> None:
-    await opt_in(desk, "ib-1-12", email=EMAIL)
+    await opt_in(desk, desk_token, "ib-1-12", email=EMAIL)
     await issue_kit(station, "ib-1-12", new_key())
 
     optin = await inbox.wait_for_event("optin_recorded")
@@ -402,11 +457,11 @@ async def test_deadline_ignored_untrusted_clock(
     assert reply["data"]["band"] == "ib-1-15"
 
 
-async def test_key_reused_other_action(box: Box, desk: Bus) -> None:
+async def test_key_reused_other_action(box: Box, desk: Bus, desk_token: str) -> None:
     key = new_key()
-    await opt_in(desk, "ib-1-14", key)
+    await opt_in(desk, desk_token, "ib-1-14", key)
 
-    error = await request_error(issue_kit(desk, "ib-1-14", key))
+    error = await request_error(issue_kit(desk, "ib-1-14", key, token=desk_token))
 
     assert error.code == "idempotency-key-reused"
     assert "optin/register" in error.message
@@ -469,6 +524,39 @@ async def test_kit_unknown_station(box: Box, station: Bus, named: str) -> None:
     assert "station" in error.message
     assert rows(box, "kits") == []
     assert remaining(box) == STOCK
+
+
+@pytest.mark.parametrize("site_config", [TWO_STATIONS], indirect=True, ids=["two"])
+async def test_kit_reader_other_station_rejected(box: Box, station: Bus) -> None:
+    key = new_key()
+
+    error = await request_error(issue_kit(station, "ib-1-21", key, station="kit-2"))
+
+    assert error.code == "invalid-request"
+    assert "only from its own stock" in error.message
+    assert "'kit-2'" in error.message
+    assert rows(box, "kits") == []
+    assert box.kits.stock() == {
+        "kit-1": {"initial": STOCK, "remaining": STOCK},
+        "kit-2": {"initial": 3, "remaining": 3},
+    }
+    assert key not in stored_keys(box)
+
+
+async def test_kit_token_without_scope_rejected(
+    box: Box, desk: Bus, issue_token: TokenFactory
+) -> None:
+    optin_only = issue_token("desk", "optin:register")
+    key = new_key()
+
+    error = await request_error(issue_kit(desk, "ib-1-22", key, token=optin_only))
+
+    assert error.code == "token-wrong-scope"
+    assert "'kits:issue'" in error.message
+    assert rows(box, "kits") == []
+    assert remaining(box) == STOCK
+    assert key not in stored_keys(box)
+    assert box.requests.counts["token-wrong-scope"] == 1
 
 
 async def test_deadline_not_a_time(box: Box, station: Bus) -> None:
