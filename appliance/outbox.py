@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
 import aiomqtt
+import orjson
 
 from appliance.bus.client import Bus
 from appliance.store import OutboxEvent, Store
@@ -77,12 +77,12 @@ class OutboxPublisher:
         events = self._store.unpublished(limit=_WINDOW)
         if not events:
             return False
-        await asyncio.gather(*(self._publish(event) for event in events))
+        await self._bus.publish_batch([self._message(event) for event in events])
         self._store.mark_published([event.seq for event in events])
         self.published += len(events)
         return True
 
-    async def _publish(self, event: OutboxEvent) -> None:
+    def _message(self, event: OutboxEvent) -> tuple[str, bytes]:
         body = {
             "v": 1,
             "id": event.id,
@@ -93,7 +93,4 @@ class OutboxPublisher:
             "clock_trusted": event.clock_trusted,
             "data": event.data,
         }
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        await self._bus.publish(
-            self._bus.topics.event(event.type), payload, qos=1, timeout_s=10
-        )
+        return self._bus.topics.event(event.type), orjson.dumps(body)

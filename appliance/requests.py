@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from appliance.bus import envelope
 from appliance.bus.client import Bus, Incoming
 from appliance.clock import Clock
@@ -401,7 +403,7 @@ class RequestServer:
                     request.key,
                     endpoint.name,
                     pending.fingerprint,
-                    json.dumps(reply, separators=(",", ":")),
+                    orjson.dumps(reply).decode(),
                     time.time(),
                 ),
             )
@@ -426,7 +428,7 @@ class RequestServer:
             )
         self.counts["replayed"] += 1
         _LOGGER.info("Replayed the stored answer to %s request %s", name, key)
-        reply: dict[str, Any] = json.loads(reply_text)
+        reply: dict[str, Any] = orjson.loads(reply_text)
         return reply
 
     def _reject(self, pending: _Pending, reason: str, kind: str) -> None:

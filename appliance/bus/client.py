@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -39,6 +40,8 @@ _LOGGER = logging.getLogger(__name__)
 _SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _BACKOFF_INITIAL_S = 0.2
 _PENDING_CALLS_WARNING = 5000
+# How often publish_batch looks for the broker's PUBACKs, in seconds.
+_ACK_POLL_S = 0.0005
 _MATCH_CACHE_SIZE = 1024
 _BACKOFF_MAX_S = 5.0
 
@@ -116,6 +119,7 @@ class Bus:
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._reply_topic = self.topics.reply(settings.kind, settings.device_id)
         self._last_log: dict[str, float] = {}
+        self._reply_properties = Properties(PacketTypes.PUBLISH)
 
     async def __aenter__(self) -> Bus:
         self.subscribe(self._reply_topic, self._on_reply)
@@ -349,6 +353,48 @@ class Bus:
             )
         self.stats.published += 1
 
+    async def publish_batch(
+        self, messages: list[tuple[str, bytes]], *, timeout_s: float = 10.0
+    ) -> None:
+        """Publish messages at QoS 1 and return once the broker acknowledged all.
+
+        Raises aiomqtt.MqttError when the connection is lost first and
+        TimeoutError after ``timeout_s``; the caller publishes them again
+        then, so receivers may see a message twice.
+        """
+        await asyncio.wait_for(self.connected.wait(), timeout_s)
+        client = self._client
+        if client is None:
+            raise aiomqtt.MqttError("not connected")
+        # The messages go straight to paho (aiomqtt's Client._client), and
+        # paho's message infos are polled for the PUBACKs. aiomqtt would wait
+        # on an event per message, which costs more than the publish itself
+        # when a window of events goes out after every commit.
+        infos = []
+        for topic, payload in messages:
+            info = client._client.publish(topic, payload, 1, False, None)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+            infos.append(info)
+        deadline = time.monotonic() + timeout_s
+        acknowledged = 0
+        while True:
+            # PUBACKs arrive in publish order, so the scan resumes where it
+            # stopped.
+            while acknowledged < len(infos) and infos[acknowledged].is_published():
+                acknowledged += 1
+            if acknowledged == len(infos):
+                break
+            if self._client is not client:
+                raise aiomqtt.MqttError("the connection was lost before the PUBACKs")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(infos) - acknowledged} of {len(infos)} messages were "
+                    f"not acknowledged within {timeout_s} s"
+                )
+            await asyncio.sleep(_ACK_POLL_S)
+        self.stats.published += len(infos)
+
     async def publish_json(
         self, topic: str, fields: dict[str, Any], *, qos: int = 1, retain: bool = False
     ) -> None:
@@ -442,12 +488,33 @@ class Bus:
             fields = {"ok": False, "error": {"code": error[0], "message": error[1]}}
         else:
             fields = {"ok": False, "error": error}
-        await self.publish(
-            incoming.response_topic,
-            envelope.encode(self.settings.src, fields),
-            correlation=incoming.correlation,
-            qos=0,
+        payload = envelope.encode(self.settings.src, fields)
+        client = self._client
+        if client is None:
+            await self.publish(
+                incoming.response_topic,
+                payload,
+                correlation=incoming.correlation,
+                qos=0,
+            )
+            return
+        properties = None
+        if incoming.correlation is not None:
+            # paho packs the properties during publish(), so one object is
+            # reused for every reply; building a paho Properties costs about
+            # 20 µs.
+            properties = self._reply_properties
+            properties.CorrelationData = incoming.correlation
+        # A QoS 0 message has no acknowledgement to wait for, so it goes
+        # straight to paho, which aiomqtt wraps as Client._client; paho queues
+        # it and aiomqtt's socket writer sends it. This skips aiomqtt's wait
+        # for the write, a tenth of the box's work per request.
+        info = client._client.publish(
+            incoming.response_topic, payload, 0, False, properties
         )
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish the reply")
+        self.stats.published += 1
 
     def reject(self, incoming: Incoming, reason: str, kind: str) -> None:
         """Count and log (rate-limited) a message that a handler could not use."""

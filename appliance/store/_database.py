@@ -8,7 +8,6 @@ a box that runs from a wall socket in a venue.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -17,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from appliance.clock import Clock
 from appliance.errors import StoreError
@@ -38,12 +39,16 @@ class Transaction:
         """Run one statement inside the transaction."""
         return self._connection.execute(sql, parameters)
 
+    def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> sqlite3.Cursor:
+        """Run one statement for each row of parameters inside the transaction."""
+        return self._connection.executemany(sql, rows)
+
     def emit(self, event_type: str, data: dict[str, Any]) -> OutboxEvent:
         """Add an event to the outbox, visible only if the transaction commits."""
         event_id = str(uuid.uuid4())
         created_at = self._clock.now()
         trusted = self._clock.trusted
-        body = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        body = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
         cursor = self._connection.execute(
             "INSERT INTO outbox (id, type, created_at, clock_trusted, body)"
             " VALUES (?, ?, ?, ?, ?)",

@@ -110,12 +110,14 @@ def post(transaction: Transaction, posting: Posting, now: float) -> dict[str, An
             event.id,
         ),
     )
-    for account, amount in posting.entries:
-        transaction.execute(
-            "INSERT INTO ledger_entries (transaction_id, account, amount, currency)"
-            " VALUES (?, ?, ?, ?)",
-            (transaction_id, account, amount, posting.currency),
-        )
+    transaction.execute_many(
+        "INSERT INTO ledger_entries (transaction_id, account, amount, currency)"
+        " VALUES (?, ?, ?, ?)",
+        [
+            (transaction_id, account, amount, posting.currency)
+            for account, amount in posting.entries
+        ],
+    )
     return data
 
 
