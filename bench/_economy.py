@@ -117,7 +117,13 @@ async def run_terminals(
     ``pacing`` is ``in_flight=N`` or ``rate=R`` and may add
     ``keep_replies=True``. Returns the process's result.
     """
-    job = {**base, "service": service, "action": action, "requests": requests}
+    keyed = [
+        request
+        if "idempotency_key" in request
+        else {**request, "idempotency_key": uuid.uuid4().hex}
+        for request in requests
+    ]
+    job = {**base, "service": service, "action": action, "requests": keyed}
     job.update(pacing)
     process = await asyncio.create_subprocess_exec(
         sys.executable,

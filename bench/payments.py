@@ -140,11 +140,19 @@ async def run_phases(settings: PaymentSettings, folder: Path) -> dict[str, Any]:
         )
         groups_before = box.requests.groups
         charges = charge_requests(bands, settings.charges)
+        box_cpu = time.process_time()
         result = await run_terminals(
             base, "wallet", "charge", charges, in_flight=settings.in_flight
         )
+        box_cpu = time.process_time() - box_cpu
         throughput = summarise(result, len(charges))
         throughput["commit_groups"] = box.requests.groups - groups_before
+        # CPU seconds of the box's process and the terminals' process during
+        # the charges, which shows which side limits the rate.
+        throughput["cpu_s"] = {
+            "box": round(box_cpu, 2),
+            "terminals": round(result["cpu_s"], 2),
+        }
         paced_charges = charge_requests(bands, settings.paced_charges)
         result = await run_terminals(
             base, "wallet", "charge", paced_charges, rate=settings.paced_rate
@@ -201,7 +209,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"  charges over the bus         {result['charges_per_s']:>10,.0f} /s "
         f"({throughput['requests']} charges, {throughput['commit_groups']} commits, "
-        f"{throughput['failed']} failed)"
+        f"{throughput['failed']} failed, CPU s {throughput['cpu_s']})"
     )
     print(f"ratio {result['ratio']} (target {TARGET_RATIO:g}, met: {met['ratio']})")
     print(
