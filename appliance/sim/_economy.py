@@ -130,15 +130,18 @@ def plan_purchases(plan: NightPlan, commerce: CommerceConfig) -> list[Purchase]:
         top_up_at = guest.arrive_s + 90.0
         if top_up_at >= leave:
             continue
-        purchases.append(
-            Purchase(top_up_at, "topup", guest, amount=rng.choice(_TOP_UPS))
-        )
+        inside_at_drop = top_up_at < drop.starts_at < leave
+        claims = inside_at_drop and rng.random() < 0.35
+        # Guests who want the tee top up enough for it and four drinks. Which
+        # of them win a unit depends on the order the claims arrive in, so
+        # no claim may fail for want of funds, or reruns would differ.
+        amount = max(_TOP_UPS) if claims else rng.choice(_TOP_UPS)
+        purchases.append(Purchase(top_up_at, "topup", guest, amount=amount))
         for _ in range(rng.randint(0, 4)):
             at = rng.uniform(top_up_at + 60.0, max(top_up_at + 61.0, leave - 30.0))
             item = "beer" if rng.random() < 0.75 else "water"
             purchases.append(Purchase(at, "drink", guest, DRINKS[item], item))
-        inside_at_drop = guest.arrive_s < drop.starts_at < leave
-        if inside_at_drop and top_up_at < drop.starts_at and rng.random() < 0.35:
+        if claims:
             purchases.append(Purchase(drop.starts_at, "drop", guest))
     purchases.sort(key=lambda p: (p.at, p.guest.band.index, p.kind))
     return [

@@ -86,6 +86,15 @@ def test_demo_night_500_guests() -> None:
     # The scan stall injected mid-night on the second exit.
     assert results["faults_raised"] >= 1, results
     assert results["sightings"] > 0
+    # The economy: 500 guests rush a drop of 50 tees, so it sells out, and
+    # every claimer topped up enough, so only stock refuses them.
+    assert results["topups"] > 0, results
+    assert results["charges"] > 0, results
+    assert results["drop_sold"] == 50, results
+    refused = results["economy_refused_by_reason"]
+    assert refused.get("sold-out", 0) > 0, results
+    assert set(refused) <= {"sold-out", "insufficient-funds"}, results
+    assert results["ledger_ok"] is True, results
 
 
 @pytest.mark.slow
