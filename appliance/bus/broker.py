@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import getpass
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +36,8 @@ _LOGGER = logging.getLogger(__name__)
 
 _MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 _READY_TIMEOUT_S = 10.0
+# From <linux/prctl.h>.
+_PR_SET_PDEATHSIG = 1
 
 
 def find_mosquitto() -> str | None:
@@ -200,6 +206,27 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """Return a pre-exec hook that stops the child when this process dies.
+
+    Without it, a box killed with SIGKILL (or a power-cut-like crash of its
+    process) leaves its private mosquitto running on the port, and the next
+    start fails. Linux only: prctl(PR_SET_PDEATHSIG) makes the kernel send
+    SIGTERM to the child when the thread that started it exits.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def hook() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        # The parent may have died before prctl took effect.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return hook
+
+
 def _spawn(binary: str, config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as log:
         # The child keeps its own copy of the descriptor after this closes.
@@ -208,6 +235,7 @@ def _spawn(binary: str, config_path: Path, log_path: Path) -> subprocess.Popen[b
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent(os.getpid()),
         )
 
 
