@@ -46,11 +46,13 @@ def reject_unknown(table: dict[str, Any], where: str, allowed: set[str]) -> None
         )
 
 
-def reject_duplicates(ids: list[str], where: str) -> None:
+def reject_duplicates(ids: list[str], where: str, *, noun: str = "id") -> None:
     seen: set[str] = set()
     for item in ids:
         if item in seen:
-            raise ConfigError(f"{where} lists id {item!r} twice; ids must be unique")
+            raise ConfigError(
+                f"{where} lists {noun} {item!r} twice; {noun}s must be unique"
+            )
         seen.add(item)
 
 

@@ -221,7 +221,7 @@ def parse_commerce(
     reject_duplicates([item.id for item in catalogue], "items")
     creators = tuple(_creator(entry, i) for i, entry in items(raw, "creators"))
     reject_duplicates([c.id for c in creators], "creators")
-    reject_duplicates([c.code for c in creators], "the codes of creators")
+    reject_duplicates([c.code for c in creators], "creators", noun="code")
     creator_ids = {c.id for c in creators}
     tiers = tuple(_tier(entry, i) for i, entry in items(raw, "tiers"))
     reject_duplicates([t.id for t in tiers], "tiers")
@@ -229,18 +229,20 @@ def parse_commerce(
     promo_codes = tuple(
         _promo(entry, i, context) for i, entry in items(raw, "promo_codes")
     )
-    reject_duplicates([p.code for p in promo_codes], "promo_codes")
-    overlap = {p.code for p in promo_codes} & {c.code for c in creators}
-    if overlap:
-        raise ConfigError(
-            f"code {sorted(overlap)[0]!r} is both a creator code and a promo "
-            "code; codes must be unique across both"
-        )
+    reject_duplicates([p.code for p in promo_codes], "promo_codes", noun="code")
+    creator_codes = {c.code: i for i, c in enumerate(creators)}
+    for index, promo in enumerate(promo_codes):
+        if promo.code in creator_codes:
+            raise ConfigError(
+                f"promo_codes[{index}].code = {promo.code!r} is also "
+                f"creators[{creator_codes[promo.code]}].code; a code must be "
+                "either a creator code or a promo code, so rename one"
+            )
     members = _members(items(raw, "members"), context)
     offers = tuple(_offer(entry, i) for i, entry in items(raw, "partner_offers"))
     reject_duplicates([o.id for o in offers], "partner_offers")
     reject_duplicates(
-        [code for o in offers for code in o.codes], "the codes of partner_offers"
+        [code for o in offers for code in o.codes], "partner_offers", noun="code"
     )
     sets = tuple(_set(entry, i, context) for i, entry in items(raw, "sets"))
     reject_duplicates([s.id for s in sets], "sets")
@@ -391,6 +393,18 @@ def _time(source: dict[str, Any], key: str, timezone: str) -> float:
     return value.timestamp()
 
 
+def _span(source: dict[str, Any], key: str, timezone: str) -> tuple[float, float]:
+    """Return ``starts_at`` and ``ends_at`` of a set or drop as Unix times."""
+    starts_at = _time(source, f"{key}.starts_at", timezone)
+    ends_at = _time(source, f"{key}.ends_at", timezone)
+    if ends_at <= starts_at:
+        raise ConfigError(
+            f"{key}.ends_at = {source['ends_at'].isoformat()} is not after "
+            f"{key}.starts_at = {source['starts_at'].isoformat()}; set a later end"
+        )
+    return starts_at, ends_at
+
+
 def _promo(entry: Any, index: int, context: _Context) -> PromoCode:
     key = f"promo_codes[{index}]"
     source = _entry(
@@ -449,16 +463,17 @@ def _offer(entry: Any, index: int) -> PartnerOffer:
     key = f"partner_offers[{index}]"
     source = _entry(entry, key, {"id", "partner", "title", "codes"})
     codes = source.get("codes")
-    if (
-        not isinstance(codes, list)
-        or not codes
-        or len(codes) > _MAX_PARTNER_CODES
-        or not all(isinstance(c, str) and _CODE.match(c.upper()) for c in codes)
-    ):
+    if not isinstance(codes, list) or not 1 <= len(codes) <= _MAX_PARTNER_CODES:
         raise ConfigError(
             f"{key}.codes must be a list of 1 to {_MAX_PARTNER_CODES} codes of "
-            "3-24 letters, digits and '-'"
+            f"3-24 letters, digits and '-', not {codes!r:.60}"
         )
+    for position, code in enumerate(codes):
+        if not isinstance(code, str) or not _CODE.match(code.upper()):
+            raise ConfigError(
+                f"{key}.codes[{position}] = {code!r:.40} is invalid; use 3-24 "
+                "letters, digits and '-'"
+            )
     return PartnerOffer(
         id=identifier(source, f"{key}.id"),
         partner=nonblank(source, f"{key}.partner", ""),
@@ -470,10 +485,7 @@ def _offer(entry: Any, index: int) -> PartnerOffer:
 def _set(entry: Any, index: int, context: _Context) -> SetSlot:
     key = f"sets[{index}]"
     source = _entry(entry, key, {"id", "creator", "starts_at", "ends_at"})
-    starts_at = _time(source, f"{key}.starts_at", context.timezone)
-    ends_at = _time(source, f"{key}.ends_at", context.timezone)
-    if ends_at <= starts_at:
-        raise ConfigError(f"{key}.ends_at must be after {key}.starts_at")
+    starts_at, ends_at = _span(source, key, context.timezone)
     return SetSlot(
         id=identifier(source, f"{key}.id"),
         creator=_creator_ref(source, key, context),
@@ -513,10 +525,7 @@ def _drop(
             f"{key}.item = {item!r} is not in [[items]]; add it to the catalogue"
         )
     quantity = integer(source, f"{key}.quantity", None, minimum=1, maximum=MAX_QUANTITY)
-    starts_at = _time(source, f"{key}.starts_at", context.timezone)
-    ends_at = _time(source, f"{key}.ends_at", context.timezone)
-    if ends_at <= starts_at:
-        raise ConfigError(f"{key}.ends_at must be after {key}.starts_at")
+    starts_at, ends_at = _span(source, key, context.timezone)
     quotas = _quotas(source, key, quantity, box_id)
     return DropConfig(
         id=identifier(source, f"{key}.id"),
