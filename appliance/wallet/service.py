@@ -133,7 +133,9 @@ class WalletService:
         if item is None:
             raise PayloadError(f"field 'item' = {item_id!r} is not in the catalogue")
         quantity = _amounts.quantity(data)
-        list_amount = _amounts.amount(data, minimum=0)
+        # A sale of nothing would post a zero charge, so the list amount of
+        # an open-price item must be positive too (priced items are >= 1).
+        list_amount = _amounts.amount(data)
         if item.price is not None and list_amount != item.price * quantity:
             raise PayloadError(
                 f"field 'amount' = {list_amount} does not match {quantity} x "
