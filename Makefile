@@ -38,6 +38,8 @@ test: deps lint typecheck
 bench: $(STAMP)
 	$(BIN)/python -m bench.decode --json
 	$(BIN)/python -m bench.ingest --json
+	$(BIN)/python -m bench.payments --json
+	$(BIN)/python -m bench.drops --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

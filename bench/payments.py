@@ -7,7 +7,8 @@ Phases, in this order:
 
 - reference: the rate of durable SQLite commits (WAL, ``synchronous=FULL``,
   one small insert each) in a file next to the box's store, before the box
-  starts. Every charge needs at least one such commit before its reply.
+  starts and again after it stops; the faster of the two is the reference.
+  Every charge needs at least one such commit before its reply.
 - set-up (not timed): top-ups give every band enough for its charges.
 - throughput: the terminals send charges of one beer to distinct bands,
   each keeping ``in_flight`` requests waiting for replies, and the rate
@@ -132,7 +133,7 @@ async def run_phases(settings: PaymentSettings, folder: Path) -> dict[str, Any]:
     """Measure the reference, then run the box and its terminals."""
     config = site_config(folder / "box", settings.terminals, 10, 1)
     config.data_dir.mkdir(parents=True)
-    raw_rate = durable_commit_rate(config.data_dir, settings.reference_commits)
+    raw_before = durable_commit_rate(config.data_dir, settings.reference_commits)
     bands = [f"ib-1-{index}" for index in range(settings.bands)]
     async with EconomyRig(config, folder).running() as (box, base):
         await run_terminals(
@@ -160,8 +161,12 @@ async def run_phases(settings: PaymentSettings, folder: Path) -> dict[str, Any]:
         paced = summarise(result, len(paced_charges))
         paced["offered_per_s"] = settings.paced_rate
         figures = box_figures(box)
+    raw_after = durable_commit_rate(config.data_dir, settings.reference_commits)
+    # The disk's fsync time varies from run to run, so the ratio is taken
+    # against the faster of the two measurements, the stricter reference.
     return {
-        "raw_commits_per_s": round(raw_rate, 1),
+        "raw_commits_per_s": round(max(raw_before, raw_after), 1),
+        "raw_commits_per_s_measured": [round(raw_before, 1), round(raw_after, 1)],
         "throughput": throughput,
         "paced": paced,
         "box": figures,
