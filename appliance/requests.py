@@ -169,7 +169,7 @@ class RequestServer:
         self._bus.subscribe(self._bus.topics.api(service, action), on_request)
 
     async def start(self) -> None:
-        """Start the worker that commits and answers queued requests."""
+        """Start the worker that commits queued requests and sends their replies."""
         self._worker = asyncio.create_task(self._work(), name="request-worker")
 
     async def stop(self) -> None:

@@ -153,8 +153,8 @@ class EconomyRig:
     async def running(self) -> AsyncIterator[tuple[Box, dict[str, Any]]]:
         """Start mosquitto and the box; yield the box and the terminals' job base.
 
-        The job base holds the broker address and each terminal's login and
-        edge token, for :func:`run_terminals`.
+        The job base contains the broker address and each terminal's login
+        and edge token, for :func:`run_terminals`.
         """
         policy = site_policy(
             self.config.site_id,

@@ -14,8 +14,8 @@ each on a drop of its own:
 - bus: the terminals' process sends the same claims over mosquitto, each
   terminal keeping ``in_flight`` claims waiting for replies.
   ``claims_per_s_bus`` is this rate. On a small machine the terminals'
-  process and mosquitto share the CPU with the box, so it measures the
-  machine as much as the box; ``cpu_s`` shows the share of each.
+  process and mosquitto share the CPU with the box, so this rate measures
+  the machine as much as the box. ``cpu_s`` shows the share of each.
 
 Rates count every answered claim (reserved or refused) per second of wall
 time. ``oversold`` counts units reserved beyond the drop's units, read from
@@ -72,7 +72,7 @@ def claim_requests(settings: DropSettings, drop_id: str) -> list[dict[str, Any]]
 
 
 def store_figures(box: Box, settings: DropSettings, drop_id: str) -> dict[str, Any]:
-    """Return what the store holds after a phase: units sold, oversold, limits."""
+    """Return the store's figures after a phase: units sold, oversold, limits."""
     (reserved,) = box.store.query_one(
         "SELECT COUNT(*) FROM drop_claims WHERE drop_id = ?"
         " AND status IN ('reserved', 'paid')",

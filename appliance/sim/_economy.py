@@ -1,9 +1,9 @@
 """The economy of a simulated night: top-ups, bar sales and a microdrop.
 
-Guests top up at the desk after they arrive, buy drinks at the bar while
-they stay, and some claim a limited tee the moment its drop opens, all at
-once from two terminals, which is the contention the drop is built for. The
-same seed gives the same purchases.
+Guests top up at the desk after they arrive and buy drinks at the bar while
+they stay. Some claim a limited tee the moment its drop opens, all at once
+from two terminals, which is the contention the drop is built for. The same
+seed gives the same purchases.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class Terminal:
 
 @dataclass
 class EconomyTally:
-    """What the night's terminals did and what the box answered."""
+    """What the night's terminals did and how the box replied."""
 
     topups: int = 0
     topped_up: int = 0

@@ -83,6 +83,7 @@ class WalletService:
                 f"field 'method' must be one of {', '.join(DESK_METHODS)}, "
                 f"not {method!r:.20}"
             )
+
         limits = self._config.wallet
         if amount > limits.max_topup:
             raise Refusal(
@@ -101,6 +102,7 @@ class WalletService:
                 f"passes the limit of {limits.night_topup_limit} per night",
                 limit=limits.night_topup_limit,
             )
+
         balance = transaction.execute(
             "INSERT INTO wallets (band, currency, balance) VALUES (?, ?, ?)"
             " ON CONFLICT (band) DO UPDATE SET balance = balance + excluded.balance"
@@ -141,6 +143,7 @@ class WalletService:
                 f"field 'amount' = {list_amount} does not match {quantity} x "
                 f"{item.id} at {item.price}; send {item.price * quantity}"
             )
+
         now = self._clock.now()
         price = self._pricing.price(
             transaction,
@@ -198,6 +201,7 @@ class WalletService:
                 f"the limit of {limits.night_spend_limit} per night",
                 limit=limits.night_spend_limit,
             )
+
         row = transaction.execute(
             "UPDATE wallets SET balance = balance - ? WHERE band = ? AND balance >= ?"
             " RETURNING balance",
@@ -211,6 +215,7 @@ class WalletService:
                 balance=balance,
                 amount=amount,
             )
+
         slot = self._config.set_at(now)
         record = post(
             transaction,
@@ -263,6 +268,7 @@ class WalletService:
                 f"charge {charge_id} paid for a drop unit; refund it in full",
                 refundable=refundable,
             )
+
         now = self._clock.now()
         transaction.execute(
             "UPDATE ledger_transactions SET refunded = refunded + ? WHERE id = ?",
@@ -318,6 +324,7 @@ class WalletService:
                 f"transaction {target_id} belongs to the night of {target['night']};"
                 " only tonight's transactions can be voided",
             )
+
         band = target["band"]
         amount = target["amount"]
         # Reverse every entry of the target, so the ledger nets to zero.
@@ -342,6 +349,7 @@ class WalletService:
                 f"band {band} has already spent part of top-up {target_id}",
                 balance=self.balance(transaction, band),
             )
+
         release_drop_claim(transaction, target["drop_claim"], now)
         record = post(
             transaction,
