@@ -9,12 +9,12 @@ consumers drop the duplicate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aiomqtt
 import orjson
 
+from appliance._tasks import cancel_and_wait
 from appliance.bus.client import Bus
 from appliance.store import OutboxEvent, Store
 
@@ -51,10 +51,7 @@ class OutboxPublisher:
 
     async def stop(self) -> None:
         """Stop draining; unpublished events stay in the outbox for next time."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _on_connect(self) -> None:
         self._wake.set()

@@ -14,7 +14,6 @@ inside its own savepoint, and every reply is sent only after that commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from appliance._tasks import cancel_and_wait
 from appliance.bus import envelope
 from appliance.bus.client import Bus, Incoming
 from appliance.clock import Clock
@@ -174,12 +174,8 @@ class RequestServer:
 
     async def stop(self) -> None:
         """Stop the worker; requests still queued get no reply and are retried."""
-        tasks = [task for task in (self._worker, *self._sending) if task]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in [self._worker, *self._sending]:
+            await cancel_and_wait(task)
 
     async def _accept(self, endpoint: _Endpoint, incoming: Incoming) -> None:
         requester = self._requester(incoming.response_topic)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from types import TracebackType
@@ -11,6 +10,7 @@ from typing import Any
 
 import aiomqtt
 
+from appliance._tasks import cancel_and_wait
 from appliance.bus.client import Bus, BusSettings
 from appliance.checkout import CheckoutService
 from appliance.clock import Clock
@@ -167,10 +167,7 @@ class Box:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._status_task is not None:
-            self._status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._status_task
+        await cancel_and_wait(self._status_task)
         await self.requests.stop()
         await self.drops.stop()
         await self.figures.stop()

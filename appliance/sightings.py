@@ -8,7 +8,6 @@ advert in the interval, the mean RSSI, the count and the last time heard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import aiomqtt
 
+from appliance._tasks import cancel_and_wait
 from appliance.bus.client import Bus
 from appliance.clock import Clock
 from hardware.scanner import Scanner
@@ -108,10 +108,7 @@ class ScannerService:
 
     async def stop(self) -> None:
         """Stop batching and the scanner."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self._scanner.stop()
 
     async def _run(self) -> None:

@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from appliance._tasks import cancel_and_wait
 from appliance.bus import envelope
 from appliance.bus.topics import Topics
 from appliance.errors import PayloadError, RequestError
@@ -148,10 +149,7 @@ class Bus:
                     ),
                     timeout=2.0,
                 )
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         # The cancelled task skips its own cleanup, so it is done here:
         # ``connected`` must not stay set on a closed client.
         self._client = None

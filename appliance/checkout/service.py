@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
+from appliance._tasks import cancel_and_wait
 from appliance.bus import envelope
 from appliance.bus.client import Bus, Incoming
 from appliance.checkout._batches import parse_batch
@@ -79,10 +79,7 @@ class CheckoutService:
 
     async def stop(self) -> None:
         """Stop the health watch."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _on_batch(self, incoming: Incoming) -> None:
         reader_id = incoming.topic.split("/")[-2]

@@ -7,12 +7,12 @@ night, never counted in memory, so a restart or a refund cannot skew them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 import aiomqtt
 
+from appliance._tasks import cancel_and_wait
 from appliance.bus.client import Bus
 from appliance.clock import Clock
 from appliance.commerce.config import CommerceConfig
@@ -44,6 +44,7 @@ class CreatorFigures:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         store.on_commit(self._on_commit)
         bus.on_connect(self._on_connect)
 
@@ -69,10 +70,11 @@ class CreatorFigures:
 
     async def stop(self) -> None:
         """Stop publishing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        # The flag ends the loop even if a cancellation is dropped (see
+        # cancel_and_wait).
+        self._stopping = True
+        self._wake.set()
+        await cancel_and_wait(self._task)
 
     def figures(self, creator: str) -> dict[str, Any]:
         """Return tonight's sales and drop claims of ``creator``, by set."""
@@ -115,7 +117,7 @@ class CreatorFigures:
         }
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()

@@ -14,12 +14,12 @@ configuration), so several boxes selling one drop never coordinate online.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import uuid
 from typing import Any
 
+from appliance._tasks import cancel_and_wait
 from appliance.clock import Clock
 from appliance.commerce._pricing import Pricing
 from appliance.commerce.config import CommerceConfig, DropConfig
@@ -29,7 +29,7 @@ from appliance.kits._coupons import coupon_code, normalise_coupon_code
 from appliance.requests import Refusal, Request, RequestServer
 from appliance.store import Store, Transaction
 from appliance.wallet import _amounts
-from appliance.wallet.service import WalletService, return_drop_unit
+from appliance.wallet.service import HELD_UNITS, WalletService, return_drop_unit
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,14 +64,14 @@ class DropService:
         with self._store.transaction() as transaction:
             for drop in self._config.drops:
                 quota = drop.quota(self._box_id)
-                # A changed quota moves the available units by the difference,
-                # never below the units already reserved or sold.
+                # A changed quota keeps every unit already reserved or paid, and
+                # the rest of the quota becomes available.
                 transaction.execute(
                     "INSERT INTO drops (id, item, price, currency, quota, available)"
                     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
                     " item = excluded.item, price = excluded.price,"
-                    " available = MAX(0, available + excluded.quota - quota),"
-                    " quota = MAX(excluded.quota, quota - available)",
+                    " quota = excluded.quota,"
+                    " available = MAX(0, excluded.quota - (" + HELD_UNITS + "))",
                     (
                         drop.id,
                         drop.item,
@@ -93,10 +93,7 @@ class DropService:
 
     async def stop(self) -> None:
         """Stop expiring reservations; expired ones are swept at the next start."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
 
     def stock(self) -> dict[str, dict[str, int]]:
         """Return quota, available, reserved and paid units per drop."""

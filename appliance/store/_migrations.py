@@ -154,6 +154,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX drop_claims_reserved ON drop_claims (expires_at)
         WHERE status = 'reserved';
+    CREATE INDEX drop_claims_by_drop ON drop_claims (drop_id, status);
     CREATE TABLE drop_holdings (
         drop_id TEXT NOT NULL REFERENCES drops (id),
         band TEXT NOT NULL,

@@ -442,8 +442,20 @@ def return_drop_unit(transaction: Transaction, drop_id: str, band: str) -> int:
         "UPDATE drop_holdings SET units = units - 1 WHERE drop_id = ? AND band = ?",
         (drop_id, band),
     )
+    # The unit returns only within the quota, which may have been lowered
+    # below the units held since they were sold.
     (available,) = transaction.execute(
-        "UPDATE drops SET available = available + 1 WHERE id = ? RETURNING available",
+        "UPDATE drops SET available = MAX(0, MIN(available + 1, quota - ("
+        + HELD_UNITS
+        + "))) WHERE id = ? RETURNING available",
         (drop_id,),
     ).fetchone()
     return int(available)
+
+
+# The units of a drop that guests hold, reserved or paid, in an UPDATE of
+# the drops table.
+HELD_UNITS = (
+    "SELECT COUNT(*) FROM drop_claims WHERE drop_claims.drop_id = drops.id"
+    " AND drop_claims.status IN ('reserved', 'paid')"
+)

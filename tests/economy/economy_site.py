@@ -2,7 +2,8 @@
 
 Times are relative to the moment the site is built, because the box runs on
 the test machine's clock. Test modules import the fixtures
-``economy_site_config`` (which replaces ``site_config``) and ``terminal``.
+``economy_site_config`` (registered as ``site_config``, so it replaces the
+shared one) and ``terminal_fixture`` (registered as ``terminal``).
 """
 
 from __future__ import annotations
@@ -143,9 +144,11 @@ class Terminal:
 TerminalFactory = Callable[..., contextlib.AbstractAsyncContextManager[Terminal]]
 
 
-@pytest.fixture
-def terminal(make_client: ClientFactory, issue_token: TokenFactory) -> TerminalFactory:
-    """Return ``async with terminal("bar-1", *scopes) as bar``; all scopes by default."""
+@pytest.fixture(name="terminal")
+def terminal_fixture(
+    make_client: ClientFactory, issue_token: TokenFactory
+) -> TerminalFactory:
+    """Return ``async with terminal("bar-1", *scopes) as bar`` (all scopes if none)."""
 
     @contextlib.asynccontextmanager
     async def factory(terminal_id: str, *scopes: str) -> AsyncIterator[Terminal]:

@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from economy_site import economy_site_config, terminal, top_up  # noqa: F401
+from economy_site import economy_site_config, terminal_fixture, top_up  # noqa: F401
 
 from appliance.clock import Clock, ManualClock, TimeSource
 from appliance.config import SiteConfig
@@ -683,7 +683,7 @@ def ledger_counts(store: Store) -> tuple[Any, ...] | None:
 async def test_charge_rejects_token(
     box: Box,
     site_config: SiteConfig,
-    terminal,  # noqa: F811
+    terminal,
     make_client,
     reason: str,
     make_token: Callable[[Box, SiteConfig], str | None],
@@ -711,7 +711,7 @@ async def test_charge_rejects_token(
     assert box.requests.counts[f"token-{reason}"] == 1
 
 
-async def test_charge_retry_after_revocation(box: Box, terminal) -> None:  # noqa: F811
+async def test_charge_retry_after_revocation(box: Box, terminal) -> None:
     async with terminal("bar-1", "pos:charge", "wallet:topup") as bar:
         await top_up(bar, BAND, 2000)
         key = uuid.uuid4().hex

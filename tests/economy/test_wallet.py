@@ -17,13 +17,14 @@ from collections.abc import Awaitable
 from typing import Any
 
 import pytest
-from economy_site import MEMBER_BAND, Terminal, TerminalFactory, top_up
-
-# Importing a fixture registers it in this module. The site fixture is named
-# site_config whatever its import name, and terminal_fixture is passed on as
-# terminal below, so no test argument shadows an import.
-from economy_site import economy_site_config as site_config_fixture  # noqa: F401
-from economy_site import terminal as terminal_fixture  # noqa: F401
+from economy_site import (
+    MEMBER_BAND,
+    Terminal,
+    TerminalFactory,
+    economy_site_config,  # noqa: F401 - registers the site_config fixture
+    terminal_fixture,  # noqa: F401 - registers the terminal fixture
+    top_up,
+)
 
 from appliance.errors import RequestError
 from appliance.runtime import Box
@@ -37,12 +38,6 @@ MAX_CHARGE = 20_000
 NIGHT_TOPUP_LIMIT = 60_000
 NIGHT_SPEND_LIMIT = 30_000
 LEDGER_TABLES = ("ledger_transactions", "ledger_entries", "wallets", "promo_codes")
-
-
-@pytest.fixture(name="terminal")
-def terminal_alias(terminal_fixture: TerminalFactory) -> TerminalFactory:  # noqa: F811
-    """Return ``async with terminal("bar-1") as bar``, with every scope."""
-    return terminal_fixture
 
 
 async def charge(

@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 from conftest import ClientFactory, TokenFactory
-from economy_site import ALL_SCOPES, TerminalFactory, top_up
-
-# Importing a fixture registers it in this module. The site fixture is named
-# site_config whatever its import name, and terminal_fixture is passed on as
-# terminal below, so no test argument shadows an import.
-from economy_site import economy_site_config as site_config_fixture  # noqa: F401
-from economy_site import terminal as terminal_fixture  # noqa: F401
+from economy_site import (
+    ALL_SCOPES,
+    TerminalFactory,
+    economy_site_config,  # noqa: F401 - registers the site_config fixture
+    terminal_fixture,  # noqa: F401 - registers the terminal fixture
+    top_up,
+)
 
 from appliance.bus import envelope
 from appliance.bus.client import Bus, Incoming
@@ -76,12 +76,6 @@ CURRENCIES: list[tuple[str, Any, str]] = [
 # A refund without an amount refunds the rest of the charge, and one
 # without a currency uses the charge's, so leaving either out is valid.
 REFUND_OPTIONAL = {"null", "missing"}
-
-
-@pytest.fixture(name="terminal")
-def terminal_alias(terminal_fixture: TerminalFactory) -> TerminalFactory:  # noqa: F811
-    """Return ``async with terminal("bar-1") as bar``, with every scope."""
-    return terminal_fixture
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,30 @@
+"""Stopping the box's background tasks reliably."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+# How long to wait for a cancelled task before cancelling it again, in s:
+# long enough for a cancellation that was received to unwind (aiomqtt's
+# publish cancels and awaits its inner task), so only a dropped one repeats.
+_CANCEL_RETRY_S = 1.0
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and return once it has finished.
+
+    With Python 3.11.7, asyncio.wait_for (which aiomqtt's publish awaits) was
+    seen to drop a cancellation that arrived in the same step as the awaited
+    result, so a loop task carried on after one cancel and a box hung while
+    stopping. The cancel is repeated until the task is done. An exception
+    other than the cancellation is raised here.
+    """
+    if task is None:
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=_CANCEL_RETRY_S)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
