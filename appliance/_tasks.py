@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
+
+_LOGGER = logging.getLogger(__name__)
 
 # How long to wait for a cancelled task before cancelling it again, in s:
 # long enough for a cancellation that was received to unwind (aiomqtt's
 # publish cancels and awaits its inner task), so only a dropped one repeats.
-_CANCEL_RETRY_S = 1.0
+_CANCEL_RETRY_S = 0.25
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -23,7 +26,15 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """
     if task is None:
         return
+    task.cancel()
+    await asyncio.wait([task], timeout=_CANCEL_RETRY_S)
     while not task.done():
+        _LOGGER.warning(
+            "Task %s is still running %.1f s after it was cancelled; "
+            "cancelling it again",
+            task.get_name(),
+            _CANCEL_RETRY_S,
+        )
         task.cancel()
         await asyncio.wait([task], timeout=_CANCEL_RETRY_S)
     with contextlib.suppress(asyncio.CancelledError):

@@ -41,6 +41,8 @@ _LOGGER = logging.getLogger(__name__)
 _SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _BACKOFF_INITIAL_S = 0.2
 _PENDING_CALLS_WARNING = 5000
+# aiomqtt's timeout for connecting and for each subscribe, in seconds.
+_CONNECT_TIMEOUT_S = 10
 # How often publish_batch looks for the broker's PUBACKs, in seconds.
 _ACK_POLL_S = 0.0005
 _MATCH_CACHE_SIZE = 1024
@@ -121,6 +123,9 @@ class Bus:
         self._reply_topic = self.topics.reply(settings.kind, settings.device_id)
         self._last_log: dict[str, float] = {}
         self._reply_properties = Properties(PacketTypes.PUBLISH)
+        # Set while no connection attempt is under way.
+        self._attempt_over = asyncio.Event()
+        self._attempt_over.set()
 
     async def __aenter__(self) -> Bus:
         self.subscribe(self._reply_topic, self._on_reply)
@@ -149,6 +154,11 @@ class Bus:
                     ),
                     timeout=2.0,
                 )
+        # aiomqtt 2.x cannot clean up a client cancelled while it connects:
+        # its socket stays registered, and asyncio logs a traceback when the
+        # broker closes it. The task is cancelled once the attempt is over.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._attempt_over.wait(), _CONNECT_TIMEOUT_S + 1)
         await cancel_and_wait(self._task)
         # The cancelled task skips its own cleanup, so it is done here:
         # ``connected`` must not stay set on a closed client.
@@ -206,7 +216,7 @@ class Bus:
                     protocol=aiomqtt.ProtocolVersion.V5,
                     will=will,
                     keepalive=self.settings.keepalive_s,
-                    timeout=10,
+                    timeout=_CONNECT_TIMEOUT_S,
                     max_queued_incoming_messages=100_000,
                     socket_options=_SOCKET_OPTIONS,
                 )
@@ -214,9 +224,14 @@ class Bus:
                 # this many wait for their acknowledgement (10 by default). A
                 # box answering several terminals has hundreds by design.
                 client.pending_calls_threshold = _PENDING_CALLS_WARNING
-                async with client:
-                    await self._serve(client)
-                    backoff_s = _BACKOFF_INITIAL_S
+                self._attempt_over.clear()
+                try:
+                    async with client:
+                        self._attempt_over.set()
+                        await self._serve(client)
+                        backoff_s = _BACKOFF_INITIAL_S
+                finally:
+                    self._attempt_over.set()
             except aiomqtt.MqttError as err:
                 self._client = None
                 self.connected.clear()

@@ -201,15 +201,16 @@ async def _run_night(
         terminals = (desk, bar, merch)
         for bus in (*readers, kit_station, *terminals, observer):
             await stack.enter_async_context(bus)
-        await asyncio.wait_for(
-            asyncio.gather(
+        # asyncio.timeout, not wait_for: when Ctrl-C or SIGTERM cancels the
+        # night here, the gather's cancellation is then awaited, so asyncio
+        # logs no "exception was never retrieved".
+        async with asyncio.timeout(15):
+            await asyncio.gather(
                 *(
                     bus.connected.wait()
                     for bus in (box.bus, *readers, kit_station, *terminals, observer)
                 )
-            ),
-            timeout=15,
-        )
+            )
         # Terminals act only with an edge token, which the box issues.
         lifetime = min(24 * 3600.0, plan.duration_s + 3600.0)
         scopes = {
