@@ -30,7 +30,7 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     await asyncio.wait([task], timeout=_CANCEL_RETRY_S)
     while not task.done():
         _LOGGER.warning(
-            "Task %s is still running %.1f s after it was cancelled; "
+            "Task %s is still running %.2f s after it was cancelled; "
             "cancelling it again",
             task.get_name(),
             _CANCEL_RETRY_S,

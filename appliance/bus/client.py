@@ -272,7 +272,17 @@ class Bus:
         for callback in self._on_connect:
             task = asyncio.ensure_future(callback())
             task.add_done_callback(_log_task_error)
-        async for message in client.messages:
+        messages = client.messages
+        queue = client._queue
+        while True:
+            # aiomqtt's iterator starts a task per message to also watch for a
+            # disconnect. Messages that already wait in its queue (aiomqtt 2.x
+            # keeps them in Client._queue) are taken directly, and the
+            # iterator is used only when the queue is empty.
+            if queue.qsize():
+                message = queue.get_nowait()
+            else:
+                message = await anext(messages)
             await self._dispatch(message)
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
