@@ -11,7 +11,7 @@ from typing import Any
 
 from appliance.errors import ConfigError
 
-ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
 
 
 def leaf(key: str) -> str:

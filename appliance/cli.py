@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -35,6 +36,8 @@ MAX_DEMO_MINUTES = 24 * 60.0
 # The exit codes of a process stopped by SIGINT (Ctrl-C) or SIGTERM.
 EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
+# The exit code of a process whose output pipe was closed, as SIGPIPE gives.
+EXIT_SIGPIPE = 128 + signal.SIGPIPE
 _STORE_NAME = "nightbox.sqlite3"
 
 
@@ -222,6 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return EXIT_SIGINT
+    except BrokenPipeError:
+        # The reader of the output (`| head`) closed the pipe. Output still
+        # buffered would raise again when Python flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_SIGPIPE
 
 
 def _demo(arguments: argparse.Namespace) -> int:

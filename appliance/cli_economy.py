@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from appliance.clock import SystemClock, TimeSource
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError, NightboxError
 from appliance.store import Store
+from provisioning.site_access import DESK
 
 STORE_NAME = "nightbox.sqlite3"
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-_TOKEN_ID = re.compile(r"^[0-9a-f]{32}$")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
+_TOKEN_ID = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 def add_commands(commands: Any) -> None:
@@ -59,6 +59,9 @@ def add_commands(commands: Any) -> None:
     )
     listing = token_commands.add_parser("list", help="list issued tokens")
     _config_option(listing)
+    listing.add_argument(
+        "--json", action="store_true", help="print one JSON object per token"
+    )
     token_commands.add_parser("scopes", help="list the scopes a token can carry")
 
     wallet = commands.add_parser("wallet", help="wallet reports")
@@ -128,7 +131,7 @@ def run(arguments: argparse.Namespace) -> int:
             return _issue(config, store, arguments)
         if arguments.token_command == "revoke":
             return _revoke(config, store, arguments)
-        return _list(store)
+        return _list(store, as_json=arguments.json)
     finally:
         store.close()
 
@@ -147,16 +150,25 @@ def _open_store(config: SiteConfig, *, create: bool) -> Store:
         raise NightboxError(
             f"no Nightbox store at {path}; run the box with this configuration first"
         )
-    # The operator's command trusts the host clock as the box does once NTP
-    # or the operator has set it; a token's times come from this clock.
-    return Store(path, SystemClock(TimeSource.OPERATOR))
+    # Tokens and events get the box's own clock and trust, as `nightbox run`.
+    return Store(path, config.system_clock())
 
 
 def _issue(config: SiteConfig, store: Store, arguments: argparse.Namespace) -> int:
-    from appliance.tokens import box_tokens
+    from appliance.tokens import TokenError, box_tokens
 
-    tokens = box_tokens(config, store, SystemClock(TimeSource.OPERATOR))
-    issued = tokens.issue(arguments.subject, arguments.scope, arguments.ttl)
+    terminals = [DESK, *config.commerce.terminals]
+    if arguments.subject not in terminals:
+        raise NightboxError(
+            f"subject {arguments.subject!r:.40} is not a terminal of this site "
+            f"({', '.join(terminals)}); add [[terminals]] id = "
+            f"{arguments.subject!r:.40} to the configuration and restart the box"
+        )
+    tokens = box_tokens(config, store, config.system_clock())
+    try:
+        issued = tokens.issue(arguments.subject, arguments.scope, arguments.ttl)
+    except TokenError as err:
+        raise NightboxError(err.message) from err
     claims = issued.claims
     expires = dt.datetime.fromtimestamp(claims.expires_at, dt.UTC)
     if arguments.json:
@@ -205,7 +217,7 @@ def _revoke(config: SiteConfig, store: Store, arguments: argparse.Namespace) -> 
             f"token {token_id} was not issued by this box; 'nightbox token list' "
             "shows the issued tokens"
         )
-    tokens = box_tokens(config, store, SystemClock(TimeSource.OPERATOR))
+    tokens = box_tokens(config, store, config.system_clock())
     if tokens.revoke(token_id, arguments.reason):
         print(f"Revoked token {token_id}; the box rejects it from its next request.")
     else:
@@ -213,12 +225,23 @@ def _revoke(config: SiteConfig, store: Store, arguments: argparse.Namespace) -> 
     return 0
 
 
-def _list(store: Store) -> int:
+def _list(store: Store, *, as_json: bool) -> int:
     rows = store.query(
         "SELECT t.id, t.subject, t.scopes, t.expires_at, r.revoked_at"
         " FROM edge_tokens t LEFT JOIN revoked_tokens r ON r.id = t.id"
         " ORDER BY t.issued_at"
     )
+    if as_json:
+        for token_id, subject, scopes, expires_at, revoked_at in rows:
+            record = {
+                "token_id": token_id,
+                "subject": subject,
+                "scopes": scopes.split(),
+                "expires_at": expires_at,
+                "revoked_at": revoked_at,
+            }
+            print(json.dumps(record))
+        return 0
     for token_id, subject, scopes, expires_at, revoked_at in rows:
         expires = dt.datetime.fromtimestamp(expires_at, dt.UTC)
         state = "revoked" if revoked_at is not None else "active"

@@ -50,13 +50,14 @@ from appliance._toml_values import (
 from appliance._toml_values import (
     table as _table,
 )
+from appliance.clock import SystemClock, TimeSource
 from appliance.commerce.config import COMMERCE_TABLES, CommerceConfig, parse_commerce
 from appliance.errors import ConfigError
 
-_BAND_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+_BAND_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}\Z")
 # One label of a DNS host name: 1-63 letters, digits and '-', with no '-'
 # at either end.
-_HOST_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_HOST_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 # The kit_stock column is an SQLite INTEGER (64-bit). No venue hands out a
 # million kits, so a larger figure is a typing error.
 MAX_KIT_STOCK = 1_000_000
@@ -132,11 +133,22 @@ class SiteConfig:
     checkout: CheckoutConfig = field(default_factory=CheckoutConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     scanner: ScannerBackend = "none"
+    clock_trusted: bool = False
     kits_require_checkout: bool = False
     kit_low_stock: int = 10
     coupon_ttl_s: float = 7 * 24 * 3600.0
     coupon_offer: str = _DEFAULT_COUPON_OFFER
     commerce: CommerceConfig = field(default_factory=CommerceConfig)
+
+    def system_clock(self) -> SystemClock:
+        """Return the host's clock, vouched for when ``box.clock_trusted`` is set.
+
+        Set it on a box whose clock NTP or a real-time clock keeps right; a
+        Raspberry Pi without either starts with a wrong clock after a power
+        cut.
+        """
+        source = TimeSource.OPERATOR if self.clock_trusted else TimeSource.UNTRUSTED
+        return SystemClock(source)
 
     def reader(self, reader_id: str) -> ReaderConfig | None:
         """Return the reader called ``reader_id``, or None."""
@@ -188,7 +200,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         "site",
         {"id", "name", "timezone", "night_rollover_hour", "portal_url"},
     )
-    _reject_unknown(box, "box", {"id", "data_dir", "scanner"})
+    _reject_unknown(box, "box", {"id", "data_dir", "scanner", "clock_trusted"})
     _reject_unknown(
         bands,
         "bands",
@@ -232,6 +244,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         checkout=_checkout(_table(raw, "checkout", required=False)),
         broker=_broker(_table(raw, "broker", required=False)),
         scanner=scanner,
+        clock_trusted=_bool(box, "box.clock_trusted", False),
         kits_require_checkout=_bool(kits, "kits.require_checkout", False),
         kit_low_stock=_int(kits, "kits.low_stock", 10, minimum=0),
         coupon_ttl_s=_number(coupons, "coupons.ttl_h", 168.0, minimum=0.1) * 3600.0,

@@ -47,7 +47,7 @@ _MAX_ADVERT_BYTES = 62
 _MAX_LINE_BYTES = 4096
 # Rejected lines returned with their reason. The counters count all of them.
 MAX_REPORTED_ERRORS = 100
-_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 

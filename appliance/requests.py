@@ -64,7 +64,7 @@ class Refusal(Exception):
 class Request:
     """A decoded request as a handler receives it.
 
-    ``requester`` is the device id from the reply topic, ``requester_kind``
+    ``requester`` is the device id from the request's topic, ``requester_kind``
     its kind (``terminal``, ``reader`` or ``box``), and ``token`` the verified
     edge token, None for a reader on an endpoint that readers may use.
     """
@@ -99,7 +99,7 @@ class _Pending:
     future: asyncio.Future[dict[str, Any]] | None = None
 
 
-_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,64}\Z")
 
 
 def idempotency_key(data: dict[str, Any]) -> str:
@@ -130,11 +130,13 @@ class RequestServer:
         self._store = store
         self._clock = clock
         self._tokens = tokens
-        # Replies go only to a device's own reply topic, which the ACL lets
-        # only that device read, never to events or another site.
-        self._reply_topic = re.compile(
-            rf"^{re.escape(bus.topics.prefix)}/(box|reader|terminal)/([^/+#]+)/reply$"
+        # A request arrives on its sender's own topic, which the ACL lets only
+        # that device publish, so the topic names the requester.
+        self._request_topic = re.compile(
+            rf"{re.escape(bus.topics.prefix)}/(box|reader|terminal)/([^/+#]+)"
+            r"/api/([^/+#]+)/([^/+#]+)"
         )
+        bus.subscribe(bus.topics.all_requests, self._on_request)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -152,7 +154,9 @@ class RequestServer:
         readers: bool = False,
         mutating: bool = True,
     ) -> None:
-        """Serve requests on ``api/<service>/<action>`` with ``handler``.
+        """Serve requests for ``api/<service>/<action>`` with ``handler``.
+
+        Devices send them on ``<kind>/<id>/api/<service>/<action>``.
 
         ``scope`` is the token scope a terminal needs; ``readers`` lets
         readers call the endpoint without a token, because the broker's ACL
@@ -163,11 +167,6 @@ class RequestServer:
         endpoint = _Endpoint(f"{service}/{action}", handler, scope, readers, mutating)
         self._endpoints[endpoint.name] = endpoint
 
-        async def on_request(incoming: Incoming) -> None:
-            await self._accept(endpoint, incoming)
-
-        self._bus.subscribe(self._bus.topics.api(service, action), on_request)
-
     async def start(self) -> None:
         """Start the worker that commits queued requests and sends their replies."""
         self._worker = asyncio.create_task(self._work(), name="request-worker")
@@ -177,15 +176,51 @@ class RequestServer:
         for task in [self._worker, *self._sending]:
             await cancel_and_wait(task)
 
-    async def _accept(self, endpoint: _Endpoint, incoming: Incoming) -> None:
-        requester = self._requester(incoming.response_topic)
-        if isinstance(requester, str):
-            # Without a reply topic of a device, the requester would never
-            # learn the outcome, so nothing is done.
-            self.counts["invalid-response-topic"] += 1
-            self._bus.reject(incoming, requester, "invalid-response-topic")
+    async def _on_request(self, incoming: Incoming) -> None:
+        match = self._request_topic.fullmatch(incoming.topic)
+        if match is None:
+            self.counts["invalid-request-topic"] += 1
+            self._bus.reject(
+                incoming,
+                "requests go to <kind>/<id>/api/<service>/<action> of a box, "
+                "reader or terminal",
+                "invalid-request-topic",
+            )
             return
-        kind, device = requester
+        kind, device, service, action = match.groups()
+        reply_topic = self._bus.topics.reply(kind, device)
+        if incoming.response_topic != reply_topic:
+            # The reply goes only to the sender's own reply topic, which the
+            # ACL lets only that device read. Without it, the requester would
+            # never learn the outcome, so nothing is done.
+            self.counts["invalid-response-topic"] += 1
+            self._bus.reject(
+                incoming,
+                f"response topic {incoming.response_topic!r:.80} is not the "
+                f"sender's reply topic {reply_topic!r}",
+                "invalid-response-topic",
+            )
+            return
+        endpoint = self._endpoints.get(f"{service}/{action}")
+        if endpoint is None:
+            self.counts["unknown-action"] += 1
+            known = ", ".join(sorted(self._endpoints))
+            self._bus.reject(
+                incoming, f"no action {service}/{action}", "unknown-action"
+            )
+            await self._bus.respond(
+                incoming,
+                error=(
+                    "unknown-action",
+                    f"api/{service}/{action} is not served; use one of {known}",
+                ),
+            )
+            return
+        await self._accept(endpoint, incoming, kind, device)
+
+    async def _accept(
+        self, endpoint: _Endpoint, incoming: Incoming, kind: str, device: str
+    ) -> None:
         try:
             message = envelope.decode(incoming.payload)
             if self._past_deadline(message.body.get("deadline")):
@@ -263,7 +298,7 @@ class RequestServer:
     ) -> TokenClaims | None:
         if endpoint.scope is None or (endpoint.readers and kind == "reader"):
             # NOTE: the local bus has no TLS, so a reader's identity rests on
-            # the broker's ACL and on the reply topic it names.
+            # its broker password and the ACL of its own request topic.
             return None
         if self._tokens is None:
             raise TokenError("missing", "this box issues no tokens")
@@ -273,18 +308,6 @@ class RequestServer:
         self.counts["invalid-request"] += 1
         self._bus.reject(incoming, str(err), "invalid-request")
         await self._bus.respond(incoming, error=("invalid-request", str(err)))
-
-    def _requester(self, topic: str | None) -> tuple[str, str] | str:
-        """Return ``(kind, device id)`` of a reply topic, or why it is invalid."""
-        if not topic:
-            return "the request has no response topic; set it to your reply topic"
-        match = self._reply_topic.match(topic)
-        if match is None:
-            return (
-                f"response topic {topic!r:.80} is not a device reply topic like "
-                f"{self._bus.topics.reply('reader', 'kit-1')!r}"
-            )
-        return match.group(1), match.group(2)
 
     def _past_deadline(self, deadline: Any) -> bool:
         """Return whether the request's deadline has passed.

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from appliance.bus.broker import start_broker
-from appliance.clock import SystemClock
 from appliance.config import SiteConfig
 from appliance.errors import HardwareError, StoreError
 from appliance.runtime import Box, tune_garbage_collector
@@ -87,7 +86,7 @@ async def _serve(
     try:
         async with Box(
             config,
-            SystemClock(),
+            config.system_clock(),
             credentials,
             broker.host,
             broker.port,

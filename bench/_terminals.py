@@ -45,7 +45,7 @@ class _Terminal:
         self.token = spec["token"]
         self.run = run
         prefix = f"nightbox/{job['site']}"
-        self.topic = f"{prefix}/api/{job['service']}/{job['action']}"
+        self.topic = f"{prefix}/terminal/{self.id}/api/{job['service']}/{job['action']}"
         self.reply_topic = f"{prefix}/terminal/{self.id}/reply"
         self.src = f"terminal/{self.id}"
         self.subscribed = threading.Event()

@@ -2,7 +2,8 @@
 
 Deny by default: each client gets exactly the topics its role needs. Readers
 may publish only their own sightings, status and availability; only kit
-readers may also send kit requests.
+readers may also send kit requests. Every device sends requests only under
+its own ``<kind>/<id>/api/``, so the topic of a request names its sender.
 """
 
 from __future__ import annotations
@@ -39,11 +40,6 @@ def terminal_username(terminal_id: str) -> str:
     return f"terminal-{terminal_id}"
 
 
-# What a terminal may request; its edge token's scopes decide which of these
-# requests the box carries out.
-TERMINAL_SERVICES = ("optin", "kits", "wallet", "drops", "offers")
-
-
 def site_policy(
     site: str,
     box_id: str,
@@ -62,12 +58,11 @@ def site_policy(
         OBSERVER: [AclRule(Access.READ, f"{root}/#")],
     }
     for terminal in dict.fromkeys([DESK, *terminals]):
+        # A terminal may send any request on its own topic; its edge token's
+        # scopes decide which of them the box carries out.
         grants[terminal_username(terminal)] = [
             *_device_rules(root, "terminal", terminal),
-            *(
-                AclRule(Access.WRITE, f"{root}/api/{service}/+")
-                for service in TERMINAL_SERVICES
-            ),
+            AclRule(Access.WRITE, f"{root}/terminal/{terminal}/api/+/+"),
         ]
     for reader in readers:
         rules = _device_rules(root, "reader", reader.reader_id)
@@ -75,7 +70,11 @@ def site_policy(
             AclRule(Access.WRITE, f"{root}/reader/{reader.reader_id}/sightings")
         )
         if reader.role == "kit":
-            rules.append(AclRule(Access.WRITE, f"{root}/api/kits/issue"))
+            rules.append(
+                AclRule(
+                    Access.WRITE, f"{root}/reader/{reader.reader_id}/api/kits/issue"
+                )
+            )
         grants[reader_username(reader.reader_id)] = rules
     return AccessPolicy(grants)
 

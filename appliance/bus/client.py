@@ -440,9 +440,13 @@ class Bus:
         trusted clock can drop work whose caller has given up, and an MQTT 5
         Message Expiry Interval so the broker drops it unsent after
         ``timeout_s``. ``token`` is the terminal's edge token, sent beside
-        ``data``. Raises RequestError with the responder's error code, or
-        code ``timeout`` when no reply arrives.
+        ``data``. A request for ``topics.api(service, action)`` goes out on
+        this device's own ``<kind>/<id>/api/<service>/<action>``, which the
+        broker lets only this device publish, so the box knows the sender.
+        Raises RequestError with the responder's error code, or code
+        ``timeout`` when no reply arrives.
         """
+        topic = self._own_request_topic(topic)
         correlation = uuid.uuid4().bytes
         future: asyncio.Future[dict[str, Any]] = (
             asyncio.get_running_loop().create_future()
@@ -479,6 +483,14 @@ class Bus:
             str(error.get("message", "request failed")),
             error if isinstance(error, dict) else None,
         )
+
+    def _own_request_topic(self, topic: str) -> str:
+        """Move a request for ``<prefix>/api/...`` to this device's own topic."""
+        api = f"{self.topics.prefix}/api/"
+        if not topic.startswith(api):
+            return topic
+        own = f"{self.topics.prefix}/{self.settings.kind}/{self.settings.device_id}"
+        return f"{own}/api/{topic.removeprefix(api)}"
 
     async def _on_reply(self, incoming: Incoming) -> None:
         future = self._pending.get(incoming.correlation or b"")

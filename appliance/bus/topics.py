@@ -58,8 +58,24 @@ class Topics:
         return f"{self.prefix}/events/#"
 
     def api(self, service: str, action: str) -> str:
-        """Request topic of a service action."""
+        """Name of a service action, as callers pass it to ``Bus.request``.
+
+        Requests travel on the sender's own topic, :meth:`device_api`.
+        """
         return f"{self.prefix}/api/{service}/{action}"
+
+    def device_api(self, kind: str, device_id: str, service: str, action: str) -> str:
+        """Topic on which a device sends its requests for a service action.
+
+        The ACL lets only that device publish under its own
+        ``<kind>/<id>/api/``, so the topic proves who sent the request.
+        """
+        return f"{self.prefix}/{kind}/{device_id}/api/{service}/{action}"
+
+    @property
+    def all_requests(self) -> str:
+        """Filter for every device's requests."""
+        return f"{self.prefix}/+/+/api/+/+"
 
     def creator_figures(self, creator_id: str) -> str:
         """Retained live sales and drop claims of one creator, by set."""

@@ -27,7 +27,7 @@ MAX_SIGHTING_AGE_S = 60.0
 # The count weights the RSSI mean as a float, so it needs an upper bound.
 # NOTE: the bound is generous, not measured on readers.
 MAX_ADVERTS_PER_SIGHTING = 1_000_000
-_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 # Integers beyond this are no time or RSSI, and float() would overflow.
 _MAX_INTEGER = 2**53
 # Validated adverts and addresses, emptied when full: a night has a few
@@ -35,7 +35,7 @@ _MAX_INTEGER = 2**53
 _CACHE_SIZE = 8192
 _ADVERTS: dict[str, bytes] = {}
 _ADDRESSES: dict[str, str] = {}
-_BOOT = re.compile(r"^[A-Za-z0-9-]{1,32}$")
+_BOOT = re.compile(r"^[A-Za-z0-9-]{1,32}\Z")
 
 
 @dataclass(slots=True)

@@ -29,9 +29,9 @@ from appliance._toml_values import (
 from appliance.errors import ConfigError
 
 # ISO 4217 alphabetic codes are three capital letters.
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_CODE = re.compile(r"^[A-Z0-9][A-Z0-9-]{2,23}$")
-_BAND = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+_CURRENCY = re.compile(r"^[A-Z]{3}\Z")
+_CODE = re.compile(r"^[A-Z0-9][A-Z0-9-]{2,23}\Z")
+_BAND = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}\Z")
 # One amount is at most 10 million major units; SQLite integers and JSON
 # numbers both hold far more, so a larger figure is a typing error.
 MAX_AMOUNT = 1_000_000_000
@@ -577,4 +577,10 @@ def _quotas(
 def _terminal(entry: Any, index: int) -> str:
     key = f"terminals[{index}]"
     source = _entry(entry, key, {"id"})
-    return identifier(source, f"{key}.id")
+    terminal = identifier(source, f"{key}.id")
+    if terminal == "desk":
+        raise ConfigError(
+            f"{key}.id = 'desk' is the opt-in desk, which every site has; "
+            "remove this entry or give the terminal another id"
+        )
+    return terminal

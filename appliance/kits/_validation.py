@@ -7,11 +7,11 @@ from typing import Any
 
 from appliance.errors import PayloadError
 
-_BAND = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
-_WALLET = re.compile(r"^[A-Za-z0-9._:-]{4,64}$")
+_BAND = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}\Z")
+_WALLET = re.compile(r"^[A-Za-z0-9._:-]{4,64}\Z")
 # A practical address check (local@domain.tld); delivery proves the rest.
 _EMAIL = re.compile(
-    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z"
 )
 MAX_CONSENT_TEXT = 500
 

@@ -58,7 +58,7 @@ MAX_TTL_S = 24 * 3600.0
 _VERIFIED_CACHE_SIZE = 4096
 _ALGORITHM = "EdDSA"
 # Terminal ids follow the site configuration's id rule.
-_SUBJECT = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_SUBJECT = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
 
 
 class TokenError(NightboxError, ValueError):
@@ -353,18 +353,30 @@ class EdgeTokens:
                 )
             return
         # An untrusted wall clock can be hours or years off after a power
-        # cut, so the token's lifetime is counted on the monotonic clock from
-        # the first time this process saw it.
-        # NOTE: a restart of the box restarts that count, so a token can be
-        # used for up to its lifetime after each restart until the clock is
-        # trusted again.
+        # cut, but the box signs its own tokens: a clock at or past a token's
+        # issue time has not been set back since, so it still judges expiry,
+        # also after a restart. A clock behind the issue time was set back,
+        # so the token's lifetime is counted on the monotonic clock from the
+        # first time this process saw it.
+        # NOTE: after the clock went back, a restart of the box restarts that
+        # count, so such a token works for up to its lifetime after each
+        # restart until the clock passes its issue time again.
+        now = self._clock.now()
+        if now + CLOCK_SKEW_S >= claims.issued_at:
+            if now > claims.expires_at + CLOCK_SKEW_S:
+                raise TokenError(
+                    "expired",
+                    f"token {claims.token_id} expired at {claims.expires_at:.0f} "
+                    "by the box's clock; issue a new one",
+                )
+            return
         first_seen = self._first_seen.setdefault(claims.token_id, self._monotonic())
         lifetime = claims.expires_at - claims.issued_at
         if self._monotonic() - first_seen > lifetime + CLOCK_SKEW_S:
             raise TokenError(
                 "expired",
                 f"token {claims.token_id} outlived its {lifetime:.0f} s lifetime "
-                "(counted since first use, because the box's clock is untrusted)",
+                "(counted since first use, because the box's clock went back)",
             )
 
 

@@ -8,12 +8,17 @@ from typing import Any
 from appliance.commerce.config import MAX_AMOUNT
 from appliance.errors import PayloadError
 
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 
 
 def currency(data: dict[str, Any], expected: str) -> str:
     """Return the request's ``currency`` if it is the site's currency."""
     value = data.get("currency")
+    if value is None:
+        raise PayloadError(
+            f"missing field 'currency'; send {expected!r}, the currency of this "
+            "site's wallets"
+        )
     if not isinstance(value, str) or value != expected:
         raise PayloadError(
             f"field 'currency' is {value!r:.20}, but this site's wallets hold "

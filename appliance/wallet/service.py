@@ -315,7 +315,8 @@ class WalletService:
             raise Refusal("already-voided", f"transaction {target_id} was voided")
         if target["refunded"]:
             raise Refusal(
-                "not-voidable", f"charge {target_id} was partly refunded; refund it"
+                "not-voidable",
+                f"charge {target_id} has refunds; refund what is left instead",
             )
         night = self._config.night_of(now)
         if target["night"] != night:

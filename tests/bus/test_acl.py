@@ -20,6 +20,7 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
+from conftest import TokenFactory
 from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance.bus import envelope
@@ -172,20 +173,35 @@ async def issue_kit(make_client: Any, box: Box, key: str, band: str) -> dict[str
 async def test_acl_exit_reader_kit_request_denied(
     box: Box, make_client: Any, mosquitto: BrokerHandle, credentials: SiteCredentials
 ) -> None:
-    topic = box.bus.topics.api("kits", "issue")
+    topics = box.bus.topics
     password = credentials.account("reader-exit-1").password
 
     async with make_client("reader-exit-1", "reader", "exit-1") as exit_reader:
+        # Bus.request sends this on the exit reader's own request topic.
         with pytest.raises(RequestError) as caught:
             await exit_reader.request(
-                topic, kit_request("denied-bus-1"), timeout_s=DENIED_WAIT_S
+                topics.api("kits", "issue"),
+                kit_request("denied-bus-1"),
+                timeout_s=DENIED_WAIT_S,
             )
-    result = await paho_publish(mosquitto, "reader-exit-1", password, topic)
+    own_result = await paho_publish(
+        mosquitto,
+        "reader-exit-1",
+        password,
+        topics.device_api("reader", "exit-1", "kits", "issue"),
+    )
+    kit_topic_result = await paho_publish(
+        mosquitto,
+        "reader-exit-1",
+        password,
+        topics.device_api("reader", "kit-1", "kits", "issue"),
+    )
     reply = await issue_kit(make_client, box, "allowed-1", "ib-1-8")
 
     assert caught.value.code == "timeout"
-    assert result.connack == REASON_SUCCESS
-    assert result.puback == REASON_NOT_AUTHORIZED
+    assert own_result.connack == REASON_SUCCESS
+    assert own_result.puback == REASON_NOT_AUTHORIZED
+    assert kit_topic_result.puback == REASON_NOT_AUTHORIZED
     assert reply["band"] == "ib-1-8"
     assert box.kits.stock() == {"kit-1": {"initial": 5, "remaining": 4}}
     assert box.store.query("SELECT key FROM requests") == [("allowed-1",)]
@@ -248,7 +264,7 @@ async def test_acl_reader_publishes_own_sightings(
 async def test_acl_kit_reader_kit_request_succeeds(
     box: Box, make_client: Any, mosquitto: BrokerHandle, credentials: SiteCredentials
 ) -> None:
-    topic = box.bus.topics.api("kits", "issue")
+    topic = box.bus.topics.device_api("reader", "kit-1", "kits", "issue")
     password = credentials.account("reader-kit-1").password
 
     reply = await issue_kit(make_client, box, "kit-reader-1", "ib-1-7")
@@ -270,10 +286,98 @@ async def test_acl_kit_reader_publish_without_box(
     password = credentials.account("reader-kit-1").password
 
     result = await paho_publish(
-        mosquitto, "reader-kit-1", password, "nightbox/test/api/kits/issue"
+        mosquitto, "reader-kit-1", password, "nightbox/test/reader/kit-1/api/kits/issue"
     )
 
     assert result.puback == REASON_NO_MATCHING_SUBSCRIBERS
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "api/kits/issue",
+        "reader/kit-1/api/optin/register",
+        "reader/kit-1/api/kits/steal",
+        "reader/exit-1/api/kits/issue",
+        "terminal/desk/api/kits/issue",
+        "box/box-1/api/kits/issue",
+    ],
+)
+async def test_acl_kit_reader_other_request_topics_denied(
+    mosquitto: BrokerHandle, credentials: SiteCredentials, path: str
+) -> None:
+    password = credentials.account("reader-kit-1").password
+
+    result = await paho_publish(
+        mosquitto, "reader-kit-1", password, f"nightbox/test/{path}"
+    )
+
+    assert result.connack == REASON_SUCCESS
+    assert result.puback == REASON_NOT_AUTHORIZED
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["terminal/desk/api/wallet/charge", "terminal/desk/api/kits/issue"],
+)
+async def test_acl_terminal_publishes_own_requests(
+    mosquitto: BrokerHandle, credentials: SiteCredentials, path: str
+) -> None:
+    password = credentials.account("terminal-desk").password
+
+    result = await paho_publish(
+        mosquitto, "terminal-desk", password, f"nightbox/test/{path}"
+    )
+
+    # No box runs, so an allowed publish reaches no subscriber.
+    assert result.connack == REASON_SUCCESS
+    assert result.puback == REASON_NO_MATCHING_SUBSCRIBERS
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "api/wallet/charge",
+        "terminal/bar-1/api/wallet/charge",
+        "terminal/desk/api/wallet/charge/extra",
+        "reader/kit-1/api/kits/issue",
+        "box/box-1/api/wallet/charge",
+        "terminal/desk/reply",
+    ],
+)
+async def test_acl_terminal_other_topics_denied(
+    mosquitto: BrokerHandle, credentials: SiteCredentials, path: str
+) -> None:
+    password = credentials.account("terminal-desk").password
+
+    result = await paho_publish(
+        mosquitto, "terminal-desk", password, f"nightbox/test/{path}"
+    )
+
+    assert result.connack == REASON_SUCCESS
+    assert result.puback == REASON_NOT_AUTHORIZED
+
+
+async def test_acl_unknown_action_gets_error(
+    box: Box, make_client: Any, issue_token: TokenFactory
+) -> None:
+    token = issue_token("desk", "optin:register")
+
+    async with make_client("terminal-desk", "terminal", "desk") as desk:
+        with pytest.raises(RequestError) as caught:
+            await desk.request(
+                box.bus.topics.api("kits", "steal"),
+                kit_request("unknown-action-1"),
+                timeout_s=TIMEOUT_S,
+                token=token,
+            )
+
+    assert caught.value.code == "unknown-action"
+    assert "api/kits/steal" in caught.value.message
+    assert box.requests.counts["unknown-action"] == 1
+    assert box.bus.stats.rejected == {"unknown-action": 1}
+    assert box.store.query("SELECT COUNT(*) FROM requests") == [(0,)]
+    assert box.kits.stock() == {"kit-1": {"initial": 5, "remaining": 5}}
 
 
 @pytest.mark.parametrize(
@@ -334,7 +438,13 @@ async def test_acl_observer_reads_events(box: Box, make_client: Any) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["events/kit_issued", "api/kits/issue", "box/box-1/availability"],
+    [
+        "events/kit_issued",
+        "api/kits/issue",
+        "observer/dash/api/kits/issue",
+        "terminal/desk/api/kits/issue",
+        "box/box-1/availability",
+    ],
 )
 async def test_acl_observer_cannot_publish(
     mosquitto: BrokerHandle, credentials: SiteCredentials, path: str

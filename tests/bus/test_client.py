@@ -29,7 +29,11 @@ from provisioning import SiteCredentials
 
 TIMEOUT_S = 10.0
 BOX_ACCOUNT = "box-box-1"
-ECHO_TOPIC = "nightbox/test/api/echo/run"
+# The action name a caller passes to Bus.request. The request goes out on the
+# caller's own topic, so the responder subscribes to every device's echo/run.
+ECHO_ACTION = "nightbox/test/api/echo/run"
+ECHO_FILTER = "nightbox/test/+/+/api/echo/run"
+CALLER_ECHO_TOPIC = "nightbox/test/box/caller/api/echo/run"
 RAW_REPLY_TOPIC = "nightbox/test/box/raw/reply"
 
 
@@ -117,7 +121,7 @@ async def sync_with_box(
     request = envelope.encode(requester.settings.src, {"data": {}, "deadline": 1.0})
     await asyncio.wait_for(
         requester.publish(
-            box.bus.topics.api("kits", "issue"),
+            box.bus.topics.device_api("box", "raw", "kits", "issue"),
             request,
             response_topic=RAW_REPLY_TOPIC,
             correlation=b"sync",
@@ -131,11 +135,11 @@ async def sync_with_box(
 
 async def test_bus_request_reply_round_trip(make_client: Any) -> None:
     async with (
-        serving(make_client, "echo", ECHO_TOPIC) as (responder, requests),
+        serving(make_client, "echo", ECHO_FILTER) as (responder, requests),
         make_client(BOX_ACCOUNT, "box", "caller", announce=False) as caller,
     ):
         pending = asyncio.create_task(
-            caller.request(ECHO_TOPIC, {"n": 1}, timeout_s=TIMEOUT_S)
+            caller.request(ECHO_ACTION, {"n": 1}, timeout_s=TIMEOUT_S)
         )
         incoming = await next_message(requests)
         await responder.respond(
@@ -145,6 +149,7 @@ async def test_bus_request_reply_round_trip(make_client: Any) -> None:
 
     request = envelope.decode(incoming.payload)
     assert result == {"echo": 1}
+    assert incoming.topic == CALLER_ECHO_TOPIC
     assert incoming.response_topic == "nightbox/test/box/caller/reply"
     assert incoming.correlation is not None
     assert len(incoming.correlation) == 16
@@ -153,14 +158,34 @@ async def test_bus_request_reply_round_trip(make_client: Any) -> None:
     assert caller._pending == {}
 
 
+async def test_bus_request_other_topic_unchanged(make_client: Any) -> None:
+    # Only names under nightbox/<site>/api/ move to the caller's own topic.
+    topic = "nightbox/test/box/echo/inbox"
+
+    async with (
+        serving(make_client, "echo", topic) as (responder, requests),
+        make_client(BOX_ACCOUNT, "box", "caller", announce=False) as caller,
+    ):
+        pending = asyncio.create_task(
+            caller.request(topic, {"n": 3}, timeout_s=TIMEOUT_S)
+        )
+        incoming = await next_message(requests)
+        await responder.respond(incoming, data={"echo": 3})
+        result = await asyncio.wait_for(pending, TIMEOUT_S)
+
+    assert result == {"echo": 3}
+    assert incoming.topic == topic
+    assert incoming.response_topic == "nightbox/test/box/caller/reply"
+
+
 async def test_bus_request_correlation_matches_replies(make_client: Any) -> None:
     async with (
-        serving(make_client, "echo", ECHO_TOPIC) as (responder, requests),
+        serving(make_client, "echo", ECHO_FILTER) as (responder, requests),
         make_client(BOX_ACCOUNT, "box", "caller", announce=False) as caller,
     ):
         pending = [
             asyncio.create_task(
-                caller.request(ECHO_TOPIC, {"n": n}, timeout_s=TIMEOUT_S)
+                caller.request(ECHO_ACTION, {"n": n}, timeout_s=TIMEOUT_S)
             )
             for n in range(4)
         ]
@@ -177,10 +202,12 @@ async def test_bus_request_correlation_matches_replies(make_client: Any) -> None
 
 async def test_bus_request_error_reply_raises(make_client: Any) -> None:
     async with (
-        serving(make_client, "echo", ECHO_TOPIC) as (responder, requests),
+        serving(make_client, "echo", ECHO_FILTER) as (responder, requests),
         make_client(BOX_ACCOUNT, "box", "caller", announce=False) as caller,
     ):
-        first = asyncio.create_task(caller.request(ECHO_TOPIC, {}, timeout_s=TIMEOUT_S))
+        first = asyncio.create_task(
+            caller.request(ECHO_ACTION, {}, timeout_s=TIMEOUT_S)
+        )
         await responder.respond(
             await next_message(requests),
             error=("out-of-stock", "kit station kit-1 has no kits left"),
@@ -189,7 +216,7 @@ async def test_bus_request_error_reply_raises(make_client: Any) -> None:
             await asyncio.wait_for(first, TIMEOUT_S)
 
         second = asyncio.create_task(
-            caller.request(ECHO_TOPIC, {}, timeout_s=TIMEOUT_S)
+            caller.request(ECHO_ACTION, {}, timeout_s=TIMEOUT_S)
         )
         await responder.respond(
             await next_message(requests),
@@ -212,23 +239,23 @@ async def test_bus_request_unanswered_times_out(make_client: Any) -> None:
         elapsed_s = time.monotonic() - started
 
     assert caught.value.code == "timeout"
-    assert "nightbox/test/api/nobody/home" in caught.value.message
+    assert "nightbox/test/box/caller/api/nobody/home" in caught.value.message
     assert 0.3 <= elapsed_s < 3.0
     assert caller._pending == {}
 
 
 async def test_bus_request_late_reply_ignored(make_client: Any) -> None:
     async with (
-        serving(make_client, "echo", ECHO_TOPIC) as (responder, requests),
+        serving(make_client, "echo", ECHO_FILTER) as (responder, requests),
         make_client(BOX_ACCOUNT, "box", "caller", announce=False) as caller,
     ):
         with pytest.raises(RequestError):
-            await caller.request(ECHO_TOPIC, {"n": 1}, timeout_s=0.3)
+            await caller.request(ECHO_ACTION, {"n": 1}, timeout_s=0.3)
         late = await next_message(requests)
         await responder.respond(late, data={"echo": "late"})
 
         pending = asyncio.create_task(
-            caller.request(ECHO_TOPIC, {"n": 2}, timeout_s=TIMEOUT_S)
+            caller.request(ECHO_ACTION, {"n": 2}, timeout_s=TIMEOUT_S)
         )
         await responder.respond(await next_message(requests), data={"echo": 2})
         result = await asyncio.wait_for(pending, TIMEOUT_S)
@@ -239,11 +266,11 @@ async def test_bus_request_late_reply_ignored(make_client: Any) -> None:
 
 async def test_bus_request_malformed_reply_raises(make_client: Any) -> None:
     async with (
-        serving(make_client, "echo", ECHO_TOPIC) as (responder, requests),
+        serving(make_client, "echo", ECHO_FILTER) as (responder, requests),
         make_client(BOX_ACCOUNT, "box", "caller", announce=False) as caller,
     ):
         pending = asyncio.create_task(
-            caller.request(ECHO_TOPIC, {}, timeout_s=TIMEOUT_S)
+            caller.request(ECHO_ACTION, {}, timeout_s=TIMEOUT_S)
         )
         incoming = await next_message(requests)
         assert incoming.response_topic is not None
@@ -263,9 +290,9 @@ async def test_bus_request_malformed_reply_raises(make_client: Any) -> None:
 
 
 async def test_bus_respond_without_response_topic(make_client: Any) -> None:
-    async with serving(make_client, "echo", ECHO_TOPIC) as (responder, requests):
+    async with serving(make_client, "echo", ECHO_FILTER) as (responder, requests):
         await asyncio.wait_for(
-            responder.publish(ECHO_TOPIC, envelope.encode("box/echo", {})),
+            responder.publish(CALLER_ECHO_TOPIC, envelope.encode("box/echo", {})),
             TIMEOUT_S,
         )
         incoming = await next_message(requests)
@@ -364,8 +391,9 @@ async def test_bus_kit_retry_same_key_one_issue(box: Box, make_client: Any) -> N
 async def test_bus_kit_redelivery_same_envelope_one_issue(
     box: Box, make_client: Any, issue_token: TokenFactory
 ) -> None:
-    topic = box.bus.topics.api("kits", "issue")
-    # The token's subject is the device id of RAW_REPLY_TOPIC.
+    # The request topic and RAW_REPLY_TOPIC both belong to device box/raw,
+    # which is also the token's subject.
+    topic = box.bus.topics.device_api("box", "raw", "kits", "issue")
     body = {
         "data": kit_request("redelivered-1"),
         "deadline": time.time() + 60,

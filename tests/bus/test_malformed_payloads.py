@@ -7,8 +7,10 @@ stored, and that a valid kit request still succeeds.
 
 The storm is published with the box's own account, the only one allowed to
 write every topic the box subscribes to, so one client delivers all of it
-in order. Its requests carry an edge token issued to its device id "storm"
-with every scope, so a request fails only on the fault it was built with.
+in order. Its requests go on its own request topic ``box/storm/api/...``,
+name its own reply topic and carry an edge token issued to its device id
+"storm" with every scope, so a request fails only on the fault it was built
+with.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from appliance.tokens import SCOPES
 
 TIMEOUT_S = 10.0
 STORM_REPLY_TOPIC = "nightbox/test/box/storm/reply"
+STORM_KITS_TOPIC = "nightbox/test/box/storm/api/kits/issue"
 OVERSIZE_BYTES = envelope.MAX_PAYLOAD_BYTES + 1024
 SITE_UUID = bytes.fromhex("426c7565436861726d426561636f6e73")
 ADVERT_HEX = ibeacon(SITE_UUID, 1, 7, -59).hex()
@@ -99,7 +102,7 @@ class Storm:
         nothing and counts no reject.
         """
         body = await self.request(
-            self.bus.topics.api("kits", "issue"),
+            STORM_KITS_TOPIC,
             envelope.encode("box/storm", {"data": {}, "deadline": 1.0}),
         )
         assert body["error"]["code"] == "deadline-exceeded"
@@ -442,9 +445,9 @@ ECONOMY_FIELD_CASES += [
 
 
 def api_topic(box: Box, endpoint: str) -> str:
-    """Return the request topic of ``endpoint``, written "service/action"."""
+    """Return the storm's request topic of ``endpoint``, written "service/action"."""
     service, action = endpoint.split("/")
-    return box.bus.topics.api(service, action)
+    return box.bus.topics.device_api("box", "storm", service, action)
 
 
 def assert_box_healthy(box: Box) -> None:
@@ -585,7 +588,7 @@ async def test_token_faults_rejected(
 async def test_malformed_request_without_response_topic(
     box: Box, make_client: Any
 ) -> None:
-    kits_topic = box.bus.topics.api("kits", "issue")
+    kits_topic = STORM_KITS_TOPIC
     cases = envelope_cases(kit_data())
 
     async with storm_client(make_client) as storm:
@@ -602,20 +605,25 @@ async def test_malformed_request_without_response_topic(
 async def test_request_other_response_topics_rejected(
     box: Box, make_client: Any
 ) -> None:
-    kits_topic = box.bus.topics.api("kits", "issue")
-    topics = (
-        "nightbox/test/events/checkout",
-        "nightbox/other-site/reader/kit-1/reply",
-        "nightbox/test/reader/kit-1/status",
-        "elsewhere/reply",
-        "$SYS/reply",
-    )
+    # The response topic must be the reply topic of the device that the
+    # request topic names.
+    pairs = [
+        (STORM_KITS_TOPIC, "nightbox/test/events/checkout"),
+        (STORM_KITS_TOPIC, "nightbox/test/reader/kit-1/reply"),
+        (STORM_KITS_TOPIC, "nightbox/test/terminal/storm/reply"),
+        (STORM_KITS_TOPIC, "nightbox/other-site/box/storm/reply"),
+        (STORM_KITS_TOPIC, "nightbox/test/box/storm/status"),
+        (STORM_KITS_TOPIC, "elsewhere/reply"),
+        (STORM_KITS_TOPIC, "$SYS/reply"),
+        ("nightbox/test/reader/kit-1/api/kits/issue", STORM_REPLY_TOPIC),
+        ("nightbox/test/terminal/storm/api/kits/issue", STORM_REPLY_TOPIC),
+    ]
 
     async with storm_client(make_client) as storm:
-        for response_topic in topics:
+        for request_topic, response_topic in pairs:
             await asyncio.wait_for(
                 storm.bus.publish(
-                    kits_topic,
+                    request_topic,
                     wrap(kit_data()),
                     response_topic=response_topic,
                     correlation=b"c",
@@ -623,23 +631,23 @@ async def test_request_other_response_topics_rejected(
                 TIMEOUT_S,
             )
         await storm.sync()
+        unanswered = storm.replies.empty()
 
     assert_box_healthy(box)
-    assert box.bus.stats.rejected == {"invalid-response-topic": len(topics)}
-    assert box.requests.counts["invalid-response-topic"] == len(topics)
+    assert unanswered
+    assert box.bus.stats.rejected == {"invalid-response-topic": len(pairs)}
+    assert box.requests.counts["invalid-response-topic"] == len(pairs)
     assert_store_unchanged(box)
 
 
 async def test_request_wildcard_response_topic_rejected(
     box: Box, make_client: Any
 ) -> None:
-    kits_topic = box.bus.topics.api("kits", "issue")
-
     async with storm_client(make_client) as storm:
         for response_topic in ("nightbox/test/box/storm/+", "nightbox/test/#"):
             await asyncio.wait_for(
                 storm.bus.publish(
-                    kits_topic,
+                    STORM_KITS_TOPIC,
                     wrap(without(kit_data(), "idempotency_key")),
                     response_topic=response_topic,
                     correlation=b"wildcard",
@@ -647,9 +655,39 @@ async def test_request_wildcard_response_topic_rejected(
                 TIMEOUT_S,
             )
         await storm.sync()
+        unanswered = storm.replies.empty()
 
     assert_box_healthy(box)
+    assert unanswered
     assert box.bus.stats.rejected["invalid-response-topic"] == 2
+    assert_store_unchanged(box)
+
+
+async def test_request_from_unknown_device_kind_rejected(
+    box: Box, make_client: Any
+) -> None:
+    # Only boxes, readers and terminals send requests. The response topic of
+    # each request is the reply topic of the device that its topic names.
+    devices = ["observer/dash", "creators/maya", "events/kit_issued"]
+
+    async with storm_client(make_client) as storm:
+        for device in devices:
+            await asyncio.wait_for(
+                storm.bus.publish(
+                    f"nightbox/test/{device}/api/kits/issue",
+                    wrap(kit_data()),
+                    response_topic=f"nightbox/test/{device}/reply",
+                    correlation=b"kind",
+                ),
+                TIMEOUT_S,
+            )
+        await storm.sync()
+        unanswered = storm.replies.empty()
+
+    assert_box_healthy(box)
+    assert unanswered
+    assert box.bus.stats.rejected == {"invalid-request-topic": len(devices)}
+    assert box.requests.counts["invalid-request-topic"] == len(devices)
     assert_store_unchanged(box)
 
 
@@ -837,29 +875,13 @@ async def test_box_subscriptions_all_covered(box: Box) -> None:
     # The tests above cover exactly these filters; a new subscription of the
     # box needs its own malformed cases here.
     assert sorted(box.bus._subscriptions) == [
-        "nightbox/test/api/drops/cancel",
-        "nightbox/test/api/drops/claim",
-        "nightbox/test/api/drops/pay",
-        "nightbox/test/api/drops/pickup",
-        "nightbox/test/api/drops/start",
-        "nightbox/test/api/drops/status",
-        "nightbox/test/api/drops/stop",
-        "nightbox/test/api/kits/issue",
-        "nightbox/test/api/offers/redeem",
-        "nightbox/test/api/optin/register",
-        "nightbox/test/api/wallet/balance",
-        "nightbox/test/api/wallet/charge",
-        "nightbox/test/api/wallet/refund",
-        "nightbox/test/api/wallet/topup",
-        "nightbox/test/api/wallet/void",
+        "nightbox/test/+/+/api/+/+",
         "nightbox/test/box/box-1/reply",
         "nightbox/test/reader/+/sightings",
     ]
-    # Every request topic has envelope, field and token cases above.
-    api_topics = [topic for topic in box.bus._subscriptions if "/api/" in topic]
-    assert sorted(api_topics) == sorted(
-        api_topic(box, endpoint) for endpoint in ENDPOINTS
-    )
+    # Every endpoint served on the request filter has envelope, field and
+    # token cases above.
+    assert sorted(box.requests._endpoints) == sorted(ENDPOINTS)
 
 
 _JSON_SCALARS = (
@@ -950,8 +972,8 @@ async def test_generated_payloads_leave_box_running(box: Box, make_client: Any) 
     topics = {
         "sightings": box.bus.topics.sightings("exit-1"),
         "ghost": box.bus.topics.sightings("ghost"),
-        "kits": box.bus.topics.api("kits", "issue"),
-        "optin": box.bus.topics.api("optin", "register"),
+        "kits": api_topic(box, "kits/issue"),
+        "optin": api_topic(box, "optin/register"),
         "reply": box.bus.topics.reply("box", "box-1"),
     }
     storm_payloads = generated_storm()

@@ -35,6 +35,12 @@ data_dir = "data"
 [[readers]]
 id = "exit-1"
 role = "exit"
+
+[[terminals]]
+id = "bar-1"
+
+[[terminals]]
+id = "bar-2"
 """
 ISSUER = "nightbox:club:box-1"
 AUDIENCE = "club"
@@ -446,3 +452,67 @@ def test_token_not_in_store(config: Path) -> None:
             assert token not in body
             assert signature not in body
         assert signature.encode() not in stored
+
+
+def test_issue_subject_not_terminal(config: Path) -> None:
+    result = nightbox(
+        "token",
+        "issue",
+        "--config",
+        str(config),
+        "--subject",
+        "exit-1",
+        "--scope",
+        "pos:charge",
+        cwd=config.parent,
+    )
+
+    assert result.returncode == 2
+    assert (
+        "'exit-1' is not a terminal of this site (desk, bar-1, bar-2)" in result.stderr
+    )
+    assert "[[terminals]]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_output_into_closed_pipe(config: Path) -> None:
+    # `nightbox token list | head -0`: the reader closes the pipe at once.
+    nightbox(
+        "token",
+        "issue",
+        "--config",
+        str(config),
+        "--subject",
+        "bar-1",
+        "--scope",
+        "pos:charge",
+        "--json",
+        cwd=config.parent,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "token", "list", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=config.parent,
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    _output, errors = process.communicate(timeout=TIMEOUT_S)
+
+    assert b"Traceback" not in errors
+    assert process.returncode in (0, 141)
+
+
+def test_list_json(config: Path) -> None:
+    issued = issue_json(config)
+    listed = nightbox(
+        "token", "list", "--config", str(config), "--json", cwd=config.parent
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert len(records) == 1
+    assert records[0]["token_id"] == issued["token_id"]
+    assert records[0]["subject"] == "bar-1"
+    assert records[0]["scopes"] == ["pos:charge"]
+    assert records[0]["revoked_at"] is None

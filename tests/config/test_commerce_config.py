@@ -747,3 +747,47 @@ def test_commerce_set_at(t: float, expected: str | None) -> None:
     slot = parse(example()).commerce.set_at(t)
 
     assert (None if slot is None else slot.id) == expected
+
+
+def test_commerce_desk_terminal_rejected() -> None:
+    raw = example()
+    raw["terminals"] = [{"id": "desk"}]
+
+    with pytest.raises(ConfigError) as error:
+        parse(raw)
+
+    assert "terminals[0].id = 'desk'" in str(error.value)
+    assert "opt-in desk" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("wallet.currency", "EUR\n"),
+        ("terminals.0.id", "bar-1\n"),
+        ("members.0.band", "ib-100-7\n"),
+    ],
+)
+def test_commerce_trailing_newline_rejected(key: str, value: str) -> None:
+    raw = example()
+    table, *rest = key.split(".")
+    if rest[0].isdigit():
+        raw[table][int(rest[0])][rest[1]] = value
+    else:
+        raw[table][rest[0]] = value
+
+    with pytest.raises(ConfigError) as error:
+        parse(raw)
+
+    assert repr(value)[:8] in str(error.value)
+
+
+def test_box_clock_trusted_option() -> None:
+    raw = example()
+    raw["box"]["clock_trusted"] = True
+
+    config = parse(raw)
+
+    assert config.clock_trusted is True
+    assert config.system_clock().trusted is True
+    assert parse(example()).system_clock().trusted is False

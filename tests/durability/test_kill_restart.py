@@ -386,9 +386,10 @@ async def test_kill_during_kit_request(
         topic = station.topics.api("kits", "issue")
         body = {"data": kit_request(key), "deadline": time.time() + TIMEOUT_S}
         # Sent by hand so the test returns at the broker's PUBACK, whether
-        # or not the box has replied yet.
+        # or not the box has replied yet. Bus.publish, unlike Bus.request,
+        # sends to the topic as given, so it is the station's own.
         await station.publish(
-            topic,
+            station.topics.device_api("reader", "kit-1", "kits", "issue"),
             envelope.encode(station.settings.src, body),
             response_topic=station.topics.reply("reader", "kit-1"),
             correlation=uuid.uuid4().bytes,

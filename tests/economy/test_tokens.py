@@ -8,6 +8,7 @@ and check that a rejected token changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -22,12 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from economy_site import economy_site_config, terminal_fixture, top_up  # noqa: F401
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from appliance.bus import envelope
+from appliance.bus.broker import BrokerHandle
 from appliance.clock import Clock, ManualClock, TimeSource
 from appliance.config import SiteConfig
 from appliance.errors import NightboxError, RequestError
@@ -41,6 +47,7 @@ from appliance.tokens import (
     TokenError,
     load_or_create_key,
 )
+from provisioning import SiteCredentials
 
 ISSUER = "nightbox:club:box-1"
 AUDIENCE = "club"
@@ -351,11 +358,22 @@ def test_verify_valid_token(authority: Authority) -> None:
     assert verified.expires_at == START + 600
 
 
-# An untrusted wall clock: lifetimes count on the monotonic clock.
+# An untrusted wall clock judges expiry while it is at or past a token's
+# issue time. A clock set back behind it (a power cut) makes the lifetime
+# count on the monotonic clock from first use.
 
 
-def test_untrusted_counts_from_first_use(untrusted: Authority) -> None:
-    token = untrusted.tokens.issue("bar-1", ["pos:charge"], 600).token
+def set_back_token(authority: Authority, lifetime_s: int = 600) -> str:
+    """Return a token issued an hour after the box's clock reads now."""
+    issued = int(START) + 3600
+    return sign(
+        authority.key,
+        claims(iat=issued, nbf=issued, exp=issued + lifetime_s),
+    )
+
+
+def test_untrusted_set_back_counts_from_first_use(untrusted: Authority) -> None:
+    token = set_back_token(untrusted)
 
     # Far more than the lifetime passes before the terminal first uses it.
     untrusted.monotonic.value += 600 * 10
@@ -364,8 +382,8 @@ def test_untrusted_counts_from_first_use(untrusted: Authority) -> None:
     assert verified.subject == "bar-1"
 
 
-def test_untrusted_expires_after_lifetime(untrusted: Authority) -> None:
-    token = untrusted.tokens.issue("bar-1", ["pos:charge"], 600).token
+def test_untrusted_set_back_expires_after_lifetime(untrusted: Authority) -> None:
+    token = set_back_token(untrusted)
     untrusted.tokens.verify(token, "pos:charge", "bar-1")
 
     untrusted.monotonic.value += 600 + CLOCK_SKEW_S
@@ -376,8 +394,8 @@ def test_untrusted_expires_after_lifetime(untrusted: Authority) -> None:
     assert error.reason == "expired"
 
 
-def test_untrusted_ignores_wall_expiry(untrusted: Authority) -> None:
-    # Expired a day before the box's wall time, which nothing vouches for.
+def test_untrusted_judges_wall_expiry(untrusted: Authority) -> None:
+    # Issued and expired before the box's wall time, which has not gone back.
     token = sign(
         untrusted.key,
         claims(
@@ -385,9 +403,36 @@ def test_untrusted_ignores_wall_expiry(untrusted: Authority) -> None:
         ),
     )
 
+    error = rejection(untrusted, token, "pos:charge", "bar-1")
+
+    assert error.reason == "expired"
+
+
+def test_untrusted_accepts_within_lifetime(untrusted: Authority) -> None:
+    token = untrusted.tokens.issue("bar-1", ["pos:charge"], 600).token
+
+    # The monotonic clock plays no part while the wall clock is usable.
+    untrusted.monotonic.value += 600 * 10
     verified = untrusted.tokens.verify(token, "pos:charge", "bar-1")
 
-    assert verified.expires_at == START - 86_400
+    assert verified.expires_at == START + 600
+
+
+def test_untrusted_expiry_survives_restart(tmp_path: Path) -> None:
+    # The box restarts after the token expired: a fresh authority with no
+    # memory of first uses, on a wall clock that kept running.
+    first = make_authority(tmp_path / "box", FrozenUntrustedClock(START))
+    token = next(first).tokens.issue("bar-1", ["pos:charge"], 600).token
+    first.close()
+    later = make_authority(
+        tmp_path / "box", FrozenUntrustedClock(START + 600 + CLOCK_SKEW_S + 1)
+    )
+    try:
+        error = rejection(next(later), token, "pos:charge", "bar-1")
+    finally:
+        later.close()
+
+    assert error.reason == "expired"
 
 
 # The signing key file.
@@ -731,3 +776,170 @@ async def test_charge_retry_after_revocation(box: Box, terminal) -> None:
     assert len(charges) == 1
     assert box.requests.counts["replayed"] == 0
     assert box.requests.counts["token-revoked"] == 1
+
+
+# A request topic names its sender, and the broker lets each terminal publish
+# requests only on its own topic.
+
+REASON_NOT_AUTHORIZED = 135
+BUS_TIMEOUT_S = 10.0
+
+
+def _paho_request_blocking(
+    broker: BrokerHandle,
+    username: str,
+    password: str,
+    topic: str,
+    payload: bytes,
+    response_topic: str,
+) -> int:
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=f"test-paho-{uuid.uuid4().hex[:8]}",
+        protocol=paho.MQTTv5,
+    )
+    client.username_pw_set(username, password)
+    codes: dict[str, int] = {}
+
+    def on_connect(*args: Any) -> None:
+        codes["connack"] = args[3].value
+
+    def on_publish(*args: Any) -> None:
+        codes["puback"] = args[3].value
+
+    def run_until(code: str) -> None:
+        deadline = time.monotonic() + BUS_TIMEOUT_S
+        while code not in codes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {code} from the broker for {username}")
+            client.loop(timeout=0.05)
+
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.ResponseTopic = response_topic
+    properties.CorrelationData = b"foreign-request"
+    client.connect(broker.host, broker.port)
+    try:
+        run_until("connack")
+        assert codes["connack"] == 0, f"login of {username} failed"
+        client.publish(topic, payload, qos=1, properties=properties)
+        run_until("puback")
+        client.disconnect()
+    finally:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+    return codes["puback"]
+
+
+async def paho_request(
+    broker: BrokerHandle,
+    credentials: SiteCredentials,
+    username: str,
+    topic: str,
+    payload: bytes,
+    response_topic: str,
+) -> int:
+    """Publish a request at QoS 1 with paho-mqtt; return the PUBACK reason code.
+
+    aiomqtt does not report the reason code of a PUBACK, so paho is used.
+    """
+    password = credentials.account(username).password
+    return await asyncio.wait_for(
+        asyncio.to_thread(
+            _paho_request_blocking,
+            broker,
+            username,
+            password,
+            topic,
+            payload,
+            response_topic,
+        ),
+        timeout=BUS_TIMEOUT_S * 2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("username", "topic"),
+    [
+        pytest.param(
+            "terminal-merch-1",
+            "nightbox/test/terminal/bar-1/api/wallet/charge",
+            id="merch-1 on bar-1's topic",
+        ),
+        pytest.param(
+            "terminal-bar-1",
+            "nightbox/test/api/wallet/charge",
+            id="bar-1 on the shared api topic",
+        ),
+    ],
+)
+async def test_charge_on_foreign_topic_denied(
+    box: Box,
+    terminal,
+    mosquitto: BrokerHandle,
+    credentials: SiteCredentials,
+    username: str,
+    topic: str,
+) -> None:
+    # The request is complete and valid for bar-1: bar-1's token and reply
+    # topic. Only the topic's owner is wrong.
+    key = uuid.uuid4().hex
+    body = {
+        "data": {**CHARGE, "idempotency_key": key},
+        "deadline": time.time() + 60,
+        "token": box.tokens.issue("bar-1", ["pos:charge"], 3600).token,
+    }
+    payload = envelope.encode("terminal/bar-1", body)
+
+    async with terminal("desk-2", "wallet:topup") as desk:
+        await top_up(desk, BAND, 2000)
+        before = ledger_counts(box.store)
+        counts_before = dict(box.requests.counts)
+        reason = await paho_request(
+            mosquitto,
+            credentials,
+            username,
+            topic,
+            payload,
+            box.bus.topics.reply("terminal", "bar-1"),
+        )
+        # The box handles messages in arrival order, so once this reply is
+        # in, it has seen anything the broker let through before it.
+        with pytest.raises(RequestError) as sync_error:
+            await desk.call("wallet", "nothing")
+
+    assert topic.startswith(f"nightbox/{box.bus.topics.site}/")
+    assert reason == REASON_NOT_AUTHORIZED
+    assert sync_error.value.code == "unknown-action"
+    assert ledger_counts(box.store) == before
+    assert box.store.query("SELECT 1 FROM requests WHERE key = ?", (key,)) == []
+    assert dict(box.requests.counts) == {**counts_before, "unknown-action": 1}
+    assert box.bus.stats.rejected == {"unknown-action": 1}
+
+
+async def test_charge_other_terminals_token_replayed(
+    box: Box, terminal, make_client
+) -> None:
+    async with terminal("desk-2", "wallet:topup") as desk:
+        await top_up(desk, BAND, 2000)
+    before = ledger_counts(box.store)
+    bar_token = box.tokens.issue("bar-1", ["pos:charge"], 3600).token
+    key = uuid.uuid4().hex
+
+    async with make_client("terminal-merch-1", "terminal", "merch-1") as merch:
+        with pytest.raises(RequestError) as caught:
+            await merch.request(
+                merch.topics.device_api("terminal", "merch-1", "wallet", "charge"),
+                {**CHARGE, "idempotency_key": key},
+                timeout_s=5.0,
+                token=bar_token,
+            )
+
+    assert caught.value.code == "token-replayed"
+    assert caught.value.details.get("reason") == "replayed"
+    assert ledger_counts(box.store) == before
+    assert box.store.query("SELECT 1 FROM requests WHERE key = ?", (key,)) == []
+    assert box.requests.counts["token-replayed"] == 1
+    assert box.requests.counts["wallet/charge:ok"] == 0

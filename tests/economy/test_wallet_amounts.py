@@ -70,7 +70,7 @@ AMOUNTS: list[tuple[str, Any, str]] = [
 CURRENCIES: list[tuple[str, Any, str]] = [
     ("usd", "USD", "is 'USD'"),
     ("lowercase", "eur", "is 'eur'"),
-    ("missing", MISSING, "is None"),
+    ("missing", MISSING, "missing field 'currency'"),
     ("number", 1, "is 1,"),
 ]
 # A refund without an amount refunds the rest of the charge, and one
@@ -136,7 +136,9 @@ class JsonTerminal:
         }
         correlation = uuid.uuid4().bytes
         await self.bus.publish(
-            self.bus.topics.api("wallet", action),
+            self.bus.topics.device_api(
+                "terminal", self.bus.settings.device_id, "wallet", action
+            ),
             json.dumps(body).encode(),
             response_topic=self.bus.topics.reply(
                 "terminal", self.bus.settings.device_id

@@ -411,7 +411,7 @@ async def send_with_deadline(
         "deadline": round(deadline, 3),
     }
     await station.publish(
-        station.topics.api("kits", "issue"),
+        station.topics.device_api("reader", "kit-1", "kits", "issue"),
         envelope.encode(station.settings.src, body),
         response_topic=reply_topic,
         correlation=correlation,
@@ -574,7 +574,7 @@ async def test_deadline_not_a_time(box: Box, station: Bus) -> None:
         "deadline": "soon",
     }
     await station.publish(
-        station.topics.api("kits", "issue"),
+        station.topics.device_api("reader", "kit-1", "kits", "issue"),
         envelope.encode(station.settings.src, body),
         response_topic=reply_topic,
         correlation=correlation,

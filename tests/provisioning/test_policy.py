@@ -249,14 +249,25 @@ SITE_GRANTS = [
     ("reader-exit-1", f"{ROOT}/reader/exit-2/reply", R, False),
     ("reader-exit-1", f"{ROOT}/api/kits/issue", W, False),
     ("reader-exit-1", f"{ROOT}/api/optin/register", W, False),
+    ("reader-exit-1", f"{ROOT}/reader/exit-1/api/kits/issue", W, False),
+    ("reader-exit-1", f"{ROOT}/reader/kit-1/api/kits/issue", W, False),
     ("reader-exit-1", f"{ROOT}/events/checkout", R, False),
-    ("reader-kit-1", f"{ROOT}/api/kits/issue", W, True),
+    ("reader-kit-1", f"{ROOT}/reader/kit-1/api/kits/issue", W, True),
     ("reader-kit-1", f"{ROOT}/reader/kit-1/sightings", W, True),
     ("reader-kit-1", f"{ROOT}/reader/kit-1/reply", R, True),
-    ("reader-kit-1", f"{ROOT}/api/optin/register", W, False),
-    ("reader-kit-1", f"{ROOT}/api/kits/issue", R, False),
-    ("terminal-desk", f"{ROOT}/api/optin/register", W, True),
-    ("terminal-desk", f"{ROOT}/api/kits/issue", W, True),
+    ("reader-kit-1", f"{ROOT}/api/kits/issue", W, False),
+    ("reader-kit-1", f"{ROOT}/reader/kit-1/api/optin/register", W, False),
+    ("reader-kit-1", f"{ROOT}/reader/kit-2/api/kits/issue", W, False),
+    ("reader-kit-1", f"{ROOT}/reader/kit-1/api/kits/issue", R, False),
+    ("terminal-desk", f"{ROOT}/terminal/desk/api/optin/register", W, True),
+    ("terminal-desk", f"{ROOT}/terminal/desk/api/kits/issue", W, True),
+    ("terminal-desk", f"{ROOT}/terminal/desk/api/wallet/charge", W, True),
+    ("terminal-desk", f"{ROOT}/terminal/desk/api/wallet/charge/x", W, False),
+    ("terminal-desk", f"{ROOT}/terminal/desk/api/wallet/charge", R, False),
+    ("terminal-desk", f"{ROOT}/terminal/bar-1/api/wallet/charge", W, False),
+    ("terminal-desk", f"{ROOT}/api/optin/register", W, False),
+    ("terminal-desk", f"{ROOT}/api/wallet/charge", W, False),
+    ("terminal-desk", f"{ROOT}/reader/kit-1/api/kits/issue", W, False),
     ("terminal-desk", f"{ROOT}/terminal/desk/reply", R, True),
     ("terminal-desk", f"{ROOT}/terminal/desk/availability", W, True),
     ("terminal-desk", f"{ROOT}/reader/exit-1/sightings", W, False),
@@ -265,6 +276,7 @@ SITE_GRANTS = [
     ("observer", f"{ROOT}/box/box-1/availability", R, True),
     ("observer", f"{ROOT}/events/checkout", W, False),
     ("observer", f"{ROOT}/api/kits/issue", W, False),
+    ("observer", f"{ROOT}/observer/observer/api/kits/issue", W, False),
     ("observer", "homeassistant/status", R, False),
     ("reader-ghost", f"{ROOT}/reader/ghost/sightings", W, False),
 ]
@@ -290,13 +302,26 @@ def test_site_policy_only_box_writes_events(
     assert writers == ["box-box-1"]
 
 
+@pytest.mark.parametrize(
+    "path", ["api/kits/issue", "api/optin/register", "api/wallet/charge"]
+)
+def test_site_policy_only_box_writes_shared_api(
+    policy: AccessPolicy, path: str
+) -> None:
+    topic = f"{ROOT}/{path}"
+
+    writers = [name for name in policy.usernames if policy.allows(name, topic, W)]
+
+    assert writers == ["box-box-1"]
+
+
 def test_site_policy_renders_every_user(policy: AccessPolicy) -> None:
     rendered = policy.render_mosquitto()
 
     for username in policy.usernames:
         assert f"\nuser {username}\n" in rendered
-    assert f"topic write {ROOT}/api/kits/issue\n" in rendered
-    # The kit reader writes the kit topic itself; the desk writes every
-    # kit action through its service filter.
-    assert rendered.count(f"topic write {ROOT}/api/kits/issue\n") == 1
-    assert rendered.count(f"topic write {ROOT}/api/kits/+\n") == 1
+    # Each device writes requests only under its own topic: the kit reader
+    # one action, the desk every action.
+    assert f"topic write {ROOT}/reader/kit-1/api/kits/issue\n" in rendered
+    assert f"topic write {ROOT}/terminal/desk/api/+/+\n" in rendered
+    assert f"{ROOT}/api/" not in rendered
