@@ -1,9 +1,9 @@
 """Idempotent, authorised request handling shared by every bus API.
 
-A mutating request carries an idempotency key. Its answer, success or
-refusal, is committed in the same transaction as the change it made, so a
-retry after a lost reply or a crash of the box between commit and reply gets
-the first answer again and changes nothing.
+A mutating request carries an idempotency key. Its reply, success or
+refusal, is committed in the same transaction as the change it made. A
+retry after a lost reply, or after a crash of the box between commit and
+reply, gets the first reply again and changes nothing.
 
 Requests from terminals carry an edge token (see :mod:`appliance.tokens`)
 that must allow the endpoint's scope. Requests are committed in groups: all

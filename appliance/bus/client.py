@@ -222,7 +222,7 @@ class Bus:
                 )
                 # aiomqtt 2.x logs a warning on every publish while more than
                 # this many wait for their acknowledgement (10 by default). A
-                # box answering several terminals has hundreds by design.
+                # box that serves several terminals has hundreds by design.
                 client.pending_calls_threshold = _PENDING_CALLS_WARNING
                 self._attempt_over.clear()
                 try:
@@ -442,7 +442,7 @@ class Bus:
         ``timeout_s``. ``token`` is the terminal's edge token, sent beside
         ``data``. A request for ``topics.api(service, action)`` goes out on
         this device's own ``<kind>/<id>/api/<service>/<action>``, which the
-        broker lets only this device publish, so the box knows the sender.
+        broker lets only this device publish, so the topic names the sender.
         Raises RequestError with the responder's error code, or code
         ``timeout`` when no reply arrives.
         """
@@ -511,9 +511,9 @@ class Bus:
         """Reply to a request on its response topic; skip requests without one.
 
         ``error`` is ``(code, message)`` or a dict with at least those keys.
-        Replies go at QoS 0: the answer of every mutating request is stored,
-        so a requester that misses a reply retries with the same key and
-        gets the same answer, and the broker need not acknowledge each one.
+        Replies go at QoS 0, and the broker acknowledges none of them. The
+        reply to every mutating request is stored, so a requester that
+        misses one retries with the same key and gets the same reply.
         """
         if not incoming.response_topic:
             return
@@ -541,9 +541,9 @@ class Bus:
             properties = self._reply_properties
             properties.CorrelationData = incoming.correlation
         # A QoS 0 message has no acknowledgement to wait for, so it goes
-        # straight to paho, which aiomqtt wraps as Client._client; paho queues
-        # it and aiomqtt's socket writer sends it. This skips aiomqtt's wait
-        # for the write, a tenth of the box's work per request.
+        # straight to paho (aiomqtt's Client._client). paho queues it and
+        # aiomqtt's socket writer sends it. Skipping aiomqtt's wait for the
+        # write saved about a tenth of the box's work per request.
         info = client._client.publish(
             incoming.response_topic, payload, 0, False, properties
         )

@@ -1,8 +1,8 @@
 """Limited microdrops that never oversell, served over bus requests.
 
-A claim reserves one unit for the drop's reservation time; paying from the
-wallet confirms it and gives a pick-up code; an unpaid reservation expires
-and its unit returns. Two SQLite guards make overselling impossible even
+A claim reserves one unit for the drop's reservation time. Paying from the
+wallet confirms it and gives a pick-up code, and an unpaid reservation
+expires and returns its unit. Two SQLite guards make overselling impossible even
 under a bug in this file: ``drops.available`` has ``CHECK (available >= 0)``
 and is only taken with a conditional ``UPDATE``, and ``drop_holdings``
 counts each guest's units against the per-guest limit the same way.

@@ -51,7 +51,7 @@ SCOPES: dict[str, str] = {
 # The largest clock difference tolerated between the issuing and the
 # verifying clock when the box's clock is trusted, in seconds.
 CLOCK_SKEW_S = 60.0
-# The longest lifetime a token may have: one night plus set-up.
+# The maximum lifetime of a token: one night plus set-up.
 MAX_TTL_S = 24 * 3600.0
 # Verified signatures are cached by token text, so each token costs one
 # Ed25519 verification (about 120 µs) per box start, not one per request.
@@ -315,8 +315,8 @@ class EdgeTokens:
                 algorithms=[_ALGORITHM],
                 audience=self._audience,
                 issuer=self._issuer,
-                # Times are checked in _check_time, which knows whether the
-                # box's clock can be trusted.
+                # _check_time checks the times, because it depends on whether
+                # the box's clock can be trusted.
                 options={
                     "verify_exp": False,
                     "verify_nbf": False,
@@ -353,11 +353,11 @@ class EdgeTokens:
                 )
             return
         # An untrusted wall clock can be hours or years off after a power
-        # cut, but the box signs its own tokens: a clock at or past a token's
-        # issue time has not been set back since, so it still judges expiry,
+        # cut. The box signs its own tokens, so a clock at or past a token's
+        # issue time has not been set back since and still judges expiry,
         # also after a restart. A clock behind the issue time was set back,
-        # so the token's lifetime is counted on the monotonic clock from the
-        # first time this process saw it.
+        # and the lifetime then counts on the monotonic clock from the first
+        # time this process saw the token.
         # NOTE: after the clock went back, a restart of the box restarts that
         # count, so such a token works for up to its lifetime after each
         # restart until the clock passes its issue time again.
