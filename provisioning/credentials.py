@@ -12,11 +12,12 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from provisioning.secret_file import write_secret_file
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -121,11 +122,5 @@ class SiteCredentials:
         )
 
     def _save(self) -> None:
-        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = self._path.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(self._accounts, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self._path)
+        text = json.dumps(self._accounts, indent=2, sort_keys=True)
+        write_secret_file(self._path, text.encode())

@@ -10,7 +10,6 @@ it was issued to), ``scope`` (space-separated, as in RFC 8693), ``iat``,
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import uuid
@@ -30,6 +29,7 @@ from appliance.clock import Clock
 from appliance.config import SiteConfig
 from appliance.errors import NightboxError
 from appliance.store import Store
+from provisioning.secret_file import write_secret_file
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -126,14 +126,7 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(pem)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_secret_file(path, pem)
     _LOGGER.info("Generated the box's token signing key in %s", path)
     return key
 
