@@ -182,4 +182,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX partner_codes_free ON partner_codes (offer, code)
         WHERE band IS NULL;
     """,
+    # 4: the nonces of accepted signed documents and the applied version of
+    # each bundle type, so neither a command nor an old bundle replays.
+    """
+    CREATE TABLE signed_nonces (
+        nonce TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        type TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE bundle_versions (
+        type TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+    );
+    """,
 )

@@ -6,7 +6,9 @@ anchor at the true end of the text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +31,9 @@ from appliance.wallet import _amounts
     ],
     ids=["band", "idempotency-key", "item", "currency"],
 )
-def test_request_id_trailing_newline(check, data) -> None:  # type: ignore[no-untyped-def]
+def test_request_id_trailing_newline(
+    check: Callable[[dict[str, Any]], Any], data: dict[str, Any]
+) -> None:
     with pytest.raises(PayloadError) as error:
         check(data)
 
