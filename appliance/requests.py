@@ -114,9 +114,17 @@ def idempotency_key(data: dict[str, Any]) -> str:
 
 
 def request_fingerprint(data: dict[str, Any]) -> str:
-    """Return a digest of a request's data, the idempotency key left out."""
+    """Return a digest of a request's data, the idempotency key left out.
+
+    Raises PayloadError for data nested too deeply to serialise.
+    """
     fields = {key: value for key, value in data.items() if key != "idempotency_key"}
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    try:
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    except RecursionError as err:
+        raise PayloadError(
+            "field 'data' is nested too deeply; send flat request fields"
+        ) from err
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -235,6 +243,7 @@ class RequestServer:
                 return
             data = message.data
             key = idempotency_key(data) if endpoint.mutating else None
+            fingerprint = request_fingerprint(data) if endpoint.mutating else ""
         except PayloadError as err:
             await self._invalid(incoming, err)
             return
@@ -253,7 +262,6 @@ class RequestServer:
             )
             return
         request = Request(key, data, device, kind, claims)
-        fingerprint = request_fingerprint(data) if endpoint.mutating else ""
         self._queue.put_nowait(
             _Pending(endpoint, request, fingerprint, incoming=incoming)
         )
@@ -278,6 +286,7 @@ class RequestServer:
             raise KeyError(f"no endpoint api/{service}/{action} is served")
         try:
             key = idempotency_key(data) if endpoint.mutating else None
+            fingerprint = request_fingerprint(data) if endpoint.mutating else ""
             claims = self._authorise(endpoint, "terminal", terminal, token)
         except TokenError as err:
             self.counts[f"token-{err.reason}"] += 1
@@ -286,7 +295,6 @@ class RequestServer:
             self.counts["invalid-request"] += 1
             return _error_reply("invalid-request", str(err))
         request = Request(key, data, terminal, "terminal", claims)
-        fingerprint = request_fingerprint(data) if endpoint.mutating else ""
         future: asyncio.Future[dict[str, Any]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -378,8 +386,9 @@ class RequestServer:
         endpoint, request = pending.endpoint, pending.request
         if endpoint.mutating:
             stored = transaction.execute(
-                "SELECT action, fingerprint, reply FROM requests WHERE key = ?",
-                (request.key,),
+                "SELECT action, fingerprint, reply FROM requests"
+                " WHERE key = ? AND requester IN (?, '') ORDER BY requester DESC",
+                (request.key, _requester(request)),
             ).fetchone()
             if stored is not None:
                 return self._replay(endpoint.name, pending, stored)
@@ -416,9 +425,11 @@ class RequestServer:
         transaction.execute("RELEASE handler")
         if store_reply:
             transaction.execute(
-                "INSERT INTO requests (key, action, fingerprint, reply, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO requests"
+                " (requester, key, action, fingerprint, reply, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (
+                    _requester(request),
                     request.key,
                     endpoint.name,
                     pending.fingerprint,
@@ -491,6 +502,11 @@ class RequestServer:
             await self._bus.respond(incoming, data=reply.get("data", {}))
             return
         await self._bus.respond(incoming, error=reply.get("error", {}))
+
+
+def _requester(request: Request) -> str:
+    """Return ``<kind>/<id>`` of the device that sent ``request``."""
+    return f"{request.requester_kind}/{request.requester}"
 
 
 def _error_reply(code: str, message: str, **details: Any) -> dict[str, Any]:

@@ -54,8 +54,17 @@ def site_policy(
     root = f"nightbox/{site}"
     grants: dict[str, list[AclRule]] = {
         box_username(box_id): [AclRule(Access.READWRITE, f"{root}/#")],
-        # Read-only view of the whole site: dashboards and the demo's scoring.
-        OBSERVER: [AclRule(Access.READ, f"{root}/#")],
+        # Dashboards and the demo's scoring see what the site publishes, but
+        # not requests and replies, which carry tokens, guests' contacts and
+        # pick-up codes.
+        OBSERVER: [
+            AclRule(Access.READ, f"{root}/events/#"),
+            AclRule(Access.READ, f"{root}/+/+/status"),
+            AclRule(Access.READ, f"{root}/+/+/availability"),
+            AclRule(Access.READ, f"{root}/reader/+/sightings"),
+            AclRule(Access.READ, f"{root}/creators/+/figures"),
+            AclRule(Access.READ, f"{root}/box/health"),
+        ],
     }
     for terminal in dict.fromkeys([DESK, *terminals]):
         # A terminal may send any request on its own topic; its edge token's

@@ -196,4 +196,22 @@ MIGRATIONS: tuple[str, ...] = (
         version INTEGER NOT NULL
     );
     """,
+    # 5: stored replies belong to the device that sent the request, so one
+    # device's idempotency key neither reads nor blocks another's. Replies
+    # stored before have no requester ('').
+    """
+    CREATE TABLE requests_by_requester (
+        requester TEXT NOT NULL,
+        key TEXT NOT NULL,
+        action TEXT NOT NULL,
+        fingerprint TEXT,
+        reply TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (requester, key)
+    );
+    INSERT INTO requests_by_requester
+        SELECT '', key, action, fingerprint, reply, created_at FROM requests;
+    DROP TABLE requests;
+    ALTER TABLE requests_by_requester RENAME TO requests;
+    """,
 )

@@ -58,16 +58,23 @@ class WalletService:
         ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def _night_total(
-        self, transaction: Transaction, band: str, night: str, kinds: str
-    ) -> int:
-        # Spending is charges minus refunds; voided transactions count for
-        # nothing because their void entry reverses them.
+    def _night_topped_up(self, transaction: Transaction, band: str, night: str) -> int:
+        # A voided top-up counts for nothing, because its void reverses it.
         row = transaction.execute(
-            "SELECT COALESCE(SUM(CASE kind WHEN 'refund' THEN -amount ELSE amount"
-            " END), 0) FROM ledger_transactions"
-            f" WHERE band = ? AND night = ? AND kind IN ({kinds})"
-            " AND voided_by IS NULL",
+            "SELECT COALESCE(SUM(amount), 0) FROM ledger_transactions"
+            " WHERE band = ? AND night = ? AND kind = 'topup' AND voided_by IS NULL",
+            (band, night),
+        ).fetchone()
+        return int(row[0])
+
+    def _night_spent(self, transaction: Transaction, band: str, night: str) -> int:
+        # Spending is the night's charges minus their refunds. A refund counts
+        # for the night of its charge, whenever it is posted, so refunding the
+        # night before gives no room tonight.
+        row = transaction.execute(
+            "SELECT COALESCE(SUM(c.amount - c.refunded), 0) FROM ledger_transactions c"
+            " WHERE c.band = ? AND c.night = ? AND c.kind = 'charge'"
+            " AND c.voided_by IS NULL",
             (band, night),
         ).fetchone()
         return int(row[0])
@@ -94,7 +101,7 @@ class WalletService:
             )
         now = self._clock.now()
         night = self._config.night_of(now)
-        topped_up = self._night_total(transaction, band, night, "'topup'")
+        topped_up = self._night_topped_up(transaction, band, night)
         if topped_up + amount > limits.night_topup_limit:
             raise Refusal(
                 "limit-exceeded",
@@ -193,7 +200,7 @@ class WalletService:
                 limit=limits.max_charge,
             )
         night = self._config.night_of(now)
-        spent = self._night_total(transaction, band, night, "'charge', 'refund'")
+        spent = self._night_spent(transaction, band, night)
         if spent + amount > limits.night_spend_limit:
             raise Refusal(
                 "limit-exceeded",
@@ -256,7 +263,13 @@ class WalletService:
         amount = _amounts.amount(data) if data.get("amount") is not None else refundable
         if "currency" in data:
             _amounts.currency(data, charge["currency"])
-        if amount == 0 or amount > refundable:
+        if refundable == 0:
+            raise Refusal(
+                "over-refund",
+                f"charge {charge_id} is refunded in full already",
+                refundable=refundable,
+            )
+        if amount > refundable:
             raise Refusal(
                 "over-refund",
                 f"charge {charge_id} has {refundable} left to refund, not {amount}",
@@ -384,9 +397,7 @@ class WalletService:
             "balance": self.balance(transaction, band),
             "currency": self._currency,
             "night": night,
-            "spent_tonight": self._night_total(
-                transaction, band, night, "'charge', 'refund'"
-            ),
+            "spent_tonight": self._night_spent(transaction, band, night),
         }
 
     def _transaction(

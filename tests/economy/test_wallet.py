@@ -676,11 +676,11 @@ async def test_concurrent_retries_charge_once(
     box: Box, terminal: TerminalFactory
 ) -> None:
     key = uuid.uuid4().hex
-    async with terminal("bar-1") as bar_1, terminal("bar-2") as bar_2:
+    async with terminal("bar-1") as bar_1:
         await top_up(bar_1, BAND, 2000)
         replies = await asyncio.gather(
             *(
-                (bar_1, bar_2)[index % 2].call(
+                bar_1.call(
                     "wallet",
                     "charge",
                     timeout_s=30.0,
@@ -700,6 +700,26 @@ async def test_concurrent_retries_charge_once(
         "SELECT COUNT(*) FROM ledger_transactions WHERE kind = 'charge'"
     ) == [(1,)]
     assert ledger_check(box.store).ok
+
+
+async def test_same_key_other_terminal_independent(
+    box: Box, terminal: TerminalFactory
+) -> None:
+    # Keys belong to the terminal that sends them: another terminal's equal
+    # key neither replays nor blocks its answer.
+    key = "order-0001"
+    async with terminal("bar-1") as bar_1, terminal("bar-2") as bar_2:
+        await top_up(bar_1, BAND, 2000)
+        first = await charge(bar_1, BAND, idempotency_key=key)
+        second = await charge(bar_2, BAND, idempotency_key=key)
+
+    assert first["transaction_id"] != second["transaction_id"]
+    assert first["terminal"] == "bar-1"
+    assert second["terminal"] == "bar-2"
+    assert stored_balance(box, BAND) == 2000 - 2 * 450
+    assert box.store.query(
+        "SELECT requester FROM requests WHERE key = ? ORDER BY requester", (key,)
+    ) == [("terminal/bar-1",), ("terminal/bar-2",)]
 
 
 # Balance
