@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance._toml_values import ID_PATTERN
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError, NightboxError
 from appliance.store import Store
@@ -158,6 +159,12 @@ def _issue(config: SiteConfig, store: Store, arguments: argparse.Namespace) -> i
     from appliance.tokens import TokenError, box_tokens
 
     terminals = [DESK, *config.commerce.terminals]
+    if not ID_PATTERN.match(arguments.subject):
+        raise NightboxError(
+            f"subject {arguments.subject!r:.40} is not a terminal id; terminal ids "
+            "are 1-32 lowercase letters, digits and '-' "
+            f"(this site has {', '.join(terminals)})"
+        )
     if arguments.subject not in terminals:
         raise NightboxError(
             f"subject {arguments.subject!r:.40} is not a terminal of this site "

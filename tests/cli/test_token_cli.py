@@ -516,3 +516,21 @@ def test_list_json(config: Path) -> None:
     assert records[0]["subject"] == "bar-1"
     assert records[0]["scopes"] == ["pos:charge"]
     assert records[0]["revoked_at"] is None
+
+
+def test_issue_subject_invalid_id(config: Path) -> None:
+    result = nightbox(
+        "token",
+        "issue",
+        "--config",
+        str(config),
+        "--subject",
+        "BAR-1",
+        "--scope",
+        "pos:charge",
+        cwd=config.parent,
+    )
+
+    assert result.returncode == 2
+    assert "'BAR-1' is not a terminal id" in result.stderr
+    assert "id = 'BAR-1'" not in result.stderr
