@@ -143,7 +143,7 @@ class SiteConfig:
     def system_clock(self) -> SystemClock:
         """Return the host's clock, vouched for when ``box.clock_trusted`` is set.
 
-        Set it on a box whose clock NTP or a real-time clock keeps right; a
+        Set it on a box whose clock NTP or a real-time clock keeps right. A
         Raspberry Pi without either starts with a wrong clock after a power
         cut.
         """

@@ -93,8 +93,8 @@ class _Pending:
     endpoint: _Endpoint
     request: Request
     fingerprint: str
-    # A request from the bus is answered on its reply topic, an in-process
-    # call through its future.
+    # The reply to a request from the bus goes to its reply topic, and the
+    # reply to an in-process call to its future.
     incoming: Incoming | None = None
     future: asyncio.Future[dict[str, Any]] | None = None
 
@@ -169,7 +169,7 @@ class RequestServer:
         ``scope`` is the token scope a terminal needs; ``readers`` lets
         readers call the endpoint without a token, because the broker's ACL
         already limits which readers may publish there. A ``mutating``
-        endpoint needs an idempotency key and stores its answer; a query
+        endpoint needs an idempotency key and stores its reply. A query
         does neither.
         """
         endpoint = _Endpoint(f"{service}/{action}", handler, scope, readers, mutating)
@@ -489,7 +489,7 @@ class RequestServer:
         )
         failures = [r for r in results if isinstance(r, Exception)]
         if failures:
-            # The answers are stored, so the requesters' retries get them.
+            # The replies are stored, so the requesters' retries get them.
             _LOGGER.warning(
                 "Could not send %d of %d replies: %s",
                 len(failures),

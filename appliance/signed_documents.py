@@ -45,8 +45,8 @@ SCHEMA_VERSION = 1
 KINDS = ("bundle", "command")
 # Clock difference tolerated between the signer and the box, in seconds.
 CLOCK_SKEW_S = 60.0
-# The longest validity a document may claim: a week covers a bundle prepared
-# before a run of nights.
+# The maximum validity of a document. A week covers a bundle prepared before
+# a run of nights.
 MAX_VALIDITY_S = 7 * 24 * 3600.0
 _TYPE = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
 _NONCE = re.compile(r"[0-9a-f]{32}\Z")
@@ -141,9 +141,9 @@ def verify_document(
 ) -> SignedDocument:
     """Return the verified document, or raise SignatureError naming the check.
 
-    The times are judged only when ``clock`` is trusted, because a box whose
-    clock went back after a power cut would reject every valid document; the
-    nonce and version checks of :class:`DocumentLedger` still hold then.
+    The times are checked only when ``clock`` is trusted, because a box whose
+    clock went back after a power cut would reject every valid document. The
+    nonce and version checks of :class:`DocumentLedger` still apply then.
     """
     fields = _fields(document)
     key = fields["key"]

@@ -17,10 +17,10 @@ each on a drop of its own:
   process and mosquitto share the CPU with the box, so this rate measures
   the machine as much as the box. ``cpu_s`` shows the share of each.
 
-Rates count every answered claim (reserved or refused) per second of wall
-time. ``oversold`` counts units reserved beyond the drop's units, read from
-the store after each phase, and per-guest violations are counted the same
-way; both must be 0 in both phases.
+Rates count every claim that got a reply (reserved or refused) per second of
+wall time. ``oversold`` counts units reserved beyond the drop's units, read
+from the store after each phase, and per-guest violations are counted the
+same way. Both must be 0 in both phases.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Phases, in this order:
 
 - reference: the rate of durable SQLite commits (WAL, ``synchronous=FULL``,
   one small insert each) in a file next to the box's store, before the box
-  starts and again after it stops; the faster of the two is the reference.
+  starts and again after it stops. The faster of the two is the reference.
   Every charge needs at least one such commit before its reply.
 - set-up (not timed): top-ups give every band enough for its charges.
 - throughput: the terminals send charges of one beer to distinct bands,

@@ -117,7 +117,7 @@ TokenFactory = Callable[..., str]
 def issue_token(box: Box) -> TokenFactory:
     """Return a factory of edge tokens: ``issue_token("desk", "optin:register")``.
 
-    Tokens last an hour unless ``ttl_s=`` says otherwise.
+    Tokens last an hour unless ``ttl_s=`` sets another lifetime.
     """
 
     def issue(subject: str, *scopes: str, ttl_s: float = 3600.0) -> str:

@@ -17,7 +17,7 @@ from appliance.store import Store, Transaction
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """What a sale costs after its discount, and whom it is attributed to."""
+    """The price of a sale after its discount, and the creator it is credited to."""
 
     list_amount: int
     discount: int

@@ -95,7 +95,7 @@ class Terminal:
 
 @dataclass
 class EconomyTally:
-    """What the night's terminals did and how the box replied."""
+    """Counts of the night's wallet requests and the box's refusals."""
 
     topups: int = 0
     topped_up: int = 0

@@ -3,8 +3,8 @@
 Each benchmark runs as a subprocess, as a developer would start it, and is
 judged on the JSON line it prints. Both start their own mosquitto on
 loopback. Speed targets belong to the benchmarks, so nothing here asserts a
-rate or a latency beyond being positive; correctness (no failed charge, a
-balanced ledger, nothing oversold) is asserted.
+rate or a latency beyond being positive. Correctness is asserted: no failed
+charge, a balanced ledger, nothing oversold.
 """
 
 from __future__ import annotations

@@ -76,6 +76,21 @@ def nightbox(
     )
 
 
+def issue_pos_charge(config: Path, subject: str) -> subprocess.CompletedProcess[str]:
+    """Run ``nightbox token issue`` for a pos:charge token to ``subject``."""
+    return nightbox(
+        "token",
+        "issue",
+        "--config",
+        str(config),
+        "--subject",
+        subject,
+        "--scope",
+        "pos:charge",
+        cwd=config.parent,
+    )
+
+
 def issue_json(config: Path, *arguments: str) -> dict[str, Any]:
     """Issue a pos:charge token to bar-1 with ``--json`` and return the object."""
     result = nightbox(
@@ -256,17 +271,7 @@ def test_issue_unknown_scope(config: Path) -> None:
 
 
 def test_issue_invalid_subject(config: Path) -> None:
-    result = nightbox(
-        "token",
-        "issue",
-        "--config",
-        str(config),
-        "--subject",
-        "Bar 1",
-        "--scope",
-        "pos:charge",
-        cwd=config.parent,
-    )
+    result = issue_pos_charge(config, "Bar 1")
 
     assert result.returncode == 2
     assert "'Bar 1'" in result.stderr
@@ -455,17 +460,7 @@ def test_token_not_in_store(config: Path) -> None:
 
 
 def test_issue_subject_not_terminal(config: Path) -> None:
-    result = nightbox(
-        "token",
-        "issue",
-        "--config",
-        str(config),
-        "--subject",
-        "exit-1",
-        "--scope",
-        "pos:charge",
-        cwd=config.parent,
-    )
+    result = issue_pos_charge(config, "exit-1")
 
     assert result.returncode == 2
     assert (
@@ -519,17 +514,7 @@ def test_list_json(config: Path) -> None:
 
 
 def test_issue_subject_invalid_id(config: Path) -> None:
-    result = nightbox(
-        "token",
-        "issue",
-        "--config",
-        str(config),
-        "--subject",
-        "BAR-1",
-        "--scope",
-        "pos:charge",
-        cwd=config.parent,
-    )
+    result = issue_pos_charge(config, "BAR-1")
 
     assert result.returncode == 2
     assert "'BAR-1' is not a terminal id" in result.stderr

@@ -706,7 +706,7 @@ async def test_same_key_other_terminal_independent(
     box: Box, terminal: TerminalFactory
 ) -> None:
     # Keys belong to the terminal that sends them: another terminal's equal
-    # key neither replays nor blocks its answer.
+    # key neither replays nor blocks its reply.
     key = "order-0001"
     async with terminal("bar-1") as bar_1, terminal("bar-2") as bar_2:
         await top_up(bar_1, BAND, 2000)
