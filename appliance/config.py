@@ -53,6 +53,7 @@ from appliance._toml_values import (
 from appliance.clock import SystemClock, TimeSource
 from appliance.commerce.config import COMMERCE_TABLES, CommerceConfig, parse_commerce
 from appliance.errors import ConfigError
+from appliance.remote.config import FleetConfig, SyncConfig, parse_fleet, parse_sync
 
 _BAND_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}\Z")
 # One label of a DNS host name: 1-63 letters, digits and '-', with no '-'
@@ -139,6 +140,8 @@ class SiteConfig:
     coupon_ttl_s: float = 7 * 24 * 3600.0
     coupon_offer: str = _DEFAULT_COUPON_OFFER
     commerce: CommerceConfig = field(default_factory=CommerceConfig)
+    sync: SyncConfig | None = None
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     def system_clock(self) -> SystemClock:
         """Return the host's clock, vouched for when ``box.clock_trusted`` is set.
@@ -250,10 +253,12 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         coupon_ttl_s=_number(coupons, "coupons.ttl_h", 168.0, minimum=0.1) * 3600.0,
         coupon_offer=_nonblank(coupons, "coupons.offer", _DEFAULT_COUPON_OFFER),
         commerce=parse_commerce(raw, site, box_id),
+        sync=parse_sync(raw, base_dir=base_dir, data_dir=data_dir),
+        fleet=parse_fleet(raw, base_dir=base_dir),
     )
 
 
-_MORE = {"readers", "kits", "coupons"} | COMMERCE_TABLES
+_MORE = {"readers", "kits", "coupons", "sync", "fleet"} | COMMERCE_TABLES
 
 
 def _data_dir(box: dict[str, Any], base_dir: Path) -> Path:

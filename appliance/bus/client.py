@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import socket
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -61,6 +62,12 @@ class BusSettings:
     device_id: str
     site: str
     keepalive_s: int = 15
+    # TLS for a broker beyond the box, such as the fleet's upstream broker;
+    # the box's own broker listens on loopback and the local network without.
+    tls: ssl.SSLContext | None = None
+    # QoS 1 messages paho lets wait for their PUBACK at once (paho's default
+    # is 20); the rest queue in order behind them.
+    max_inflight: int | None = None
 
     @property
     def client_id(self) -> str:
@@ -219,6 +226,8 @@ class Bus:
                     timeout=_CONNECT_TIMEOUT_S,
                     max_queued_incoming_messages=100_000,
                     socket_options=_SOCKET_OPTIONS,
+                    tls_context=self.settings.tls,
+                    max_inflight_messages=self.settings.max_inflight,
                 )
                 # aiomqtt 2.x logs a warning on every publish while more than
                 # this many wait for their acknowledgement (10 by default). A

@@ -81,6 +81,36 @@ class Topics:
         """Retained live sales and drop claims of one creator, by set."""
         return f"{self.prefix}/creators/{creator_id}/figures"
 
+    def box_topic(self, box_id: str, suffix: str) -> str:
+        """A topic of one box: ``nightbox/<site>/box/<box>/<suffix>``."""
+        return f"{self.prefix}/box/{box_id}/{suffix}"
+
+    def command(self, box_id: str, name: str) -> str:
+        """Signed remote-management command ``name`` for one box."""
+        return self.box_topic(box_id, f"cmnd/{name}")
+
+    def command_result(self, box_id: str) -> str:
+        """Results of a box's commands and bundles."""
+        return self.box_topic(box_id, "stat/result")
+
+    def telemetry(self, box_id: str) -> str:
+        """Retained periodic telemetry of a box."""
+        return self.box_topic(box_id, "tele/state")
+
+    def sync_state(self, box_id: str) -> str:
+        """Retained sync backlog and last success of a box."""
+        return self.box_topic(box_id, "tele/sync")
+
+    def upstream_event(self, box_id: str, event_type: str) -> str:
+        """An outbox event of one box as the upstream broker carries it."""
+        return self.box_topic(box_id, f"events/{event_type}")
+
+    def bundle(self, box_id: str | None, bundle_type: str) -> str:
+        """A signed bundle for one box, or for every box of the site."""
+        if box_id is None:
+            return f"{self.prefix}/bundle/{bundle_type}"
+        return self.box_topic(box_id, f"bundle/{bundle_type}")
+
     @property
     def health(self) -> str:
         """Retained list of open health faults on the site."""

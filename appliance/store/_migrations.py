@@ -214,4 +214,23 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE requests;
     ALTER TABLE requests_by_requester RENAME TO requests;
     """,
+    # 6: store-and-forward sync. ``synced_at`` is set when the upstream
+    # broker acknowledged the event, independently of ``published_at`` on
+    # the local bus. Asset manifests arrive as signed bundles; online
+    # top-ups are applied once per top-up id.
+    """
+    ALTER TABLE outbox ADD COLUMN synced_at REAL;
+    CREATE INDEX outbox_unsynced ON outbox (seq) WHERE synced_at IS NULL;
+    CREATE TABLE asset_manifests (
+        version INTEGER PRIMARY KEY,
+        body TEXT NOT NULL,
+        applied_at REAL NOT NULL
+    );
+    CREATE TABLE online_topups (
+        id TEXT PRIMARY KEY,
+        band TEXT NOT NULL,
+        amount INTEGER NOT NULL CHECK (amount > 0),
+        applied_at REAL NOT NULL
+    );
+    """,
 )

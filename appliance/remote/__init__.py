@@ -1,0 +1,1 @@
+"""The box beyond the venue: store-and-forward sync and remote management."""
