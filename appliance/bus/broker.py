@@ -163,12 +163,45 @@ async def start_broker(
     return BrokerHandle("embedded", config.host, broker.port, None, broker)
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The certificate and key (PEM) a TLS listener presents."""
+
+    certificate: Path
+    key: Path
+
+
+async def start_fleet_mosquitto(
+    runtime_dir: Path,
+    host: str,
+    port: int,
+    credentials: SiteCredentials,
+    policy: AccessPolicy,
+    tls: TlsFiles,
+) -> BrokerHandle:
+    """Start a mosquitto for a fleet: a TLS listener and persistent sessions.
+
+    Messages queued for a collector's persistent session are saved in
+    ``runtime_dir`` when the broker stops and reloaded when it starts again.
+    """
+    credentials.ensure(policy.usernames)
+    _check_port_free(host, port)
+    config_path = _write_mosquitto_files(
+        runtime_dir, host, port, credentials, policy, tls=tls
+    )
+    log_path = runtime_dir / "mosquitto.log"
+    process = await _launch_mosquitto(config_path, host, port, log_path)
+    return BrokerHandle("mosquitto", host, port, process, None, config_path, log_path)
+
+
 def _write_mosquitto_files(
     runtime_dir: Path,
     host: str,
     port: int,
     credentials: SiteCredentials,
     policy: AccessPolicy,
+    *,
+    tls: TlsFiles | None = None,
 ) -> Path:
     runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     password_path = runtime_dir / "mosquitto.passwd"
@@ -184,8 +217,22 @@ def _write_mosquitto_files(
         "set_tcp_nodelay true",
         f"password_file {password_path}",
         f"acl_file {acl_path}",
-        "persistence false",
-        "max_queued_messages 20000",
+    ]
+    if tls is None:
+        lines.append("persistence false")
+    else:
+        lines += [
+            f"certfile {tls.certificate}",
+            f"keyfile {tls.key}",
+            "tls_version tlsv1.2",
+            "persistence true",
+            f"persistence_location {runtime_dir}/",
+            # Offline collectors' queues hold a whole night of events.
+            "max_queued_messages 0",
+            "persistent_client_expiration 14d",
+        ]
+    lines += [
+        "max_queued_messages 20000" if tls is None else "max_queued_bytes 0",
         "max_inflight_messages 100",
         "log_dest stderr",
         "log_type error",

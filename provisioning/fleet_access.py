@@ -1,0 +1,71 @@
+"""The accounts and topic grants of a fleet's upstream broker.
+
+Every box logs in with its own account and may publish only under its own
+``nightbox/<site>/box/<box>/`` (events, telemetry, results, availability)
+and read only the commands and bundles meant for it. Collectors read what
+boxes publish; operators send commands and bundles and read the answers.
+Deny by default, as on the box's own broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from provisioning.acl import Access, AccessPolicy, AclRule
+
+COLLECTOR = "collector"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetBox:
+    """One box of the fleet: its site and box id."""
+
+    site: str
+    box_id: str
+
+
+def upstream_box_username(site: str, box_id: str) -> str:
+    """Return the upstream broker username of one box."""
+    return f"box-{site}.{box_id}"
+
+
+def operator_username(name: str) -> str:
+    """Return the upstream broker username of a fleet operator."""
+    return f"operator-{name}"
+
+
+def fleet_policy(
+    boxes: Iterable[FleetBox],
+    operators: Iterable[str] = (),
+    collectors: Iterable[str] = (COLLECTOR,),
+) -> AccessPolicy:
+    """Build the ACL of an upstream broker for ``boxes``, operators, collectors."""
+    grants: dict[str, list[AclRule]] = {}
+    for box in boxes:
+        base = f"nightbox/{box.site}/box/{box.box_id}"
+        grants[upstream_box_username(box.site, box.box_id)] = [
+            AclRule(Access.WRITE, f"{base}/events/#"),
+            AclRule(Access.WRITE, f"{base}/availability"),
+            AclRule(Access.WRITE, f"{base}/tele/+"),
+            AclRule(Access.WRITE, f"{base}/stat/+"),
+            AclRule(Access.READ, f"{base}/cmnd/+"),
+            AclRule(Access.READ, f"{base}/bundle/+"),
+            AclRule(Access.READ, f"nightbox/{box.site}/bundle/+"),
+        ]
+    readable = [
+        "nightbox/+/box/+/events/#",
+        "nightbox/+/box/+/availability",
+        "nightbox/+/box/+/tele/+",
+        "nightbox/+/box/+/stat/+",
+    ]
+    for collector in collectors:
+        grants[collector] = [AclRule(Access.READ, topic) for topic in readable]
+    for name in operators:
+        grants[operator_username(name)] = [
+            *(AclRule(Access.READ, topic) for topic in readable),
+            AclRule(Access.WRITE, "nightbox/+/box/+/cmnd/+"),
+            AclRule(Access.WRITE, "nightbox/+/box/+/bundle/+"),
+            AclRule(Access.WRITE, "nightbox/+/bundle/+"),
+        ]
+    return AccessPolicy(grants)
