@@ -18,7 +18,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +29,7 @@ from appliance.bus.client import Bus, BusSettings, Incoming
 from appliance.clock import ManualClock
 from appliance.config import BrokerMode, SiteConfig
 from appliance.errors import PayloadError, RequestError
+from appliance.remote.config import SyncConfig
 from appliance.runtime import Box
 from appliance.sightings import BatchBuilder
 from appliance.sim._economy import (
@@ -82,6 +84,11 @@ class DemoOptions:
     broker_mode: BrokerMode = "auto"
     data_dir: Path | None = None
     stall: bool = True
+    # Forward the night's events to a fleet broker, as a box with [sync] does.
+    sync: SyncConfig | None = None
+    # Awaited with the box still running once the night is over, e.g. to
+    # bring an upstream broker back and wait for the backlog to drain.
+    after_night: Callable[[Box], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -135,6 +142,8 @@ async def run_demo(
         )
         _LOGGER.info("Demo data folder: %s", data_dir)
         config = demo_config(plan, data_dir, options.broker_mode)
+        if options.sync is not None:
+            config = replace(config, sync=options.sync)
         credentials = SiteCredentials(data_dir / "secrets" / "broker.json")
         policy = site_policy(
             config.site_id,
@@ -226,6 +235,8 @@ async def _run_night(
             plan, box, clock, readers, kit_station, signed, tally, options, progress
         )
         await _drain(box, tally)
+        if options.after_night is not None:
+            await options.after_night(box)
         tally.economy.ledger_ok = ledger_check(box.store).ok
     return tally
 
