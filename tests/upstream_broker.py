@@ -32,9 +32,13 @@ from provisioning.fleet_access import (
 from provisioning.fleet_tls import FleetCa, make_fleet_ca
 from provisioning.secret_file import write_secret_file
 
-# The boxes every upstream test broker knows: the test site's box and a
-# second box of another site.
-FLEET_BOXES = (FleetBox("club", "box-1"), FleetBox("annex", "box-2"))
+# The boxes every upstream test broker knows: the test site's box, a second
+# box of another site, and the demo night's box.
+FLEET_BOXES = (
+    FleetBox("club", "box-1"),
+    FleetBox("annex", "box-2"),
+    FleetBox("demo", "box-1"),
+)
 OPERATOR = "ops"
 
 
