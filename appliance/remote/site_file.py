@@ -1,0 +1,319 @@
+"""Reads and atomic rewrites of the site's TOML configuration file.
+
+Remote commands and configuration bundles change the file through these
+functions. Every change is validated by parsing the whole changed document
+with :func:`appliance.config.parse_config` before anything is written, and a
+change of ``site.id`` or ``box.id`` is rejected, because the box's store,
+broker accounts and fleet identity belong to them.
+
+Keys are dotted paths into the document's tables: ``wallet.max_charge``,
+``checkout.threshold_dbm``. An array (such as the array of tables
+``[[readers]]``) is addressed by a zero-based index: ``readers.0.threshold_dbm``
+is the first reader's threshold. Only existing array elements can be
+addressed, so a new reader needs a whole-document replacement.
+
+A rewrite drops the comments of the file, because tomli-w writes only the
+data. The file as it was before is kept next to it as ``<name>.previous``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import math
+import os
+import tempfile
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from appliance.config import SiteConfig, parse_config
+from appliance.errors import ConfigError
+
+# Keys that name the box's identity; see the module docstring.
+FIXED_KEYS = ("site.id", "box.id")
+# The default of box.id in appliance.config.parse_config.
+_DEFAULT_BOX_ID = "box-1"
+# TOML integers are signed 64-bit.
+_TOML_INT_MIN = -(2**63)
+_TOML_INT_MAX = 2**63 - 1
+
+# One writer at a time in this process: a command and a bundle may arrive at
+# once, and each reads the file, changes it and writes it back.
+_WRITE_LOCK = threading.Lock()
+
+
+def read_document(config_path: Path) -> dict[str, Any]:
+    """Return the parsed TOML document at ``config_path``.
+
+    Raises ConfigError when the file is missing, unreadable or not TOML.
+    """
+    try:
+        data = config_path.read_bytes()
+    except FileNotFoundError as err:
+        raise ConfigError(f"configuration file {config_path} not found") from err
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read configuration file {config_path}: {err.strerror}"
+        ) from err
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{config_path} is not UTF-8 text") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{config_path} is not valid TOML: {err}") from err
+
+
+def config_get(config_path: Path, key: str | None) -> Any:
+    """Return the value at the dotted ``key``, or the whole document for None.
+
+    Raises ConfigError when the key is malformed or not in the file. A key
+    that the file leaves out takes its default, which this function does not
+    know, so the error message states that unset keys take defaults.
+    """
+    document = read_document(config_path)
+    if key is None:
+        return document
+    parts = _split_key(key)
+    node: Any = document
+    for depth, part in enumerate(parts):
+        node = _child(node, part, key, parts[:depth])
+    return node
+
+
+def config_set(config_path: Path, key: str, value: Any) -> SiteConfig:
+    """Set the dotted ``key`` to ``value`` and rewrite the file atomically.
+
+    ``value`` None removes the key, so its default applies again. Missing
+    tables on the way are created. Returns the validated configuration of
+    the new file. Raises ConfigError, and leaves the file unchanged, when
+    the key is malformed or fixed, the value is not representable in TOML,
+    or the changed document is invalid.
+    """
+    parts = _split_key(key)
+    if key in FIXED_KEYS:
+        raise ConfigError(
+            f"{key} cannot be changed remotely; it names this box's store and "
+            "accounts, so change it on the box and provision it again"
+        )
+    if value is not None:
+        _check_toml_value(value, key)
+    with _WRITE_LOCK:
+        document = read_document(config_path)
+        changed = copy.deepcopy(document)
+        _assign(changed, parts, value, key)
+        config = _validate(changed, config_path)
+        # A key such as "box" replaces a whole table, identity included.
+        _reject_identity_change(config, *_identity(document))
+        _write_atomically(config_path, changed)
+        return config
+
+
+def replace_config(
+    config_path: Path, document: dict[str, Any], *, site_id: str, box_id: str
+) -> SiteConfig:
+    """Replace the whole file with ``document`` after validating it.
+
+    ``site_id`` and ``box_id`` are the running box's; a document naming
+    another site or box is rejected. Returns the validated configuration.
+    Raises ConfigError, and leaves the file unchanged, for anything invalid.
+    """
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"a configuration document must be a table, not {type(document).__name__}"
+        )
+    _check_toml_value(document, "the configuration document")
+    with _WRITE_LOCK:
+        config = _validate(document, config_path)
+        _reject_identity_change(config, site_id, box_id)
+        _write_atomically(config_path, document)
+        return config
+
+
+def _identity(document: dict[str, Any]) -> tuple[Any, Any]:
+    """Return the raw site.id and effective box.id of a parsed document."""
+    site = document.get("site")
+    box = document.get("box")
+    site_id = site.get("id") if isinstance(site, dict) else None
+    box_id = box.get("id", _DEFAULT_BOX_ID) if isinstance(box, dict) else None
+    return site_id, box_id
+
+
+def _reject_identity_change(config: SiteConfig, site_id: Any, box_id: Any) -> None:
+    if config.site_id != site_id:
+        raise ConfigError(
+            f"site.id = {config.site_id!r} differs from this box's site "
+            f"{site_id!r}; site.id cannot be changed remotely"
+        )
+    if config.box_id != box_id:
+        raise ConfigError(
+            f"box.id = {config.box_id!r} differs from this box's id "
+            f"{box_id!r}; box.id cannot be changed remotely"
+        )
+
+
+def _validate(document: dict[str, Any], config_path: Path) -> SiteConfig:
+    return parse_config(copy.deepcopy(document), base_dir=config_path.parent)
+
+
+def _split_key(key: Any) -> list[str]:
+    if not isinstance(key, str) or not key:
+        raise ConfigError(
+            f"key {key!r:.80} is invalid; give a dotted path such as "
+            "'wallet.max_charge' or 'readers.0.threshold_dbm'"
+        )
+    parts = key.split(".")
+    if any(not part for part in parts):
+        raise ConfigError(
+            f"key {key!r:.80} has an empty part; give a dotted path such as "
+            "'wallet.max_charge'"
+        )
+    return parts
+
+
+def _child(node: Any, part: str, key: str, path: list[str]) -> Any:
+    where = ".".join(path) or "the top level"
+    if isinstance(node, dict):
+        if part not in node:
+            raise ConfigError(
+                f"{key} is not set in the configuration file ({part!r} not found "
+                f"in {where}); unset keys take their defaults"
+            )
+        return node[part]
+    if isinstance(node, list):
+        return node[_index(part, node, key, where)]
+    raise ConfigError(f"{key}: {where} is a value, not a table or an array")
+
+
+def _index(part: str, array: list[Any], key: str, where: str) -> int:
+    if not part.isdigit():
+        raise ConfigError(
+            f"{key}: {where} is an array; address an element by its index "
+            f"({where}.0 is the first), not by {part!r}"
+        )
+    index = int(part)
+    if index >= len(array):
+        raise ConfigError(
+            f"{key}: {where} has {len(array)} elements, so index {index} does "
+            "not exist; elements cannot be added by key, so replace the "
+            "whole document"
+        )
+    return index
+
+
+def _assign(document: dict[str, Any], parts: list[str], value: Any, key: str) -> None:
+    node: Any = document
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[:depth]) or "the top level"
+        if isinstance(node, dict):
+            if part not in node and value is not None:
+                node[part] = {}
+            elif part not in node:
+                return  # Removing a key that is not there changes nothing.
+            node = node[part]
+        elif isinstance(node, list):
+            node = node[_index(part, node, key, where)]
+        else:
+            raise ConfigError(f"{key}: {where} is a value, not a table or an array")
+    last = parts[-1]
+    where = ".".join(parts[:-1]) or "the top level"
+    if isinstance(node, dict):
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    elif isinstance(node, list):
+        index = _index(last, node, key, where)
+        if value is None:
+            raise ConfigError(
+                f"{key}: array elements cannot be removed by key; replace the "
+                "whole document"
+            )
+        node[index] = value
+    else:
+        raise ConfigError(f"{key}: {where} is a value, not a table or an array")
+
+
+def _check_toml_value(value: Any, where: str) -> None:
+    """Raise ConfigError unless tomli-w can write ``value`` as TOML."""
+    if isinstance(value, bool | str | datetime.date | datetime.time):
+        return
+    if isinstance(value, int):
+        if not _TOML_INT_MIN <= value <= _TOML_INT_MAX:
+            raise ConfigError(f"{where} = {value} does not fit a 64-bit TOML integer")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, not {value!r}")
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if item is None:
+                raise ConfigError(f"{where}[{index}] is null; TOML has no null value")
+            _check_toml_value(item, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"{where} has a non-string key {name!r:.40}")
+            if item is None:
+                raise ConfigError(
+                    f"{where}.{name} is null; TOML has no null value, so leave "
+                    "the key out"
+                )
+            _check_toml_value(item, f"{where}.{name}")
+        return
+    raise ConfigError(
+        f"{where} has a value of type {type(value).__name__}, which TOML cannot "
+        "hold; use a string, number, boolean, array or table"
+    )
+
+
+def _write_atomically(config_path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` to ``config_path`` so a power cut leaves one whole file.
+
+    The old bytes go to ``<name>.previous`` first. The new text is written to
+    a temporary file in the same folder, flushed to disk and renamed over
+    the old file, and the folder is synced so the rename itself survives.
+    """
+    text = tomli_w.dumps(document)
+    folder = config_path.parent
+    try:
+        mode = config_path.stat().st_mode & 0o777
+        old = config_path.read_bytes()
+    except FileNotFoundError:
+        mode, old = 0o644, None
+    if old is not None:
+        previous = config_path.with_name(config_path.name + ".previous")
+        _replace_with(previous, old, mode)
+    _replace_with(config_path, text.encode("utf-8"), mode)
+    _sync_folder(folder)
+
+
+def _replace_with(path: Path, data: bytes, mode: int) -> None:
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,200 @@
+"""Reads and atomic rewrites of the site configuration file."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ConfigError
+from appliance.remote.site_file import config_get, config_set, replace_config
+
+SITE_TOML = """\
+# The test venue.
+[site]
+id = "club"
+name = "Club"
+
+[box]
+id = "box-1"
+data_dir = "data"
+
+[[readers]]
+id = "exit-1"
+role = "exit"
+
+[[readers]]
+id = "kit-1"
+role = "kit"
+kit_stock = 20
+
+[wallet]
+currency = "EUR"
+max_charge = 20000
+"""
+
+
+@pytest.fixture
+def site_file(tmp_path: Path) -> Path:
+    path = tmp_path / "site.toml"
+    path.write_text(SITE_TOML, encoding="utf-8")
+    path.chmod(0o640)
+    return path
+
+
+def test_get_dotted_key(site_file: Path) -> None:
+    assert config_get(site_file, "wallet.max_charge") == 20000
+    assert config_get(site_file, "site.name") == "Club"
+
+
+def test_get_array_element(site_file: Path) -> None:
+    assert config_get(site_file, "readers.1.kit_stock") == 20
+    assert config_get(site_file, "readers.0") == {"id": "exit-1", "role": "exit"}
+
+
+def test_get_whole_document(site_file: Path) -> None:
+    document = config_get(site_file, None)
+    assert document == tomllib.loads(SITE_TOML)
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("wallet.max_topup", "not set in the configuration file"),
+        ("readers.5.id", "has 2 elements"),
+        ("readers.first", "address an element by its index"),
+        ("wallet.max_charge.x", "is a value"),
+        ("wallet..max_charge", "empty part"),
+        ("", "is invalid"),
+    ],
+)
+def test_get_bad_key(site_file: Path, key: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        config_get(site_file, key)
+
+
+def test_set_writes_and_keeps_previous(site_file: Path) -> None:
+    config = config_set(site_file, "wallet.max_charge", 15000)
+
+    assert config.commerce.wallet.max_charge == 15000
+    assert tomllib.loads(site_file.read_text())["wallet"]["max_charge"] == 15000
+    previous = site_file.with_name("site.toml.previous")
+    assert previous.read_text() == SITE_TOML
+    assert site_file.stat().st_mode & 0o777 == 0o640
+
+
+def test_set_creates_missing_table(site_file: Path) -> None:
+    config = config_set(site_file, "kits.low_stock", 3)
+
+    assert config.kit_low_stock == 3
+    assert config_get(site_file, "kits.low_stock") == 3
+
+
+def test_set_array_element(site_file: Path) -> None:
+    config = config_set(site_file, "readers.0.threshold_dbm", -70)
+
+    exit_reader = config.reader("exit-1")
+    assert exit_reader is not None
+    assert exit_reader.threshold_dbm == -70.0
+
+
+def test_set_null_removes_key(site_file: Path) -> None:
+    config = config_set(site_file, "wallet.max_charge", None)
+
+    assert "max_charge" not in config_get(site_file, "wallet")
+    assert config.commerce.wallet.max_charge > 0
+
+
+def test_set_invalid_value_keeps_file(site_file: Path) -> None:
+    before = site_file.read_bytes()
+
+    with pytest.raises(ConfigError, match=r"checkout\.threshold_dbm"):
+        config_set(site_file, "checkout.threshold_dbm", 5)
+
+    assert site_file.read_bytes() == before
+    assert not site_file.with_name("site.toml.previous").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("site.id", "other"),
+        ("box.id", "box-9"),
+        ("box", {"id": "box-9", "data_dir": "data"}),
+        ("site", {"id": "other"}),
+        ("box.id", None),
+    ],
+)
+def test_set_identity_rejected(site_file: Path, key: str, value: object) -> None:
+    before = site_file.read_bytes()
+
+    with pytest.raises(ConfigError, match="cannot be changed remotely"):
+        config_set(site_file, key, value)
+
+    assert site_file.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (float("nan"), "finite"),
+        (2**70, "64-bit"),
+        ([1, None], "null"),
+        ({"a": None}, "null"),
+        (object(), "TOML cannot hold"),
+    ],
+)
+def test_set_non_toml_value_rejected(
+    site_file: Path, value: object, words: str
+) -> None:
+    before = site_file.read_bytes()
+
+    with pytest.raises(ConfigError, match=words):
+        config_set(site_file, "site.name", value)
+
+    assert site_file.read_bytes() == before
+
+
+def test_replace_writes_document(site_file: Path) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document["site"]["name"] = "Club Nord"
+
+    config = replace_config(site_file, document, site_id="club", box_id="box-1")
+
+    assert config.site_name == "Club Nord"
+    assert config_get(site_file, "site.name") == "Club Nord"
+    assert site_file.with_name("site.toml.previous").read_text() == SITE_TOML
+
+
+@pytest.mark.parametrize(
+    ("site_id", "box_id", "words"),
+    [("annex", "box-1", "site.id"), ("club", "box-2", "box.id")],
+)
+def test_replace_other_identity_rejected(
+    site_file: Path, site_id: str, box_id: str, words: str
+) -> None:
+    before = site_file.read_bytes()
+
+    with pytest.raises(ConfigError, match=words):
+        replace_config(
+            site_file, tomllib.loads(SITE_TOML), site_id=site_id, box_id=box_id
+        )
+
+    assert site_file.read_bytes() == before
+
+
+def test_replace_invalid_document_keeps_file(site_file: Path) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document["readers"] = []
+    before = site_file.read_bytes()
+
+    with pytest.raises(ConfigError, match="no readers"):
+        replace_config(site_file, document, site_id="club", box_id="box-1")
+
+    assert site_file.read_bytes() == before
+
+
+def test_missing_file_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        config_get(tmp_path / "absent.toml", None)
