@@ -24,6 +24,7 @@ demo: $(VENV)/.demo-installed
 
 deps: $(STAMP)
 	@sh tests/ensure-mosquitto
+	@sh tests/ensure-postgresql
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check appliance hardware provisioning bench tests
