@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from appliance.clock import Clock
 from appliance.config import SiteConfig
 from appliance.errors import NightboxError
-from appliance.store import Store
+from appliance.store import Store, Transaction
 from provisioning.secret_file import write_secret_file
 
 _LOGGER = logging.getLogger(__name__)
@@ -238,15 +238,24 @@ class EdgeTokens:
     def revoke(self, token_id: str, reason: str = "revoked by the operator") -> bool:
         """Revoke a token id; return False when it was already revoked."""
         with self._store.transaction() as transaction:
-            cursor = transaction.execute(
-                "INSERT OR IGNORE INTO revoked_tokens (id, revoked_at, reason)"
-                " VALUES (?, ?, ?)",
-                (token_id, self._clock.now(), reason),
-            )
-            if cursor.rowcount == 0:
+            if not self.revoke_in(transaction, token_id, reason):
                 return False
-            transaction.emit("token_revoked", {"token_id": token_id, "reason": reason})
         _LOGGER.info("Revoked token %s: %s", token_id, reason)
+        return True
+
+    def revoke_in(self, transaction: Transaction, token_id: str, reason: str) -> bool:
+        """Record a revocation in an open transaction, with its outbox event.
+
+        Returns False, writing nothing, when the token was already revoked.
+        """
+        cursor = transaction.execute(
+            "INSERT OR IGNORE INTO revoked_tokens (id, revoked_at, reason)"
+            " VALUES (?, ?, ?)",
+            (token_id, self._clock.now(), reason),
+        )
+        if cursor.rowcount == 0:
+            return False
+        transaction.emit("token_revoked", {"token_id": token_id, "reason": reason})
         return True
 
     def verify(self, token: Any, scope: str, holder: str) -> TokenClaims:

@@ -121,6 +121,58 @@ def post(transaction: Transaction, posting: Posting, now: float) -> dict[str, An
     return data
 
 
+def night_topped_up(transaction: Transaction, band: str, night: str) -> int:
+    """Return what ``band`` topped up on ``night``; voided top-ups count nothing."""
+    row = transaction.execute(
+        "SELECT COALESCE(SUM(amount), 0) FROM ledger_transactions"
+        " WHERE band = ? AND night = ? AND kind = 'topup' AND voided_by IS NULL",
+        (band, night),
+    ).fetchone()
+    return int(row[0])
+
+
+def credit_topup(
+    transaction: Transaction,
+    *,
+    band: str,
+    currency: str,
+    amount: int,
+    method: str,
+    terminal: str,
+    night: str,
+    now: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Add a top-up to a band's wallet, opening the wallet on first use.
+
+    Posts the top-up against ``tender:<method>`` with its outbox event and
+    returns the event data with the new ``balance``. The caller checks the
+    amount and the limits first.
+    """
+    balance = transaction.execute(
+        "INSERT INTO wallets (band, currency, balance) VALUES (?, ?, ?)"
+        " ON CONFLICT (band) DO UPDATE SET balance = balance + excluded.balance"
+        " RETURNING balance",
+        (band, currency, amount),
+    ).fetchone()[0]
+    record = post(
+        transaction,
+        Posting(
+            kind="topup",
+            band=band,
+            currency=currency,
+            amount=amount,
+            terminal=terminal,
+            night=night,
+            method=method,
+            entries=((wallet_account(band), amount), (f"tender:{method}", -amount)),
+            extra=extra or {},
+        ),
+        now,
+    )
+    return {**record, "balance": int(balance)}
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerCheck:
     """The result of proving the ledger; ``ok`` only when every list is empty."""
