@@ -1,8 +1,8 @@
 """Signed bundles applied to a real store: each type's effect, each rejection.
 
 Bundles are signed with an Ed25519 key generated per test, which the box's
-configuration trusts. The store is a real SQLite file in the test's folder;
-a rejected bundle must leave every table as it was.
+configuration trusts. The store is a real SQLite file in the test's folder,
+and a rejected bundle must leave every table as it was.
 """
 
 from __future__ import annotations
