@@ -7,6 +7,7 @@ and field) and the fix. The formats are described in ``docs/bundles.md``.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_TEXT = 200
 # An asset or a cache budget above 1 TiB is a typing error on a pocket box.
 MAX_ASSET_BYTES = 1 << 40
+# The keys of the site configuration that TOML holds as date-times.
+_DATE_TIME_KEYS = {
+    "sets": ("starts_at", "ends_at"),
+    "drops": ("starts_at", "ends_at"),
+    "promo_codes": ("expires_at",),
+}
 ASSET_TYPES = (
     "model/gltf-binary",
     "model/gltf+json",
@@ -198,7 +205,12 @@ def parse_assets(body: dict[str, Any]) -> AssetManifest:
 
 
 def parse_site_document(body: dict[str, Any]) -> dict[str, Any]:
-    """Return the site configuration document that the body carries."""
+    """Return the site configuration document that the body carries.
+
+    JSON has no date-time type, so the date-times of ``[[sets]]``,
+    ``[[drops]]`` and ``[[promo_codes]]`` arrive as ISO 8601 strings and
+    are returned as the datetimes that the TOML file holds.
+    """
     _reject_unknown(body, {"config"})
     document = body.get("config")
     if not isinstance(document, dict):
@@ -206,7 +218,33 @@ def parse_site_document(body: dict[str, Any]) -> dict[str, Any]:
             f"field 'config' must be the whole site configuration as a JSON "
             f"object, not {document!r:.40}"
         )
-    return document
+    converted = dict(document)
+    for table, keys in _DATE_TIME_KEYS.items():
+        entries = converted.get(table)
+        if isinstance(entries, list):
+            converted[table] = [
+                _with_date_times(entry, f"config.{table}[{index}]", keys)
+                for index, entry in enumerate(entries)
+            ]
+    return converted
+
+
+def _with_date_times(entry: Any, where: str, keys: tuple[str, ...]) -> Any:
+    if not isinstance(entry, dict):
+        return entry
+    converted = dict(entry)
+    for key in keys:
+        value = converted.get(key)
+        if not isinstance(value, str):
+            continue
+        try:
+            converted[key] = dt.datetime.fromisoformat(value)
+        except ValueError as err:
+            raise InvalidBundle(
+                f"{where}.{key} = {value!r:.40} is not an ISO 8601 date-time; "
+                "give one like '2026-12-05T23:00:00+01:00'"
+            ) from err
+    return converted
 
 
 def _entries(body: dict[str, Any], key: str, allowed: set[str]) -> list[Any]:

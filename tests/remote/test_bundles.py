@@ -23,7 +23,7 @@ from economy.economy_site import MEMBER_BAND, economy_commerce
 
 from appliance.clock import ManualClock
 from appliance.commerce._pricing import Pricing
-from appliance.config import SiteConfig
+from appliance.config import SiteConfig, load_config
 from appliance.remote.bundles import MAX_BUNDLE_BYTES, BundleApplier
 from appliance.remote.config import FleetConfig
 from appliance.signed_documents import CLOCK_SKEW_S, key_id, sign_document
@@ -439,6 +439,46 @@ def test_config_bundle_replaces_file(
     assert box.store.query("SELECT type, version FROM bundle_versions") == [
         ("config", 1)
     ]
+
+
+def test_config_date_times_from_iso(
+    box: Setup, operator_key: Ed25519PrivateKey
+) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document["items"] = [{"id": "tee", "name": "Tee", "price": 3500}]
+    document["drops"] = [
+        {
+            "id": "tee-drop",
+            "item": "tee",
+            "price": 3500,
+            "quantity": 10,
+            "starts_at": "2027-01-15T22:00:00+01:00",
+            "ends_at": "2027-01-16T02:00:00",
+        }
+    ]
+
+    result = apply(box, signed(operator_key, "config", {"config": document}))
+
+    assert result["ok"] is True
+    (drop,) = load_config(box.config_path).commerce.drops
+    assert drop.starts_at == NOW + 13 * 3600
+    # A date-time without an offset is read in site.timezone (UTC here).
+    assert drop.ends_at == NOW + 18 * 3600
+
+
+def test_config_bad_date_time_rejected(
+    box: Setup, operator_key: Ed25519PrivateKey
+) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document["sets"] = [{"id": "set-1", "starts_at": "tonight", "ends_at": "late"}]
+
+    result = apply(box, signed(operator_key, "config", {"config": document}))
+
+    assert result["reason"] == "invalid"
+    assert (
+        "config.sets[0].starts_at = 'tonight' is not an ISO 8601" in (result["message"])
+    )
+    assert box.config_path.read_text(encoding="utf-8") == SITE_TOML
 
 
 def test_config_for_other_box_rejected(

@@ -137,7 +137,19 @@ SHAPED_BODIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         optional={"budget_bytes": mixed((1, 10**9), (0,))},
     ),
     "config": st.fixed_dictionaries(
-        {"config": json_values | st.just({"site": {"id": "test"}})}
+        {
+            "config": json_values
+            | st.just({"site": {"id": "test"}})
+            | st.fixed_dictionaries(
+                {
+                    "sets": items(
+                        id=mixed(("set-1",), ("",)),
+                        starts_at=mixed(("2027-01-15T22:00:00",), ("tonight",)),
+                        ends_at=mixed(("2027-01-16T02:00:00+01:00",), ("",)),
+                    )
+                }
+            )
+        }
     ),
 }
 bodies = st.sampled_from(BUNDLE_TYPES).flatmap(
