@@ -27,7 +27,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_TEXT = 200
 # An asset or a cache budget above 1 TiB is a typing error on a pocket box.
 MAX_ASSET_BYTES = 1 << 40
-# The keys of the site configuration that TOML holds as date-times.
+# The keys of the site configuration whose values are TOML date-times.
 _DATE_TIME_KEYS = {
     "sets": ("starts_at", "ends_at"),
     "drops": ("starts_at", "ends_at"),
@@ -209,7 +209,7 @@ def parse_site_document(body: dict[str, Any]) -> dict[str, Any]:
 
     JSON has no date-time type, so the date-times of ``[[sets]]``,
     ``[[drops]]`` and ``[[promo_codes]]`` arrive as ISO 8601 strings and
-    are returned as the datetimes that the TOML file holds.
+    are returned as datetimes, as the TOML file stores them.
     """
     _reject_unknown(body, {"config"})
     document = body.get("config")
