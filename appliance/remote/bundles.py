@@ -12,6 +12,7 @@ when its effect commits. The formats are described in ``docs/bundles.md``.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -39,9 +40,9 @@ from appliance.wallet._ledger import credit_topup, night_topped_up
 
 _LOGGER = logging.getLogger(__name__)
 
-# The largest bundle payload accepted. By estimate, 4 MiB fits about 60,000
-# top-ups or 120,000 members of typical length, far more than one venue
-# needs, and it is far below MQTT's packet limit of 256 MiB.
+# The largest bundle payload accepted. By estimate, 4 MiB fits about 55,000
+# top-ups or 110,000 members of typical length (72 and 36 bytes of JSON),
+# more than one venue needs, and it is far below MQTT's 256 MiB packet limit.
 MAX_BUNDLE_BYTES = 4 * 1024 * 1024
 BUNDLE_TYPES = ("members", "topups", "revocations", "assets", "config")
 # Online top-ups are posted against tender:online, from this terminal.
@@ -49,6 +50,7 @@ ONLINE_METHOD = "online"
 ONLINE_TERMINAL = "online"
 # One warning per rejection reason in this many seconds; the rest are counted.
 _LOG_INTERVAL_S = 5.0
+_NONCE = re.compile(r"[0-9a-f]{32}")
 
 
 class BundleRejected(NightboxError, ValueError):
@@ -115,14 +117,11 @@ class BundleApplier:
         except (sqlite3.Error, OSError) as err:
             # The store or the file system failed, not the bundle, so the
             # operator may send the same bundle again once the box is fixed.
-            _LOGGER.exception("Applying a %s bundle failed", topic_type)
-            return self._reject(
-                topic_type,
-                nonce,
-                "failed",
+            message = (
                 f"the box could not apply the bundle ({type(err).__name__}: "
-                f"{err}); nothing changed, so send it again after fixing the box",
+                f"{err}); nothing changed, so send it again after fixing the box"
             )
+            return self._reject(topic_type, nonce, "failed", message, error=err)
         self.applied[signed.type] += 1
         _LOGGER.info(
             "Applied %s bundle version %s signed by key %s: %s",
@@ -282,10 +281,16 @@ class BundleApplier:
         return {"restart_required": True}
 
     def _reject(
-        self, topic_type: str, nonce: str | None, reason: str, message: str
+        self,
+        topic_type: str,
+        nonce: str | None,
+        reason: str,
+        message: str,
+        *,
+        error: BaseException | None = None,
     ) -> dict[str, Any]:
         self.counts[reason] += 1
-        self._log_rejection(topic_type, nonce, reason, message)
+        self._log_rejection(topic_type, nonce, reason, message, error)
         return {
             "kind": "bundle",
             "type": topic_type,
@@ -296,7 +301,12 @@ class BundleApplier:
         }
 
     def _log_rejection(
-        self, topic_type: str, nonce: str | None, reason: str, message: str
+        self,
+        topic_type: str,
+        nonce: str | None,
+        reason: str,
+        message: str,
+        error: BaseException | None,
     ) -> None:
         now = time.monotonic()
         last = self._last_logged.get(reason)
@@ -305,7 +315,8 @@ class BundleApplier:
             return
         self._last_logged[reason] = now
         unlogged = self._unlogged.pop(reason, 0)
-        _LOGGER.warning(
+        _LOGGER.log(
+            logging.WARNING if error is None else logging.ERROR,
             "Rejected %s bundle (nonce %s): %s: %s%s",
             topic_type,
             nonce,
@@ -314,6 +325,7 @@ class BundleApplier:
             f" ({unlogged} more rejected for this reason since the last warning)"
             if unlogged
             else "",
+            exc_info=error,
         )
 
 
@@ -339,7 +351,7 @@ def _readable_nonce(document: Any) -> str | None:
     if not isinstance(document, dict):
         return None
     nonce = document.get("nonce")
-    if isinstance(nonce, str) and len(nonce) == 32 and nonce.isalnum():
+    if isinstance(nonce, str) and _NONCE.fullmatch(nonce):
         return nonce
     return None
 

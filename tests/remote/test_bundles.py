@@ -660,13 +660,19 @@ def test_unknown_type_rejected(box: Setup, operator_key: Ed25519PrivateKey) -> N
     assert box.store.query("SELECT COUNT(*) FROM signed_nonces") == [(0,)]
 
 
-def test_store_failure_reported(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_store_failure_reported(
+    box: Setup, operator_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
     box.store.close()
 
-    result = apply(box, signed(operator_key, "members", {"members": []}))
+    with caplog.at_level(logging.WARNING, logger="appliance.remote.bundles"):
+        result = apply(box, signed(operator_key, "members", {"members": []}))
 
     assert result["reason"] == "failed"
     assert "send it again" in result["message"]
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
 
 
 # Invalid bodies
