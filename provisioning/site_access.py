@@ -15,6 +15,10 @@ from provisioning.acl import Access, AccessPolicy, AclRule
 
 OBSERVER = "observer"
 DESK = "desk"
+OPERATOR = "operator"
+HOMEASSISTANT = "homeassistant"
+# Home Assistant's default MQTT discovery prefix.
+HOMEASSISTANT_PREFIX = "homeassistant"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +53,18 @@ def site_policy(
     """Build the ACL of a site: one box, its readers, terminals, a desk, an observer.
 
     The desk is always a terminal; ``terminals`` adds the site's other
-    terminals (POS phones, kit tablets, creator stations).
+    terminals (POS phones, kit tablets, creator stations). The site also has
+    an operator account for remote management on the local network and a
+    Home Assistant account.
     """
     root = f"nightbox/{site}"
+    box_root = f"{root}/box/{box_id}"
     grants: dict[str, list[AclRule]] = {
-        box_username(box_id): [AclRule(Access.READWRITE, f"{root}/#")],
+        box_username(box_id): [
+            AclRule(Access.READWRITE, f"{root}/#"),
+            # Home Assistant discovery configs, and Home Assistant's status.
+            AclRule(Access.READWRITE, f"{HOMEASSISTANT_PREFIX}/#"),
+        ],
         # Dashboards and the demo's scoring see what the site publishes, but
         # not requests and replies, which carry tokens, guests' contacts and
         # pick-up codes.
@@ -64,6 +75,20 @@ def site_policy(
             AclRule(Access.READ, f"{root}/reader/+/sightings"),
             AclRule(Access.READ, f"{root}/creators/+/figures"),
             AclRule(Access.READ, f"{root}/box/health"),
+        ],
+        # Signed commands are verified by the box; the ACL keeps every other
+        # account of the site off the command topics.
+        OPERATOR: [
+            AclRule(Access.WRITE, f"{root}/box/+/cmnd/+"),
+            AclRule(Access.READ, f"{root}/box/+/stat/+"),
+            AclRule(Access.READ, f"{root}/box/+/tele/+"),
+            AclRule(Access.READ, f"{root}/box/+/availability"),
+        ],
+        HOMEASSISTANT: [
+            AclRule(Access.READ, f"{HOMEASSISTANT_PREFIX}/#"),
+            AclRule(Access.WRITE, f"{HOMEASSISTANT_PREFIX}/status"),
+            AclRule(Access.READ, f"{box_root}/tele/+"),
+            AclRule(Access.READ, f"{box_root}/availability"),
         ],
     }
     for terminal in dict.fromkeys([DESK, *terminals]):
