@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance import cli_economy
-from appliance.config import load_config
-from appliance.errors import NightboxError
+from appliance.config import SiteConfig, load_config
+from appliance.errors import ConfigError, NightboxError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -315,6 +315,9 @@ def _euros(cents: object) -> str:
 def _run(config_path: Path) -> int:
     config = load_config(config_path)
 
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
     async def serve() -> None:
         from appliance.service_host import serve_box
 
@@ -322,10 +325,28 @@ def _run(config_path: Path) -> int:
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
-        await serve_box(config, stop, announce=lambda line: print(line, flush=True))
+        current = config
+        # A signed restart command makes serve_box return True, and the box
+        # then starts again in this process with the file as it is now.
+        while await serve_box(current, stop, announce, config_path=config_path):
+            current = _reload_config(config_path, current, announce)
 
     asyncio.run(serve())
     return 0
+
+
+def _reload_config(
+    config_path: Path, current: SiteConfig, announce: Callable[[str], None]
+) -> SiteConfig:
+    """Return the configuration in ``config_path``, or ``current`` if it is invalid."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as err:
+        _LOGGER.error("Restarting with the previous configuration: %s", err)
+        announce(f"Restarting with the previous configuration: {err}")
+        return current
+    announce(f"Restarting with the configuration in {config_path}.")
+    return config
 
 
 def _decode(text: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -21,6 +22,7 @@ from appliance.config import SiteConfig
 from appliance.drops.service import DropService
 from appliance.kits import KitService
 from appliance.outbox import OutboxPublisher
+from appliance.remote.commands import RemoteManagement
 from appliance.requests import RequestServer
 from appliance.store import Store
 from appliance.tokens import box_tokens
@@ -89,6 +91,7 @@ class Box:
         *,
         broker_kind: str = "external",
         health_interval_s: float = 0.5,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -136,6 +139,7 @@ class Box:
         )
         self.figures = CreatorFigures(self.bus, self.store, config.commerce, clock)
         self.outbox = OutboxPublisher(self.bus, self.store, config.box_id)
+        self.management = RemoteManagement(self, config_path=config_path)
         self._status_task: asyncio.Task[None] | None = None
         self.bus.on_connect(self.publish_status)
 
@@ -148,6 +152,7 @@ class Box:
         self.drops.start()
         await self.requests.start()
         await self.bus.__aenter__()
+        await self.management.start()
         await self.outbox.start()
         await self.figures.start()
         self._status_task = asyncio.create_task(
@@ -167,6 +172,7 @@ class Box:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        await self.management.stop()
         await cancel_and_wait(self._status_task)
         await self.requests.stop()
         await self.drops.stop()
@@ -204,6 +210,7 @@ class Box:
             "partner_codes_left": self.offers.remaining(),
             "outbox_backlog": self.outbox.backlog,
             "readers": readers,
+            "remote": self.management.status(),
             "faults": [
                 {"reader": fault.reader_id, "kind": fault.kind, "since": fault.since}
                 for fault in self.checkouts.faults

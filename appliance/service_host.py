@@ -28,16 +28,22 @@ def credentials_for(config: SiteConfig) -> SiteCredentials:
 
 
 async def serve_box(
-    config: SiteConfig, stop: asyncio.Event, announce: Callable[[str], None]
-) -> None:
+    config: SiteConfig,
+    stop: asyncio.Event,
+    announce: Callable[[str], None],
+    *,
+    config_path: Path | None = None,
+) -> bool:
     """Start the broker and every service, then run until ``stop`` is set.
 
-    Raises StoreError when another Nightbox process uses the data folder,
-    BrokerUnavailableError when the broker cannot start, and HardwareError
-    when the configured scanner cannot start.
+    A signed ``restart`` command also ends the run. Returns True when the
+    run ended for a restart, so the caller re-reads ``config_path`` and
+    serves again. Raises StoreError when another Nightbox process uses the
+    data folder, BrokerUnavailableError when the broker cannot start, and
+    HardwareError when the configured scanner cannot start.
     """
     with _locked(config.data_dir):
-        await _serve(config, stop, announce)
+        return await _serve(config, stop, announce, config_path)
 
 
 @contextlib.contextmanager
@@ -70,8 +76,11 @@ def _locked(data_dir: Path) -> Iterator[None]:
 
 
 async def _serve(
-    config: SiteConfig, stop: asyncio.Event, announce: Callable[[str], None]
-) -> None:
+    config: SiteConfig,
+    stop: asyncio.Event,
+    announce: Callable[[str], None],
+    config_path: Path | None,
+) -> bool:
     credentials = credentials_for(config)
     policy = site_policy(
         config.site_id,
@@ -91,6 +100,7 @@ async def _serve(
             broker.host,
             broker.port,
             broker_kind=broker.kind,
+            config_path=config_path,
         ) as box:
             scanner_service = None
             if config.scanner != "none":
@@ -111,9 +121,21 @@ async def _serve(
                 f"folder {config.data_dir}, broker credentials in "
                 f"{credentials.path}. Stop with Ctrl-C."
             )
-            await stop.wait()
+            restart = box.management.restart_requested
+            await _first_set(stop, restart)
             if scanner_service is not None:
                 await scanner_service.stop()
     finally:
         await broker.stop()
         announce("Stopped.")
+    return restart.is_set() and not stop.is_set()
+
+
+async def _first_set(*events: asyncio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
