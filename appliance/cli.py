@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from appliance import cli_economy
+from appliance import cli_economy, cli_fleet
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError, NightboxError
 
@@ -132,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="site configuration (default: the sample site)"
     )
     cli_economy.add_commands(commands)
+    cli_fleet.add_commands(commands)
     return parser
 
 
@@ -219,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _decode(arguments.hex)
         if arguments.command in ("token", "wallet"):
             return cli_economy.run(arguments)
+        if arguments.command == "fleet":
+            return cli_fleet.run(arguments)
         return _replay(arguments.file, arguments.config)
     except NightboxError as err:
         print(f"nightbox: {err}", file=sys.stderr)
