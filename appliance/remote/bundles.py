@@ -5,7 +5,7 @@ manifests and the site configuration. A bundle is a document signed with an
 operator's Ed25519 key (see :mod:`appliance.signed_documents`).
 :class:`BundleApplier` verifies it, validates its body, and applies it in
 one SQLite transaction together with :meth:`DocumentLedger.accept` and one
-``bundle-applied`` outbox event, so a bundle is recorded as applied exactly
+``bundle_applied`` outbox event, so a bundle is recorded as applied exactly
 when its effect commits. The formats are described in ``docs/bundles.md``.
 """
 
@@ -158,7 +158,7 @@ class BundleApplier:
             self._ledger.accept(transaction, signed)
             counts = apply_body(transaction)
             transaction.emit(
-                "bundle-applied",
+                "bundle_applied",
                 {
                     "type": signed.type,
                     "version": signed.version,

@@ -19,7 +19,13 @@ from appliance.kits import _validation
 from appliance.requests import Refusal, Request, RequestServer
 from appliance.store import Transaction
 from appliance.wallet import _amounts
-from appliance.wallet._ledger import Posting, post, wallet_account
+from appliance.wallet._ledger import (
+    Posting,
+    credit_topup,
+    night_topped_up,
+    post,
+    wallet_account,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -58,15 +64,6 @@ class WalletService:
         ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def _night_topped_up(self, transaction: Transaction, band: str, night: str) -> int:
-        # A voided top-up counts for nothing, because its void reverses it.
-        row = transaction.execute(
-            "SELECT COALESCE(SUM(amount), 0) FROM ledger_transactions"
-            " WHERE band = ? AND night = ? AND kind = 'topup' AND voided_by IS NULL",
-            (band, night),
-        ).fetchone()
-        return int(row[0])
-
     def _night_spent(self, transaction: Transaction, band: str, night: str) -> int:
         # Spending is the night's charges minus their refunds. A refund counts
         # for the night of its charge, whenever it is posted, so refunding the
@@ -101,7 +98,7 @@ class WalletService:
             )
         now = self._clock.now()
         night = self._config.night_of(now)
-        topped_up = self._night_topped_up(transaction, band, night)
+        topped_up = night_topped_up(transaction, band, night)
         if topped_up + amount > limits.night_topup_limit:
             raise Refusal(
                 "limit-exceeded",
@@ -110,28 +107,18 @@ class WalletService:
                 limit=limits.night_topup_limit,
             )
 
-        balance = transaction.execute(
-            "INSERT INTO wallets (band, currency, balance) VALUES (?, ?, ?)"
-            " ON CONFLICT (band) DO UPDATE SET balance = balance + excluded.balance"
-            " RETURNING balance",
-            (band, self._currency, amount),
-        ).fetchone()[0]
-        record = post(
+        record = credit_topup(
             transaction,
-            Posting(
-                kind="topup",
-                band=band,
-                currency=self._currency,
-                amount=amount,
-                terminal=request.requester,
-                night=night,
-                method=method,
-                entries=((wallet_account(band), amount), (f"tender:{method}", -amount)),
-            ),
-            now,
+            band=band,
+            currency=self._currency,
+            amount=amount,
+            method=method,
+            terminal=request.requester,
+            night=night,
+            now=now,
         )
         _LOGGER.info("Topped up band %s with %d by %s", band, amount, method)
-        return {**record, "balance": balance}
+        return record
 
     def _charge(self, transaction: Transaction, request: Request) -> dict[str, Any]:
         data = request.data

@@ -229,7 +229,7 @@ def test_members_event_has_counts(box: Setup, operator_key: Ed25519PrivateKey) -
 
     apply(box, document)
 
-    (event,) = events(box.store, "bundle-applied")
+    (event,) = events(box.store, "bundle_applied")
     assert event == {
         "type": "members",
         "version": 4,
