@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance._toml_values import ID_PATTERN
 from appliance.bus import envelope
-from appliance.bus.envelope import MAX_PAYLOAD_BYTES
 from appliance.bus.topics import Topics
 from appliance.bus.url import parse_broker_url
 from appliance.errors import PayloadError
@@ -745,11 +744,16 @@ def _read_bundle_body(source: str) -> dict[str, Any]:
 
 
 def _encode_document(document: dict[str, Any]) -> bytes:
+    """Return the document as JSON; raise when a box would reject its size."""
+    from appliance.remote.bundles import MAX_BUNDLE_BYTES
+    from appliance.remote.commands import MAX_COMMAND_BYTES
+
     payload = orjson.dumps(document)
-    if len(payload) > MAX_PAYLOAD_BYTES:
+    limit = MAX_BUNDLE_BYTES if document["kind"] == "bundle" else MAX_COMMAND_BYTES
+    if len(payload) > limit:
         raise FleetError(
-            f"the signed document is {len(payload)} bytes, above the bus limit of "
-            f"{MAX_PAYLOAD_BYTES} bytes; split the body into smaller documents"
+            f"the signed {document['kind']} is {len(payload)} bytes, above the "
+            f"box's limit of {limit} bytes; split the body into smaller documents"
         )
     return payload
 
@@ -784,7 +788,16 @@ def _require_online(
 
 def _send(arguments: argparse.Namespace) -> int:
     private_key = _load_private_key(arguments.key)
-    body = _command_body(arguments.arguments, arguments.box)
+    document = sign_document(
+        private_key,
+        kind="command",
+        document_type=arguments.name,
+        site=arguments.site,
+        body=_command_body(arguments.arguments, arguments.box),
+        issued_at=time.time(),
+        validity_s=arguments.validity,
+    )
+    payload = _encode_document(document)
     topics = Topics(arguments.site)
     with _open_client(arguments) as client:
         # The result topic is subscribed before the command is published, so
@@ -796,18 +809,7 @@ def _send(arguments: argparse.Namespace) -> int:
             ]
         )
         _require_online(client, arguments, "command")
-        document = sign_document(
-            private_key,
-            kind="command",
-            document_type=arguments.name,
-            site=arguments.site,
-            body=body,
-            issued_at=time.time(),
-            validity_s=arguments.validity,
-        )
-        client.publish(
-            topics.command(arguments.box, arguments.name), _encode_document(document)
-        )
+        client.publish(topics.command(arguments.box, arguments.name), payload)
         deadline = time.monotonic() + arguments.timeout
         results = await_results(
             client, arguments.site, document["nonce"], {arguments.box}, deadline
@@ -817,8 +819,18 @@ def _send(arguments: argparse.Namespace) -> int:
 
 def _bundle(arguments: argparse.Namespace) -> int:
     private_key = _load_private_key(arguments.key)
-    body = _read_bundle_body(arguments.file)
     site = arguments.site
+    document = sign_document(
+        private_key,
+        kind="bundle",
+        document_type=arguments.name,
+        site=site,
+        body=_read_bundle_body(arguments.file),
+        issued_at=time.time(),
+        validity_s=arguments.validity,
+        version=arguments.version,
+    )
+    payload = _encode_document(document)
     topics = Topics(site)
     with _open_client(arguments) as client:
         if arguments.box is not None:
@@ -838,19 +850,7 @@ def _bundle(arguments: argparse.Namespace) -> int:
                 ]
             )
             targets = _online_boxes(client, arguments)
-        document = sign_document(
-            private_key,
-            kind="bundle",
-            document_type=arguments.name,
-            site=site,
-            body=body,
-            issued_at=time.time(),
-            validity_s=arguments.validity,
-            version=arguments.version,
-        )
-        client.publish(
-            topics.bundle(arguments.box, arguments.name), _encode_document(document)
-        )
+        client.publish(topics.bundle(arguments.box, arguments.name), payload)
         deadline = time.monotonic() + arguments.timeout
         results = await_results(client, site, document["nonce"], set(targets), deadline)
     return _report(arguments, document, targets, results)

@@ -941,6 +941,32 @@ def test_send_argument_invalid(
     assert expected in outcome.err
 
 
+def test_send_command_too_large(
+    operator_key: OperatorKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Checked before any connection is made, so no broker listens on port 1.
+    outcome = fleet(
+        capsys,
+        "send",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--site",
+        "club",
+        "--box",
+        "box-1",
+        "--key",
+        str(operator_key.private_path),
+        "config-set",
+        "key=site.name",
+        f"value={'x' * 70_000}",
+    )
+
+    assert outcome.code == 2
+    assert "the signed command is" in outcome.err
+    assert "above the box's limit of 65536 bytes" in outcome.err
+    assert "split the body" in outcome.err
+
+
 # send
 
 
