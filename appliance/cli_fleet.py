@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import json
 import math
 import os
@@ -63,6 +64,7 @@ from provisioning.fleet_access import (
     operator_username,
     upstream_box_username,
 )
+from provisioning.fleet_tls import make_fleet_ca
 from provisioning.secret_file import write_secret_file
 
 EXIT_REJECTED = 1
@@ -86,6 +88,11 @@ COMMANDS = (
 BUNDLE_TYPES = ("config", "members", "topups", "revocations", "assets")
 # The document type pattern that appliance.signed_documents accepts.
 _DOCUMENT_TYPE = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
+# A DNS name: dot-separated labels of letters, digits and inner hyphens.
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
+)
 _ARGUMENT_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
 # Defaults, in seconds. A command is meant for now, so it expires soon; a
 # bundle may wait for a box that comes online later in the evening.
@@ -119,6 +126,7 @@ def add_commands(commands: Any) -> None:
     )
     fleet_commands = fleet.add_subparsers(dest="fleet_command", required=True)
     _add_keygen(fleet_commands)
+    _add_ca(fleet_commands)
     _add_account(fleet_commands)
     _add_broker_files(fleet_commands)
     _add_list(fleet_commands)
@@ -138,6 +146,26 @@ def _add_keygen(fleet_commands: Any) -> None:
     )
     keygen.add_argument(
         "--out", type=Path, required=True, help="folder for the two key files"
+    )
+
+
+def _add_ca(fleet_commands: Any) -> None:
+    ca = fleet_commands.add_parser(
+        "ca",
+        help="create a private CA and the upstream broker's TLS certificate",
+        description="Write ca.pem (give it to every box as [sync] ca_file and "
+        "to operators as --ca), ca.key (mode 0600, keep it offline), and the "
+        "broker's broker.pem and broker.key (mode 0600). An existing ca.key is "
+        "never overwritten.",
+    )
+    ca.add_argument("--out", type=Path, required=True, help="folder for the files")
+    ca.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        type=_host,
+        help="DNS name or IP address that boxes and operators use to reach the "
+        "broker, repeatable; the certificate is valid for these only",
     )
 
 
@@ -368,6 +396,19 @@ def _identifier(text: str) -> str:
     return text
 
 
+def _host(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r:.70} is neither an IP address nor a DNS name; give a name "
+            "like fleet.example.org or an address like 192.0.2.10"
+        )
+    return text.lower()
+
+
 def _document_type(text: str) -> str:
     if not _DOCUMENT_TYPE.match(text):
         raise argparse.ArgumentTypeError(
@@ -436,6 +477,7 @@ def run(arguments: argparse.Namespace) -> int:
     """Run a ``fleet`` subcommand; return the exit code."""
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "keygen": _keygen,
+        "ca": _ca,
         "account": _account,
         "broker-files": _broker_files,
         "list": _list,
@@ -482,6 +524,35 @@ def _keygen(arguments: argparse.Namespace) -> int:
         f"List {PUBLIC_KEY_NAME} in each box's [fleet] operator_keys. Keep "
         f"{PRIVATE_KEY_NAME} secret: it signs commands and bundles."
     )
+    return 0
+
+
+def _ca(arguments: argparse.Namespace) -> int:
+    folder: Path = arguments.out
+    if (folder / "ca.key").exists():
+        raise FleetError(
+            f"{folder / 'ca.key'} already exists and ca never overwrites a CA key; "
+            "choose another --out folder or move the old files away"
+        )
+    try:
+        files = make_fleet_ca(folder, list(dict.fromkeys(arguments.host)))
+    except OSError as err:
+        raise FleetError(
+            f"cannot write the CA files in {folder} ({err.strerror}); choose a "
+            "writable --out folder"
+        ) from err
+    print(f"CA certificate:     {files.ca_certificate}")
+    print(f"Broker certificate: {files.certificate} (for {', '.join(arguments.host)})")
+    print(f"Broker key:         {files.key}")
+    print(
+        f"Give {files.ca_certificate.name} to every box ([sync] ca_file) and "
+        f"operator (--ca). Keep {folder / 'ca.key'} offline."
+    )
+    print("Set in the upstream broker's mosquitto.conf:")
+    print("  listener 8883")
+    print(f"  certfile {files.certificate.resolve()}")
+    print(f"  keyfile {files.key.resolve()}")
+    print("  tls_version tlsv1.2")
     return 0
 
 

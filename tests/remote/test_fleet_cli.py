@@ -43,7 +43,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from upstream_broker import OPERATOR, Upstream
 
 from appliance.bus import envelope
-from appliance.bus.broker import find_mosquitto, free_port
+from appliance.bus.broker import (
+    TlsFiles,
+    find_mosquitto,
+    free_port,
+    start_fleet_mosquitto,
+)
 from appliance.bus.topics import Topics
 from appliance.bus.url import client_tls_context, parse_broker_url
 from appliance.cli import main
@@ -51,8 +56,8 @@ from appliance.clock import SystemClock, TimeSource
 from appliance.remote.config import load_public_key
 from appliance.remote.fleet_client import FleetError, check_transport
 from appliance.signed_documents import SignatureError, key_id, verify_document
-from provisioning.credentials import verify_password
-from provisioning.fleet_access import operator_username
+from provisioning.credentials import SiteCredentials, verify_password
+from provisioning.fleet_access import FleetBox, fleet_policy, operator_username
 
 TIMEOUT_S = 20.0
 # The fleet broker fixture, bound to its fixture name so that pytest finds it.
@@ -297,6 +302,77 @@ def test_keygen_never_overwrites(
     assert "choose another --out folder" in outcome.err
     assert operator_key.private_path.read_bytes() == before
     assert_no_secrets(outcome)
+
+
+# ca
+
+
+async def test_ca_serves_tls_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "tls"
+    accounts_path = tmp_path / "accounts.json"
+    created = fleet(
+        capsys, "ca", "--out", str(folder), "--host", "localhost", "--host", "127.0.0.1"
+    )
+    assert created.code == 0, created.err
+    again = fleet(capsys, "ca", "--out", str(folder), "--host", "localhost")
+    login = fleet(
+        capsys,
+        "account",
+        "--accounts",
+        str(accounts_path),
+        "--operator",
+        "ops",
+        "--out",
+        str(tmp_path / "ops.json"),
+    )
+    assert login.code == 0, login.err
+    broker = await start_fleet_mosquitto(
+        tmp_path / "run",
+        "127.0.0.1",
+        free_port(),
+        SiteCredentials(accounts_path),
+        fleet_policy([FleetBox("club", "box-1")], operators=["ops"]),
+        TlsFiles(folder / "broker.pem", folder / "broker.key"),
+    )
+    try:
+        listed = await fleet_async(
+            capsys,
+            "list",
+            "--broker",
+            f"mqtts://localhost:{broker.port}",
+            "--ca",
+            str(folder / "ca.pem"),
+            "--credentials",
+            str(tmp_path / "ops.json"),
+            "--wait",
+            "0.5",
+        )
+    finally:
+        await broker.stop()
+
+    assert f"CA certificate:     {folder / 'ca.pem'}" in created.out
+    assert "(for localhost, 127.0.0.1)" in created.out
+    for name in ("ca.key", "broker.key"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    assert_no_secrets(created)
+    assert again.code == 2
+    assert "ca.key already exists" in again.err
+    # TLS and the login succeeded: the broker simply has no box yet.
+    assert listed.code == 1
+    assert "no boxes seen" in listed.err
+
+
+def test_ca_host_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["fleet", "ca", "--out", str(tmp_path), "--host", "bad host"])
+
+    assert exited.value.code == 2
+    assert "'bad host' is neither an IP address nor a DNS name" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "ca.key").exists()
 
 
 # account and broker-files
