@@ -532,6 +532,22 @@ async def test_handle_command_without_bus(
     assert drop_state(box) == "live"
 
 
+async def test_restart_without_bus_waits_for_result(
+    box: Box, operator_key: Ed25519PrivateKey
+) -> None:
+    document = sign_command(operator_key, "restart")
+
+    result = await box.management.handle_command("restart", orjson.dumps(document))
+    requested_at_once = box.management.restart_requested.is_set()
+    # The sync service publishes this result upstream within the grace time.
+    await asyncio.wait_for(box.management.restart_requested.wait(), TIMEOUT_S)
+
+    assert result["ok"] is True
+    assert result["result"] == {"restarting": True}
+    assert requested_at_once is False
+    assert nonces(box) == 1
+
+
 class BoxProcess:
     """``nightbox run`` in a subprocess, logging to a file."""
 
