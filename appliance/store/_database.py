@@ -186,6 +186,47 @@ class Store:
                 (now, *seqs),
             )
 
+    def unsynced(self, limit: int = 500, after_seq: int = 0) -> list[OutboxEvent]:
+        """Return outbox events the upstream broker has not acknowledged yet.
+
+        Events come oldest first, from the first ``seq`` above ``after_seq``,
+        so a sender with events in flight asks only for the ones after them.
+        """
+        rows = self.query(
+            "SELECT seq, id, type, created_at, clock_trusted, body FROM outbox"
+            " WHERE synced_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [OutboxEvent.from_row(row) for row in rows]
+
+    def unsynced_count(self) -> int:
+        """Return how many outbox events wait for the upstream broker.
+
+        The count reads only the partial index ``outbox_unsynced``, which
+        holds the unsynced rows alone, not the whole outbox.
+        """
+        row = self.query_one("SELECT COUNT(*) FROM outbox WHERE synced_at IS NULL")
+        return 0 if row is None else int(row[0])
+
+    def mark_synced(self, seqs: list[int]) -> None:
+        """Record that the upstream broker acknowledged the events with these seqs."""
+        if not seqs:
+            return
+        now = self._clock.now()
+        # As in mark_published: a mark lost in a power cut only sends the
+        # event upstream again, and the collector drops repeats by event id.
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self.transaction() as transaction:
+                transaction.execute(
+                    "UPDATE outbox SET synced_at = ? WHERE seq IN ("
+                    + ",".join("?" * len(seqs))
+                    + ")",
+                    (now, *seqs),
+                )
+        finally:
+            self._connection.execute("PRAGMA synchronous=FULL")
+
     def close(self) -> None:
         """Close the connection; committed data is already on disk."""
         self._connection.close()
