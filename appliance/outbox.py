@@ -80,14 +80,23 @@ class OutboxPublisher:
         return True
 
     def _message(self, event: OutboxEvent) -> tuple[str, bytes]:
-        body = {
-            "v": 1,
-            "id": event.id,
-            "ts": round(event.created_at, 3),
-            "src": self._src,
-            "type": event.type,
-            "seq": event.seq,
-            "clock_trusted": event.clock_trusted,
-            "data": event.data,
-        }
-        return self._bus.topics.event(event.type), orjson.dumps(body)
+        return self._bus.topics.event(event.type), event_payload(event, self._src)
+
+
+def event_payload(event: OutboxEvent, src: str) -> bytes:
+    """Encode an outbox event as its message body, on the local bus and upstream.
+
+    ``src`` is ``box/<box id>``. The body is the same bytes wherever the
+    event goes, so a consumer can compare or deduplicate copies by ``id``.
+    """
+    body = {
+        "v": 1,
+        "id": event.id,
+        "ts": round(event.created_at, 3),
+        "src": src,
+        "type": event.type,
+        "seq": event.seq,
+        "clock_trusted": event.clock_trusted,
+        "data": event.data,
+    }
+    return orjson.dumps(body)
