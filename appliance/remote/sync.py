@@ -1,0 +1,609 @@
+"""Store-and-forward sync of the outbox to the fleet's upstream broker.
+
+:class:`SyncService` publishes every outbox event that the upstream broker
+has not acknowledged yet, in ``seq`` order, at QoS 1 over MQTT 5 with TLS.
+Up to ``sync.window`` events wait for their PUBACK at once, and each PUBACK
+lets the next event go (a sliding window). An event is marked
+``synced_at`` only after its PUBACK. So the outbox in SQLite, not a broker's
+queue, decides what still has to go: after an outage, a restart or a crash,
+every unmarked event is sent again with the same id, and the collector drops
+repeats by that id.
+
+The same connection carries signed commands and bundles from the fleet to
+the box's remote management and their results back, the box's retained
+availability with a last will, its telemetry, and its sync state.
+
+The connection is an aiomqtt client of its own, not a :class:`Bus`: the
+service reports why the upstream broker turned it away (TLS, login, ACL)
+and backs off up to ``sync.retry_max_s``, and Bus exposes neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections import Counter, deque
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from appliance._tasks import cancel_and_wait
+from appliance.bus import envelope
+from appliance.bus.client import Bus
+from appliance.bus.topics import Topics
+from appliance.bus.url import client_tls_context
+from appliance.clock import Clock
+from appliance.config import SiteConfig
+from appliance.errors import ConfigError, NightboxError
+from appliance.outbox import event_payload
+from appliance.remote._sync_inbound import (
+    Inbound,
+    InboundTopics,
+    Management,
+    handle_inbound,
+)
+from appliance.remote._sync_login import UpstreamLogin, read_login
+from appliance.store import OutboxEvent, Store
+from provisioning.fleet_access import upstream_box_username
+
+__all__ = ["Management", "SyncService"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_RETRY_INITIAL_S = 0.5
+# The sync state is published on every change, but at most once per this
+# many seconds while a backlog drains.
+_STATE_INTERVAL_S = 1.0
+# aiomqtt's timeout for connecting and subscribing, in seconds.
+_CONNECT_TIMEOUT_S = 10
+_KEEPALIVE_S = 15
+# How long the upstream broker keeps the box's subscriptions, and the
+# commands and bundles sent to it, while the box is offline (mosquitto
+# caps it with persistent_client_expiration).
+_SESSION_EXPIRY_S = 7 * 24 * 3600
+# Timeout of a state, result or telemetry publish, in seconds.
+_PUBLISH_TIMEOUT_S = 10.0
+# Commands and bundles received but not yet handled; more are dropped.
+_INBOUND_QUEUE = 1000
+# A repeated connect failure is logged again after this many seconds.
+_REPEAT_LOG_S = 60.0
+_SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+_LOGIN_REJECTED = {"Bad user name or password", "Not authorized"}
+
+
+class PublishRejectedError(NightboxError):
+    """A PUBLISH that the upstream broker rejected with a failure PUBACK."""
+
+
+class SyncService:
+    """Forwards the outbox upstream and serves the fleet's commands and bundles.
+
+    ``management`` handles commands and bundles and provides telemetry.
+    Without it, every command and bundle gets a result with the reason
+    ``unavailable``.
+    """
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        store: Store,
+        local_bus: Bus,
+        clock: Clock,
+        *,
+        management: Management | None = None,
+    ) -> None:
+        if config.sync is None:
+            raise ConfigError(
+                f"site {config.site_id!r} has no [sync] section, so the box has "
+                "no upstream broker; add one to forward events"
+            )
+        self._sync = config.sync
+        self._box_id = config.box_id
+        self._site = config.site_id
+        self._store = store
+        self._local_bus = local_bus
+        self._clock = clock
+        self._management = management
+        self._telemetry_interval_s = config.fleet.telemetry_interval_s
+        self._topics = Topics(config.site_id)
+        self._src = f"box/{config.box_id}"
+        self._client_id = f"{config.site_id}-box-{config.box_id}"
+        self._availability = self._topics.availability("box", config.box_id)
+        self._state_topic = self._topics.sync_state(config.box_id)
+        self._event_topics: dict[str, str] = {}
+        self._inbound_topics = InboundTopics(self._topics, config.box_id)
+        # Set by commits, PUBACKs and connects: the drain loop has work.
+        self._ready = asyncio.Event()
+        self._state_changed = asyncio.Event()
+        self._inbound: asyncio.Queue[tuple[Inbound, bytes]] = asyncio.Queue(
+            _INBOUND_QUEUE
+        )
+        # Message ids of events waiting for their PUBACK, and the failure
+        # reason codes that the broker returned for some of them.
+        self._event_mids: set[int] = set()
+        self._rejected: dict[int, ReasonCode] = {}
+        # PUBACKs awaited one by one, by message id (see _publish_acknowledged).
+        self._waiters: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._client: aiomqtt.Client | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        # Set while no connect attempt is under way (see stop()).
+        self._attempt_over = asyncio.Event()
+        self._attempt_over.set()
+        self._last_logged: tuple[str, float] = ("", 0.0)
+        self.connected = False
+        self.sent = 0
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.counts: Counter[str] = Counter()
+        store.on_commit(self._on_commit)
+        local_bus.on_connect(self._on_local_connect)
+
+    def state(self) -> dict[str, Any]:
+        """Return the sync state, as published on ``tele/sync``.
+
+        ``backlog`` counts the events that wait for the upstream broker,
+        ``sent`` the events acknowledged since the service started, and
+        ``last_success`` the box's time of the last acknowledgement.
+        """
+        return {
+            "connected": self.connected,
+            "backlog": self._store.unsynced_count(),
+            "sent": self.sent,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "broker": str(self._sync.broker),
+        }
+
+    async def start(self) -> None:
+        """Connect upstream in the background; the box runs on while it cannot."""
+        self._tasks = [
+            asyncio.create_task(self._report_state_forever(), name="sync-state"),
+            asyncio.create_task(self._handle_inbound_forever(), name="sync-inbound"),
+            asyncio.create_task(self._run(), name="sync-upstream"),
+        ]
+        self._state_changed.set()
+        _LOGGER.info(
+            "Sync of box %s to %s started with %d events waiting",
+            self._box_id,
+            self._sync.broker,
+            self._store.unsynced_count(),
+        )
+
+    async def stop(self) -> None:
+        """Publish ``offline`` and the last state upstream, then disconnect.
+
+        Unacknowledged events stay in the outbox and are sent after the next
+        start.
+        """
+        client = self._client
+        self.connected = False
+        await self._publish_state()
+        if client is not None:
+            # A clean disconnect sends no last will, so offline goes first.
+            with contextlib.suppress(aiomqtt.MqttError, PublishRejectedError):
+                await self._publish_acknowledged(
+                    client, self._availability, b"offline", retain=True, timeout_s=2.0
+                )
+        # aiomqtt 2.x cannot clean up a client cancelled while it connects
+        # (see Bus.close), so a connect attempt is let finish first.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._attempt_over.wait(), _CONNECT_TIMEOUT_S + 1)
+        for task in reversed(self._tasks):
+            await cancel_and_wait(task)
+        self._tasks = []
+        _LOGGER.info(
+            "Sync of box %s stopped after %d events sent", self._box_id, self.sent
+        )
+
+    def _on_commit(self, _events: list[OutboxEvent]) -> None:
+        self._ready.set()
+        self._state_changed.set()
+
+    async def _on_local_connect(self) -> None:
+        self._state_changed.set()
+
+    async def _run(self) -> None:
+        delay_s = _RETRY_INITIAL_S
+        while True:
+            login: UpstreamLogin | None = None
+            connects = self.counts["connects"]
+            try:
+                login = read_login(self._sync.credentials_file)
+                tls = (
+                    client_tls_context(self._sync.ca_file)
+                    if self._sync.broker.tls
+                    else None
+                )
+                await self._session(login, tls)
+                message = f"the connection to {self._sync.broker} ended"
+            except (ConfigError, PublishRejectedError) as err:
+                message = str(err)
+            except aiomqtt.MqttError as err:
+                lost = self.counts["connects"] > connects
+                message = self._describe(err, login, lost=lost)
+            if self.counts["connects"] > connects:
+                delay_s = _RETRY_INITIAL_S
+            self._fail(message, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, self._sync.retry_max_s)
+
+    def _fail(self, message: str, delay_s: float) -> None:
+        self.counts["failures"] += 1
+        self.connected = False
+        self.last_error = message
+        self._state_changed.set()
+        now = time.monotonic()
+        last_message, last_at = self._last_logged
+        if message != last_message or now - last_at >= _REPEAT_LOG_S:
+            self._last_logged = (message, now)
+            _LOGGER.warning(
+                "Sync of box %s: %s; retrying in %.1f s", self._box_id, message, delay_s
+            )
+
+    def _describe(
+        self, err: aiomqtt.MqttError, login: UpstreamLogin | None, *, lost: bool
+    ) -> str:
+        """Return the reason of a failed or lost connection for the state."""
+        broker = self._sync.broker
+        if isinstance(err, MqttConnectError):
+            reason = str(err.rc)
+            if login is not None and reason in _LOGIN_REJECTED:
+                return (
+                    f"upstream broker {broker} rejected the login of "
+                    f"{login.username!r} ({reason}); check the account in "
+                    f"{self._sync.credentials_file}"
+                )
+            return f"upstream broker {broker} refused the connection ({reason})"
+        if lost:
+            return f"lost the connection to upstream broker {broker} ({err})"
+        # aiomqtt turns connect errors into MqttError(str(error)) "from None",
+        # which keeps the original error as the context.
+        cause = err.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            ca = self._sync.ca_file or "the system's CA certificates"
+            return (
+                f"the TLS certificate of upstream broker {broker} failed "
+                f"verification ({cause.verify_message}); check that sync.ca_file "
+                f"({ca}) is the fleet broker's CA certificate"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS with upstream broker {broker} failed ({cause.reason})"
+        if isinstance(cause, OSError):
+            return f"cannot reach upstream broker {broker} ({cause.strerror or cause})"
+        return f"cannot connect to upstream broker {broker} ({err})"
+
+    async def _session(self, login: UpstreamLogin, tls: ssl.SSLContext | None) -> None:
+        """Connect, serve until the connection fails, and raise why it did."""
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = _SESSION_EXPIRY_S
+        client = aiomqtt.Client(
+            self._sync.broker.host,
+            self._sync.broker.port,
+            username=login.username,
+            password=login.password,
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self._availability, b"offline", qos=1, retain=True),
+            # The broker keeps the session, so commands sent while the box
+            # was offline arrive when it connects.
+            clean_start=False,
+            properties=properties,
+            keepalive=_KEEPALIVE_S,
+            timeout=_CONNECT_TIMEOUT_S,
+            tls_context=tls,
+            max_inflight_messages=self._sync.window,
+            socket_options=_SOCKET_OPTIONS,
+        )
+        # Every event waits for its PUBACK here, up to a window of them.
+        client.pending_calls_threshold = self._sync.window + 100
+        self._attempt_over.clear()
+        try:
+            async with client:
+                self._attempt_over.set()
+                await self._serve(client)
+        finally:
+            self._attempt_over.set()
+            self._client = None
+            self._event_mids.clear()
+            self._rejected.clear()
+            # aiomqtt keeps why the connection ended in a future that only
+            # its message iterator reads. Reading it here stops asyncio from
+            # logging "Future exception was never retrieved" when the drain
+            # noticed the loss first.
+            disconnected = client._disconnected
+            if disconnected.done() and not disconnected.cancelled():
+                disconnected.exception()
+            if self.connected:
+                self.connected = False
+                self._state_changed.set()
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        self._watch_acknowledgements(client)
+        # Retained bundles are sent only for a new subscription, not again
+        # on every reconnect of the kept session.
+        options = SubscribeOptions(
+            qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+        )
+        for topic_filter in self._inbound_topics.filters:
+            await client.subscribe(topic_filter, options=options)
+        # The retained availability is in the same ACL namespace as the
+        # events, so an account of another box fails here, before any event
+        # goes out. mosquitto 2.0.11 acknowledges the first PUBLISH that its
+        # ACL denies with PUBACK "Not authorized" and, as observed, closes
+        # the connection at the next one, so only one rejection is seen.
+        await self._publish_acknowledged(
+            client, self._availability, b"online", retain=True
+        )
+        self._client = client
+        self.connected = True
+        self.counts["connects"] += 1
+        if self._store.unsynced_count() == 0:
+            self.last_error = None
+        self._state_changed.set()
+        _LOGGER.info("Sync of box %s connected to %s", self._box_id, self._sync.broker)
+        tasks = [
+            asyncio.create_task(self._drain(client), name="sync-drain"),
+            asyncio.create_task(self._receive(client), name="sync-receive"),
+        ]
+        if self._management is not None:
+            tasks.append(
+                asyncio.create_task(self._send_telemetry(client), name="sync-telemetry")
+            )
+        try:
+            done, _pending = await asyncio.wait(
+                tasks, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in tasks:
+                if not task.done():
+                    await cancel_and_wait(task)
+        for task in done:
+            task.result()
+
+    def _watch_acknowledgements(self, client: aiomqtt.Client) -> None:
+        """Wake the drain loop on every PUBACK, and pass reason codes on.
+
+        aiomqtt's own handler (``Client._on_publish``) still runs after it,
+        for the publishes that aiomqtt made and waits on.
+        """
+        paho = client._client
+        forward = client._on_publish
+        ready = self._ready
+
+        def on_publish(
+            paho_client: mqtt.Client,
+            userdata: Any,
+            mid: int,
+            reason_code: ReasonCode,
+            properties: Properties,
+        ) -> None:
+            if reason_code.is_failure and mid in self._event_mids:
+                self._rejected[mid] = reason_code
+            waiter = self._waiters.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(reason_code)
+            forward(paho_client, userdata, mid, reason_code, properties)
+            ready.set()
+
+        paho.on_publish = on_publish
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Publish unsynced events in order and mark each after its PUBACK.
+
+        Events go straight to paho (aiomqtt's Client._client), as in
+        Bus.publish_batch: aiomqtt's publish would wait on an event per
+        message, which costs more than the publish itself.
+        """
+        paho = client._client
+        window = self._sync.window
+        inflight: deque[tuple[OutboxEvent, mqtt.MQTTMessageInfo]] = deque()
+        after_seq = 0
+        ready = self._ready
+        while True:
+            ready.clear()
+            self._mark_acknowledged(inflight)
+            room = window - len(inflight)
+            if room > 0:
+                events = self._store.unsynced(room, after_seq)
+                for event in events:
+                    info = paho.publish(
+                        self._event_topic(event.type),
+                        event_payload(event, self._src),
+                        1,
+                        False,
+                        None,
+                    )
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        raise aiomqtt.MqttCodeError(
+                            info.rc, f"could not publish event {event.id}"
+                        )
+                    self._event_mids.add(info.mid)
+                    inflight.append((event, info))
+                if events:
+                    after_seq = events[-1].seq
+            await ready.wait()
+
+    def _mark_acknowledged(
+        self, inflight: deque[tuple[OutboxEvent, mqtt.MQTTMessageInfo]]
+    ) -> None:
+        """Mark the events at the head of ``inflight`` whose PUBACK arrived.
+
+        Raises PublishRejectedError at the first event that the broker rejected,
+        after marking the ones before it.
+        """
+        acknowledged: list[int] = []
+        rejected: tuple[OutboxEvent, ReasonCode] | None = None
+        while inflight:
+            event, info = inflight[0]
+            if not info.is_published():
+                break
+            inflight.popleft()
+            self._event_mids.discard(info.mid)
+            reason = self._rejected.pop(info.mid, None)
+            if reason is not None:
+                rejected = (event, reason)
+                break
+            acknowledged.append(event.seq)
+        if acknowledged:
+            self._store.mark_synced(acknowledged)
+            self.sent += len(acknowledged)
+            self.last_success = self._clock.now()
+            self.last_error = None
+            self._state_changed.set()
+        if rejected is not None:
+            event, reason = rejected
+            self.counts["rejected_events"] += 1
+            raise PublishRejectedError(
+                f"upstream broker {self._sync.broker} rejected event {event.id} "
+                f"({event.type}, seq {event.seq}) with {reason!s}; check that the "
+                f"account in {self._sync.credentials_file} is box "
+                f"{self._site}/{self._box_id}'s "
+                f"({upstream_box_username(self._site, self._box_id)})"
+            )
+
+    def _event_topic(self, event_type: str) -> str:
+        topic = self._event_topics.get(event_type)
+        if topic is None:
+            topic = self._topics.upstream_event(self._box_id, event_type)
+            self._event_topics[event_type] = topic
+        return topic
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Queue commands and bundles; raise MqttError when the connection ends."""
+        async for message in client.messages:
+            topic = message.topic.value
+            inbound = self._inbound_topics.parse(topic)
+            payload = message.payload
+            if inbound is None or not isinstance(payload, bytes | bytearray):
+                self.counts["inbound_ignored"] += 1
+                _LOGGER.warning(
+                    "Sync of box %s ignored a message on %s", self._box_id, topic
+                )
+                continue
+            try:
+                self._inbound.put_nowait((inbound, bytes(payload)))
+            except asyncio.QueueFull:
+                self.counts["inbound_dropped"] += 1
+                _LOGGER.warning(
+                    "Sync of box %s dropped %s %r: %d are waiting already",
+                    self._box_id,
+                    inbound.kind,
+                    inbound.name,
+                    _INBOUND_QUEUE,
+                )
+
+    async def _handle_inbound_forever(self) -> None:
+        while True:
+            inbound, payload = await self._inbound.get()
+            self.counts[f"{inbound.kind}s"] += 1
+            result = await handle_inbound(self._management, inbound, payload)
+            await self._publish_result(inbound, result)
+
+    async def _publish_result(self, inbound: Inbound, result: dict[str, Any]) -> None:
+        client = self._client
+        topic = self._topics.command_result(self._box_id)
+        payload = envelope.encode(self._src, {"data": result})
+        try:
+            if client is None:
+                raise aiomqtt.MqttError("not connected")
+            await self._publish_acknowledged(client, topic, payload)
+        except (aiomqtt.MqttError, PublishRejectedError) as err:
+            self.counts["results_unsent"] += 1
+            _LOGGER.warning(
+                "Sync of box %s could not send the result of %s %r (%s)",
+                self._box_id,
+                inbound.kind,
+                inbound.name,
+                err,
+            )
+
+    async def _send_telemetry(self, client: aiomqtt.Client) -> None:
+        management = self._management
+        if management is None:
+            return
+        topic = self._topics.telemetry(self._box_id)
+        while True:
+            try:
+                data = management.telemetry()
+            except Exception:
+                self.counts["telemetry_errors"] += 1
+                _LOGGER.exception("Remote management failed to build telemetry")
+            else:
+                payload = envelope.encode(self._src, {"data": data})
+                await self._publish_acknowledged(client, topic, payload, retain=True)
+            await asyncio.sleep(self._telemetry_interval_s)
+
+    async def _report_state_forever(self) -> None:
+        while True:
+            await self._state_changed.wait()
+            self._state_changed.clear()
+            await self._publish_state()
+            await asyncio.sleep(_STATE_INTERVAL_S)
+
+    async def _publish_state(self) -> None:
+        """Publish the retained state on the local bus and, if connected, upstream."""
+        payload = envelope.encode(self._src, {"data": self.state()})
+        if self._local_bus.connected.is_set():
+            try:
+                await self._local_bus.publish(
+                    self._state_topic,
+                    payload,
+                    retain=True,
+                    timeout_s=_PUBLISH_TIMEOUT_S,
+                )
+            except (aiomqtt.MqttError, TimeoutError) as err:
+                _LOGGER.warning("Could not publish the sync state locally: %s", err)
+        client = self._client
+        if client is not None:
+            try:
+                await self._publish_acknowledged(
+                    client, self._state_topic, payload, retain=True
+                )
+            except (aiomqtt.MqttError, PublishRejectedError) as err:
+                _LOGGER.warning("Could not publish the sync state upstream: %s", err)
+
+    async def _publish_acknowledged(
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        timeout_s: float = _PUBLISH_TIMEOUT_S,
+    ) -> None:
+        """Publish one message at QoS 1 and return once the broker accepted it.
+
+        Raises PublishRejectedError when the PUBACK carries a failure reason
+        code (aiomqtt's publish ignores it), and aiomqtt.MqttError when the
+        message cannot be sent or no PUBACK arrives within ``timeout_s``.
+        """
+        info = client._client.publish(topic, payload, 1, retain, None)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, f"could not publish on {topic}")
+        waiter: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
+        self._waiters[info.mid] = waiter
+        try:
+            reason = await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError as err:
+            raise aiomqtt.MqttError(
+                f"no PUBACK for the message on {topic} within {timeout_s} s"
+            ) from err
+        finally:
+            self._waiters.pop(info.mid, None)
+        if reason.is_failure:
+            raise PublishRejectedError(
+                f"upstream broker {self._sync.broker} rejected the message on "
+                f"{topic} ({reason!s}); check that the account in "
+                f"{self._sync.credentials_file} is box {self._site}/{self._box_id}'s "
+                f"({upstream_box_username(self._site, self._box_id)})"
+            )
