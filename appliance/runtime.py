@@ -23,6 +23,7 @@ from appliance.drops.service import DropService
 from appliance.kits import KitService
 from appliance.outbox import OutboxPublisher
 from appliance.remote.commands import RemoteManagement
+from appliance.remote.sync import SyncService
 from appliance.requests import RequestServer
 from appliance.store import Store
 from appliance.tokens import box_tokens
@@ -140,6 +141,12 @@ class Box:
         self.figures = CreatorFigures(self.bus, self.store, config.commerce, clock)
         self.outbox = OutboxPublisher(self.bus, self.store, config.box_id)
         self.management = RemoteManagement(self, config_path=config_path)
+        # Without [sync] the box stays offline and keeps its outbox.
+        self.sync: SyncService | None = None
+        if config.sync is not None:
+            self.sync = SyncService(
+                config, self.store, self.bus, clock, management=self.management
+            )
         self._status_task: asyncio.Task[None] | None = None
         self.bus.on_connect(self.publish_status)
 
@@ -154,6 +161,8 @@ class Box:
         await self.bus.__aenter__()
         await self.management.start()
         await self.outbox.start()
+        if self.sync is not None:
+            await self.sync.start()
         await self.figures.start()
         self._status_task = asyncio.create_task(
             self._publish_status_forever(), name="box-status"
@@ -172,6 +181,8 @@ class Box:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self.sync is not None:
+            await self.sync.stop()
         await self.management.stop()
         await cancel_and_wait(self._status_task)
         await self.requests.stop()
@@ -211,6 +222,7 @@ class Box:
             "outbox_backlog": self.outbox.backlog,
             "readers": readers,
             "remote": self.management.status(),
+            "sync": None if self.sync is None else self.sync.state(),
             "faults": [
                 {"reader": fault.reader_id, "kind": fault.kind, "since": fault.since}
                 for fault in self.checkouts.faults

@@ -36,6 +36,7 @@ from appliance.config import SiteConfig
 from appliance.outbox import event_payload
 from appliance.remote.config import FleetConfig, SyncConfig
 from appliance.remote.sync import SyncService
+from appliance.runtime import Box
 from appliance.store import OutboxEvent, Store
 from provisioning.fleet_tls import make_fleet_ca
 from provisioning.secret_file import write_secret_file
@@ -716,3 +717,22 @@ async def test_sync_without_management_answers_unavailable(
     assert bundle_result["nonce"] is None
     assert bundle_result["reason"] == "unavailable"
     assert not any(topic == TOPICS.telemetry(BOX) for topic, _b, _r in received)
+
+
+async def test_box_runs_sync_with_config(box: Box, upstream: Upstream) -> None:  # noqa: F811
+    assert box.sync is not None
+    async with Collector(
+        upstream, upstream.collector_credentials(), [EVENTS_FILTER]
+    ) as seen:
+        await wait_until(lambda: box.status()["sync"]["connected"], "a connection")
+        with box.store.transaction() as transaction:
+            event = transaction.emit("checkout", {"band": "ib-1-7"})
+        await wait_until(
+            lambda: event.id in {body["id"] for _topic, body in seen.events()},
+            "the box's event upstream",
+        )
+        await wait_until(lambda: box.status()["sync"]["backlog"] == 0, "no backlog")
+    status = box.status()["sync"]
+    assert status["sent"] >= 1
+    assert status["last_error"] is None
+    assert status["broker"] == upstream.url
