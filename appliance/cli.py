@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from appliance import cli_collect, cli_economy, cli_fleet
+from appliance import cli_collect, cli_economy, cli_fleet, cli_sync
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError, NightboxError
 
@@ -134,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_economy.add_commands(commands)
     cli_fleet.add_commands(commands)
     cli_collect.add_commands(commands)
+    cli_sync.add_commands(commands)
     return parser
 
 
@@ -225,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_fleet.run(arguments)
         if arguments.command == "collect":
             return cli_collect.run(arguments)
+        if arguments.command == "sync":
+            return cli_sync.run(arguments)
         return _replay(arguments.file, arguments.config)
     except NightboxError as err:
         print(f"nightbox: {err}", file=sys.stderr)
