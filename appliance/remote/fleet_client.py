@@ -207,7 +207,13 @@ class FleetClient:
         self._client.on_message = self._on_message
 
     def __enter__(self) -> FleetClient:
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            # __exit__ does not run when __enter__ raises, and paho's network
+            # thread may already run after a rejected login.
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -858,6 +858,19 @@ async def test_plain_mqtt_to_tls_port(
     assert f"use mqtts://127.0.0.1:{upstream.broker.port}" in outcome.err
 
 
+async def test_ca_file_missing(
+    tmp_path: Path, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = operator_options(upstream)
+    options[3] = str(tmp_path / "missing-ca.pem")
+
+    outcome = await fleet_async(capsys, "list", *options)
+
+    assert outcome.code == 2
+    assert f"CA file {tmp_path / 'missing-ca.pem'} not found" in outcome.err
+    assert "CA certificate (PEM)" in outcome.err
+
+
 def test_plain_mqtt_only_on_loopback() -> None:
     # Checked before any connection is made.
     for text in ("mqtt://127.0.0.1:1883", "mqtt://localhost:1883", "mqtt://[::1]"):
@@ -1432,3 +1445,32 @@ async def test_tail_subprocess_ctrl_c(upstream: Upstream) -> None:
     assert process.returncode == 0
     assert b"Traceback" not in errors
     assert operator_password(upstream).encode() not in errors
+
+
+async def test_tail_broker_lost(upstream: Upstream) -> None:
+    with BoxPeer(upstream) as box:
+        box.announce()
+        process = await asyncio.create_subprocess_exec(
+            str(NIGHTBOX),
+            "fleet",
+            "tail",
+            *operator_options(upstream),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            # The retained line shows that tail is connected and subscribed.
+            first = await asyncio.wait_for(process.stdout.readline(), TIMEOUT_S)
+            await upstream.broker.stop()
+            _rest, errors = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    assert b"club/box-1 online (retained)" in first
+    assert process.returncode == 2
+    assert f"cannot use broker {upstream.url}".encode() in errors
+    assert b"the connection was lost during the wait for messages" in errors
+    assert b"Traceback" not in errors
