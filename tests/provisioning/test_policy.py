@@ -220,6 +220,8 @@ def test_site_policy_usernames(policy: AccessPolicy) -> None:
     assert set(policy.usernames) == {
         "box-box-1",
         "observer",
+        "operator",
+        "homeassistant",
         "terminal-desk",
         "reader-exit-1",
         "reader-exit-2",
@@ -235,7 +237,9 @@ SITE_GRANTS = [
     ("box-box-1", f"{ROOT}/events/checkout", W, True),
     ("box-box-1", f"{ROOT}/reader/exit-1/sightings", R, True),
     ("box-box-1", f"{ROOT}/reader/kit-1/reply", W, True),
-    ("box-box-1", "homeassistant/status", R, False),
+    # The box reads Home Assistant's status to publish its discovery configs.
+    ("box-box-1", "homeassistant/status", R, True),
+    ("box-box-1", "zigbee2mqtt/bridge/state", R, False),
     ("box-box-1", "nightbox/other/events/checkout", W, False),
     ("reader-exit-1", f"{ROOT}/reader/exit-1/sightings", W, True),
     ("reader-exit-1", f"{ROOT}/reader/exit-1/status", W, True),

@@ -220,6 +220,24 @@ async def test_republished_on_home_assistant_online(
     }
 
 
+async def test_other_status_payloads_ignored(
+    box: Box, make_client: ClientFactory
+) -> None:
+    await published_configs(make_client)
+    async with home_assistant(make_client, CONFIGS) as home:
+        await home.configs()
+        published_before = box.management.discovery.published
+        for payload in (b"\xff\xfe", b"online!", b"", b"offline"):
+            await home.bus.publish("homeassistant/status", payload)
+        mark = home.mark()
+        await home.bus.publish("homeassistant/status", b" online\n")
+        republished = await home.configs(since=mark)
+
+    assert len(republished) == len(SENSORS)
+    assert box.management.discovery.published == published_before + 1
+    assert box.bus.stats.handler_errors == 0
+
+
 @pytest.mark.parametrize(
     ("currency", "template"),
     [

@@ -159,3 +159,31 @@ async def test_telemetry_retained_on_topic(
         "version",
     }
     assert orjson.loads(second.payload)["id"] != message["id"]
+
+
+async def test_malformed_reader_availability_ignored(
+    box: Box, make_client: ClientFactory
+) -> None:
+    async with make_client(
+        "reader-exit-1", "reader", "exit-1", announce=False
+    ) as exit_reader:
+        topic = exit_reader.topics.availability("reader", "exit-1")
+        for payload in (b"\xff\xfe", b"online" * 1000, b"", b'{"online": true}'):
+            await exit_reader.publish(topic, payload, retain=True)
+    # Once the kit reader's reply arrives, the box has handled every message
+    # that was acknowledged before (mosquitto queues before its PUBACK).
+    async with make_client(
+        "reader-kit-1", "reader", "kit-1", announce=False
+    ) as kit_reader:
+        await kit_reader.request(
+            kit_reader.topics.api("kits", "issue"),
+            {"station": "kit-1", "band": "ib-1-7", "idempotency_key": "barrier-1"},
+            timeout_s=TIMEOUT_S,
+        )
+
+    assert box.bus.stats.handler_errors == 0
+    # The box keeps the first 16 characters, and only "online" counts.
+    assert box.management.telemetry_source.reader_availability["exit-1"] == (
+        '{"online": true}'
+    )
+    assert box.management.telemetry()["readers_online"] == 0
