@@ -65,9 +65,8 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-# Fourteen days, as long as the fleet mosquitto keeps a persistent session
-# (persistent_client_expiration in appliance.bus.broker). A broker may
-# lower it to its own maximum.
+# Fourteen days, the persistent_client_expiration that appliance.bus.broker
+# gives the fleet mosquitto. A broker may cap the interval to its own maximum.
 SESSION_EXPIRY_S = 14 * 24 * 3600
 # Unacknowledged messages the broker may send before it waits for PUBACKs.
 RECEIVE_MAXIMUM = 1000
@@ -155,9 +154,10 @@ def default_client_id(group: str | None) -> str:
 def topic_filters(site: str | None, group: str | None) -> list[str]:
     """Return the subscriptions: events (shared in a group), availability, tele.
 
-    Availability and telemetry are never shared, because a broker sends no
-    retained messages to a shared subscription and every collector keeps
-    the ``boxes`` table whole.
+    Availability and telemetry are never shared, so every member of a group
+    gets every box's state, retained values included, and keeps the whole
+    ``boxes`` table. Brokers differ in whether they send retained messages
+    to a shared subscription (mosquitto 2.0 does).
     """
     boxes = f"nightbox/{site or '+'}/box/+"
     events = f"{boxes}/events/#"
