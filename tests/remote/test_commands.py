@@ -548,6 +548,42 @@ async def test_restart_without_bus_waits_for_result(
     assert nonces(box) == 1
 
 
+async def test_handle_bundle_applies_and_counts(
+    box: Box, operator_key: Ed25519PrivateKey
+) -> None:
+    def topups(version: int, amount: int) -> bytes:
+        body = {
+            "topups": [
+                {"id": f"shop-{version}", "band": "ib-1-7", "amount": amount,
+                 "currency": "EUR"}
+            ]
+        }  # fmt: skip
+        document = sign_document(
+            operator_key,
+            kind="bundle",
+            document_type="topups",
+            site="test",
+            body=body,
+            issued_at=time.time(),
+            validity_s=300,
+            version=version,
+        )
+        return orjson.dumps(document)
+
+    applied = await box.management.handle_bundle("topups", topups(1, 2000))
+    invalid = await box.management.handle_bundle("topups", topups(2, -5))
+
+    assert applied["ok"] is True
+    assert applied["kind"] == "bundle"
+    assert applied["result"]["credited"] == 1
+    assert invalid["ok"] is False
+    assert invalid["reason"] == "invalid"
+    assert box.status()["remote"] == {
+        "accepted": {"bundle/topups": 1},
+        "rejected": {"invalid": 1},
+    }
+
+
 class BoxProcess:
     """``nightbox run`` in a subprocess, logging to a file."""
 
