@@ -33,6 +33,7 @@ from appliance._tasks import cancel_and_wait
 from appliance.bus.client import Incoming
 from appliance.errors import ConfigError, PayloadError
 from appliance.remote import site_file
+from appliance.remote.bundles import BundleApplier
 from appliance.remote.homeassistant import HomeAssistantDiscovery
 from appliance.remote.telemetry import Telemetry, software_version
 from appliance.requests import Request
@@ -103,7 +104,9 @@ class RemoteManagement:
         self._config_path = config_path
         self._ledger = DocumentLedger()
         self._handlers: dict[str, CommandHandler] = {}
-        self._bundles: Any = None
+        self.bundles = BundleApplier(
+            box.store, box.config, box.clock, box.tokens, config_path=config_path
+        )
         self.telemetry_source = Telemetry(
             box.config,
             box.store,
@@ -223,8 +226,7 @@ class RemoteManagement:
     async def handle_bundle(self, bundle_type: str, payload: bytes) -> dict[str, Any]:
         """Apply a signed bundle with the box's BundleApplier; return its result."""
         try:
-            applier = self._bundle_applier()
-            result: dict[str, Any] = applier.apply(bundle_type, payload)
+            result = self.bundles.apply(bundle_type, payload)
         except Exception as err:
             _LOGGER.exception("Bundle %s failed", bundle_type)
             return self._rejected(
@@ -522,20 +524,6 @@ class RemoteManagement:
             return {}
         state: dict[str, Any] = sync.state()
         return state
-
-    def _bundle_applier(self) -> Any:
-        if self._bundles is None:
-            from appliance.remote.bundles import BundleApplier
-
-            box = self._box
-            self._bundles = BundleApplier(
-                box.store,
-                box.config,
-                box.clock,
-                box.tokens,
-                config_path=self._config_path,
-            )
-        return self._bundles
 
 
 def _parse(payload: bytes) -> Any:
