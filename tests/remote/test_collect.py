@@ -437,6 +437,30 @@ async def test_group_members_share_events(
     assert one.stats.events_stored + two.stats.events_stored == 60
 
 
+async def test_site_option_limits_boxes(
+    upstream: Upstream,  # noqa: F811
+    postgres: Postgres,  # noqa: F811
+) -> None:
+    club_event = make_event("box-1", 1)
+    annex_event = make_event("box-2", 1)
+
+    async with collecting(
+        collector_settings(upstream, postgres, site="annex")
+    ) as running:
+        # mosquitto routes a message before its PUBACK and sends a session's
+        # messages in order, so the club event would arrive before the annex one.
+        with fleet_box(upstream) as box_1:
+            box_1.send_events([club_event])
+        with fleet_box(upstream, "annex", "box-2") as box_2:
+            box_2.send_events([annex_event])
+        await eventually(
+            lambda: running.stats.events_stored == 1, "the annex event is stored"
+        )
+
+    assert running.stats.received == 1
+    assert stored_ids(postgres) == [annex_event["id"]]
+
+
 async def test_box_state_kept(upstream: Upstream, postgres: Postgres) -> None:  # noqa: F811
     base = "nightbox/club/box/box-1"
     telemetry = make_event(data={"guests_in": 12, "sync_backlog": 0})
