@@ -316,12 +316,12 @@ class Collector:
                 failures += 1
                 self.stats.database_failures += 1
                 _LOGGER.warning(
-                    "%s. Holding %d messages unacknowledged, so the broker keeps "
-                    "them, and retrying in %.1f s (attempt %d)",
-                    err,
+                    "Holding %d messages unacknowledged, so the broker keeps them, "
+                    "and retrying in %.1f s (attempt %d): %s",
                     len(rows),
                     delay_s,
                     failures,
+                    err,
                 )
                 if self._stopping.wait(delay_s):
                     _LOGGER.warning(
