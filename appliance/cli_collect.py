@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # Exit codes besides 0 (stopped by SIGINT or SIGTERM) and 2 (invalid option,
 # URL, credentials or CA file).
 EXIT_DATABASE = 3
-EXIT_BROKER_REFUSED = 4
+EXIT_BROKER_REJECTED = 4
 DATABASE_ENVIRONMENT = "NIGHTBOX_DATABASE_URL"
 # A shared subscription's group name is one topic level without wildcards.
 _GROUP_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
@@ -34,7 +34,7 @@ exit codes:
   2  invalid option, broker or database URL, credentials or CA file
   {EXIT_DATABASE}  PostgreSQL unreachable at start, login rejected, or its
      collector tables newer than this nightbox
-  {EXIT_BROKER_REFUSED}  the broker rejected the login or the events subscription
+  {EXIT_BROKER_REJECTED}  the broker rejected the login or the events subscription
 
 An unreachable broker is not an error: the collector retries with back-off
 and logs each attempt. Once running, it also outlasts PostgreSQL outages: it
@@ -126,7 +126,7 @@ def _client_id(text: str) -> str:
 def run(arguments: argparse.Namespace) -> int:
     """Run ``nightbox collect`` until SIGINT or SIGTERM; return the exit code."""
     from appliance.remote.collect import (
-        BrokerRefusedError,
+        BrokerRejectedError,
         Collector,
         DatabaseUnavailableError,
     )
@@ -151,9 +151,9 @@ def run(arguments: argparse.Namespace) -> int:
     except DatabaseUnavailableError as err:
         print(f"nightbox collect: {err}", file=sys.stderr)
         return EXIT_DATABASE
-    except BrokerRefusedError as err:
+    except BrokerRejectedError as err:
         print(f"nightbox collect: {err}", file=sys.stderr)
-        return EXIT_BROKER_REFUSED
+        return EXIT_BROKER_REJECTED
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

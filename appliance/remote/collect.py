@@ -8,7 +8,7 @@ Delivery is at least once. The collector keeps an MQTT 5 persistent session
 (a fixed client id, Clean Start false, a long Session Expiry Interval), so
 the broker queues events while it is away. It sends each PUBACK only after
 the message's transaction has committed. While PostgreSQL is down it
-holds its batch, acknowledges nothing and retries with back-off; the broker
+keeps its batch, acknowledges nothing and retries with back-off; the broker
 stops sending once Receive Maximum messages are unacknowledged. Events are
 inserted idempotently on their id, so a redelivered event changes nothing.
 
@@ -53,7 +53,7 @@ from appliance.remote._collect_messages import Rejection, Row, parse_message
 
 __all__ = [
     "BrokerLogin",
-    "BrokerRefusedError",
+    "BrokerRejectedError",
     "Collector",
     "CollectorSettings",
     "CollectorStats",
@@ -90,7 +90,7 @@ _FATAL_CONNACK = {
 }
 
 
-class BrokerRefusedError(NightboxError, PermissionError):
+class BrokerRejectedError(NightboxError, PermissionError):
     """The broker rejected the collector's login or its events subscription."""
 
 
@@ -232,7 +232,7 @@ class Collector:
         self._acks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._writer_done = threading.Event()
-        self._fatal: BrokerRefusedError | None = None
+        self._fatal: BrokerRejectedError | None = None
         # Owned by the network thread.
         self._connection = 0
         self._accepted = False
@@ -248,7 +248,7 @@ class Collector:
         """Collect until :meth:`stop`, leaving uncommitted messages unacknowledged.
 
         Raises DatabaseUnavailableError when PostgreSQL cannot be used at
-        start, and BrokerRefusedError when the broker rejects the login or
+        start, and BrokerRejectedError when the broker rejects the login or
         the events subscription.
         """
         self._database.open()
@@ -599,7 +599,7 @@ class Collector:
 
     def _fail(self, message: str) -> None:
         _LOGGER.error("Stopping: %s", message)
-        self._fatal = BrokerRefusedError(message)
+        self._fatal = BrokerRejectedError(message)
         self._stopping.set()
 
 

@@ -21,7 +21,7 @@ from test_collect import count_rows, eventually, fleet_box, make_event, stored_i
 from upstream_broker import Upstream, upstream  # noqa: F401
 
 from appliance.bus.broker import free_port
-from appliance.cli_collect import EXIT_BROKER_REFUSED, EXIT_DATABASE
+from appliance.cli_collect import EXIT_BROKER_REJECTED, EXIT_DATABASE
 
 TIMEOUT_S = 60.0
 
@@ -241,7 +241,7 @@ def test_broker_login_rejected(
 
     result = nightbox(*arguments)
 
-    assert result.returncode == EXIT_BROKER_REFUSED
+    assert result.returncode == EXIT_BROKER_REJECTED
     assert "rejected the login of user 'collector'" in result.stderr
     assert "not-it" not in result.stderr + result.stdout
 
