@@ -518,12 +518,9 @@ class RemoteManagement:
             _LOGGER.warning(message, *args)
 
     def _sync_state(self) -> dict[str, Any]:
-        # The sync service is optional and created after this object.
-        sync = getattr(self._box, "sync", None)
-        if sync is None:
-            return {}
-        state: dict[str, Any] = sync.state()
-        return state
+        # The box creates its optional sync service after this object.
+        sync = self._box.sync
+        return {} if sync is None else sync.state()
 
 
 def _parse(payload: bytes) -> Any:

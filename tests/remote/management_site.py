@@ -43,22 +43,34 @@ def _toml_time(t: float) -> str:
 
 
 def site_toml(
-    data_dir: Path, operator_keys: list[Path], broker: BrokerHandle | None = None
+    data_dir: Path,
+    operator_keys: list[Path],
+    broker: BrokerHandle | None = None,
+    *,
+    site_id: str = SITE_ID,
+    sync: dict[str, str] | None = None,
 ) -> str:
-    """Return the text of the test site's configuration file."""
+    """Return the text of the test site's configuration file.
+
+    ``broker`` makes the box use that broker; ``sync`` gives the ``[sync]``
+    section's string values.
+    """
     now = time.time()
     keys = ", ".join(f'"{path}"' for path in operator_keys)
-    broker_table = ""
+    extra_tables = ""
     if broker is not None:
-        broker_table = (
+        extra_tables = (
             f'[broker]\nmode = "external"\nhost = "{broker.host}"\n'
             f"port = {broker.port}\n\n"
         )
+    if sync is not None:
+        lines = "".join(f'{name} = "{value}"\n' for name, value in sync.items())
+        extra_tables += f"[sync]\n{lines}\n"
     return (
-        f'[site]\nid = "{SITE_ID}"\nname = "Test venue"\ntimezone = "UTC"\n\n'
+        f'[site]\nid = "{site_id}"\nname = "Test venue"\ntimezone = "UTC"\n\n'
         f'[box]\nid = "{BOX_ID}"\ndata_dir = "{data_dir}"\n\n'
         f'[bands]\nibeacon_uuid = "{SITE_UUID.hex()}"\n\n'
-        + broker_table
+        + extra_tables
         + f"[fleet]\noperator_keys = [{keys}]\ntelemetry_interval_s = 0.5\n\n"
         '[[readers]]\nid = "exit-1"\nrole = "exit"\n\n'
         '[[readers]]\nid = "exit-2"\nrole = "exit"\n\n'

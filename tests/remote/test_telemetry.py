@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import orjson
 from conftest import ClientFactory, TokenFactory, strong_batches
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from management_site import (
     BOX_ID,
     DROP_ID,
@@ -17,11 +21,19 @@ from management_site import (
     management_box,  # noqa: F401
     management_site_config,  # noqa: F401
     operator_key_fixture,  # noqa: F401
+    site_toml,
+    write_public_key,
 )
+from upstream_broker import Upstream, upstream  # noqa: F401
 
+from appliance.bus.broker import start_broker
 from appliance.bus.client import Bus, Incoming
-from appliance.config import SiteConfig
+from appliance.bus.url import client_tls_context
+from appliance.clock import SystemClock, TimeSource
+from appliance.config import BrokerConfig, SiteConfig, load_config
 from appliance.runtime import Box
+from provisioning import SiteCredentials
+from provisioning.site_access import ReaderGrant, site_policy
 
 SCOPES = ("wallet:topup", "pos:charge", "pos:refund", "drops:claim")
 
@@ -187,3 +199,68 @@ async def test_malformed_reader_availability_ignored(
         '{"online": true}'
     )
     assert box.management.telemetry()["readers_online"] == 0
+
+
+async def test_telemetry_upstream_after_sync(
+    tmp_path: Path,
+    upstream: Upstream,  # noqa: F811
+    operator_key: Ed25519PrivateKey,
+) -> None:
+    key_path = write_public_key(operator_key, tmp_path / "operator.pem")
+    config_file = tmp_path / "club.toml"
+    sync = {
+        "broker": upstream.url,
+        "ca_file": str(upstream.ca.ca_certificate),
+        "credentials_file": str(upstream.box_credentials("club", BOX_ID)),
+    }
+    config_file.write_text(
+        site_toml(tmp_path / "box", [key_path], site_id="club", sync=sync),
+        encoding="utf-8",
+    )
+    config = load_config(config_file)
+    credentials = SiteCredentials(config.data_dir / "secrets" / "broker.json")
+    policy = site_policy(
+        "club",
+        BOX_ID,
+        [ReaderGrant(reader.id, reader.role) for reader in config.readers],
+    )
+    local = await start_broker(
+        BrokerConfig(mode="mosquitto"), config.data_dir / "run", credentials, policy
+    )
+    login = json.loads(upstream.operator_credentials().read_text())
+    state: dict[str, Any] = {}
+    try:
+        async with Box(
+            config,
+            SystemClock(TimeSource.NTP),
+            credentials,
+            local.host,
+            local.port,
+            config_path=config_file,
+        ) as box:
+            box.tokens.issue("bar-1", ["pos:charge"], 3600.0)
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                upstream.broker.port,
+                username=login["username"],
+                password=login["password"],
+                tls_context=client_tls_context(upstream.ca.ca_certificate),
+                protocol=aiomqtt.ProtocolVersion.V5,
+            ) as fleet:
+                await fleet.subscribe(f"nightbox/club/box/{BOX_ID}/tele/state")
+                async with asyncio.timeout(TIMEOUT_S * 2):
+                    async for message in fleet.messages:
+                        assert isinstance(message.payload, bytes)
+                        data = orjson.loads(message.payload)["data"]
+                        # The first messages may predate the first PUBACK.
+                        if data["sync_last_success"] is not None:
+                            state = data
+                            break
+            local_telemetry = box.management.telemetry()
+    finally:
+        await local.stop()
+
+    assert state["sync_backlog"] == 0
+    assert isinstance(state["sync_last_success"], float)
+    assert state["readers"] == 3
+    assert local_telemetry["sync_last_success"] >= state["sync_last_success"]
