@@ -397,21 +397,27 @@ class DropService:
         )
         return {"claim": claim_id, "drop": drop_id, "band": band, "picked_up_at": now}
 
-    def _set_state(
-        self, transaction: Transaction, request: Request, state: str
+    def set_state(
+        self, transaction: Transaction, drop_id: Any, state: str, *, by: str
     ) -> dict[str, Any]:
-        drop = self._drop(request.data)
+        """Set a drop ``live`` or ``stopped`` in ``transaction``, with its event.
+
+        Raises PayloadError when ``drop_id`` is not a drop of the site.
+        """
+        drop = self._drop({"drop": drop_id})
         transaction.execute("UPDATE drops SET state = ? WHERE id = ?", (state, drop.id))
         event = "drop_started" if state == "live" else "drop_stopped"
-        transaction.emit(event, {"drop": drop.id, "by": request.requester})
-        _LOGGER.info("Drop %s set %s by %s", drop.id, state, request.requester)
+        transaction.emit(event, {"drop": drop.id, "by": by})
+        _LOGGER.info("Drop %s set %s by %s", drop.id, state, by)
         return {"drop": drop.id, "state": state}
 
     def _start_drop(self, transaction: Transaction, request: Request) -> dict[str, Any]:
-        return self._set_state(transaction, request, "live")
+        drop_id = request.data.get("drop")
+        return self.set_state(transaction, drop_id, "live", by=request.requester)
 
     def _stop_drop(self, transaction: Transaction, request: Request) -> dict[str, Any]:
-        return self._set_state(transaction, request, "stopped")
+        drop_id = request.data.get("drop")
+        return self.set_state(transaction, drop_id, "stopped", by=request.requester)
 
     def _status(self, transaction: Transaction, request: Request) -> dict[str, Any]:
         drop = self._drop(request.data)

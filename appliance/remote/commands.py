@@ -36,7 +36,6 @@ from appliance.remote import site_file
 from appliance.remote.bundles import BundleApplier
 from appliance.remote.homeassistant import HomeAssistantDiscovery
 from appliance.remote.telemetry import Telemetry, software_version
-from appliance.requests import Request
 from appliance.signed_documents import (
     DocumentLedger,
     SignatureError,
@@ -370,15 +369,15 @@ class RemoteManagement:
                 "invalid-argument",
                 f"argument 'drop' must be a drop id string, not {drop_id!r:.40}",
             )
-        # DropService's own handlers run, so its checks and events apply; the
-        # operator's key id is recorded as who changed the drop.
-        request = Request(None, {"drop": drop_id}, f"key-{signed.key}", "fleet", None)
-        drops = self._box.drops
-        handler = drops._start_drop if name == "drop-start" else drops._stop_drop
+        # DropService checks the drop and writes its event; the operator's
+        # key id is recorded as who changed it.
+        state = "live" if name == "drop-start" else "stopped"
         try:
             with self._box.store.transaction() as transaction:
                 self._ledger.accept(transaction, signed)
-                return handler(transaction, request)
+                return self._box.drops.set_state(
+                    transaction, drop_id, state, by=f"key-{signed.key}"
+                )
         except PayloadError as err:
             raise CommandError("invalid-argument", str(err)) from err
 
@@ -413,11 +412,12 @@ class RemoteManagement:
                 "list' on the box shows the issued tokens",
             )
 
-        # NOTE: EdgeTokens.revoke commits in a transaction of its own, so the
-        # nonce is recorded just before it. A crash between the two commits
-        # leaves the token valid; sign a new command then.
-        self._accept_alone(signed)
-        revoked = self._box.tokens.revoke(token_id, reason)
+        # The nonce and the revocation commit together.
+        with store.transaction() as transaction:
+            self._ledger.accept(transaction, signed)
+            revoked = self._box.tokens.revoke_in(transaction, token_id, reason)
+        if revoked:
+            _LOGGER.info("Revoked token %s by operator key %s", token_id, signed.key)
         return {"token": token_id, "revoked": revoked}
 
     def _require_config_path(self, name: str) -> Path:
