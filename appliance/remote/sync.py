@@ -56,7 +56,7 @@ from appliance.remote._sync_login import UpstreamLogin, read_login
 from appliance.store import OutboxEvent, Store
 from provisioning.fleet_access import upstream_box_username
 
-__all__ = ["Management", "SyncService"]
+__all__ = ["Management", "SyncService", "effective_window"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -79,6 +79,22 @@ _INBOUND_QUEUE = 1000
 _REPEAT_LOG_S = 60.0
 _SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _LOGIN_REJECTED = {"Bad user name or password", "Not authorized"}
+# Besides events, the service has at most one message in flight each for its
+# state, a command result, telemetry and its availability.
+_OTHER_INFLIGHT = 4
+
+
+def effective_window(window: int, receive_maximum: int | None) -> int:
+    """Return how many events to keep in flight with a broker.
+
+    MQTT 5 forbids a client more QoS 1 messages waiting for their PUBACK
+    than the Receive Maximum in the server's CONNACK (mosquitto sends its
+    max_inflight_messages), so a smaller Receive Maximum lowers ``window``
+    and leaves room for the service's other messages.
+    """
+    if receive_maximum is None or window + _OTHER_INFLIGHT <= receive_maximum:
+        return window
+    return max(1, receive_maximum - _OTHER_INFLIGHT)
 
 
 class PublishRejectedError(NightboxError):
@@ -141,6 +157,9 @@ class SyncService:
         self._attempt_over.set()
         self._last_logged: tuple[str, float] = ("", 0.0)
         self.connected = False
+        # Events in flight at once: sync.window, or less when the broker's
+        # CONNACK sets a smaller MQTT 5 Receive Maximum.
+        self.window = config.sync.window
         self.sent = 0
         self.last_success: float | None = None
         self.last_error: str | None = None
@@ -301,11 +320,12 @@ class SyncService:
             keepalive=_KEEPALIVE_S,
             timeout=_CONNECT_TIMEOUT_S,
             tls_context=tls,
-            max_inflight_messages=self._sync.window,
+            max_inflight_messages=self._sync.window + _OTHER_INFLIGHT,
             socket_options=_SOCKET_OPTIONS,
         )
         # Every event waits for its PUBACK here, up to a window of them.
         client.pending_calls_threshold = self._sync.window + 100
+        self._watch_connack(client)
         self._attempt_over.clear()
         try:
             async with client:
@@ -350,7 +370,12 @@ class SyncService:
         if self._store.unsynced_count() == 0:
             self.last_error = None
         self._state_changed.set()
-        _LOGGER.info("Sync of box %s connected to %s", self._box_id, self._sync.broker)
+        _LOGGER.info(
+            "Sync of box %s connected to %s with a window of %d events",
+            self._box_id,
+            self._sync.broker,
+            self.window,
+        )
         tasks = [
             asyncio.create_task(self._drain(client), name="sync-drain"),
             asyncio.create_task(self._receive(client), name="sync-receive"),
@@ -369,6 +394,29 @@ class SyncService:
                     await cancel_and_wait(task)
         for task in done:
             task.result()
+
+    def _watch_connack(self, client: aiomqtt.Client) -> None:
+        """Fit the window under the Receive Maximum of the broker's CONNACK.
+
+        paho does not enforce the Receive Maximum, and it rejects a change of
+        its own limit once connected, so the drain loop keeps to the window.
+        aiomqtt's handler (``Client._on_connect``) runs after this one.
+        """
+        paho = client._client
+        forward = client._on_connect
+
+        def on_connect(
+            paho_client: mqtt.Client,
+            userdata: Any,
+            flags: mqtt.ConnectFlags,
+            reason_code: ReasonCode,
+            properties: Properties | None = None,
+        ) -> None:
+            maximum = getattr(properties, "ReceiveMaximum", None)
+            self.window = effective_window(self._sync.window, maximum)
+            forward(paho_client, userdata, flags, reason_code, properties)
+
+        paho.on_connect = on_connect
 
     def _watch_acknowledgements(self, client: aiomqtt.Client) -> None:
         """Wake the drain loop on every PUBACK, and pass reason codes on.
@@ -405,7 +453,7 @@ class SyncService:
         message, which costs more than the publish itself.
         """
         paho = client._client
-        window = self._sync.window
+        window = self.window
         inflight: deque[tuple[OutboxEvent, mqtt.MQTTMessageInfo]] = deque()
         after_seq = 0
         ready = self._ready

@@ -35,7 +35,7 @@ from appliance.clock import SystemClock
 from appliance.config import SiteConfig
 from appliance.outbox import event_payload
 from appliance.remote.config import FleetConfig, SyncConfig
-from appliance.remote.sync import SyncService
+from appliance.remote.sync import SyncService, effective_window
 from appliance.runtime import Box
 from appliance.store import OutboxEvent, Store
 from provisioning.fleet_tls import make_fleet_ca
@@ -736,3 +736,38 @@ async def test_box_runs_sync_with_config(box: Box, upstream: Upstream) -> None: 
     assert status["sent"] >= 1
     assert status["last_error"] is None
     assert status["broker"] == upstream.url
+
+
+@pytest.mark.parametrize(
+    ("window", "receive_maximum", "expected"),
+    [
+        (256, None, 256),
+        (16, 100, 16),
+        (96, 100, 96),
+        (97, 100, 96),
+        (256, 100, 96),
+        (256, 3, 1),
+    ],
+)
+def test_effective_window(
+    window: int, receive_maximum: int | None, expected: int
+) -> None:
+    assert effective_window(window, receive_maximum) == expected
+
+
+async def test_sync_window_under_receive_maximum(
+    site_config: SiteConfig,
+    store: Store,
+    local_bus: Bus,
+    upstream: Upstream,  # noqa: F811
+) -> None:
+    # The test broker sets max_inflight_messages 100, which mosquitto sends
+    # as the Receive Maximum of its CONNACK.
+    config = dataclasses.replace(
+        site_config, sync=dataclasses.replace(site_config.sync, window=256)
+    )
+    emit_events(store, 300)
+    async with running(config, store, local_bus) as service:
+        await wait_until(lambda: store.unsynced_count() == 0, "the backlog to drain")
+        window = service.window
+    assert window == 96
