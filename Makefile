@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ingest --json
 	$(BIN)/python -m bench.payments --json
 	$(BIN)/python -m bench.drops --json
+	$(BIN)/python -m bench.sync --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
