@@ -1,6 +1,6 @@
 """The fleet's upstream broker for tests: mosquitto with TLS from a test CA.
 
-Import the fixtures into a test module (``from tests.upstream_broker import
+Import the fixture into a test module (``from upstream_broker import
 upstream  # noqa: F401``). The CA, the broker's certificate and every
 account are made afresh for each test.
 """
