@@ -14,6 +14,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
+import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from upstream_broker import Upstream, upstream  # noqa: F401
 
 from appliance._tasks import cancel_and_wait
 from appliance.bus import envelope
+from appliance.bus.broker import BrokerHandle
 from appliance.bus.client import Bus, Incoming
 from appliance.bus.topics import Topics
 from appliance.bus.url import client_tls_context, parse_broker_url
@@ -771,3 +776,76 @@ async def test_sync_window_under_receive_maximum(
         await wait_until(lambda: store.unsynced_count() == 0, "the backlog to drain")
         window = service.window
     assert window == 96
+
+
+def write_site_file(path: Path, site: SiteConfig, local: BrokerHandle) -> None:
+    """Write ``site`` as a site file for ``nightbox run`` with its local broker."""
+    assert site.sync is not None
+    readers = "".join(
+        f'\n[[readers]]\nid = "{reader.id}"\nrole = "{reader.role}"\n'
+        for reader in site.readers
+    )
+    path.write_text(
+        f'[site]\nid = "{site.site_id}"\nname = "{site.site_name}"\n\n'
+        f'[box]\nid = "{site.box_id}"\ndata_dir = "{site.data_dir}"\n\n'
+        f'[broker]\nmode = "external"\nhost = "{local.host}"\nport = {local.port}\n\n'
+        f'[sync]\nbroker = "{site.sync.broker}"\nca_file = "{site.sync.ca_file}"\n'
+        f'credentials_file = "{site.sync.credentials_file}"\n'
+        f"window = {site.sync.window}\nretry_max_s = {site.sync.retry_max_s}\n\n"
+        "[checkout]\nsilence_s = 3600\nstall_s = 3600\n" + readers
+    )
+
+
+def unsynced_in_file(path: Path) -> int:
+    """Count unsynced events with a connection of the test's own."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        (count,) = connection.execute(
+            "SELECT COUNT(*) FROM outbox WHERE synced_at IS NULL"
+        ).fetchone()
+    return int(count)
+
+
+def launch(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` with its output appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=log)
+
+
+async def test_sync_resends_after_crash(
+    site_config: SiteConfig,
+    mosquitto: BrokerHandle,
+    upstream: Upstream,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store_path = site_config.data_dir / "nightbox.sqlite3"
+    store = Store(store_path, SystemClock())
+    events = emit_events(store, 20_000)
+    store.close()
+    site_file = tmp_path / "site.toml"
+    write_site_file(site_file, site_config, mosquitto)
+    command = [sys.executable, "-m", "appliance", "run", "--config", str(site_file)]
+    log_path = tmp_path / "box.log"
+    all_ids = {event.id for event in events}
+
+    def received_ids() -> set[str]:
+        return {body["id"] for _topic, body in seen.events()}
+
+    async with Collector(
+        upstream, upstream.collector_credentials(), [EVENTS_FILTER]
+    ) as seen:
+        box = launch(command, log_path)
+        try:
+            await wait_until(lambda: len(seen.events()) >= 500, "500 events upstream")
+            box.send_signal(signal.SIGKILL)
+            box.wait(timeout=TIMEOUT_S)
+            left = unsynced_in_file(store_path)
+            assert 0 < left < len(events)
+            box = launch(command, log_path)
+            await wait_until(
+                lambda: unsynced_in_file(store_path) == 0, "the rest synced"
+            )
+            await wait_until(lambda: received_ids() >= all_ids, "every event")
+        finally:
+            box.terminate()
+            box.wait(timeout=TIMEOUT_S)
+    assert received_ids() == all_ids
