@@ -138,7 +138,7 @@ class SyncService:
         self._state_topic = self._topics.sync_state(config.box_id)
         self._event_topics: dict[str, str] = {}
         self._inbound_topics = InboundTopics(self._topics, config.box_id)
-        # Set by commits, PUBACKs and connects: the drain loop has work.
+        # Set by commits and PUBACKs: the drain loop may have work.
         self._ready = asyncio.Event()
         self._state_changed = asyncio.Event()
         self._inbound: asyncio.Queue[tuple[Inbound, bytes]] = asyncio.Queue(
@@ -151,6 +151,7 @@ class SyncService:
         # PUBACKs awaited one by one, by message id (see _publish_acknowledged).
         self._waiters: dict[int, asyncio.Future[ReasonCode]] = {}
         self._client: aiomqtt.Client | None = None
+        self._state_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Set while no connect attempt is under way (see stop()).
         self._attempt_over = asyncio.Event()
@@ -185,8 +186,10 @@ class SyncService:
 
     async def start(self) -> None:
         """Connect upstream in the background; the box runs on while it cannot."""
+        self._state_task = asyncio.create_task(
+            self._report_state_forever(), name="sync-state"
+        )
         self._tasks = [
-            asyncio.create_task(self._report_state_forever(), name="sync-state"),
             asyncio.create_task(self._handle_inbound_forever(), name="sync-inbound"),
             asyncio.create_task(self._run(), name="sync-upstream"),
         ]
@@ -204,6 +207,8 @@ class SyncService:
         Unacknowledged events stay in the outbox and are sent after the next
         start.
         """
+        # The last state goes out from here, so the periodic one stops first.
+        await cancel_and_wait(self._state_task)
         client = self._client
         self.connected = False
         await self._publish_state()
@@ -323,8 +328,6 @@ class SyncService:
             max_inflight_messages=self._sync.window + _OTHER_INFLIGHT,
             socket_options=_SOCKET_OPTIONS,
         )
-        # Every event waits for its PUBACK here, up to a window of them.
-        client.pending_calls_threshold = self._sync.window + 100
         self._watch_connack(client)
         self._attempt_over.clear()
         try:
