@@ -24,7 +24,7 @@ _NONCE = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 class Management(Protocol):
-    """What the sync service needs of the box's remote management."""
+    """The interface of the box's remote management that the sync service calls."""
 
     async def handle_command(self, name: str, payload: bytes) -> dict[str, Any]:
         """Check and run a signed command; return the result ``data``."""
@@ -41,14 +41,14 @@ class Management(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """What an upstream message asks for: ``kind`` is command or bundle."""
+    """The request of an upstream message: a ``command`` or ``bundle`` and its name."""
 
     kind: str
     name: str
 
 
 class InboundTopics:
-    """The upstream topics a box subscribes to, and what a topic asks for."""
+    """The upstream topic filters of a box, and the request of each topic."""
 
     def __init__(self, topics: Topics, box_id: str) -> None:
         self.filters = (
@@ -63,7 +63,7 @@ class InboundTopics:
         )
 
     def parse(self, topic: str) -> Inbound | None:
-        """Return what ``topic`` asks for, or None for any other topic."""
+        """Return the request of ``topic``, or None for any other topic."""
         for kind, prefix in self._prefixes:
             if topic.startswith(prefix):
                 name = topic.removeprefix(prefix)
@@ -93,8 +93,8 @@ async def handle_inbound(
             return await management.handle_command(inbound.name, payload)
         return await management.handle_bundle(inbound.name, payload)
     except Exception:
-        # Management never raises on bad input, so this is a bug; the
-        # operator still gets an answer.
+        # Management never raises on bad input, so this is a bug. The
+        # operator still gets a result.
         _LOGGER.exception(
             "Remote management failed on %s %r", inbound.kind, inbound.name
         )

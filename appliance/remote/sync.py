@@ -5,7 +5,7 @@ has not acknowledged yet, in ``seq`` order, at QoS 1 over MQTT 5 with TLS.
 Up to ``sync.window`` events wait for their PUBACK at once, and each PUBACK
 lets the next event go (a sliding window). An event is marked
 ``synced_at`` only after its PUBACK. So the outbox in SQLite, not a broker's
-queue, decides what still has to go: after an outage, a restart or a crash,
+queue, decides what still has to go. After an outage, a restart or a crash,
 every unmarked event is sent again with the same id, and the collector drops
 repeats by that id.
 
@@ -61,8 +61,8 @@ __all__ = ["Management", "SyncService", "effective_window"]
 _LOGGER = logging.getLogger(__name__)
 
 _RETRY_INITIAL_S = 0.5
-# The sync state is published on every change, but at most once per this
-# many seconds while a backlog drains.
+# The sync state is published on a change, then not again for this many
+# seconds, so a draining backlog updates it about once a second.
 _STATE_INTERVAL_S = 1.0
 # aiomqtt's timeout for connecting and subscribing, in seconds.
 _CONNECT_TIMEOUT_S = 10

@@ -98,7 +98,6 @@ class Collector:
         self._filters = filters
         self.messages: list[tuple[str, bytes, bool]] = []
         self.connected = asyncio.Event()
-        self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Collector:
@@ -134,7 +133,6 @@ class Collector:
                         self.messages.append(
                             (message.topic.value, payload, message.retain)
                         )
-                        self._arrived.set()
             except aiomqtt.MqttError:
                 self.connected.clear()
                 await asyncio.sleep(0.2)
@@ -152,14 +150,14 @@ class Collector:
         return [payload for got, payload, _retain in self.messages if got == topic]
 
 
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after TIMEOUT_S."""
+async def wait_until(condition: Callable[[], bool], description: str) -> None:
+    """Poll ``condition`` until it holds, or fail naming ``description``."""
     deadline = asyncio.get_running_loop().time() + TIMEOUT_S
     while True:
         if condition():
             return
         if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out after {TIMEOUT_S} s waiting for {what}")
+            pytest.fail(f"timed out after {TIMEOUT_S} s waiting for {description}")
         await asyncio.sleep(0.02)
 
 
