@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import re
 import signal
@@ -13,7 +12,12 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from appliance._toml_values import ID_PATTERN
-from appliance.bus.url import BrokerUrl, client_tls_context, parse_broker_url
+from appliance.bus.url import (
+    BrokerUrl,
+    client_tls_context,
+    is_loopback,
+    parse_broker_url,
+)
 from appliance.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -201,18 +205,9 @@ def _settings(arguments: argparse.Namespace) -> CollectorSettings:
 
 
 def _check_plain_broker(broker: BrokerUrl) -> None:
-    if broker.tls or _is_loopback(broker.host):
+    if broker.tls or is_loopback(broker.host):
         return
     raise ConfigError(
         f"broker URL {str(broker)!r} sends events and credentials unencrypted; "
         "use mqtts:// (plain mqtt:// is only for a broker on this machine)"
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -8,6 +8,7 @@ are given as ``mqtts://host:port`` or, on a trusted network only,
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import urllib.parse
 from dataclasses import dataclass
@@ -69,6 +70,16 @@ def parse_broker_url(text: str) -> BrokerUrl:
     if port == 0:
         raise ConfigError(f"broker URL {text!r:.80} has port 0; give a port 1-65535")
     return BrokerUrl(parts.scheme, parts.hostname, port or _DEFAULT_PORTS[parts.scheme])
+
+
+def is_loopback(host: str) -> bool:
+    """Return whether ``host`` names this machine (localhost or a loopback IP)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def client_tls_context(ca_file: Path | None) -> ssl.SSLContext:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance._toml_values import integer, number, reject_unknown, string, table
-from appliance.bus.url import BrokerUrl, parse_broker_url
+from appliance.bus.url import BrokerUrl, is_loopback, parse_broker_url
 from appliance.errors import ConfigError
 from appliance.signed_documents import key_id
 
@@ -54,7 +54,7 @@ def parse_sync(
         return None
     reject_unknown(section, "sync", SYNC_KEYS)
     broker = parse_broker_url(string(section, "sync.broker"))
-    if not broker.tls and not _loopback(broker.host):
+    if not broker.tls and not is_loopback(broker.host):
         raise ConfigError(
             f"sync.broker = {str(broker)!r} sends events and credentials "
             "unencrypted; use mqtts:// (plain mqtt:// is only for a broker on "
@@ -127,7 +127,3 @@ def _path(section: dict[str, Any], key: str, base_dir: Path) -> Path:
 def _resolve(text: str, base_dir: Path) -> Path:
     path = Path(text).expanduser()
     return path if path.is_absolute() else base_dir / path
-
-
-def _loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")

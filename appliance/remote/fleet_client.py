@@ -14,7 +14,6 @@ broker and the cause; the password is never part of a message or a log.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import queue
 import secrets
@@ -34,7 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.bus import envelope
 from appliance.bus.topics import ROOT
-from appliance.bus.url import BrokerUrl, client_tls_context
+from appliance.bus.url import BrokerUrl, client_tls_context, is_loopback
 from appliance.errors import NightboxError, PayloadError
 
 _LOGGER = logging.getLogger(__name__)
@@ -101,16 +100,6 @@ def readable_by_others(path: Path) -> bool:
     try:
         return bool(path.stat().st_mode & 0o077)
     except OSError:
-        return False
-
-
-def is_loopback(host: str) -> bool:
-    """Return whether ``host`` names this machine (localhost or a loopback IP)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
         return False
 
 
