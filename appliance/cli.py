@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import cli_collect, cli_economy, cli_fleet, cli_sync
+from appliance._cli_arguments import STORE_NAME, whole_number
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError, NightboxError
 
@@ -38,7 +39,6 @@ EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
 # The exit code of a process whose output pipe was closed, as SIGPIPE gives.
 EXIT_SIGPIPE = 128 + signal.SIGPIPE
-_STORE_NAME = "nightbox.sqlite3"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,13 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--guests",
-        type=_whole_number(1, MAX_DEMO_GUESTS),
+        type=whole_number(1, MAX_DEMO_GUESTS),
         default=200,
         help=f"number of guests, 1 to {MAX_DEMO_GUESTS} (default 200)",
     )
     demo.add_argument(
         "--exits",
-        type=_whole_number(1, MAX_DEMO_EXITS),
+        type=whole_number(1, MAX_DEMO_EXITS),
         default=2,
         help=f"exits with a reader each, 1 to {MAX_DEMO_EXITS} (default 2)",
     )
@@ -138,23 +138,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _whole_number(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(
-                f"must be a whole number, not {text!r}"
-            ) from err
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"must be from {low} to {high}, not {value}"
-            )
-        return value
-
-    return parse
-
-
 def _finite_number(text: str) -> float:
     try:
         value = float(text)
@@ -190,9 +173,9 @@ def _empty_folder(text: str) -> Path:
             raise argparse.ArgumentTypeError(
                 f"{text!r} exists and is not a folder; give an empty or new folder"
             )
-        if (path / _STORE_NAME).exists():
+        if (path / STORE_NAME).exists():
             raise argparse.ArgumentTypeError(
-                f"{text!r} contains a Nightbox store ({_STORE_NAME}) of an earlier "
+                f"{text!r} contains a Nightbox store ({STORE_NAME}) of an earlier "
                 "night or of a box; give an empty or new folder"
             )
         if path.is_dir() and any(path.iterdir()):

@@ -5,19 +5,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
+from appliance._cli_arguments import add_config_option, load_site_config, open_store
 from appliance._toml_values import ID_PATTERN
-from appliance.config import SiteConfig, load_config
-from appliance.errors import ConfigError, NightboxError
+from appliance.config import SiteConfig
+from appliance.errors import NightboxError
 from appliance.store import Store
 from provisioning.site_access import DESK
 
-STORE_NAME = "nightbox.sqlite3"
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
 _TOKEN_ID = re.compile(r"^[0-9a-f]{32}\Z")
 
@@ -32,7 +30,7 @@ def add_commands(commands: Any) -> None:
         description="Issue a scoped, short-lived edge token. The token is a "
         "bearer secret: hand it to the terminal only.",
     )
-    _config_option(issue)
+    add_config_option(issue)
     issue.add_argument(
         "--subject", required=True, help="terminal id that will present the token"
     )
@@ -53,13 +51,13 @@ def add_commands(commands: Any) -> None:
         "--json", action="store_true", help="print one JSON object, no QR code"
     )
     revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
-    _config_option(revoke)
+    add_config_option(revoke)
     revoke.add_argument("token_id", metavar="ID", help="token id (jti), 32 hex digits")
     revoke.add_argument(
         "--reason", default="revoked by the operator", help="reason to record"
     )
     listing = token_commands.add_parser("list", help="list issued tokens")
-    _config_option(listing)
+    add_config_option(listing)
     listing.add_argument(
         "--json", action="store_true", help="print one JSON object per token"
     )
@@ -73,7 +71,7 @@ def add_commands(commands: Any) -> None:
         description="Print totals by item, terminal, creator and payment method, "
         "and prove the ledger. Exits 1 when the ledger check fails.",
     )
-    _config_option(report)
+    add_config_option(report)
     report.add_argument(
         "--night",
         type=_night,
@@ -82,15 +80,6 @@ def add_commands(commands: Any) -> None:
         "site.night_rollover_hour to the same hour the next day",
     )
     report.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get("NIGHTBOX_CONFIG"),
-        help="site configuration (TOML); default: $NIGHTBOX_CONFIG",
-    )
 
 
 def _duration(text: str) -> float:
@@ -123,10 +112,10 @@ def run(arguments: argparse.Namespace) -> int:
         for scope, meaning in SCOPES.items():
             print(f"{scope:<16} {meaning}")
         return 0
-    config = _load(arguments.config)
+    config = load_site_config(arguments.config)
     if arguments.command == "wallet":
         return _report(config, arguments)
-    store = _open_store(config, create=arguments.token_command == "issue")
+    store = open_store(config, create=arguments.token_command == "issue")
     try:
         if arguments.token_command == "issue":
             return _issue(config, store, arguments)
@@ -135,24 +124,6 @@ def run(arguments: argparse.Namespace) -> int:
         return _list(store, as_json=arguments.json)
     finally:
         store.close()
-
-
-def _load(path: Path | None) -> SiteConfig:
-    if path is None:
-        raise ConfigError(
-            "no site configuration given; pass --config FILE or set NIGHTBOX_CONFIG"
-        )
-    return load_config(Path(path))
-
-
-def _open_store(config: SiteConfig, *, create: bool) -> Store:
-    path = config.data_dir / STORE_NAME
-    if not create and not path.exists():
-        raise NightboxError(
-            f"no Nightbox store at {path}; run the box with this configuration first"
-        )
-    # Tokens and events get the box's own clock and trust, as `nightbox run`.
-    return Store(path, config.system_clock())
 
 
 def _issue(config: SiteConfig, store: Store, arguments: argparse.Namespace) -> int:
@@ -264,7 +235,7 @@ def _list(store: Store, *, as_json: bool) -> int:
 def _report(config: SiteConfig, arguments: argparse.Namespace) -> int:
     from appliance.wallet.report import format_report, night_report
 
-    store = _open_store(config, create=False)
+    store = open_store(config, create=False)
     try:
         report = night_report(store, arguments.night, config.commerce.wallet.currency)
     finally:

@@ -31,6 +31,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from appliance._cli_arguments import whole_number
 from appliance._toml_values import ID_PATTERN
 from appliance.bus import envelope
 from appliance.bus.topics import Topics
@@ -319,7 +320,7 @@ def _add_bundle(fleet_commands: Any) -> None:
     )
     bundle.add_argument(
         "--version",
-        type=_whole_number(1),
+        type=whole_number(1),
         required=True,
         help="bundle version, 1 or more; must be newer than the applied one",
     )
@@ -380,7 +381,7 @@ def _add_tail(fleet_commands: Any) -> None:
     tail.add_argument("--site", type=_identifier, help="only this site")
     tail.add_argument("--box", type=_identifier, help="only this box")
     tail.add_argument(
-        "--count", type=_whole_number(1), help="stop after this many messages"
+        "--count", type=whole_number(1), help="stop after this many messages"
     )
     tail.add_argument(
         "--json", action="store_true", help="print one JSON object per message"
@@ -453,21 +454,6 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(
                 f"must be from {low:g} to {high:g} seconds, not {text}"
             )
-        return value
-
-    return parse
-
-
-def _whole_number(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(
-                f"must be a whole number, not {text!r}"
-            ) from err
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be {low} or more, not {value}")
         return value
 
     return parse

@@ -9,15 +9,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-from pathlib import Path
 from typing import Any
 
-from appliance.config import SiteConfig, load_config
-from appliance.errors import ConfigError, NightboxError
-from appliance.store import Store
-
-STORE_NAME = "nightbox.sqlite3"
+from appliance._cli_arguments import add_config_option, load_site_config, open_store
+from appliance.config import SiteConfig
 
 
 def add_commands(commands: Any) -> None:
@@ -33,22 +28,13 @@ def add_commands(commands: Any) -> None:
         "acknowledged yet, when the oldest of them happened and when the last "
         "acknowledgement arrived. Reads the box's store only; no broker is needed.",
     )
-    status.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get("NIGHTBOX_CONFIG"),
-        help="site configuration (TOML); default: $NIGHTBOX_CONFIG",
-    )
+    add_config_option(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(arguments: argparse.Namespace) -> int:
     """Run a ``sync`` command; return the exit code."""
-    if arguments.config is None:
-        raise ConfigError(
-            "no site configuration given; pass --config FILE or set NIGHTBOX_CONFIG"
-        )
-    config = load_config(Path(arguments.config))
+    config = load_site_config(arguments.config)
     report = sync_report(config)
     if arguments.json:
         print(json.dumps(report))
@@ -62,12 +48,7 @@ def sync_report(config: SiteConfig) -> dict[str, Any]:
 
     Raises NightboxError when the box has no store yet.
     """
-    path = config.data_dir / STORE_NAME
-    if not path.exists():
-        raise NightboxError(
-            f"no Nightbox store at {path}; run the box with this configuration first"
-        )
-    store = Store(path, config.system_clock())
+    store = open_store(config, create=False)
     try:
         oldest = store.query_one(
             "SELECT seq, created_at, clock_trusted FROM outbox"

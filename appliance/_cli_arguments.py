@@ -1,0 +1,69 @@
+"""Options, argument types and files that several ``nightbox`` commands share."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance.config import SiteConfig, load_config
+from appliance.errors import ConfigError, NightboxError
+from appliance.store import Store
+
+# The box's SQLite store, in the site's data_dir.
+STORE_NAME = "nightbox.sqlite3"
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, which defaults to $NIGHTBOX_CONFIG."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("NIGHTBOX_CONFIG"),
+        help="site configuration (TOML); default: $NIGHTBOX_CONFIG",
+    )
+
+
+def load_site_config(path: Path | None) -> SiteConfig:
+    """Load the ``--config`` file; raise ConfigError when none was given."""
+    if path is None:
+        raise ConfigError(
+            "no site configuration given; pass --config FILE or set NIGHTBOX_CONFIG"
+        )
+    return load_config(Path(path))
+
+
+def open_store(config: SiteConfig, *, create: bool) -> Store:
+    """Open the box's store; raise NightboxError if it is missing and not ``create``."""
+    path = config.data_dir / STORE_NAME
+    if not create and not path.exists():
+        raise NightboxError(
+            f"no Nightbox store at {path}; run the box with this configuration first"
+        )
+    # The store gets the box's own clock and trust, as in `nightbox run`.
+    return Store(path, config.system_clock())
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """Return an argument type for whole numbers of at least ``low``.
+
+    With ``high``, the number must also be at most ``high``.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number, not {text!r}"
+            ) from err
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, not {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be from {low} to {high}, not {value}"
+            )
+        return value
+
+    return parse
