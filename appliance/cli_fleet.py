@@ -37,6 +37,13 @@ from appliance.bus import envelope
 from appliance.bus.topics import Topics
 from appliance.bus.url import parse_broker_url
 from appliance.errors import PayloadError
+from appliance.remote.document_types import (
+    BUILTIN_COMMANDS,
+    BUNDLE_TYPES,
+    MAX_BUNDLE_BYTES,
+    MAX_COMMAND_BYTES,
+    REGISTERED_COMMANDS,
+)
 from appliance.remote.fleet_client import (
     OFFLINE,
     ONLINE,
@@ -75,18 +82,6 @@ PRIVATE_KEY_NAME = "operator.key"
 PUBLIC_KEY_NAME = "operator.pub"
 PASSWORD_FILE_NAME = "mosquitto.passwd"
 ACL_FILE_NAME = "mosquitto.acl"
-COMMANDS = (
-    "status",
-    "config-get",
-    "config-set",
-    "drop-start",
-    "drop-stop",
-    "token-revoke",
-    "restart",
-    "clip",
-    "update",
-)
-BUNDLE_TYPES = ("config", "members", "topups", "revocations", "assets")
 # The document type pattern that appliance.signed_documents accepts.
 _DOCUMENT_TYPE = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
 # A DNS name: dot-separated labels of letters, digits and inner hyphens.
@@ -290,7 +285,10 @@ def _add_send(fleet_commands: Any) -> None:
     _connection_options(send)
     _document_options(send, box_required=True)
     send.add_argument(
-        "name", metavar="COMMAND", type=_document_type, help=", ".join(COMMANDS)
+        "name",
+        metavar="COMMAND",
+        type=_document_type,
+        help=", ".join((*BUILTIN_COMMANDS, *REGISTERED_COMMANDS)),
     )
     send.add_argument(
         "arguments", metavar="KEY=VALUE", nargs="*", help="command arguments"
@@ -802,9 +800,6 @@ def _read_bundle_body(source: str) -> dict[str, Any]:
 
 def _encode_document(document: dict[str, Any]) -> bytes:
     """Return the document as JSON; raise when a box would reject its size."""
-    from appliance.remote.bundles import MAX_BUNDLE_BYTES
-    from appliance.remote.commands import MAX_COMMAND_BYTES
-
     payload = orjson.dumps(document)
     limit = MAX_BUNDLE_BYTES if document["kind"] == "bundle" else MAX_COMMAND_BYTES
     if len(payload) > limit:

@@ -28,6 +28,7 @@ from appliance.errors import ConfigError, NightboxError
 from appliance.remote import _bundle_bodies as bodies
 from appliance.remote import site_file
 from appliance.remote._bundle_bodies import InvalidBundle
+from appliance.remote.document_types import BUNDLE_TYPES, MAX_BUNDLE_BYTES
 from appliance.signed_documents import (
     DocumentLedger,
     SignatureError,
@@ -40,11 +41,6 @@ from appliance.wallet._ledger import credit_topup, night_topped_up
 
 _LOGGER = logging.getLogger(__name__)
 
-# The largest bundle payload accepted. By estimate, 4 MiB fits about 55,000
-# top-ups or 110,000 members of typical length (72 and 36 bytes of JSON),
-# more than one venue needs, and it is far below MQTT's 256 MiB packet limit.
-MAX_BUNDLE_BYTES = 4 * 1024 * 1024
-BUNDLE_TYPES = ("members", "topups", "revocations", "assets", "config")
 # Online top-ups are posted against tender:online, from this terminal.
 ONLINE_METHOD = "online"
 ONLINE_TERMINAL = "online"

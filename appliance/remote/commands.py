@@ -34,6 +34,11 @@ from appliance.bus.client import Incoming
 from appliance.errors import ConfigError, PayloadError
 from appliance.remote import site_file
 from appliance.remote.bundles import BundleApplier
+from appliance.remote.document_types import (
+    BUILTIN_COMMANDS,
+    MAX_COMMAND_BYTES,
+    REGISTERED_COMMANDS,
+)
 from appliance.remote.homeassistant import HomeAssistantDiscovery
 from appliance.remote.telemetry import Telemetry, software_version
 from appliance.signed_documents import (
@@ -48,25 +53,9 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
-# Commands the box runs itself.
-BUILTIN_COMMANDS = (
-    "status",
-    "config-get",
-    "config-set",
-    "drop-start",
-    "drop-stop",
-    "token-revoke",
-    "restart",
-)
-# Commands whose handler another part of the box registers, with the part
-# that a box without a handler lacks.
-REGISTERED_COMMANDS = {"clip": "camera studio", "update": "updater"}
 # Commands received on the local bus and not yet handled. Operators send a
 # few; a full queue means something floods the command topic.
 MAX_QUEUED_COMMANDS = 64
-# The maximum size of a command payload, in bytes. A signed command has a
-# few hundred bytes, and a config-set value may carry a table.
-MAX_COMMAND_BYTES = 64 * 1024
 # The time the sync service gets to publish a restart's result upstream
 # before the box stops its services, in seconds. A restart received on the
 # local bus publishes its result first and restarts at once.
