@@ -88,7 +88,7 @@ def parse_members(body: dict[str, Any], commerce: CommerceConfig) -> list[Member
     entries = _entries(body, "members", {"members"})
     tiers = {tier.id for tier in commerce.tiers}
     members: list[Member] = []
-    first_index: dict[str, int] = {}
+    first_index = _FirstIndex("members", "list each band once")
     for index, entry in enumerate(entries):
         where = f"members[{index}]"
         item = _item(entry, where, {"band", "tier"})
@@ -100,12 +100,7 @@ def parse_members(body: dict[str, Any], commerce: CommerceConfig) -> list[Member
                 f"{where}.tier = {tier!r:.40} is not a tier of this site ({known}); "
                 "use one of them or add the tier to [[tiers]] first"
             )
-        if band in first_index:
-            raise InvalidBundle(
-                f"{where}.band = {band!r} repeats members[{first_index[band]}]; "
-                "list each band once"
-            )
-        first_index[band] = index
+        first_index.record(band, index, f"{where}.band = {band!r}")
         members.append(Member(band, tier))
     return members
 
@@ -115,7 +110,7 @@ def parse_topups(body: dict[str, Any], commerce: CommerceConfig) -> list[OnlineT
     entries = _entries(body, "topups", {"topups"})
     wallet = commerce.wallet
     topups: list[OnlineTopup] = []
-    first_index: dict[str, int] = {}
+    first_index = _FirstIndex("topups", "give each top-up its own id")
     for index, entry in enumerate(entries):
         where = f"topups[{index}]"
         item = _item(entry, where, {"id", "band", "amount", "currency"})
@@ -134,12 +129,7 @@ def parse_topups(body: dict[str, Any], commerce: CommerceConfig) -> list[OnlineT
                 f"{wallet.max_topup} per top-up; refund it online or raise the "
                 "limit in [wallet]"
             )
-        if topup_id in first_index:
-            raise InvalidBundle(
-                f"{where}.id = {topup_id!r} repeats topups[{first_index[topup_id]}]; "
-                "give each top-up its own id"
-            )
-        first_index[topup_id] = index
+        first_index.record(topup_id, index, f"{where}.id = {topup_id!r}")
         topups.append(OnlineTopup(topup_id, band, amount))
     return topups
 
@@ -148,18 +138,13 @@ def parse_revocations(body: dict[str, Any]) -> list[Revocation]:
     """Return the token ids to revoke with their reasons."""
     entries = _entries(body, "tokens", {"tokens"})
     revocations: list[Revocation] = []
-    first_index: dict[str, int] = {}
+    first_index = _FirstIndex("tokens", "list each token once")
     for index, entry in enumerate(entries):
         where = f"tokens[{index}]"
         item = _item(entry, where, {"id", "reason"})
         token_id = _external_id(item, where, "id")
         reason = _text(item, where, "reason")
-        if token_id in first_index:
-            raise InvalidBundle(
-                f"{where}.id = {token_id!r} repeats tokens[{first_index[token_id]}]; "
-                "list each token once"
-            )
-        first_index[token_id] = index
+        first_index.record(token_id, index, f"{where}.id = {token_id!r}")
         revocations.append(Revocation(token_id, reason))
     return revocations
 
@@ -169,7 +154,7 @@ def parse_assets(body: dict[str, Any]) -> AssetManifest:
     entries = _entries(body, "assets", {"assets", "budget_bytes"})
     if "budget_bytes" in body:
         _integer(body, "body", "budget_bytes", 1, MAX_ASSET_BYTES, "bytes")
-    first_index: dict[str, int] = {}
+    first_index = _FirstIndex("assets", "list each file once")
     total = 0
     for index, entry in enumerate(entries):
         where = f"assets[{index}]"
@@ -194,12 +179,7 @@ def parse_assets(body: dict[str, Any]) -> AssetManifest:
                 f"{where}.type = {media_type!r:.40} is not a served media type; use "
                 f"one of {', '.join(ASSET_TYPES)}"
             )
-        if digest in first_index:
-            raise InvalidBundle(
-                f"{where}.sha256 repeats assets[{first_index[digest]}]; list each "
-                "file once"
-            )
-        first_index[digest] = index
+        first_index.record(digest, index, f"{where}.sha256")
     canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
     return AssetManifest(canonical, len(entries), total)
 
@@ -245,6 +225,23 @@ def _with_date_times(entry: Any, where: str, keys: tuple[str, ...]) -> Any:
                 "give one like '2026-12-05T23:00:00+01:00'"
             ) from err
     return converted
+
+
+class _FirstIndex:
+    """The index of each key's first entry in one list of a bundle body."""
+
+    def __init__(self, list_name: str, fix: str) -> None:
+        self._list_name = list_name
+        self._fix = fix
+        self._indexes: dict[str, int] = {}
+
+    def record(self, key: str, index: int, subject: str) -> None:
+        """Record ``key`` at ``index``; raise InvalidBundle if an entry had it."""
+        first = self._indexes.setdefault(key, index)
+        if first != index:
+            raise InvalidBundle(
+                f"{subject} repeats {self._list_name}[{first}]; {self._fix}"
+            )
 
 
 def _entries(body: dict[str, Any], key: str, allowed: set[str]) -> list[Any]:
