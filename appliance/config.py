@@ -163,6 +163,19 @@ def load_config(path: Path) -> SiteConfig:
 
     Raises ConfigError naming the file and the key for anything invalid.
     """
+    raw = read_toml_file(path)
+    try:
+        return parse_config(raw, base_dir=path.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def read_toml_file(path: Path) -> dict[str, Any]:
+    """Return the parsed TOML document at ``path``, not yet validated.
+
+    Raises ConfigError when the file is missing, unreadable, not UTF-8 or
+    not TOML.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError as err:
@@ -183,13 +196,9 @@ def load_config(path: Path) -> SiteConfig:
             f"{err.start}); TOML files must be saved as UTF-8"
         ) from err
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
-    try:
-        return parse_config(raw, base_dir=path.parent)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
 
 
 def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:

@@ -25,13 +25,12 @@ import math
 import os
 import tempfile
 import threading
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from appliance.config import SiteConfig, parse_config
+from appliance.config import SiteConfig, parse_config, read_toml_file
 from appliance.errors import ConfigError
 
 # Keys that name the box's identity; see the module docstring.
@@ -47,27 +46,6 @@ _TOML_INT_MAX = 2**63 - 1
 _WRITE_LOCK = threading.Lock()
 
 
-def read_document(config_path: Path) -> dict[str, Any]:
-    """Return the parsed TOML document at ``config_path``.
-
-    Raises ConfigError when the file is missing, unreadable or not TOML.
-    """
-    try:
-        data = config_path.read_bytes()
-    except FileNotFoundError as err:
-        raise ConfigError(f"configuration file {config_path} not found") from err
-    except OSError as err:
-        raise ConfigError(
-            f"cannot read configuration file {config_path}: {err.strerror}"
-        ) from err
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{config_path} is not UTF-8 text") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{config_path} is not valid TOML: {err}") from err
-
-
 def config_get(config_path: Path, key: str | None) -> Any:
     """Return the value at the dotted ``key``, or the whole document for None.
 
@@ -75,7 +53,7 @@ def config_get(config_path: Path, key: str | None) -> Any:
     that the file leaves out takes its default, which this function does not
     know, so the error message states that unset keys take defaults.
     """
-    document = read_document(config_path)
+    document = read_toml_file(config_path)
     if key is None:
         return document
     parts = _split_key(key)
@@ -103,7 +81,7 @@ def config_set(config_path: Path, key: str, value: Any) -> SiteConfig:
     if value is not None:
         _check_toml_value(value, key)
     with _WRITE_LOCK:
-        document = read_document(config_path)
+        document = read_toml_file(config_path)
         changed = copy.deepcopy(document)
         _assign(changed, parts, value, key)
         config = _validate(changed, config_path)
