@@ -73,7 +73,7 @@ from provisioning.fleet_access import (
     upstream_box_username,
 )
 from provisioning.fleet_tls import make_fleet_ca
-from provisioning.secret_file import write_secret_file
+from provisioning.secret_file import write_file_atomically, write_secret_file
 
 EXIT_REJECTED = 1
 EXIT_NO_BOXES = 1
@@ -496,7 +496,7 @@ def _keygen(arguments: argparse.Namespace) -> int:
     )
     try:
         write_secret_file(private_path, private_pem)
-        _write_public_file(public_path, public_pem)
+        write_file_atomically(public_path, public_pem, 0o644)
     except OSError as err:
         raise FleetError(
             f"cannot write the key files in {folder} ({err.strerror}); choose a "
@@ -538,17 +538,6 @@ def _ca(arguments: argparse.Namespace) -> int:
     print(f"  keyfile {files.key.resolve()}")
     print("  tls_version tlsv1.2")
     return 0
-
-
-def _write_public_file(path: Path, data: bytes) -> None:
-    """Write ``data`` with mode 0644 through a temporary file and a rename."""
-    temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _open_accounts(path: Path) -> tuple[SiteCredentials, set[str]]:

@@ -13,8 +13,17 @@ def write_secret_file(path: Path, data: bytes) -> None:
     ``path``, so a power cut leaves the old file or the new one.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_file_atomically(path, data, 0o600)
+
+
+def write_file_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename.
+
+    The temporary file is created with ``mode``, less the process's umask.
+    The folder must exist.
+    """
     temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(data)
         handle.flush()
