@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from fleet_command import Outcome, fleet, fleet_async, operator_options
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from upstream_broker import OPERATOR, Upstream
 
@@ -86,39 +87,6 @@ SYNC_STATE = {
     "last_error": None,
     "broker": "mqtts://127.0.0.1:8883",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The exit code and output of one ``nightbox fleet`` run."""
-
-    code: int
-    out: str
-    err: str
-
-
-def fleet(capsys: pytest.CaptureFixture[str], *arguments: str) -> Outcome:
-    """Run ``nightbox fleet ARGUMENTS`` in this process and capture its output."""
-    capsys.readouterr()
-    code = main(["fleet", *arguments])
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err)
-
-
-async def fleet_async(capsys: pytest.CaptureFixture[str], *arguments: str) -> Outcome:
-    """Run ``nightbox fleet`` in a thread, so brokers and peers keep running."""
-    return await asyncio.to_thread(fleet, capsys, *arguments)
-
-
-def operator_options(upstream: Upstream) -> list[str]:
-    return [
-        "--broker",
-        upstream.url,
-        "--ca",
-        str(upstream.ca.ca_certificate),
-        "--credentials",
-        str(upstream.operator_credentials()),
-    ]
 
 
 def operator_password(upstream: Upstream) -> str:

@@ -14,7 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+import fleet_command
 import pytest
+from fleet_command import fleet, fleet_async
 from management_site import (
     BOX_ID,
     DROP_ID,
@@ -25,7 +27,6 @@ from management_site import (
 )
 
 from appliance.bus.broker import BrokerHandle, free_port
-from appliance.cli import main
 from appliance.remote import site_file
 from appliance.runtime import Box
 from provisioning import SiteCredentials
@@ -34,29 +35,8 @@ from provisioning.site_access import OPERATOR
 
 TIMEOUT_S = 60.0
 NIGHTBOX = Path(sys.executable).parent / "nightbox"
-
-
-def fleet(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, str]:
-    """Run ``nightbox fleet ARGUMENTS`` and return the exit code, stdout, stderr."""
-    capsys.readouterr()
-    code = main(["fleet", *arguments])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-async def fleet_async(
-    capsys: pytest.CaptureFixture[str], *arguments: str
-) -> tuple[int, str, str]:
-    """Run ``nightbox fleet`` in a thread while the box serves in this loop."""
-    return await asyncio.to_thread(fleet, capsys, *arguments)
-
-
-@pytest.fixture
-def key_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    """The folder with operator.key and operator.pub from ``fleet keygen``."""
-    code, _out, err = fleet(capsys, "keygen", "--out", str(tmp_path / "keys"))
-    assert code == 0, err
-    return tmp_path / "keys"
+# The keygen fixture, bound to its fixture name so that pytest finds it.
+key_folder = fleet_command.key_folder
 
 
 @pytest.fixture(name="config_path")

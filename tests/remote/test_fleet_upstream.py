@@ -14,13 +14,14 @@ import json
 import time
 from pathlib import Path
 
+import fleet_command
 import pytest
 import upstream_broker
 from conftest import make_site_config
+from fleet_command import fleet_async, operator_options
 from upstream_broker import Upstream
 
 from appliance.bus.url import parse_broker_url
-from appliance.cli import main
 from appliance.config import SiteConfig
 from appliance.remote.config import FleetConfig, SyncConfig, load_public_key
 from appliance.runtime import Box
@@ -30,31 +31,10 @@ TIMEOUT_S = 30.0
 SITE = "club"
 BOX = "box-1"
 TOKEN_ID = "9b1d0c7e4f2a4c1e8d3b5a6f7e8d9c0b"
-# The fleet broker fixture, bound to its fixture name so that pytest finds it.
+# The fleet broker and keygen fixtures, bound to their fixture names so that
+# pytest finds them.
 upstream = upstream_broker.upstream
-
-
-def fleet(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, str]:
-    """Run ``nightbox fleet ARGUMENTS`` and return the exit code, stdout, stderr."""
-    capsys.readouterr()
-    code = main(["fleet", *arguments])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-async def fleet_async(
-    capsys: pytest.CaptureFixture[str], *arguments: str
-) -> tuple[int, str, str]:
-    """Run ``nightbox fleet`` in a thread while the box serves in this loop."""
-    return await asyncio.to_thread(fleet, capsys, *arguments)
-
-
-@pytest.fixture
-def key_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    """The folder with operator.key and operator.pub from ``fleet keygen``."""
-    code, _out, err = fleet(capsys, "keygen", "--out", str(tmp_path / "keys"))
-    assert code == 0, err
-    return tmp_path / "keys"
+key_folder = fleet_command.key_folder
 
 
 @pytest.fixture
@@ -73,17 +53,6 @@ def site_config(tmp_path: Path, upstream: Upstream, key_folder: Path) -> SiteCon
     )
     config = make_site_config(tmp_path / "box", site_id=SITE)
     return dataclasses.replace(config, sync=sync, fleet=fleet_config)
-
-
-def operator_options(upstream: Upstream) -> list[str]:
-    return [
-        "--broker",
-        upstream.url,
-        "--ca",
-        str(upstream.ca.ca_certificate),
-        "--credentials",
-        str(upstream.operator_credentials()),
-    ]
 
 
 async def wait_until_upstream(box: Box) -> None:
