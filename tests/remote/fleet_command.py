@@ -1,7 +1,7 @@
 """``nightbox fleet`` run in the test process, and the operator's options.
 
-Test modules that use the ``key_folder`` fixture import it
-(``from fleet_command import key_folder  # noqa: F401``).
+A test module that uses the ``key_folder`` fixture binds it to that name
+(``key_folder = fleet_command.key_folder``), so that pytest finds it.
 """
 
 from __future__ import annotations
