@@ -259,9 +259,11 @@ async def test_box_killed_mid_sync_twenty_times(
     async with collecting(collector_settings(upstream, postgres)):
         for _ in range(KILLS):
             # Keep a backlog, so every kill lands while events are in flight.
-            if not database.exists() or backlog(database) < 2_000:
-                add_events(site_config, 3_000, added)
-                added += 3_000
+            # The backlog lasts well beyond the wait below: about half a
+            # second of draining at the rate bench.sync measures.
+            if not database.exists() or backlog(database) < 8_000:
+                add_events(site_config, 8_000, added)
+                added += 8_000
             before = synced_count(database)
             box_process.start()
             try:
@@ -272,7 +274,7 @@ async def test_box_killed_mid_sync_twenty_times(
             except BaseException:
                 print(box_process.log(), file=sys.stderr)
                 raise
-            await asyncio.sleep(chance.uniform(0.0, 0.15))
+            await asyncio.sleep(chance.uniform(0.0, 0.1))
             box_process.kill()
             if backlog(database) > 0:
                 kills_mid_sync += 1
