@@ -10,31 +10,17 @@ charge, a balanced ledger, nothing oversold.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from quick_benchmark import run_quick_benchmark
 
-from appliance.bus.broker import find_mosquitto
-
-REPOSITORY = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 90.0
 
 
 def run_quick(module: str) -> tuple[int, dict[str, Any]]:
     """Run ``python -m <module> --quick --json``; return its exit code and JSON."""
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed; run 'make test', which installs it")
-    process = subprocess.run(
-        [sys.executable, "-m", module, "--quick", "--json"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
+    process = run_quick_benchmark(module, RUN_TIMEOUT_S)
     lines = process.stdout.strip().splitlines()
     assert lines, f"no output; stderr: {process.stderr[-2000:]}"
     return process.returncode, json.loads(lines[-1])

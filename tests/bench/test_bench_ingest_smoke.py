@@ -8,17 +8,12 @@ nothing here asserts a rate or a latency beyond being positive.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from quick_benchmark import only_json_line, run_quick_benchmark
 
-from appliance.bus.broker import find_mosquitto
-
-REPOSITORY = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 60.0
 TOP_LEVEL_KEYS = {
     "benchmark",
@@ -40,25 +35,13 @@ TOP_LEVEL_KEYS = {
 @pytest.fixture(scope="module")
 def run() -> subprocess.CompletedProcess[str]:
     """One quick run of ``python -m bench.ingest --quick --json``."""
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed; run 'make test', which installs it")
-    return subprocess.run(
-        [sys.executable, "-m", "bench.ingest", "--quick", "--json"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
+    return run_quick_benchmark("bench.ingest", RUN_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
 def result(run: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The JSON line that the quick run printed."""
-    lines = run.stdout.splitlines()
-    assert len(lines) == 1, f"expected one JSON line; stderr: {run.stderr[-2000:]}"
-    parsed: dict[str, Any] = json.loads(lines[0])
-    return parsed
+    return only_json_line(run)
 
 
 def test_ingest_quick_exit_status(run: subprocess.CompletedProcess[str]) -> None:
