@@ -7,12 +7,15 @@ account are made afresh for each test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import make_site_config
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.bus.broker import (
     BrokerHandle,
@@ -21,6 +24,10 @@ from appliance.bus.broker import (
     free_port,
     start_fleet_mosquitto,
 )
+from appliance.bus.url import parse_broker_url
+from appliance.config import SiteConfig
+from appliance.remote.config import FleetConfig, SyncConfig
+from appliance.signed_documents import key_id
 from provisioning import SiteCredentials
 from provisioning.fleet_access import (
     COLLECTOR,
@@ -75,6 +82,39 @@ class Upstream:
     def operator_credentials(self) -> Path:
         """The credentials file of the fleet operator ``ops``."""
         return self.credentials_file(operator_username(OPERATOR))
+
+    def sync_config(
+        self, site: str = "club", box_id: str = "box-1", *, window: int = 16
+    ) -> SyncConfig:
+        """The ``[sync]`` section of a box of the fleet, retrying every 0.5 s."""
+        return SyncConfig(
+            broker=parse_broker_url(self.url),
+            ca_file=self.ca.ca_certificate,
+            credentials_file=self.box_credentials(site, box_id),
+            window=window,
+            retry_max_s=0.5,
+        )
+
+
+def fleet_site_config(
+    data_dir: Path,
+    upstream: Upstream,
+    *,
+    window: int = 16,
+    operator_keys: Iterable[Ed25519PublicKey] = (),
+) -> SiteConfig:
+    """Return the test site as box club/box-1 of the fleet on ``upstream``.
+
+    The box trusts ``operator_keys`` and sends its telemetry every 0.5 s.
+    """
+    config = make_site_config(data_dir, site_id="club")
+    fleet = FleetConfig(
+        operator_keys={key_id(key): key for key in operator_keys},
+        telemetry_interval_s=0.5,
+    )
+    return dataclasses.replace(
+        config, sync=upstream.sync_config(window=window), fleet=fleet
+    )
 
 
 async def start_upstream(folder: Path) -> Upstream:

@@ -7,18 +7,14 @@ PostgreSQL are the bytes a box sends, not a test's copy of the format.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import make_site_config
 from postgres import Postgres, postgres  # noqa: F401
 from test_collect import collecting, collector_settings, eventually, stored_ids
-from upstream_broker import Upstream, upstream  # noqa: F401
+from upstream_broker import Upstream, fleet_site_config, upstream  # noqa: F401
 
-from appliance.bus.url import parse_broker_url
 from appliance.config import SiteConfig
-from appliance.remote.config import FleetConfig, SyncConfig
 from appliance.runtime import Box
 
 SITE = "club"
@@ -36,17 +32,7 @@ def checkouts(postgres: Postgres) -> list[tuple[object, ...]]:  # noqa: F811
 @pytest.fixture
 def site_config(tmp_path: Path, upstream: Upstream) -> SiteConfig:  # noqa: F811
     """The test site as box ``club/box-1`` of the upstream broker's fleet."""
-    config = make_site_config(tmp_path / "box", site_id=SITE)
-    sync = SyncConfig(
-        broker=parse_broker_url(upstream.url),
-        ca_file=upstream.ca.ca_certificate,
-        credentials_file=upstream.box_credentials(SITE, BOX),
-        window=16,
-        retry_max_s=0.5,
-    )
-    return dataclasses.replace(
-        config, sync=sync, fleet=FleetConfig(telemetry_interval_s=0.5)
-    )
+    return fleet_site_config(tmp_path / "box", upstream)
 
 
 async def test_box_events_reach_postgres(

@@ -9,7 +9,6 @@ remote management. The operator logs in upstream as ``operator-ops``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -17,15 +16,12 @@ from pathlib import Path
 import fleet_command
 import pytest
 import upstream_broker
-from conftest import make_site_config
 from fleet_command import fleet_async, operator_options
-from upstream_broker import Upstream
+from upstream_broker import Upstream, fleet_site_config
 
-from appliance.bus.url import parse_broker_url
 from appliance.config import SiteConfig
-from appliance.remote.config import FleetConfig, SyncConfig, load_public_key
+from appliance.remote.config import load_public_key
 from appliance.runtime import Box
-from appliance.signed_documents import key_id
 
 TIMEOUT_S = 30.0
 SITE = "club"
@@ -41,18 +37,7 @@ key_folder = fleet_command.key_folder
 def site_config(tmp_path: Path, upstream: Upstream, key_folder: Path) -> SiteConfig:
     """The test site as box club/box-1 of the fleet, trusting the operator key."""
     public_key = load_public_key(key_folder / "operator.pub", "test")
-    sync = SyncConfig(
-        broker=parse_broker_url(upstream.url),
-        ca_file=upstream.ca.ca_certificate,
-        credentials_file=upstream.box_credentials(SITE, BOX),
-        window=16,
-        retry_max_s=0.5,
-    )
-    fleet_config = FleetConfig(
-        operator_keys={key_id(public_key): public_key}, telemetry_interval_s=0.5
-    )
-    config = make_site_config(tmp_path / "box", site_id=SITE)
-    return dataclasses.replace(config, sync=sync, fleet=fleet_config)
+    return fleet_site_config(tmp_path / "box", upstream, operator_keys=[public_key])
 
 
 async def wait_until_upstream(box: Box) -> None:

@@ -25,21 +25,20 @@ from typing import Any
 import aiomqtt
 import orjson
 import pytest
-from conftest import ClientFactory, make_site_config
+from conftest import ClientFactory
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from upstream_broker import Upstream, upstream  # noqa: F401
+from upstream_broker import Upstream, fleet_site_config, upstream  # noqa: F401
 
 from appliance._tasks import cancel_and_wait
 from appliance.bus import envelope
 from appliance.bus.broker import BrokerHandle
 from appliance.bus.client import Bus, Incoming
 from appliance.bus.topics import Topics
-from appliance.bus.url import client_tls_context, parse_broker_url
+from appliance.bus.url import client_tls_context
 from appliance.clock import SystemClock
 from appliance.config import SiteConfig
 from appliance.outbox import event_payload
-from appliance.remote.config import FleetConfig, SyncConfig
 from appliance.remote.sync import SyncService, effective_window
 from appliance.runtime import Box
 from appliance.store import OutboxEvent, Store
@@ -57,17 +56,7 @@ EVENTS_FILTER = "nightbox/+/box/+/events/#"
 @pytest.fixture
 def site_config(tmp_path: Path, upstream: Upstream) -> SiteConfig:  # noqa: F811
     """The test site as box ``club/box-1`` of the upstream broker's fleet."""
-    config = make_site_config(tmp_path / "box", site_id=SITE)
-    sync = SyncConfig(
-        broker=parse_broker_url(upstream.url),
-        ca_file=upstream.ca.ca_certificate,
-        credentials_file=upstream.box_credentials(SITE, BOX),
-        window=16,
-        retry_max_s=0.5,
-    )
-    return dataclasses.replace(
-        config, sync=sync, fleet=FleetConfig(telemetry_interval_s=0.5)
-    )
+    return fleet_site_config(tmp_path / "box", upstream)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ the same data.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import signal
 import sqlite3
@@ -22,16 +21,13 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import make_site_config
 from postgres import Postgres, postgres  # noqa: F401
 from test_collect import collecting, collector_settings, eventually
-from upstream_broker import Upstream, upstream  # noqa: F401
+from upstream_broker import Upstream, fleet_site_config, upstream  # noqa: F401
 
 from appliance.bus.broker import BrokerHandle
-from appliance.bus.url import parse_broker_url
 from appliance.clock import SystemClock, TimeSource
 from appliance.config import SiteConfig
-from appliance.remote.config import FleetConfig, SyncConfig
 from appliance.runtime import Box
 from appliance.sim.demo import DemoOptions, run_demo
 from appliance.store import Store
@@ -92,26 +88,10 @@ def assert_exactly_once(
     return len(expected)
 
 
-def sync_config(upstream: Upstream, site: str, box: str) -> SyncConfig:  # noqa: F811
-    """Sync to the test fleet's broker as ``site``/``box``."""
-    return SyncConfig(
-        broker=parse_broker_url(upstream.url),
-        ca_file=upstream.ca.ca_certificate,
-        credentials_file=upstream.box_credentials(site, box),
-        window=64,
-        retry_max_s=0.5,
-    )
-
-
 @pytest.fixture
 def site_config(tmp_path: Path, upstream: Upstream) -> SiteConfig:  # noqa: F811
     """The test site as box club/box-1 of the fleet's upstream broker."""
-    config = make_site_config(tmp_path / "box", site_id=SITE)
-    return dataclasses.replace(
-        config,
-        sync=sync_config(upstream, SITE, BOX),
-        fleet=FleetConfig(telemetry_interval_s=0.5),
-    )
+    return fleet_site_config(tmp_path / "box", upstream, window=64)
 
 
 async def test_upstream_down_for_a_whole_demo_night(
@@ -145,7 +125,7 @@ async def test_upstream_down_for_a_whole_demo_night(
             headless=True,
             broker_mode="mosquitto",
             data_dir=data_dir,
-            sync=sync_config(upstream, "demo", "box-1"),
+            sync=upstream.sync_config("demo", "box-1", window=64),
             after_night=bring_upstream_back,
         )
         results = await run_demo(options, progress=None)

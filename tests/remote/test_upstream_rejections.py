@@ -10,24 +10,21 @@ publish a command at all.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import make_site_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from upstream_broker import Upstream, upstream  # noqa: F401
+from upstream_broker import Upstream, fleet_site_config, upstream  # noqa: F401
 
 from appliance.bus.topics import Topics
 from appliance.bus.url import parse_broker_url
 from appliance.config import SiteConfig
-from appliance.remote.config import FleetConfig, SyncConfig
 from appliance.remote.fleet_client import FleetClient, FleetError, load_login
 from appliance.runtime import Box
-from appliance.signed_documents import key_id, sign_document
+from appliance.signed_documents import sign_document
 
 SITE = "club"
 BOX = "box-1"
@@ -41,20 +38,8 @@ OPERATOR_KEY = Ed25519PrivateKey.generate()
 @pytest.fixture
 def site_config(tmp_path: Path, upstream: Upstream) -> SiteConfig:  # noqa: F811
     """Box club/box-1 of the fleet, trusting OPERATOR_KEY, with a trusted clock."""
-    public_key = OPERATOR_KEY.public_key()
-    config = make_site_config(tmp_path / "box", site_id=SITE)
-    return dataclasses.replace(
-        config,
-        sync=SyncConfig(
-            broker=parse_broker_url(upstream.url),
-            ca_file=upstream.ca.ca_certificate,
-            credentials_file=upstream.box_credentials(SITE, BOX),
-            window=16,
-            retry_max_s=0.5,
-        ),
-        fleet=FleetConfig(
-            operator_keys={key_id(public_key): public_key}, telemetry_interval_s=0.5
-        ),
+    return fleet_site_config(
+        tmp_path / "box", upstream, operator_keys=[OPERATOR_KEY.public_key()]
     )
 
 
