@@ -7,7 +7,6 @@ and a rejected bundle must leave every table as it was.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import tomllib
@@ -15,90 +14,30 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bundle_box
 import orjson
 import pytest
-from conftest import make_site_config
+from bundle_box import NOW, SITE, SITE_TOML, BundleBox, open_bundle_box, snapshot
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from economy.economy_site import MEMBER_BAND, economy_commerce
+from economy.economy_site import MEMBER_BAND
 
-from appliance.clock import ManualClock
 from appliance.commerce._pricing import Pricing
-from appliance.config import SiteConfig, load_config
+from appliance.config import load_config
 from appliance.remote.bundles import MAX_BUNDLE_BYTES, BundleApplier
-from appliance.remote.config import FleetConfig
 from appliance.signed_documents import CLOCK_SKEW_S, key_id, sign_document
 from appliance.store import Store
-from appliance.tokens import EdgeTokens, TokenError, box_tokens
+from appliance.tokens import TokenError
 from appliance.wallet._ledger import ledger_check
 
-# 2027-01-15 08:00:00 UTC.
-NOW = 1_800_000_000.0
-SITE = "test"
-TABLES = (
-    "members",
-    "online_topups",
-    "wallets",
-    "ledger_transactions",
-    "ledger_entries",
-    "revoked_tokens",
-    "asset_manifests",
-    "signed_nonces",
-    "bundle_versions",
-    "outbox",
-)
-SITE_TOML = """\
-[site]
-id = "test"
-name = "Test venue"
-
-[box]
-id = "box-1"
-data_dir = "data"
-
-[[readers]]
-id = "exit-1"
-role = "exit"
-
-[wallet]
-currency = "EUR"
-max_charge = 20000
-"""
-
-
-@dataclasses.dataclass
-class Setup:
-    """The box side of a test: its store, clock, tokens and bundle applier."""
-
-    config: SiteConfig
-    store: Store
-    clock: ManualClock
-    tokens: EdgeTokens
-    applier: BundleApplier
-    config_path: Path
+# The operator key fixture, bound to its fixture name so that pytest finds it.
+operator_key = bundle_box.operator_key
 
 
 @pytest.fixture
-def operator_key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def box(tmp_path: Path, operator_key: Ed25519PrivateKey) -> Iterator[Setup]:
-    public_key = operator_key.public_key()
-    config = make_site_config(
-        tmp_path / "box",
-        commerce=economy_commerce(NOW),
-        fleet=FleetConfig(operator_keys={key_id(public_key): public_key}),
-    )
-    clock = ManualClock(NOW)
-    store = Store(tmp_path / "box" / "nightbox.sqlite3", clock)
-    Pricing(config.commerce).seed(store)
-    tokens = box_tokens(config, store, clock)
-    config_path = tmp_path / "site.toml"
-    config_path.write_text(SITE_TOML, encoding="utf-8")
-    applier = BundleApplier(store, config, clock, tokens, config_path=config_path)
-    yield Setup(config, store, clock, tokens, applier, config_path)
-    store.close()
+def box(tmp_path: Path, operator_key: Ed25519PrivateKey) -> Iterator[BundleBox]:
+    opened = open_bundle_box(tmp_path, operator_key)
+    yield opened
+    opened.store.close()
 
 
 def signed(
@@ -125,12 +64,6 @@ def payload(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document)
 
 
-def snapshot(store: Store) -> dict[str, list[tuple[Any, ...]]]:
-    return {
-        table: store.query(f"SELECT * FROM {table} ORDER BY rowid") for table in TABLES
-    }
-
-
 def events(store: Store, event_type: str) -> list[dict[str, Any]]:
     rows = store.query(
         "SELECT body FROM outbox WHERE type = ? ORDER BY seq", (event_type,)
@@ -138,7 +71,7 @@ def events(store: Store, event_type: str) -> list[dict[str, Any]]:
     return [orjson.loads(body) for (body,) in rows]
 
 
-def apply(setup: Setup, document: dict[str, Any]) -> dict[str, Any]:
+def apply(setup: BundleBox, document: dict[str, Any]) -> dict[str, Any]:
     return setup.applier.apply(document["type"], payload(document))
 
 
@@ -151,7 +84,7 @@ def balance(store: Store, band: str) -> int | None:
 
 
 def test_members_replace_bundle_rows(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     first = signed(
         operator_key,
@@ -192,7 +125,7 @@ def test_members_replace_bundle_rows(
 
 
 def test_members_bundle_grants_tier(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     pricing = Pricing(box.config.commerce)
     kit_bundle = box.config.commerce.item("kit-bundle")
@@ -222,7 +155,9 @@ def test_members_bundle_grants_tier(
     assert price.discount == 300
 
 
-def test_members_event_has_counts(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_members_event_has_counts(
+    box: BundleBox, operator_key: Ed25519PrivateKey
+) -> None:
     document = signed(
         operator_key, "members", {"members": [{"band": "ib-1-7", "tier": "gold"}]}, 4
     )
@@ -246,7 +181,7 @@ def topup(topup_id: str, band: str = "ib-1-7", amount: int = 2000) -> dict[str, 
     return {"id": topup_id, "band": band, "amount": amount, "currency": "EUR"}
 
 
-def test_topups_credit_wallets(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_topups_credit_wallets(box: BundleBox, operator_key: Ed25519PrivateKey) -> None:
     document = signed(
         operator_key,
         "topups",
@@ -282,7 +217,7 @@ def test_topups_credit_wallets(box: Setup, operator_key: Ed25519PrivateKey) -> N
 
 
 def test_topup_repeated_credited_once(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     apply(box, signed(operator_key, "topups", {"topups": [topup("web-1")]}))
     second = signed(
@@ -302,7 +237,9 @@ def test_topup_repeated_credited_once(
     assert ledger_check(box.store).ok
 
 
-def test_topup_id_reused_rejected(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_topup_id_reused_rejected(
+    box: BundleBox, operator_key: Ed25519PrivateKey
+) -> None:
     apply(box, signed(operator_key, "topups", {"topups": [topup("web-1")]}))
     before = snapshot(box.store)
     second = signed(
@@ -320,7 +257,7 @@ def test_topup_id_reused_rejected(box: Setup, operator_key: Ed25519PrivateKey) -
 
 
 def test_topup_night_limit_rolls_back(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     # The site allows 60,000 per band per night: the first two top-ups fit,
     # the third does not, and the whole bundle is rejected.
@@ -348,7 +285,7 @@ def test_topup_night_limit_rolls_back(
 # Revocations
 
 
-def test_revoked_token_refused(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_revoked_token_refused(box: BundleBox, operator_key: Ed25519PrivateKey) -> None:
     issued = box.tokens.issue("bar-1", ["pos:charge"], 3600)
     other = box.tokens.issue("bar-2", ["pos:charge"], 3600)
     box.tokens.verify(issued.token, "pos:charge", "bar-1")
@@ -372,7 +309,7 @@ def test_revoked_token_refused(box: Setup, operator_key: Ed25519PrivateKey) -> N
 
 
 def test_revocation_repeated_counted(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     box.tokens.revoke("tok-1", "revoked at the desk")
     document = signed(
@@ -408,7 +345,7 @@ def asset(name: str, size: int = 1024) -> dict[str, Any]:
     }
 
 
-def test_asset_manifest_stored(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_asset_manifest_stored(box: BundleBox, operator_key: Ed25519PrivateKey) -> None:
     body = {"assets": [asset("tee.glb"), asset("cap.glb", 2048)], "budget_bytes": 10**8}
 
     result = apply(box, signed(operator_key, "assets", body, version=3))
@@ -423,7 +360,7 @@ def test_asset_manifest_stored(box: Setup, operator_key: Ed25519PrivateKey) -> N
 
 
 def test_config_bundle_replaces_file(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     document = tomllib.loads(SITE_TOML)
     document["wallet"]["max_charge"] = 15_000
@@ -442,7 +379,7 @@ def test_config_bundle_replaces_file(
 
 
 def test_config_date_times_from_iso(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     document = tomllib.loads(SITE_TOML)
     document["items"] = [{"id": "tee", "name": "Tee", "price": 3500}]
@@ -467,7 +404,7 @@ def test_config_date_times_from_iso(
 
 
 def test_config_bad_date_time_rejected(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     document = tomllib.loads(SITE_TOML)
     document["sets"] = [{"id": "set-1", "starts_at": "tonight", "ends_at": "late"}]
@@ -482,7 +419,7 @@ def test_config_bad_date_time_rejected(
 
 
 def test_config_for_other_box_rejected(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     document = tomllib.loads(SITE_TOML)
     document["box"]["id"] = "box-2"
@@ -497,7 +434,7 @@ def test_config_for_other_box_rejected(
 
 
 def test_config_without_path_unavailable(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     applier = BundleApplier(
         box.store, box.config, box.clock, box.tokens, config_path=None
@@ -516,7 +453,7 @@ def test_config_without_path_unavailable(
 
 
 def test_same_bundle_again_replayed(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     document = signed(operator_key, "topups", {"topups": [topup("web-1")]})
     apply(box, document)
@@ -533,7 +470,7 @@ def test_same_bundle_again_replayed(
 
 @pytest.mark.parametrize("version", [4, 5])
 def test_older_version_rejected(
-    box: Setup, operator_key: Ed25519PrivateKey, version: int
+    box: BundleBox, operator_key: Ed25519PrivateKey, version: int
 ) -> None:
     apply(box, signed(operator_key, "members", {"members": []}, version=5))
     before = snapshot(box.store)
@@ -554,7 +491,9 @@ def test_older_version_rejected(
     assert snapshot(box.store) == before
 
 
-def test_versions_count_per_type(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_versions_count_per_type(
+    box: BundleBox, operator_key: Ed25519PrivateKey
+) -> None:
     apply(box, signed(operator_key, "members", {"members": []}, version=5))
 
     result = apply(box, signed(operator_key, "revocations", {"tokens": []}, version=1))
@@ -562,7 +501,9 @@ def test_versions_count_per_type(box: Setup, operator_key: Ed25519PrivateKey) ->
     assert result["ok"] is True
 
 
-def test_tampered_body_rejected(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_tampered_body_rejected(
+    box: BundleBox, operator_key: Ed25519PrivateKey
+) -> None:
     document = signed(operator_key, "topups", {"topups": [topup("web-1")]})
     document["body"]["topups"][0]["amount"] = 50_000
     before = snapshot(box.store)
@@ -573,7 +514,7 @@ def test_tampered_body_rejected(box: Setup, operator_key: Ed25519PrivateKey) -> 
     assert snapshot(box.store) == before
 
 
-def test_other_site_rejected(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_other_site_rejected(box: BundleBox, operator_key: Ed25519PrivateKey) -> None:
     document = signed(operator_key, "members", {"members": []}, site="annex")
 
     result = apply(box, document)
@@ -582,7 +523,7 @@ def test_other_site_rejected(box: Setup, operator_key: Ed25519PrivateKey) -> Non
     assert "'annex'" in result["message"]
 
 
-def test_unknown_key_rejected(box: Setup) -> None:
+def test_unknown_key_rejected(box: BundleBox) -> None:
     stranger = Ed25519PrivateKey.generate()
 
     result = apply(box, signed(stranger, "members", {"members": []}))
@@ -591,7 +532,9 @@ def test_unknown_key_rejected(box: Setup) -> None:
     assert key_id(stranger.public_key()) in result["message"]
 
 
-def test_expired_bundle_rejected(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_expired_bundle_rejected(
+    box: BundleBox, operator_key: Ed25519PrivateKey
+) -> None:
     document = signed(operator_key, "members", {"members": []})
     box.clock.advance_to(NOW + 3600 + CLOCK_SKEW_S + 1)
 
@@ -602,7 +545,7 @@ def test_expired_bundle_rejected(box: Setup, operator_key: Ed25519PrivateKey) ->
 
 
 def test_command_as_bundle_rejected(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     document = signed(operator_key, "members", {}, kind="command", version=None)
 
@@ -615,7 +558,7 @@ def test_command_as_bundle_rejected(
     "data",
     [b"", b"{not json", b'{"v": 1', b"\xff\xfe", b"[1, 2]", b"null"],
 )
-def test_malformed_payload_rejected(box: Setup, data: bytes) -> None:
+def test_malformed_payload_rejected(box: BundleBox, data: bytes) -> None:
     before = snapshot(box.store)
 
     result = box.applier.apply("members", data)
@@ -631,7 +574,7 @@ def test_malformed_payload_rejected(box: Setup, data: bytes) -> None:
     assert snapshot(box.store) == before
 
 
-def test_oversized_payload_rejected(box: Setup) -> None:
+def test_oversized_payload_rejected(box: BundleBox) -> None:
     result = box.applier.apply("members", b" " * (MAX_BUNDLE_BYTES + 1))
 
     assert result["reason"] == "too-large"
@@ -639,7 +582,7 @@ def test_oversized_payload_rejected(box: Setup) -> None:
 
 
 def test_topic_type_mismatch_rejected(
-    box: Setup, operator_key: Ed25519PrivateKey
+    box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:
     document = signed(operator_key, "members", {"members": []})
 
@@ -650,7 +593,7 @@ def test_topic_type_mismatch_rejected(
     assert box.store.query("SELECT COUNT(*) FROM signed_nonces") == [(0,)]
 
 
-def test_unknown_type_rejected(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_unknown_type_rejected(box: BundleBox, operator_key: Ed25519PrivateKey) -> None:
     document = signed(operator_key, "firmware", {"url": "x"})
 
     result = apply(box, document)
@@ -661,7 +604,7 @@ def test_unknown_type_rejected(box: Setup, operator_key: Ed25519PrivateKey) -> N
 
 
 def test_store_failure_reported(
-    box: Setup, operator_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
+    box: BundleBox, operator_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     box.store.close()
 
@@ -796,7 +739,7 @@ GOOD_TOKEN = {"id": "tok-1", "reason": "lost"}
     ],
 )
 def test_invalid_item_rejects_bundle(
-    box: Setup,
+    box: BundleBox,
     operator_key: Ed25519PrivateKey,
     bundle_type: str,
     body: dict[str, Any],
@@ -817,7 +760,7 @@ def test_invalid_item_rejects_bundle(
 
 
 def test_rejections_logged_once_counted_all(
-    box: Setup, operator_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
+    box: BundleBox, operator_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     documents = [signed(operator_key, "members", {"members": []}) for _ in range(3)]
     for document in documents:
@@ -834,7 +777,9 @@ def test_rejections_logged_once_counted_all(
         assert document["sig"] not in caplog.text
 
 
-def test_applied_bundles_counted(box: Setup, operator_key: Ed25519PrivateKey) -> None:
+def test_applied_bundles_counted(
+    box: BundleBox, operator_key: Ed25519PrivateKey
+) -> None:
     apply(box, signed(operator_key, "members", {"members": []}))
     apply(box, signed(operator_key, "revocations", {"tokens": []}))
 

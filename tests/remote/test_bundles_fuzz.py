@@ -13,49 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bundle_box
 import orjson
 import pytest
-from conftest import make_site_config
+from bundle_box import NOW, SITE, BundleBox, open_bundle_box, snapshot
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from economy.economy_site import MEMBER_BAND, economy_commerce
+from economy.economy_site import MEMBER_BAND
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from appliance.clock import ManualClock
-from appliance.commerce._pricing import Pricing
-from appliance.remote.bundles import BUNDLE_TYPES, BundleApplier
-from appliance.remote.config import FleetConfig
-from appliance.signed_documents import key_id, sign_document
-from appliance.store import Store
-from appliance.tokens import box_tokens
+from appliance.remote.bundles import BUNDLE_TYPES
+from appliance.signed_documents import sign_document
 from appliance.wallet._ledger import ledger_check
 
-NOW = 1_800_000_000.0
-SITE = "test"
-TABLES = (
-    "members",
-    "online_topups",
-    "wallets",
-    "ledger_transactions",
-    "ledger_entries",
-    "revoked_tokens",
-    "asset_manifests",
-    "signed_nonces",
-    "bundle_versions",
-    "outbox",
-)
-SITE_TOML = """\
-[site]
-id = "test"
-
-[box]
-id = "box-1"
-data_dir = "data"
-
-[[readers]]
-id = "exit-1"
-role = "exit"
-"""
 # Versions only grow across the examples of a run, so no example is rejected
 # as an old version.
 _versions = itertools.count(1)
@@ -163,53 +133,26 @@ bodies = st.sampled_from(BUNDLE_TYPES).flatmap(
 )
 
 
-class Box:
-    """A store with a bundle applier and the file a config bundle replaces."""
-
-    def __init__(self, folder: Path, key: Ed25519PrivateKey) -> None:
-        public_key = key.public_key()
-        config = make_site_config(
-            folder / "box",
-            commerce=economy_commerce(NOW),
-            fleet=FleetConfig(operator_keys={key_id(public_key): public_key}),
-        )
-        clock = ManualClock(NOW)
-        self.store = Store(folder / "box" / "nightbox.sqlite3", clock)
-        Pricing(config.commerce).seed(store=self.store)
-        self.config_path = folder / "site.toml"
-        self.config_path.write_text(SITE_TOML, encoding="utf-8")
-        self.applier = BundleApplier(
-            self.store,
-            config,
-            clock,
-            box_tokens(config, self.store, clock),
-            config_path=self.config_path,
-        )
-
-    def state(self) -> tuple[dict[str, list[tuple[Any, ...]]], bytes]:
-        tables = {
-            table: self.store.query(f"SELECT * FROM {table} ORDER BY rowid")
-            for table in TABLES
-        }
-        return tables, self.config_path.read_bytes()
+# The operator key fixture, bound to its fixture name so that pytest finds it.
+operator_key = bundle_box.operator_key
 
 
 @pytest.fixture
-def operator_key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def box(tmp_path: Path, operator_key: Ed25519PrivateKey) -> Iterator[Box]:
-    opened = Box(tmp_path, operator_key)
+def box(tmp_path: Path, operator_key: Ed25519PrivateKey) -> Iterator[BundleBox]:
+    opened = open_bundle_box(tmp_path, operator_key)
     yield opened
     opened.store.close()
+
+
+def state(box: BundleBox) -> tuple[dict[str, list[tuple[Any, ...]]], bytes]:
+    """Return the rows that bundles change and the bytes of the site file."""
+    return snapshot(box.store), box.config_path.read_bytes()
 
 
 @FUZZ_SETTINGS
 @given(bundle=bodies)
 def test_signed_bodies_never_raise(
-    box: Box, operator_key: Ed25519PrivateKey, bundle: tuple[str, dict[str, Any]]
+    box: BundleBox, operator_key: Ed25519PrivateKey, bundle: tuple[str, dict[str, Any]]
 ) -> None:
     bundle_type, body = bundle
     version = next(_versions)
@@ -223,7 +166,7 @@ def test_signed_bodies_never_raise(
         validity_s=3600,
         version=version,
     )
-    before = box.state()
+    before = state(box)
 
     result = box.applier.apply(bundle_type, orjson.dumps(document))
     event(f"{bundle_type}: {result.get('reason', 'ok')}")
@@ -236,7 +179,7 @@ def test_signed_bodies_never_raise(
     else:
         assert result["reason"] == "invalid", result
         assert result["message"]
-        assert box.state() == before
+        assert state(box) == before
     assert ledger_check(box.store).ok
 
 
@@ -247,11 +190,13 @@ def test_signed_bodies_never_raise(
     | json_values.map(orjson.dumps)
     | st.dictionaries(st.text(max_size=8), json_values).map(orjson.dumps),
 )
-def test_unsigned_payloads_rejected(box: Box, bundle_type: str, data: bytes) -> None:
-    before = box.state()
+def test_unsigned_payloads_rejected(
+    box: BundleBox, bundle_type: str, data: bytes
+) -> None:
+    before = state(box)
 
     result = box.applier.apply(bundle_type, data)
 
     assert result["ok"] is False
     assert result["reason"] in ("malformed", "unknown-key", "too-large")
-    assert box.state() == before
+    assert state(box) == before
