@@ -93,6 +93,23 @@ def operator_password(upstream: Upstream) -> str:
     return upstream.accounts.account(operator_username(OPERATOR)).password
 
 
+def offline_send_options(key_path: Path) -> list[str]:
+    """Return the options of a send to club/box-1 on a port where nothing listens.
+
+    The send fails on its input before it would connect to the broker.
+    """
+    return [
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--site",
+        "club",
+        "--box",
+        "box-1",
+        "--key",
+        str(key_path),
+    ]
+
+
 def assert_no_secrets(outcome: Outcome, *passwords: str) -> None:
     for text in (outcome.out, outcome.err):
         assert "PRIVATE KEY" not in text
@@ -946,14 +963,7 @@ def test_send_key_file_invalid(
         outcome = fleet(
             capsys,
             "send",
-            "--broker",
-            "mqtt://127.0.0.1:1",
-            "--site",
-            "club",
-            "--box",
-            "box-1",
-            "--key",
-            str(path),
+            *offline_send_options(path),
             "status",
         )
 
@@ -981,14 +991,7 @@ def test_send_argument_invalid(
     outcome = fleet(
         capsys,
         "send",
-        "--broker",
-        "mqtt://127.0.0.1:1",
-        "--site",
-        "club",
-        "--box",
-        "box-1",
-        "--key",
-        str(operator_key.private_path),
+        *offline_send_options(operator_key.private_path),
         "status",
         argument,
     )
@@ -1005,14 +1008,7 @@ def test_send_command_too_large(
     outcome = fleet(
         capsys,
         "send",
-        "--broker",
-        "mqtt://127.0.0.1:1",
-        "--site",
-        "club",
-        "--box",
-        "box-1",
-        "--key",
-        str(operator_key.private_path),
+        *offline_send_options(operator_key.private_path),
         "config-set",
         "key=site.name",
         f"value={'x' * 70_000}",
