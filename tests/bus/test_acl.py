@@ -14,14 +14,13 @@ import stat
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
-import paho.mqtt.client as paho
 import pytest
 from conftest import TokenFactory
 from paho.mqtt.reasoncodes import ReasonCode
+from paho_publish import PahoResult, publish_with_paho
 
 from appliance.bus import envelope
 from appliance.bus.broker import BrokerHandle
@@ -42,58 +41,6 @@ REASON_NO_MATCHING_SUBSCRIBERS = 16
 REASON_NOT_AUTHORIZED = 135
 
 
-@dataclass(frozen=True)
-class PahoResult:
-    """Reason codes that paho-mqtt reported for one connect and publish."""
-
-    connack: int
-    puback: int | None
-
-
-def _paho_publish_blocking(
-    host: str, port: int, username: str | None, password: str | None, topic: str
-) -> PahoResult:
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2,
-        client_id=f"test-paho-{uuid.uuid4().hex[:8]}",
-        protocol=paho.MQTTv5,
-    )
-    if username is not None:
-        client.username_pw_set(username, password)
-    codes: dict[str, int] = {}
-
-    def on_connect(*args: Any) -> None:
-        codes["connack"] = args[3].value
-
-    def on_publish(*args: Any) -> None:
-        codes["puback"] = args[3].value
-
-    def run_until(code: str) -> None:
-        # Driving the network loop here, without paho's background thread,
-        # avoids that thread's reconnect delay after a refused login.
-        deadline = time.monotonic() + TIMEOUT_S
-        while code not in codes:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {code} from {host}:{port} for {username}")
-            client.loop(timeout=0.05)
-
-    client.on_connect = on_connect
-    client.on_publish = on_publish
-    client.connect(host, port)
-    try:
-        run_until("connack")
-        if codes["connack"] == REASON_SUCCESS:
-            payload = envelope.encode(f"paho/{username}", {"data": {}})
-            client.publish(topic, payload, qos=1)
-            run_until("puback")
-            client.disconnect()
-    finally:
-        sock = client.socket()
-        if sock is not None:
-            sock.close()
-    return PahoResult(codes["connack"], codes.get("puback"))
-
-
 async def paho_publish(
     broker: BrokerHandle,
     username: str | None,
@@ -101,11 +48,9 @@ async def paho_publish(
     topic: str,
 ) -> PahoResult:
     """Log in with paho-mqtt over MQTT 5, publish at QoS 1, return the codes."""
-    return await asyncio.wait_for(
-        asyncio.to_thread(
-            _paho_publish_blocking, broker.host, broker.port, username, password, topic
-        ),
-        timeout=TIMEOUT_S * 2,
+    payload = envelope.encode(f"paho/{username}", {"data": {}})
+    return await publish_with_paho(
+        broker, username, password, topic, payload, timeout_s=TIMEOUT_S
     )
 
 

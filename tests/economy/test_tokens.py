@@ -8,7 +8,6 @@ and check that a rejected token changes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from economy_site import economy_site_config, terminal_fixture, top_up  # noqa: F401
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho_publish import publish_with_paho
 
 from appliance.bus import envelope
 from appliance.bus.broker import BrokerHandle
@@ -785,54 +784,6 @@ REASON_NOT_AUTHORIZED = 135
 BUS_TIMEOUT_S = 10.0
 
 
-def _paho_request_blocking(
-    broker: BrokerHandle,
-    username: str,
-    password: str,
-    topic: str,
-    payload: bytes,
-    response_topic: str,
-) -> int:
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2,
-        client_id=f"test-paho-{uuid.uuid4().hex[:8]}",
-        protocol=paho.MQTTv5,
-    )
-    client.username_pw_set(username, password)
-    codes: dict[str, int] = {}
-
-    def on_connect(*args: Any) -> None:
-        codes["connack"] = args[3].value
-
-    def on_publish(*args: Any) -> None:
-        codes["puback"] = args[3].value
-
-    def run_until(code: str) -> None:
-        deadline = time.monotonic() + BUS_TIMEOUT_S
-        while code not in codes:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {code} from the broker for {username}")
-            client.loop(timeout=0.05)
-
-    client.on_connect = on_connect
-    client.on_publish = on_publish
-    properties = Properties(PacketTypes.PUBLISH)
-    properties.ResponseTopic = response_topic
-    properties.CorrelationData = b"foreign-request"
-    client.connect(broker.host, broker.port)
-    try:
-        run_until("connack")
-        assert codes["connack"] == 0, f"login of {username} failed"
-        client.publish(topic, payload, qos=1, properties=properties)
-        run_until("puback")
-        client.disconnect()
-    finally:
-        sock = client.socket()
-        if sock is not None:
-            sock.close()
-    return codes["puback"]
-
-
 async def paho_request(
     broker: BrokerHandle,
     credentials: SiteCredentials,
@@ -846,18 +797,21 @@ async def paho_request(
     aiomqtt does not report the reason code of a PUBACK, so paho is used.
     """
     password = credentials.account(username).password
-    return await asyncio.wait_for(
-        asyncio.to_thread(
-            _paho_request_blocking,
-            broker,
-            username,
-            password,
-            topic,
-            payload,
-            response_topic,
-        ),
-        timeout=BUS_TIMEOUT_S * 2,
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.ResponseTopic = response_topic
+    properties.CorrelationData = b"foreign-request"
+    result = await publish_with_paho(
+        broker,
+        username,
+        password,
+        topic,
+        payload,
+        properties=properties,
+        timeout_s=BUS_TIMEOUT_S,
     )
+    assert result.connack == 0, f"login of {username} failed"
+    assert result.puback is not None
+    return result.puback
 
 
 @pytest.mark.parametrize(

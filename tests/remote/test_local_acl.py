@@ -10,12 +10,8 @@ subscribers).
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from typing import Any
 
 import orjson
-import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from management_site import (
@@ -30,6 +26,7 @@ from management_site import (
     operator_key_fixture,  # noqa: F401
     sign_command,
 )
+from paho_publish import publish_with_paho
 
 from appliance.bus.broker import BrokerHandle
 from appliance.config import SiteConfig
@@ -44,46 +41,6 @@ REASON_NOT_AUTHORIZED = 135
 COMMAND_TOPIC = f"nightbox/test/box/{BOX_ID}/cmnd/drop-start"
 
 
-def _publish_blocking(
-    host: str, port: int, username: str, password: str, topic: str, payload: bytes
-) -> int:
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2,
-        client_id=f"test-acl-{uuid.uuid4().hex[:8]}",
-        protocol=paho.MQTTv5,
-    )
-    client.username_pw_set(username, password)
-    codes: dict[str, int] = {}
-
-    def on_connect(*args: Any) -> None:
-        codes["connack"] = args[3].value
-
-    def on_publish(*args: Any) -> None:
-        codes["puback"] = args[3].value
-
-    def run_until(code: str) -> None:
-        deadline = time.monotonic() + TIMEOUT_S
-        while code not in codes:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {code} from {host}:{port} for {username}")
-            client.loop(timeout=0.05)
-
-    client.on_connect = on_connect
-    client.on_publish = on_publish
-    client.connect(host, port)
-    try:
-        run_until("connack")
-        assert codes["connack"] == REASON_SUCCESS, f"{username} could not log in"
-        client.publish(topic, payload, qos=1)
-        run_until("puback")
-        client.disconnect()
-    finally:
-        sock = client.socket()
-        if sock is not None:
-            sock.close()
-    return codes["puback"]
-
-
 async def publish_as(
     broker: BrokerHandle,
     credentials: SiteCredentials,
@@ -93,18 +50,12 @@ async def publish_as(
 ) -> int:
     """Publish at QoS 1 as ``username``; return the PUBACK reason code."""
     password = credentials.account(username).password
-    return await asyncio.wait_for(
-        asyncio.to_thread(
-            _publish_blocking,
-            broker.host,
-            broker.port,
-            username,
-            password,
-            topic,
-            payload,
-        ),
-        timeout=TIMEOUT_S * 2,
+    result = await publish_with_paho(
+        broker, username, password, topic, payload, timeout_s=TIMEOUT_S
     )
+    assert result.connack == REASON_SUCCESS, f"{username} could not log in"
+    assert result.puback is not None
+    return result.puback
 
 
 def drop_state(box: Box) -> str:
