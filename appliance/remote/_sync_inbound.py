@@ -9,14 +9,19 @@ signature and returns the ``data`` of the result published on
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from appliance.bus.topics import Topics
+from appliance.remote.document_types import MAX_BUNDLE_BYTES, MAX_COMMAND_BYTES
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,6 +50,79 @@ class Inbound:
 
     kind: str
     name: str
+
+
+def max_payload_bytes(inbound: Inbound) -> int:
+    """Return the largest payload that remote management accepts for ``inbound``."""
+    return MAX_COMMAND_BYTES if inbound.kind == "command" else MAX_BUNDLE_BYTES
+
+
+class InboundQueue:
+    """Commands and bundles waiting for remote management, bounded by count and bytes.
+
+    A flood of large bundles must not grow the box's memory, so the queue
+    contains at most ``max_messages`` messages and ``max_bytes`` bytes of
+    payload in all.
+    """
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        # Payload bytes of the messages in the queue.
+        self.bytes = 0
+        self._queue: asyncio.Queue[tuple[Inbound, bytes]] = asyncio.Queue()
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    def offer(self, inbound: Inbound, payload: bytes) -> bool:
+        """Queue a message; return False, queueing nothing, when it does not fit."""
+        if len(self) >= self.max_messages:
+            return False
+        if self.bytes + len(payload) > self.max_bytes:
+            return False
+        self._queue.put_nowait((inbound, payload))
+        self.bytes += len(payload)
+        return True
+
+    async def get(self) -> tuple[Inbound, bytes]:
+        """Remove and return the oldest message, waiting for one if none is queued."""
+        inbound, payload = await self._queue.get()
+        self.bytes -= len(payload)
+        return inbound, payload
+
+
+class LimitedLog:
+    """Warnings logged at most once per key every ``interval_s`` seconds.
+
+    The next warning of a key says how many of that key were skipped since
+    the last one was logged.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        # The time each key was last logged, and how many were skipped since.
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        """Log ``message % args`` unless ``key`` was logged within the interval."""
+        now = self._clock()
+        last_at, skipped = self._last.get(key, (-math.inf, 0))
+        if now - last_at < self._interval_s:
+            self._last[key] = (last_at, skipped + 1)
+            return
+        self._last[key] = (now, 0)
+        if skipped:
+            message += " (%d more like it since the last report)"
+            args = (*args, skipped)
+        self._logger.warning(message, *args)
 
 
 class InboundTopics:
@@ -118,6 +196,27 @@ def rejection(
         "reason": reason,
         "message": message,
     }
+
+
+def busy_rejection(
+    inbound: Inbound, payload: bytes, waiting: int, waiting_bytes: int
+) -> dict[str, Any] | None:
+    """Return the ``busy`` result of a dropped command, or None without a nonce.
+
+    Only a command's nonce is read: a command is at most 64 KiB, so parsing
+    it is cheap, but a bundle may have 4 MiB. A result without a nonce
+    matches no request, so none is sent for it.
+    """
+    if inbound.kind != "command" or len(payload) > MAX_COMMAND_BYTES:
+        return None
+    result = rejection(
+        inbound,
+        payload,
+        "busy",
+        f"{waiting} commands and bundles ({waiting_bytes} bytes) were waiting "
+        "on the box; the command was dropped, so send it again later",
+    )
+    return result if result["nonce"] is not None else None
 
 
 def _nonce(payload: bytes) -> str | None:

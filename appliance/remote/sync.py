@@ -48,9 +48,13 @@ from appliance.errors import ConfigError, NightboxError
 from appliance.outbox import event_payload
 from appliance.remote._sync_inbound import (
     Inbound,
+    InboundQueue,
     InboundTopics,
+    LimitedLog,
     Management,
+    busy_rejection,
     handle_inbound,
+    max_payload_bytes,
 )
 from appliance.remote._sync_login import UpstreamLogin, read_login
 from appliance.store import OutboxEvent, Store
@@ -73,8 +77,30 @@ _KEEPALIVE_S = 15
 _SESSION_EXPIRY_S = 7 * 24 * 3600
 # Timeout of a state, result or telemetry publish, in seconds.
 _PUBLISH_TIMEOUT_S = 10.0
-# Commands and bundles received but not yet handled; more are dropped.
+# Commands and bundles received but not yet handled, at most this many and
+# this many payload bytes in all; more are dropped. Four bundles of the
+# maximum size (4 MiB) fill the bytes.
 _INBOUND_QUEUE = 1000
+_INBOUND_QUEUE_BYTES = 16 * 1024 * 1024
+# "busy" results of dropped commands waiting to be sent; more get no result.
+_BUSY_QUEUE = 64
+# Warnings about dropped or ignored messages are logged at most once per
+# reason in this many seconds, with the number skipped.
+_DROP_LOG_INTERVAL_S = 5.0
+# The counters in the sync state, each 0 until it happens.
+_STATE_COUNTS = (
+    "commands",
+    "bundles",
+    "inbound_dropped",
+    "inbound_too_large",
+    "inbound_ignored",
+    "busy_unanswered",
+    "results_unsent",
+    "rejected_events",
+    "telemetry_errors",
+    "connects",
+    "failures",
+)
 # A repeated connect failure is logged again after this many seconds.
 _REPEAT_LOG_S = 60.0
 _SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
@@ -141,9 +167,11 @@ class SyncService:
         # Set by commits and PUBACKs: the drain loop may have work.
         self._ready = asyncio.Event()
         self._state_changed = asyncio.Event()
-        self._inbound: asyncio.Queue[tuple[Inbound, bytes]] = asyncio.Queue(
-            _INBOUND_QUEUE
+        self._inbound = InboundQueue(_INBOUND_QUEUE, _INBOUND_QUEUE_BYTES)
+        self._busy: asyncio.Queue[tuple[Inbound, dict[str, Any]]] = asyncio.Queue(
+            _BUSY_QUEUE
         )
+        self._drop_log = LimitedLog(_LOGGER, _DROP_LOG_INTERVAL_S)
         # Message ids of events waiting for their PUBACK, and the failure
         # reason codes that the broker returned for some of them.
         self._event_mids: set[int] = set()
@@ -172,8 +200,9 @@ class SyncService:
         """Return the sync state, as published on ``tele/sync``.
 
         ``backlog`` counts the events that wait for the upstream broker,
-        ``sent`` the events acknowledged since the service started, and
-        ``last_success`` the box's time of the last acknowledgement.
+        ``sent`` the events acknowledged since the service started,
+        ``last_success`` the box's time of the last acknowledgement, and
+        ``counts`` what happened since the service started, by name.
         """
         return {
             "connected": self.connected,
@@ -182,6 +211,7 @@ class SyncService:
             "last_success": self.last_success,
             "last_error": self.last_error,
             "broker": str(self._sync.broker),
+            "counts": {name: self.counts[name] for name in _STATE_COUNTS},
         }
 
     async def start(self) -> None:
@@ -191,6 +221,7 @@ class SyncService:
         )
         self._tasks = [
             asyncio.create_task(self._handle_inbound_forever(), name="sync-inbound"),
+            asyncio.create_task(self._answer_busy_forever(), name="sync-busy"),
             asyncio.create_task(self._run(), name="sync-upstream"),
         ]
         self._state_changed.set()
@@ -530,34 +561,78 @@ class SyncService:
         return topic
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        """Queue commands and bundles; raise MqttError when the connection ends."""
+        """Queue commands and bundles; raise MqttError when the connection ends.
+
+        A payload over its type's limit, or one that does not fit in the
+        queue, is dropped here, before anything parses it.
+        """
         async for message in client.messages:
             topic = message.topic.value
             inbound = self._inbound_topics.parse(topic)
             payload = message.payload
             if inbound is None or not isinstance(payload, bytes | bytearray):
                 self.counts["inbound_ignored"] += 1
-                _LOGGER.warning(
-                    "Sync of box %s ignored a message on %s", self._box_id, topic
+                self._drop_log.warning(
+                    "ignored",
+                    "Sync of box %s ignored a message on %s",
+                    self._box_id,
+                    topic,
                 )
                 continue
-            try:
-                self._inbound.put_nowait((inbound, bytes(payload)))
-            except asyncio.QueueFull:
-                self.counts["inbound_dropped"] += 1
-                _LOGGER.warning(
-                    "Sync of box %s dropped %s %r: %d are waiting already",
+            payload = bytes(payload)
+            limit = max_payload_bytes(inbound)
+            if len(payload) > limit:
+                self.counts["inbound_too_large"] += 1
+                self._drop_log.warning(
+                    "too-large",
+                    "Sync of box %s dropped %s %r of %d bytes, over the limit of "
+                    "%d bytes",
                     self._box_id,
                     inbound.kind,
-                    inbound.name,
-                    _INBOUND_QUEUE,
+                    inbound.name[:40],
+                    len(payload),
+                    limit,
                 )
+                continue
+            if not self._inbound.offer(inbound, payload):
+                self._drop(inbound, payload)
+
+    def _drop(self, inbound: Inbound, payload: bytes) -> None:
+        """Count and log a message that did not fit, and queue its ``busy`` result."""
+        self.counts["inbound_dropped"] += 1
+        waiting, waiting_bytes = len(self._inbound), self._inbound.bytes
+        self._drop_log.warning(
+            "dropped",
+            "Sync of box %s dropped %s %r because %d commands and bundles "
+            "(%d bytes) are waiting already",
+            self._box_id,
+            inbound.kind,
+            inbound.name[:40],
+            waiting,
+            waiting_bytes,
+        )
+        result = busy_rejection(inbound, payload, waiting, waiting_bytes)
+        if result is None:
+            if inbound.kind == "command":
+                self.counts["busy_unanswered"] += 1
+            return
+        try:
+            self._busy.put_nowait((inbound, result))
+        except asyncio.QueueFull:
+            self.counts["busy_unanswered"] += 1
 
     async def _handle_inbound_forever(self) -> None:
         while True:
             inbound, payload = await self._inbound.get()
             self.counts[f"{inbound.kind}s"] += 1
             result = await handle_inbound(self._management, inbound, payload)
+            await self._publish_result(inbound, result)
+
+    async def _answer_busy_forever(self) -> None:
+        # A task of its own, so that a slow command does not delay the
+        # results that report the full queue.
+        while True:
+            inbound, result = await self._busy.get()
             await self._publish_result(inbound, result)
 
     async def _publish_result(self, inbound: Inbound, result: dict[str, Any]) -> None:
@@ -570,11 +645,12 @@ class SyncService:
             await self._publish_acknowledged(client, topic, payload)
         except (aiomqtt.MqttError, PublishRejectedError) as err:
             self.counts["results_unsent"] += 1
-            _LOGGER.warning(
+            self._drop_log.warning(
+                "result-unsent",
                 "Sync of box %s could not send the result of %s %r (%s)",
                 self._box_id,
                 inbound.kind,
-                inbound.name,
+                inbound.name[:40],
                 err,
             )
 
