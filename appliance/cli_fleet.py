@@ -45,9 +45,12 @@ from appliance.remote.document_types import (
     REGISTERED_COMMANDS,
 )
 from appliance.remote.fleet_client import (
+    INVALID,
     OFFLINE,
     ONLINE,
     RETAINED_WAIT_S,
+    STATE_FIELDS,
+    SYNC_FIELDS,
     BoxView,
     FleetClient,
     FleetError,
@@ -56,9 +59,11 @@ from appliance.remote.fleet_client import (
     await_results,
     box_filter,
     check_transport,
+    checked_field,
     collect_availability,
     load_login,
     parse_box_topic,
+    printable,
     read_availability,
     readable_by_others,
     survey_boxes,
@@ -96,19 +101,8 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_COMMAND_VALIDITY_S = 300.0
 DEFAULT_BUNDLE_VALIDITY_S = 24 * 3600.0
 MAX_TIMEOUT_S = 3600.0
-_STATE_KEYS = (
-    "guests_in",
-    "checkouts",
-    "kits_issued",
-    "sales_minor",
-    "currency",
-    "sync_backlog",
-    "readers_online",
-    "readers",
-    "uptime_s",
-    "version",
-)
-_SYNC_KEYS = ("connected", "backlog", "sent", "last_success", "last_error")
+# What a field with the wrong type shows in the table and in tail lines.
+_INVALID_TEXT = "invalid"
 
 
 def add_commands(commands: Any) -> None:
@@ -656,7 +650,7 @@ def _list(arguments: argparse.Namespace) -> int:
     with _open_client(arguments) as client:
         survey = survey_boxes(client, arguments.site, arguments.wait)
     for problem in survey.unreadable:
-        _warn(f"skipped a retained message: {problem}")
+        _warn(f"skipped a retained message: {printable(problem)}")
     if not survey.boxes:
         where = box_filter(arguments.site, None, "#")
         print(
@@ -668,7 +662,8 @@ def _list(arguments: argparse.Namespace) -> int:
         return EXIT_NO_BOXES
     if arguments.json:
         for view in survey.boxes:
-            print(json.dumps(view.to_json(), sort_keys=True))
+            # ensure_ascii escapes C1 and bidi characters as well as C0.
+            print(json.dumps(view.to_json(), sort_keys=True, ensure_ascii=True))
         return 0
     print(_table(survey.boxes))
     return 0
@@ -678,18 +673,19 @@ def _table(views: Iterable[BoxView]) -> str:
     header = ("SITE", "BOX", "STATE", "LAST TELEMETRY", "GUESTS", "BACKLOG", "READERS")
     rows = [header]
     for view in views:
-        row = view.to_json()
         readers = "-"
-        if row["readers_online"] is not None:
-            readers = f"{row['readers_online']}/{_text(row['readers'])}"
+        readers_online = view.state_field("readers_online")
+        if readers_online is not None:
+            readers = f"{_text(readers_online)}/{_text(view.state_field('readers'))}"
         rows.append(
             (
-                view.site,
-                view.box,
+                # The ids come from the topic, which a box chooses.
+                printable(view.site),
+                printable(view.box),
                 view.availability or "unknown",
                 _time(view.telemetry_at),
-                _text(row["guests_in"]),
-                _text(row["sync_backlog"]),
+                _text(view.state_field("guests_in")),
+                _text(view.sync_backlog()),
                 readers,
             )
         )
@@ -702,13 +698,22 @@ def _table(views: Iterable[BoxView]) -> str:
 
 
 def _text(value: Any) -> str:
-    return "-" if value is None else str(value)
+    """Format a checked field for the table: a value, "-" or "invalid"."""
+    if value is None:
+        return "-"
+    if value is INVALID:
+        return _INVALID_TEXT
+    return printable(str(value))
 
 
 def _time(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
-    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    try:
+        moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        # A box's clock or message may carry a time beyond year 9999.
+        return _INVALID_TEXT
     return f"{moment:%Y-%m-%dT%H:%M:%SZ}"
 
 
@@ -945,17 +950,26 @@ def _report(
             )
             continue
         if arguments.json:
-            print(json.dumps({"site": site, "box": box, **result}, sort_keys=True))
+            record = {"site": site, "box": box, **result}
+            print(json.dumps(record, sort_keys=True, ensure_ascii=True))
         if result.get("ok") is True:
             if not arguments.json:
                 print(f"{site}/{box}: {kind} {name} ok")
                 if result.get("result"):
-                    print(json.dumps(result["result"], indent=2, sort_keys=True))
+                    print(
+                        json.dumps(
+                            result["result"],
+                            indent=2,
+                            sort_keys=True,
+                            ensure_ascii=True,
+                        )
+                    )
             continue
         rejected = True
+        reason = printable(str(result.get("reason", "unknown")))
+        message = printable(str(result.get("message", "")))
         print(
-            f"nightbox fleet: {site}/{box} rejected {kind} {name}: "
-            f"{result.get('reason', 'unknown')}: {result.get('message', '')}",
+            f"nightbox fleet: {site}/{box} rejected {kind} {name}: {reason}: {message}",
             file=sys.stderr,
         )
     if not targets:
@@ -1014,22 +1028,34 @@ def _tail_line(message: Message, received_at: float, *, as_json: bool) -> str | 
     except PayloadError as err:
         record["error"] = str(err)
     if as_json:
-        return json.dumps(record, sort_keys=True)
+        # ensure_ascii escapes C1 and bidi characters as well as C0.
+        return json.dumps(record, sort_keys=True, ensure_ascii=True)
     if "error" in record:
         details = f"{parsed.suffix} unreadable: {record['error']}"
     elif parsed.suffix == "availability":
         details = record["availability"]
     elif parsed.suffix == "tele/state":
-        details = "state " + _fields(record["data"], _STATE_KEYS)
+        details = "state " + _fields(record["data"], STATE_FIELDS)
     else:
-        details = "sync " + _fields(record["data"], _SYNC_KEYS)
+        details = "sync " + _fields(record["data"], SYNC_FIELDS)
     retained = " (retained)" if message.retain else ""
-    return f"{_time(timestamp)} {parsed.site}/{parsed.box} {details}{retained}"
+    # Every part but the time comes from the network: escape the whole line.
+    line = f"{parsed.site}/{parsed.box} {details}{retained}"
+    return f"{_time(timestamp)} {printable(line)}"
 
 
-def _fields(data: dict[str, Any], keys: Iterable[str]) -> str:
-    return " ".join(f"{key}={_json_text(data[key])}" for key in keys if key in data)
+def _fields(data: dict[str, Any], checks: dict[str, Callable[[Any], bool]]) -> str:
+    """Format the fields of ``checks`` that ``data`` has as ``key=value``."""
+    return " ".join(
+        f"{key}={_field_text(checked_field(data, key, checks))}"
+        for key in checks
+        if key in data
+    )
 
 
-def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def _field_text(value: Any) -> str:
+    if value is INVALID:
+        return _INVALID_TEXT
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=True)

@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,118 @@ RETAINED_WAIT_S = 2.0
 # The availability payloads that Bus publishes (retained, and as last will).
 ONLINE = "online"
 OFFLINE = "offline"
+
+
+# The maximum length of a telemetry string, in characters. Ids, a currency
+# and a version are short, and a box's last sync error is one line.
+MAX_SHORT_TEXT = 64
+MAX_MESSAGE_TEXT = 500
+
+
+def printable(text: str) -> str:
+    """Return ``text`` with every non-printable character escaped.
+
+    Boxes control what they publish, so a terminal must never receive their
+    control characters (C0, DEL, C1) or format characters such as the bidi
+    override U+202E. Each such character becomes a Python escape like
+    ``\\x1b`` or ``\\u202e``; printable characters, spaces included, stay.
+    """
+    if text.isprintable():
+        return text
+    escaped = []
+    for character in text:
+        if character.isprintable():
+            escaped.append(character)
+        else:
+            escaped.append(ascii(character)[1:-1])
+    return "".join(escaped)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_short_text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_SHORT_TEXT
+
+
+def _is_kits_issued(value: Any) -> bool:
+    """Check a count, or ``{"total": count, "stations": {id: count}}``."""
+    if _is_count(value):
+        return True
+    if not isinstance(value, dict) or not _is_count(value.get("total")):
+        return False
+    stations = value.get("stations")
+    return isinstance(stations, dict) and all(
+        _is_short_text(station) and _is_count(count)
+        for station, count in stations.items()
+    )
+
+
+def _is_optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _is_message(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_MESSAGE_TEXT
+
+
+# The type check of each field of tele/state, tele/sync and stat/result that
+# list and tail print. A field that fails it is shown as invalid.
+STATE_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "guests_in": _is_count,
+    "checkouts": _is_count,
+    "kits_issued": _is_kits_issued,
+    "sales_minor": _is_integer,
+    "currency": _is_short_text,
+    "sync_backlog": _is_count,
+    "readers_online": _is_count,
+    "readers": _is_count,
+    "uptime_s": _is_seconds,
+    "version": _is_short_text,
+}
+SYNC_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "connected": lambda value: isinstance(value, bool),
+    "backlog": _is_count,
+    "sent": _is_count,
+    "last_success": _is_optional(_is_seconds),
+    "last_error": _is_optional(_is_message),
+}
+RESULT_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "kind": _is_short_text,
+    "type": _is_short_text,
+    "nonce": _is_short_text,
+    "ok": lambda value: isinstance(value, bool),
+    "reason": _is_short_text,
+}
+
+
+class InvalidValue:
+    """The value of a field that has the wrong type for its name."""
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID = InvalidValue()
+
+
+def checked_field(
+    data: Mapping[str, Any], key: str, checks: Mapping[str, Callable[[Any], bool]]
+) -> Any:
+    """Return ``data[key]``, None when it is missing, or INVALID when mistyped."""
+    if key not in data:
+        return None
+    value = data[key]
+    return value if checks[key](value) else INVALID
 
 
 class FleetError(NightboxError):
@@ -436,19 +548,37 @@ class BoxView:
     telemetry: dict[str, Any] = field(default_factory=dict)
     sync: dict[str, Any] = field(default_factory=dict)
 
+    def state_field(self, key: str) -> Any:
+        """Return a tele/state field: its value, None when missing, or INVALID."""
+        return checked_field(self.telemetry, key, STATE_FIELDS)
+
+    def sync_backlog(self) -> Any:
+        """Return the box's backlog: a count, None when unknown, or INVALID."""
+        backlog = self.state_field("sync_backlog")
+        if backlog is None:
+            backlog = checked_field(self.sync, "backlog", SYNC_FIELDS)
+        return backlog
+
     def to_json(self) -> dict[str, Any]:
-        """Return the row that ``nightbox fleet list --json`` prints."""
-        backlog = self.telemetry.get("sync_backlog", self.sync.get("backlog"))
-        return {
+        """Return the row that ``nightbox fleet list --json`` prints.
+
+        A field with the wrong type is null and named in ``invalid``.
+        """
+        row: dict[str, Any] = {
             "site": self.site,
             "box": self.box,
             "availability": self.availability,
             "telemetry_at": self.telemetry_at,
-            "guests_in": self.telemetry.get("guests_in"),
-            "sync_backlog": backlog,
-            "readers_online": self.telemetry.get("readers_online"),
-            "readers": self.telemetry.get("readers"),
+            "guests_in": self.state_field("guests_in"),
+            "sync_backlog": self.sync_backlog(),
+            "readers_online": self.state_field("readers_online"),
+            "readers": self.state_field("readers"),
         }
+        invalid = sorted(key for key, value in row.items() if value is INVALID)
+        for key in invalid:
+            row[key] = None
+        row["invalid"] = invalid
+        return row
 
 
 @dataclass(slots=True)
@@ -544,7 +674,9 @@ def collect_availability(
         try:
             states[parsed.box] = read_availability(message.payload)
         except PayloadError as err:
-            _LOGGER.warning("Ignored availability on %s: %s", message.topic, err)
+            _LOGGER.warning(
+                "Ignored availability on %s: %s", printable(message.topic), err
+            )
     return states
 
 
@@ -571,7 +703,7 @@ def await_results(
         try:
             data = envelope.decode(message.payload).data
         except PayloadError as err:
-            _LOGGER.warning("Ignored a result on %s: %s", message.topic, err)
+            _LOGGER.warning("Ignored a result on %s: %s", printable(message.topic), err)
             continue
         if data.get("nonce") != nonce:
             continue

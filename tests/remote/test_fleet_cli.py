@@ -771,6 +771,78 @@ async def test_list_skips_unreadable_telemetry(
     assert outcome.out.splitlines()[1].split()[:4] == ["club", "box-1", "online", "-"]
 
 
+# Telemetry with wrong types and with terminal control sequences: a title
+# change (OSC), a screen clear (CSI), a C1 CSI, DEL and a bidi override.
+HOSTILE_STATE = {
+    "guests_in": "\u001b[2J",
+    "readers_online": 2,
+    "readers": "\u009b31m",
+    "currency": "\u202eRUE",
+    "version": "1\u007f",
+}
+HOSTILE_SYNC = {"backlog": "\u001b]0;pwned\u0007", "connected": "\u001b[2J"}
+
+
+def assert_printable(text: str) -> None:
+    for line in text.splitlines():
+        assert line.isprintable(), f"non-printable characters in {line!r}"
+
+
+async def test_list_escapes_hostile_telemetry(
+    upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with BoxPeer(upstream) as box:
+        box.announce()
+        box.publish("tele/state", telemetry_payload(HOSTILE_STATE))
+        box.publish("tele/sync", telemetry_payload(HOSTILE_SYNC))
+
+        table = await fleet_async(capsys, "list", *operator_options(upstream))
+        rows = await fleet_async(capsys, "list", *operator_options(upstream), "--json")
+
+    assert table.code == 0, table.err
+    assert_printable(table.out)
+    assert_printable(table.err)
+    assert table.out.splitlines()[1].split()[4:] == ["invalid", "invalid", "2/invalid"]
+    assert rows.code == 0, rows.err
+    assert rows.out.isascii()
+    record = json.loads(rows.out)
+    assert record["guests_in"] is None
+    assert record["sync_backlog"] is None
+    assert record["readers_online"] == 2
+    assert record["readers"] is None
+    assert record["invalid"] == ["guests_in", "readers", "sync_backlog"]
+
+
+async def test_tail_escapes_hostile_telemetry(
+    upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with BoxPeer(upstream) as box:
+        box.announce()
+        box.publish("tele/state", telemetry_payload(HOSTILE_STATE))
+        box.publish("tele/sync", telemetry_payload(HOSTILE_SYNC))
+        tail_options = [*operator_options(upstream), "--box", "box-1", "--count", "3"]
+
+        lines = await fleet_async(capsys, "tail", *tail_options)
+        records = await fleet_async(capsys, "tail", *tail_options, "--json")
+
+    assert lines.code == 0, lines.err
+    assert_printable(lines.out)
+    by_kind = {line.split()[2]: line for line in lines.out.splitlines()}
+    assert "guests_in=invalid" in by_kind["state"]
+    assert "readers_online=2 readers=invalid" in by_kind["state"]
+    assert "currency=\\u202eRUE" in by_kind["state"]
+    assert "version=1\\x7f" in by_kind["state"]
+    assert "connected=invalid backlog=invalid" in by_kind["sync"]
+    assert records.code == 0, records.err
+    assert records.out.isascii()
+    data = {
+        record["topic"]: record.get("data")
+        for record in map(json.loads, records.out.splitlines())
+    }
+    assert data["tele/state"] == HOSTILE_STATE
+    assert data["tele/sync"] == HOSTILE_SYNC
+
+
 # connection and input errors
 
 
