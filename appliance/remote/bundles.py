@@ -186,6 +186,7 @@ class BundleApplier:
             return lambda transaction: self._store_manifest(
                 transaction, manifest, version
             )
+        self._reject_other_box(body)
         document = bodies.parse_site_document(body)
         if self._config_path is None:
             raise BundleRejected(
@@ -196,6 +197,22 @@ class BundleApplier:
             )
         path = self._config_path
         return lambda _transaction: self._replace_config(path, document)
+
+    def _reject_other_box(self, body: dict[str, Any]) -> None:
+        """Raise InvalidBundle when a config bundle names another site or box.
+
+        A config bundle sent to every box of the site reaches boxes that it
+        does not name, so this check comes before any other of the body.
+        """
+        document = body.get("config")
+        if not isinstance(document, dict):
+            return
+        try:
+            site_file.reject_other_identity(
+                document, site_id=self._config.site_id, box_id=self._config.box_id
+            )
+        except ConfigError as err:
+            raise InvalidBundle(f"the configuration is invalid: {err}") from err
 
     def _credit_topups(
         self, transaction: Transaction, topups: list[bodies.OnlineTopup]

@@ -2,9 +2,12 @@
 
 Remote commands and configuration bundles change the file through these
 functions. Every change is validated by parsing the whole changed document
-with :func:`appliance.config.parse_config` before anything is written, and a
+with :func:`appliance.config.parse_config` before anything is written. A
 change of ``site.id`` or ``box.id`` is rejected, because the box's store,
-broker accounts and fleet identity belong to them.
+broker accounts and fleet identity belong to them. A change of
+``box.data_dir`` or of the ``[broker]``, ``[sync]`` and ``[fleet]`` tables is
+rejected too (:data:`LOCAL_ONLY_KEYS`), because after a restart it could
+leave the box with an empty store or with no way to reach its operators.
 
 Keys are dotted paths into the document's tables: ``wallet.max_charge``,
 ``checkout.threshold_dbm``. An array (such as the array of tables
@@ -35,6 +38,21 @@ from appliance.errors import ConfigError
 
 # Keys that name the box's identity; see the module docstring.
 FIXED_KEYS = ("site.id", "box.id")
+# Keys and tables that only an edit of the file on the box may change, with
+# the reason. A key below one of them (sync.broker) is included.
+LOCAL_ONLY_KEYS = {
+    "box.data_dir": (
+        "it holds the box's store, broker passwords, token key and upstream credentials"
+    ),
+    "broker": "the box's readers and terminals connect to the broker it names",
+    "sync": (
+        "it names the upstream broker and credentials that remote commands "
+        "and bundles arrive through"
+    ),
+    "fleet": "it lists the operator keys that remote commands are verified with",
+}
+# Marks a key that a document leaves out.
+_ABSENT = object()
 # The default of box.id in appliance.config.parse_config.
 _DEFAULT_BOX_ID = "box-1"
 # TOML integers are signed 64-bit.
@@ -78,12 +96,20 @@ def config_set(config_path: Path, key: str, value: Any) -> SiteConfig:
             f"{key} cannot be changed remotely; it names this box's store and "
             "accounts, so change it on the box and provision it again"
         )
+    for local_key, reason in LOCAL_ONLY_KEYS.items():
+        if key == local_key or key.startswith(local_key + "."):
+            raise ConfigError(
+                f"{key} can be changed only in the configuration file on the "
+                f"box, not remotely, because {reason}"
+            )
     if value is not None:
         _check_toml_value(value, key)
     with _WRITE_LOCK:
         document = read_toml_file(config_path)
         changed = copy.deepcopy(document)
         _assign(changed, parts, value, key)
+        # A key such as "box" replaces a whole table, data_dir included.
+        _reject_local_only_change(document, changed)
         config = _validate(changed, config_path)
         # A key such as "box" replaces a whole table, identity included.
         _reject_identity_change(config, *_identity(document))
@@ -97,19 +123,68 @@ def replace_config(
     """Replace the whole file with ``document`` after validating it.
 
     ``site_id`` and ``box_id`` are the running box's; a document naming
-    another site or box is rejected. Returns the validated configuration.
-    Raises ConfigError, and leaves the file unchanged, for anything invalid.
+    another site or box is rejected before any other check. The keys of
+    :data:`LOCAL_ONLY_KEYS` must have the values of the current file. Returns
+    the validated configuration. Raises ConfigError, and leaves the file
+    unchanged, for anything invalid.
     """
     if not isinstance(document, dict):
         raise ConfigError(
             f"a configuration document must be a table, not {type(document).__name__}"
         )
+    reject_other_identity(document, site_id=site_id, box_id=box_id)
     _check_toml_value(document, "the configuration document")
     with _WRITE_LOCK:
+        _reject_local_only_change(read_toml_file(config_path), document)
         config = _validate(document, config_path)
         _reject_identity_change(config, site_id, box_id)
         _write_atomically(config_path, document)
         return config
+
+
+def reject_other_identity(
+    document: dict[str, Any], *, site_id: str, box_id: str
+) -> None:
+    """Raise ConfigError unless ``document`` names this site and this box.
+
+    It reads the raw values, so it can run before the document is validated.
+    """
+    document_site, document_box = _identity(document)
+    if document_site != site_id:
+        raise ConfigError(
+            f"site.id = {document_site!r:.40} differs from this box's site "
+            f"{site_id!r}; site.id cannot be changed remotely"
+        )
+    if document_box != box_id:
+        raise ConfigError(
+            f"box.id = {document_box!r:.40} differs from this box's id "
+            f"{box_id!r}; box.id cannot be changed remotely, and a configuration "
+            "document is for one box, so send it to that box only"
+        )
+
+
+def _reject_local_only_change(current: dict[str, Any], new: dict[str, Any]) -> None:
+    """Raise ConfigError naming the first key of LOCAL_ONLY_KEYS that differs.
+
+    The parsed values are compared, so formatting and comments do not count,
+    and a table that is left out equals an empty one.
+    """
+    for key, reason in LOCAL_ONLY_KEYS.items():
+        if _local_value(current, key) != _local_value(new, key):
+            raise ConfigError(
+                f"{key} differs from the configuration file on the box, but "
+                f"{key} can be changed only in that file, not remotely, because "
+                f"{reason}"
+            )
+
+
+def _local_value(document: dict[str, Any], key: str) -> Any:
+    node: Any = document
+    for part in key.split("."):
+        node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+    if node is _ABSENT and "." not in key:
+        return {}
+    return node
 
 
 def _identity(document: dict[str, Any]) -> tuple[Any, Any]:

@@ -433,6 +433,49 @@ def test_config_for_other_box_rejected(
     assert snapshot(box.store) == before
 
 
+def test_config_other_box_named_first(
+    box: BundleBox, operator_key: Ed25519PrivateKey
+) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document["box"]["id"] = "box-2"
+    document["sets"] = [{"id": "set-1", "starts_at": "tonight", "ends_at": "late"}]
+
+    result = apply(box, signed(operator_key, "config", {"config": document}))
+
+    assert result["reason"] == "invalid"
+    assert "box.id = 'box-2' differs from this box's id" in result["message"]
+    assert box.config_path.read_text(encoding="utf-8") == SITE_TOML
+
+
+@pytest.mark.parametrize(
+    ("table", "value", "key"),
+    [
+        ("box", {"id": "box-1", "data_dir": "../../tmp/evil"}, "box.data_dir"),
+        ("sync", {"broker": "mqtts://elsewhere.example:8883"}, "sync"),
+        ("fleet", {"operator_keys": []}, "fleet"),
+        ("broker", {"mode": "external", "port": 1883}, "broker"),
+    ],
+)
+def test_config_local_only_change_rejected(
+    box: BundleBox,
+    operator_key: Ed25519PrivateKey,
+    table: str,
+    value: dict[str, Any],
+    key: str,
+) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document[table] = value
+    before = snapshot(box.store)
+
+    result = apply(box, signed(operator_key, "config", {"config": document}))
+
+    assert result["reason"] == "invalid"
+    assert f"{key} differs from the configuration file on the box" in result["message"]
+    assert "can be changed only in that file" in result["message"]
+    assert box.config_path.read_text(encoding="utf-8") == SITE_TOML
+    assert snapshot(box.store) == before
+
+
 def test_config_without_path_unavailable(
     box: BundleBox, operator_key: Ed25519PrivateKey
 ) -> None:

@@ -48,6 +48,9 @@ from appliance.runtime import Box
 from appliance.signed_documents import key_id, sign_document
 from provisioning import SiteCredentials
 
+# The words of a config-set rejected for a key that only the file may change.
+LOCAL_ONLY = "can be changed only in the configuration file on the box"
+
 
 def drop_state(box: Box) -> str:
     row = box.store.query_one("SELECT state FROM drops WHERE id = ?", (DROP_ID,))
@@ -164,6 +167,12 @@ async def test_config_set_invalid_value_keeps_file(
     [
         ({"key": "box.id", "value": "box-2"}, "cannot be changed remotely"),
         ({"key": "site.id", "value": "other"}, "cannot be changed remotely"),
+        ({"key": "box.data_dir", "value": "../../tmp/evil"}, LOCAL_ONLY),
+        ({"key": "fleet.operator_keys", "value": []}, LOCAL_ONLY),
+        ({"key": "fleet", "value": None}, LOCAL_ONLY),
+        ({"key": "sync", "value": None}, LOCAL_ONLY),
+        ({"key": "sync.broker", "value": "mqtts://elsewhere.example"}, LOCAL_ONLY),
+        ({"key": "broker.port", "value": 1883}, LOCAL_ONLY),
         ({"key": "wallet.max_charge"}, "needs argument 'value'"),
         ({"value": 3}, "needs argument 'key'"),
         ({"key": 7, "value": 3}, "dotted configuration key"),

@@ -136,6 +136,35 @@ def test_set_identity_rejected(site_file: Path, key: str, value: object) -> None
 
 
 @pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("box.data_dir", "../../tmp/evil"),
+        ("box.data_dir", None),
+        ("box", {"id": "box-1", "data_dir": "elsewhere"}),
+        ("box", {"id": "box-1"}),
+        ("broker.port", 1883),
+        ("broker", {"mode": "external", "host": "10.0.0.9", "port": 1883}),
+        ("sync", None),
+        ("sync.broker", "mqtts://elsewhere.example:8883"),
+        ("fleet", None),
+        ("fleet.operator_keys", []),
+        ("fleet.telemetry_interval_s", 5),
+    ],
+)
+def test_set_local_only_rejected(site_file: Path, key: str, value: object) -> None:
+    before = site_file.read_bytes()
+
+    with pytest.raises(ConfigError) as caught:
+        config_set(site_file, key, value)
+
+    message = str(caught.value)
+    assert "can be changed only in" in message
+    assert "configuration file on the box" in message
+    assert message.startswith(key.split(".")[0])
+    assert site_file.read_bytes() == before
+
+
+@pytest.mark.parametrize(
     ("value", "words"),
     [
         (float("nan"), "finite"),
@@ -182,6 +211,59 @@ def test_replace_other_identity_rejected(
         )
 
     assert site_file.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("table", "value", "key"),
+    [
+        ("box", {"id": "box-1", "data_dir": "../../tmp/evil"}, "box.data_dir"),
+        ("box", {"id": "box-1"}, "box.data_dir"),
+        ("broker", {"mode": "external", "host": "10.0.0.9", "port": 1883}, "broker"),
+        ("sync", {"broker": "mqtts://elsewhere.example:8883"}, "sync"),
+        ("fleet", {"operator_keys": []}, "fleet"),
+    ],
+)
+def test_replace_local_only_change_rejected(
+    site_file: Path, table: str, value: dict[str, object], key: str
+) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document[table] = value
+    before = site_file.read_bytes()
+
+    with pytest.raises(ConfigError) as caught:
+        replace_config(site_file, document, site_id="club", box_id="box-1")
+
+    message = str(caught.value)
+    assert message.startswith(f"{key} differs from the configuration file on the box")
+    assert "can be changed only in that file" in message
+    assert site_file.read_bytes() == before
+
+
+def test_replace_equal_local_tables_accepted(site_file: Path) -> None:
+    text = SITE_TOML + "\n[fleet]\ntelemetry_interval_s = 10\n\n[broker]\nport = 0\n"
+    site_file.write_text(text, encoding="utf-8")
+    document = tomllib.loads(text)
+    # Parsed values are compared, so 10.0 equals the file's 10, and an
+    # empty table equals one that is left out.
+    document["fleet"]["telemetry_interval_s"] = 10.0
+    document["sync"] = {}
+    document["site"]["name"] = "Club Nord"
+
+    config = replace_config(site_file, document, site_id="club", box_id="box-1")
+
+    assert config.site_name == "Club Nord"
+
+
+def test_replace_other_box_named_first(site_file: Path) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document["box"] = {"id": "box-2", "data_dir": "elsewhere"}
+    document["readers"] = []
+    document["wallet"]["max_charge"] = float("nan")
+
+    with pytest.raises(ConfigError) as caught:
+        replace_config(site_file, document, site_id="club", box_id="box-1")
+
+    assert str(caught.value).startswith("box.id = 'box-2' differs from this box's id")
 
 
 def test_replace_invalid_document_keeps_file(site_file: Path) -> None:
