@@ -172,7 +172,7 @@ def run(arguments: argparse.Namespace) -> int:
 
 
 def _settings(arguments: argparse.Namespace) -> CollectorSettings:
-    from appliance.remote._collect_database import check_database_url
+    from appliance.remote._collect_url import check_database_url
     from appliance.remote.collect import (
         CollectorSettings,
         default_client_id,

@@ -8,15 +8,13 @@ under an advisory lock so that collectors starting together do not race.
 
 from __future__ import annotations
 
-import re
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
 import psycopg
 
-from appliance.errors import ConfigError, NightboxError
+from appliance.errors import NightboxError
 from appliance.remote._collect_messages import (
     AvailabilityRow,
     EventRow,
@@ -25,13 +23,12 @@ from appliance.remote._collect_messages import (
     TelemetryRow,
     rejection,
 )
+from appliance.remote._collect_url import describe_error, redact_url
 
 SCHEMA_VERSION = 1
 # Any constant key works: it only has to be the same in every collector.
 _SCHEMA_LOCK_KEY = 0x6E62_636F_6C6C
 _CONNECT_TIMEOUT_S = 10
-_URL_SCHEMES = ("postgresql", "postgres")
-_PASSWORD_PARAMETER = re.compile(r"(password\s*=\s*)('[^']*'|[^&\s]*)", re.IGNORECASE)
 
 # Statements of each schema version, applied in order.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -165,49 +162,6 @@ class WriteResult:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-def redact_url(text: str) -> str:
-    """Return a database URL with its password replaced by ``***``.
-
-    Both places a libpq URL can carry a password are redacted: the user
-    info before ``@`` and a ``password=`` parameter.
-    """
-    scheme, separator, rest = text.partition("://")
-    if separator and "@" in rest:
-        # The last '@' ends the user info, because a password may contain '@'.
-        user_info, _, location = rest.rpartition("@")
-        user, colon, _password = user_info.partition(":")
-        text = f"{scheme}://{user}{':***' if colon else ''}@{location}"
-    return _PASSWORD_PARAMETER.sub(r"\1***", text)
-
-
-def check_database_url(text: str) -> str:
-    """Check that ``text`` is a ``postgresql://`` URL; return it redacted.
-
-    Raises ConfigError naming the redacted URL.
-    """
-    redacted = redact_url(text)
-    try:
-        parts = urllib.parse.urlsplit(text.strip())
-        parts.port  # noqa: B018 (reading the port validates it)
-    except ValueError as err:
-        raise ConfigError(
-            f"database URL {redacted!r} is invalid ({_scrub(str(err), text)}); give "
-            "postgresql://user@host:port/database"
-        ) from err
-    if parts.scheme not in _URL_SCHEMES:
-        raise ConfigError(
-            f"database URL {redacted!r} must start with postgresql://; give "
-            "postgresql://user@host:port/database"
-        )
-    try:
-        psycopg.conninfo.conninfo_to_dict(text)
-    except psycopg.Error as err:
-        raise ConfigError(
-            f"database URL {redacted!r} is invalid: {_describe(err, text)}"
-        ) from err
-    return redacted
-
-
 class CollectorDatabase:
     """The collector's connection to PostgreSQL, opened again after a failure."""
 
@@ -247,7 +201,7 @@ class CollectorDatabase:
             self.close()
             raise DatabaseUnavailableError(
                 f"PostgreSQL at {self.redacted_url} failed a write: "
-                f"{_describe(err, self._url)}"
+                f"{describe_error(err, self._url)}"
             ) from err
         return result
 
@@ -264,7 +218,7 @@ class CollectorDatabase:
         except psycopg.Error as err:
             raise DatabaseUnavailableError(
                 f"cannot connect to PostgreSQL at {self.redacted_url}: "
-                f"{_describe(err, self._url)}"
+                f"{describe_error(err, self._url)}"
             ) from err
         try:
             _ensure_schema(connection)
@@ -272,7 +226,7 @@ class CollectorDatabase:
             connection.close()
             raise DatabaseUnavailableError(
                 f"cannot create the collector's tables in {self.redacted_url}: "
-                f"{_describe(err, self._url)}; the role needs CREATE on the "
+                f"{describe_error(err, self._url)}; the role needs CREATE on the "
                 "database's schema (own the database, for example)"
             ) from err
         except DatabaseUnavailableError:
@@ -448,30 +402,3 @@ def _ensure_schema(connection: psycopg.Connection[tuple[object, ...]]) -> None:
             connection.execute(
                 "INSERT INTO collector_schema (version) VALUES (%s)", (version,)
             )
-
-
-def _describe(err: psycopg.Error, url: str) -> str:
-    """Return an error's message on one line, without the URL's password."""
-    message = err.diag.message_primary if err.diag else None
-    if message:
-        text = f"{message} (SQLSTATE {err.sqlstate})" if err.sqlstate else message
-    else:
-        text = " ".join(str(err).split())
-    return _scrub(text, url)
-
-
-def _scrub(text: str, url: str) -> str:
-    """Replace every form of the URL's password in ``text`` with ``***``."""
-    secrets = set()
-    try:
-        password = urllib.parse.urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        secrets |= {password, urllib.parse.unquote(password)}
-    for match in _PASSWORD_PARAMETER.finditer(url):
-        secrets.add(match.group(2).strip("'"))
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, "***")
-    return text

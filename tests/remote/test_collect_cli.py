@@ -207,6 +207,36 @@ def test_unreadable_credentials_file(tmp_path: Path, postgres: Postgres) -> None
     assert "username=collector" not in invalid.stderr
 
 
+def test_database_url_with_unencoded_at(postgres: Postgres) -> None:  # noqa: F811
+    # libpq ends the user info at the first '@', so it would take
+    # "rSecret@127.0.0.1" as the host name and print it.
+    server = postgres.server
+    url = f"postgresql://nightbox:Sup@rSecret@{server.host}:{server.port}/nightbox"
+    result = nightbox("collect", "--broker", "mqtt://127.0.0.1:1883", "--database", url)
+    output = result.stderr + result.stdout
+
+    assert result.returncode == 2
+    assert "%40" in result.stderr
+    assert "rSecret" not in output
+    assert "Sup@" not in output
+
+
+def test_database_url_password_parameters(postgres: Postgres) -> None:  # noqa: F811
+    server = postgres.server
+    url = (
+        f"postgresql://nightbox@{server.host}:{server.port}/{postgres.dbname}"
+        "?password=a&password=SuperSecret99"
+    )
+    result = nightbox("collect", "--broker", "mqtt://127.0.0.1:1883", "--database", url)
+    output = result.stderr + result.stdout
+
+    assert result.returncode == EXIT_DATABASE
+    assert "?password=***&password=***" in result.stderr
+    assert "password authentication failed" in result.stderr
+    assert "SuperSecret99" not in output
+    assert "f***iled" not in output
+
+
 def test_unreachable_database(postgres: Postgres) -> None:  # noqa: F811
     # Nothing listens on this loopback port.
     url = f"postgresql://nightbox:{postgres.password}@127.0.0.1:{free_port()}/nightbox"
