@@ -20,6 +20,8 @@ import json
 import math
 import os
 import re
+import shlex
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -198,7 +200,10 @@ def _add_broker_files(fleet_commands: Any) -> None:
         "and acl_file at them and reload it.",
     )
     files.add_argument(
-        "--accounts", type=Path, required=True, help="the fleet's accounts file"
+        "--accounts",
+        type=Path,
+        required=True,
+        help="the fleet's accounts file, which 'nightbox fleet account' creates",
     )
     files.add_argument(
         "--boxes",
@@ -537,12 +542,24 @@ def _ca(arguments: argparse.Namespace) -> int:
 def _open_accounts(path: Path) -> tuple[SiteCredentials, set[str]]:
     """Open the fleet's accounts file; also return the usernames it had."""
     try:
-        accounts = SiteCredentials(path)
+        # New passwords for every account would lock every box out until
+        # each one gets its new login, so the advice is never to replace it.
+        accounts = SiteCredentials(
+            path,
+            invalid_advice="restore the file from a backup or fix its JSON; "
+            "do not replace it, because new passwords would lock out every "
+            "box of the fleet",
+        )
     except ValueError as err:
         raise FleetError(str(err)) from err
     existing: set[str] = set()
     if path.exists():
         existing = set(json.loads(path.read_text()))
+        if readable_by_others(path):
+            _warn(
+                f"accounts file {path} contains every upstream password in clear "
+                f"text and is accessible to other users; run chmod 600 {path}"
+            )
     return accounts, existing
 
 
@@ -589,21 +606,38 @@ def _account(arguments: argparse.Namespace) -> int:
 
 
 def _broker_files(arguments: argparse.Namespace) -> int:
+    if not arguments.accounts.is_file():
+        raise FleetError(
+            f"accounts file {arguments.accounts} not found; give the fleet's "
+            "existing accounts file, or create accounts first with 'nightbox "
+            f"fleet account --accounts {arguments.accounts} ...'"
+        )
     policy = fleet_policy(arguments.boxes, arguments.operators, arguments.collectors)
     accounts, existing = _open_accounts(arguments.accounts)
+    folder: Path = arguments.out
+    password_path = folder / PASSWORD_FILE_NAME
+    acl_path = folder / ACL_FILE_NAME
     password_lines = []
+    created_paths: list[Path] = []
     try:
         for username in policy.usernames:
             password = accounts.account(username).password
             password_lines.append(f"{username}:{hash_password(password)}\n")
-        password_path = arguments.out / PASSWORD_FILE_NAME
-        acl_path = arguments.out / ACL_FILE_NAME
-        write_secret_file(password_path, "".join(password_lines).encode())
-        write_secret_file(acl_path, policy.render_mosquitto().encode())
+        if not folder.is_dir():
+            folder.mkdir(mode=0o700, parents=True)
+            folder.chmod(0o700)
+            created_paths.append(folder)
+        for path, data in (
+            (password_path, "".join(password_lines).encode()),
+            (acl_path, policy.render_mosquitto().encode()),
+        ):
+            if _replace_broker_file(path, data):
+                created_paths.append(path)
     except OSError as err:
         raise FleetError(
-            f"cannot write {err.filename or arguments.out} ({err.strerror}); "
-            "check the path and its folder's permissions"
+            f"cannot write {err.filename or folder} ({err.strerror}); check the "
+            "path and its folder's permissions, and run as the owner of the "
+            "existing files or as root"
         ) from err
     created = [name for name in policy.usernames if name not in existing]
     if created:
@@ -615,11 +649,52 @@ def _broker_files(arguments: argparse.Namespace) -> int:
             f"they cannot log in: {', '.join(left_out)}; add them to --boxes, "
             "--operators or --collectors to keep them"
         )
-    print(f"Wrote {password_path} and {acl_path} (mode 0600).")
+    for path in (password_path, acl_path):
+        if path in created_paths:
+            print(f"Wrote {path} (mode 0600).")
+        else:
+            print(f"Wrote {path} (owner, group and mode kept).")
+    if created_paths and os.geteuid() == 0:
+        # mosquitto started as root drops to the 'mosquitto' user, which
+        # could not read root's 0600 files after a reload.
+        command = shlex.join(["chown", "mosquitto:", *map(str, created_paths)])
+        print("Give the new files to the user mosquitto runs as:")
+        print(f"  {command}")
     print("Set in the upstream broker's mosquitto.conf, then reload it:")
     print(f"  password_file {password_path.resolve()}")
     print(f"  acl_file {acl_path.resolve()}")
     return 0
+
+
+def _replace_broker_file(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically; return whether the file is new.
+
+    A new file gets mode 0600. An existing file keeps its owner, group and
+    mode, so a broker that reads it as another user can still read it after
+    a reload.
+    """
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        old = None
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if old is not None:
+                current = os.fstat(handle.fileno())
+                if (current.st_uid, current.st_gid) != (old.st_uid, old.st_gid):
+                    os.fchown(handle.fileno(), old.st_uid, old.st_gid)
+                os.fchmod(handle.fileno(), stat.S_IMODE(old.st_mode))
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return old is None
 
 
 def _open_client(arguments: argparse.Namespace) -> FleetClient:

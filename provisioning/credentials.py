@@ -66,31 +66,36 @@ class SiteCredentials:
     """The broker accounts of one box, kept in a JSON file readable only by root.
 
     Accounts are created on first use and then reused, so a restart keeps the
-    readers' passwords valid.
+    readers' passwords valid. ``invalid_advice`` ends the error message for
+    a file that cannot be read, so a caller whose file must not be replaced
+    can say what to do instead.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        invalid_advice: str = "move the file away to generate new credentials",
+    ) -> None:
         self._path = path
         self._accounts: dict[str, str] = {}
         if path.exists():
-            self._accounts = self._load(path)
+            self._accounts = self._load(path, invalid_advice)
 
     @staticmethod
-    def _load(path: Path) -> dict[str, str]:
+    def _load(path: Path, advice: str) -> dict[str, str]:
         try:
             raw = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(
-                f"cannot read broker credentials {path}: {err}; move the file "
-                "away to generate new credentials"
+                f"cannot read broker credentials {path}: {err}; {advice}"
             ) from err
         if not isinstance(raw, dict) or not all(
             isinstance(key, str) and isinstance(value, str)
             for key, value in raw.items()
         ):
             raise ValueError(
-                f"broker credentials {path} are not a JSON object of strings; "
-                "move the file away to generate new credentials"
+                f"broker credentials {path} are not a JSON object of strings; {advice}"
             )
         return raw
 

@@ -16,12 +16,16 @@ import getpass
 import io
 import json
 import os
+import pwd
 import queue
+import shlex
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -472,7 +476,8 @@ def test_account_file_unreadable(
 
     assert outcome.code == 2
     assert str(accounts) in outcome.err
-    assert "move the file away" in outcome.err
+    assert "restore the file from a backup" in outcome.err
+    assert "move the file away" not in outcome.err
     assert not (tmp_path / "ops.json").exists()
 
 
@@ -572,9 +577,23 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"mosquitto did not listen on port {port}")
 
 
+@dataclass(frozen=True, slots=True)
+class RunningMosquitto:
+    """A mosquitto process that reads the broker-files, and its port."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+
 @contextlib.contextmanager
-def mosquitto_with_files(folder: Path) -> Iterator[int]:
-    """Run mosquitto on a loopback port with the broker-files in ``folder``."""
+def mosquitto_with_files(
+    folder: Path, user: str | None = None
+) -> Iterator[RunningMosquitto]:
+    """Run mosquitto on a loopback port with the broker-files in ``folder``.
+
+    Started as root, mosquitto drops to ``user``, by default this process's
+    user.
+    """
     binary = find_mosquitto()
     if binary is None:
         pytest.fail("mosquitto is not installed; run 'make test', which installs it")
@@ -587,14 +606,14 @@ def mosquitto_with_files(folder: Path) -> Iterator[int]:
         "persistence false",
     ]
     if os.geteuid() == 0:
-        lines.append(f"user {getpass.getuser()}")
+        lines.append(f"user {user or getpass.getuser()}")
     config = folder / "mosquitto.conf"
     config.write_text("\n".join(lines) + "\n")
     with open(folder / "mosquitto.log", "wb") as log:
         process = subprocess.Popen([binary, "-c", str(config)], stderr=log)
     try:
         wait_for_port(port, process)
-        yield port
+        yield RunningMosquitto(port, process)
     finally:
         process.terminate()
         process.wait(TIMEOUT_S)
@@ -656,7 +675,8 @@ def test_broker_files_run_mosquitto(
     )
     assert files.code == 0, files.err
 
-    with mosquitto_with_files(tmp_path / "broker") as port:
+    with mosquitto_with_files(tmp_path / "broker") as mosquitto:
+        port = mosquitto.port
         announced = plain_publish(
             port,
             tmp_path / "box.json",
@@ -687,6 +707,176 @@ def test_broker_files_run_mosquitto(
     rows = [json.loads(line) for line in listed.out.splitlines()]
     assert [(row["site"], row["box"]) for row in rows] == [("club", "box-1")]
     assert rows[0]["availability"] == "online"
+
+
+def make_account(
+    capsys: pytest.CaptureFixture[str], accounts: Path, login: Path, *options: str
+) -> None:
+    outcome = fleet(
+        capsys, "account", "--accounts", str(accounts), *options, "--out", str(login)
+    )
+    assert outcome.code == 0, outcome.err
+
+
+def write_broker_files(
+    capsys: pytest.CaptureFixture[str], accounts: Path, boxes: str, folder: Path
+) -> Outcome:
+    return fleet(
+        capsys,
+        "broker-files",
+        "--accounts",
+        str(accounts),
+        "--boxes",
+        boxes,
+        "--operators",
+        "ops",
+        "--out",
+        str(folder),
+    )
+
+
+def test_broker_files_keep_owner_and_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts = tmp_path / "accounts.json"
+    make_account(capsys, accounts, tmp_path / "ops.json", "--operator", "ops")
+    folder = tmp_path / "broker"
+    assert write_broker_files(capsys, accounts, "club/box-1", folder).code == 0
+    # root can give the files to another user, as an operator gives them to
+    # the user mosquitto runs as.
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    for name in ("mosquitto.passwd", "mosquitto.acl"):
+        os.chown(folder / name, *owner)
+        (folder / name).chmod(0o640)
+
+    outcome = write_broker_files(capsys, accounts, "club/box-1,club/box-2", folder)
+
+    assert outcome.code == 0, outcome.err
+    for name in ("mosquitto.passwd", "mosquitto.acl"):
+        status = (folder / name).stat()
+        assert stat.S_IMODE(status.st_mode) == 0o640
+        assert (status.st_uid, status.st_gid) == owner
+        assert f"{folder / name} (owner, group and mode kept)" in outcome.out
+    assert "box-club.box-2" in (folder / "mosquitto.acl").read_text()
+    assert "chown" not in outcome.out
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "mosquitto.acl",
+        "mosquitto.passwd",
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mosquitto drops users only as root")
+def test_broker_files_reload_as_mosquitto(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts = tmp_path / "accounts.json"
+    make_account(capsys, accounts, tmp_path / "ops.json", "--operator", "ops")
+    make_account(
+        capsys, accounts, tmp_path / "box-1.json", "--site", "club", "--box", "box-1"
+    )
+    # pytest's tmp_path is private to root, so the user mosquitto could not
+    # reach files under it.
+    parent = Path(tempfile.mkdtemp(prefix="nightbox-broker-files-"))
+    parent.chmod(0o755)
+    folder = parent / "broker"
+    try:
+        first = write_broker_files(capsys, accounts, "club/box-1", folder)
+        assert first.code == 0, first.err
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        chown = [
+            line.strip()
+            for line in first.out.splitlines()
+            if line.strip().startswith("chown ")
+        ]
+        assert chown == [
+            f"chown mosquitto: {folder} {folder / 'mosquitto.passwd'} "
+            f"{folder / 'mosquitto.acl'}"
+        ]
+        subprocess.run(shlex.split(chown[0]), check=True)
+
+        with mosquitto_with_files(folder, user="mosquitto") as mosquitto:
+            first_box = plain_publish(
+                mosquitto.port,
+                tmp_path / "box-1.json",
+                "nightbox/club/box/box-1/availability",
+                b"online",
+            )
+            make_account(
+                capsys,
+                accounts,
+                tmp_path / "box-2.json",
+                "--site",
+                "club",
+                "--box",
+                "box-2",
+            )
+            second = write_broker_files(
+                capsys, accounts, "club/box-1,club/box-2", folder
+            )
+            assert second.code == 0, second.err
+            owners = {
+                (folder / name).stat().st_uid
+                for name in ("mosquitto.passwd", "mosquitto.acl")
+            }
+            mosquitto.process.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            second_box = plain_publish(
+                mosquitto.port,
+                tmp_path / "box-2.json",
+                "nightbox/club/box/box-2/availability",
+                b"online",
+            )
+    finally:
+        shutil.rmtree(parent)
+
+    assert first_box == 0
+    assert second_box == 0
+    assert "chown" not in second.out
+    assert owners == {pwd.getpwnam("mosquitto").pw_uid}
+
+
+def test_broker_files_need_accounts_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts = tmp_path / "missing" / "accounts.json"
+
+    outcome = write_broker_files(capsys, accounts, "club/box-1", tmp_path / "broker")
+
+    assert outcome.code == 2
+    assert f"accounts file {accounts} not found" in outcome.err
+    assert "nightbox fleet account" in outcome.err
+    assert not accounts.parent.exists()
+    assert not (tmp_path / "broker").exists()
+
+
+def test_broker_files_accounts_readable_warns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts = tmp_path / "accounts.json"
+    make_account(capsys, accounts, tmp_path / "ops.json", "--operator", "ops")
+    accounts.chmod(0o644)
+
+    outcome = write_broker_files(capsys, accounts, "club/box-1", tmp_path / "broker")
+
+    assert outcome.code == 0, outcome.err
+    assert f"accounts file {accounts}" in outcome.err
+    assert f"chmod 600 {accounts}" in outcome.err
+
+
+def test_broker_files_accounts_invalid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text("{")
+    accounts.chmod(0o600)
+
+    outcome = write_broker_files(capsys, accounts, "club/box-1", tmp_path / "broker")
+
+    assert outcome.code == 2
+    assert f"broker credentials {accounts}" in outcome.err
+    assert "restore the file from a backup or fix its JSON" in outcome.err
+    assert "move the file away" not in outcome.err
+    assert accounts.read_text() == "{"
 
 
 # list
