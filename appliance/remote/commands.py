@@ -345,7 +345,9 @@ class RemoteManagement:
         except ConfigError as err:
             raise CommandError("invalid-argument", str(err)) from err
         _LOGGER.info("Set %s in %s; it applies after a restart", key, config_path)
-        return {"key": key, "value": value, "restart_required": True}
+        # The result goes to every account that reads stat/result.
+        shown = site_file.hide_secrets(value, key.rsplit(".", 1)[-1])
+        return {"key": key, "value": shown, "restart_required": True}
 
     def _drop_state(
         self, signed: SignedDocument, arguments: dict[str, Any]

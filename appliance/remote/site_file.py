@@ -17,6 +17,10 @@ addressed, so a new reader needs a whole-document replacement.
 
 A rewrite drops the comments of the file, because tomli-w writes only the
 data. The file as it was before is kept next to it as ``<name>.previous``.
+
+Values of keys whose name ends in ``_key`` (``eid_identity_key``) are secret
+key material: :func:`config_get` returns them as :data:`HIDDEN`, and error
+messages never quote them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import copy
 import datetime
 import math
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -53,6 +58,14 @@ LOCAL_ONLY_KEYS = {
 }
 # Marks a key that a document leaves out.
 _ABSENT = object()
+# The text that replaces a secret value in what config_get returns.
+HIDDEN = "<hidden>"
+# The valid format of each secret key, for the error messages that cannot
+# quote the value.
+_SECRET_FORMATS = {"eid_identity_key": "16 bytes as 32 hex digits"}
+# The key at the start of an error message, such as
+# "bands.registered[0].eid_identity_key".
+_MESSAGE_SUBJECT = re.compile(r"[A-Za-z0-9_.\[\]-]+")
 # The default of box.id in appliance.config.parse_config.
 _DEFAULT_BOX_ID = "box-1"
 # TOML integers are signed 64-bit.
@@ -67,18 +80,44 @@ _WRITE_LOCK = threading.Lock()
 def config_get(config_path: Path, key: str | None) -> Any:
     """Return the value at the dotted ``key``, or the whole document for None.
 
-    Raises ConfigError when the key is malformed or not in the file. A key
-    that the file leaves out takes its default, which this function does not
-    know, so the error message states that unset keys take defaults.
+    Secret values are replaced by :data:`HIDDEN`, in a single value and in
+    every table and array below it. Raises ConfigError when the key is
+    malformed or not in the file. A key that the file leaves out takes its
+    default, which this function does not know, so the error message states
+    that unset keys take defaults.
     """
     document = read_toml_file(config_path)
     if key is None:
-        return document
+        return hide_secrets(document)
     parts = _split_key(key)
     node: Any = document
     for depth, part in enumerate(parts):
         node = _child(node, part, key, parts[:depth])
-    return node
+    return hide_secrets(node, parts[-1])
+
+
+def is_secret_key(name: str) -> bool:
+    """Return whether the value of key ``name`` is secret key material.
+
+    Such names end in ``_key``. ``fleet.operator_keys`` lists the paths of
+    public key files, which are not secret, and its name ends in ``_keys``.
+    """
+    return name.endswith("_key")
+
+
+def hide_secrets(value: Any, name: str | None = None) -> Any:
+    """Return ``value`` with every secret value replaced by HIDDEN.
+
+    ``name`` is the key of ``value``. A secret key's whole value is hidden,
+    whatever its type.
+    """
+    if name is not None and is_secret_key(name):
+        return HIDDEN
+    if isinstance(value, dict):
+        return {child: hide_secrets(item, child) for child, item in value.items()}
+    if isinstance(value, list):
+        return [hide_secrets(item) for item in value]
+    return value
 
 
 def config_set(config_path: Path, key: str, value: Any) -> SiteConfig:
@@ -102,19 +141,22 @@ def config_set(config_path: Path, key: str, value: Any) -> SiteConfig:
                 f"{key} can be changed only in the configuration file on the "
                 f"box, not remotely, because {reason}"
             )
-    if value is not None:
-        _check_toml_value(value, key)
-    with _WRITE_LOCK:
-        document = read_toml_file(config_path)
-        changed = copy.deepcopy(document)
-        _assign(changed, parts, value, key)
-        # A key such as "box" replaces a whole table, data_dir included.
-        _reject_local_only_change(document, changed)
-        config = _validate(changed, config_path)
-        # A key such as "box" replaces a whole table, identity included.
-        _reject_identity_change(config, *_identity(document))
-        _write_atomically(config_path, changed)
-        return config
+    try:
+        if value is not None:
+            _check_toml_value(value, key)
+        with _WRITE_LOCK:
+            document = read_toml_file(config_path)
+            changed = copy.deepcopy(document)
+            _assign(changed, parts, value, key)
+            # A key such as "box" replaces a whole table, data_dir included.
+            _reject_local_only_change(document, changed)
+            config = _validate(changed, config_path)
+            # A key such as "box" replaces a whole table, identity included.
+            _reject_identity_change(config, *_identity(document))
+            _write_atomically(config_path, changed)
+            return config
+    except ConfigError as err:
+        raise _without_secrets(err, {parts[-1]: value}) from None
 
 
 def replace_config(
@@ -133,13 +175,16 @@ def replace_config(
             f"a configuration document must be a table, not {type(document).__name__}"
         )
     reject_other_identity(document, site_id=site_id, box_id=box_id)
-    _check_toml_value(document, "the configuration document")
-    with _WRITE_LOCK:
-        _reject_local_only_change(read_toml_file(config_path), document)
-        config = _validate(document, config_path)
-        _reject_identity_change(config, site_id, box_id)
-        _write_atomically(config_path, document)
-        return config
+    try:
+        _check_toml_value(document, "the configuration document")
+        with _WRITE_LOCK:
+            _reject_local_only_change(read_toml_file(config_path), document)
+            config = _validate(document, config_path)
+            _reject_identity_change(config, site_id, box_id)
+            _write_atomically(config_path, document)
+            return config
+    except ConfigError as err:
+        raise _without_secrets(err, document) from None
 
 
 def reject_other_identity(
@@ -185,6 +230,43 @@ def _local_value(document: dict[str, Any], key: str) -> Any:
     if node is _ABSENT and "." not in key:
         return {}
     return node
+
+
+def _without_secrets(error: ConfigError, source: dict[str, Any]) -> ConfigError:
+    """Return ``error``, or an error that quotes no secret value of ``source``.
+
+    The exception is raised ``from None`` by the callers, so no traceback
+    carries the original message either.
+    """
+    message = str(error)
+    subject = _MESSAGE_SUBJECT.match(message)
+    name = subject.group().rsplit(".", 1)[-1] if subject else ""
+    if subject and is_secret_key(name):
+        expected = _SECRET_FORMATS.get(name, "a valid value")
+        return ConfigError(
+            f"{subject.group()} is invalid, and its value is not repeated "
+            f"because it is secret key material; give {expected}"
+        )
+    # A message about another key might still quote a secret string.
+    hidden = message
+    for secret in _secret_values(source):
+        if isinstance(secret, str):
+            hidden = hidden.replace(repr(secret), HIDDEN)
+    return error if hidden == message else ConfigError(hidden)
+
+
+def _secret_values(value: Any, name: str | None = None) -> list[Any]:
+    if name is not None and is_secret_key(name):
+        return [value]
+    if isinstance(value, dict):
+        return [
+            secret
+            for child, item in value.items()
+            for secret in _secret_values(item, child)
+        ]
+    if isinstance(value, list):
+        return [secret for item in value for secret in _secret_values(item)]
+    return []
 
 
 def _identity(document: dict[str, Any]) -> tuple[Any, Any]:

@@ -110,6 +110,51 @@ async def test_config_get_whole_document(
     assert isinstance(document["drops"][0]["starts_at"], str)
 
 
+async def test_config_results_hide_identity_key(
+    box: Box, operator: Operator, operator_key: Ed25519PrivateKey
+) -> None:
+    secret = "0123456789abcdef0123456789abcdef"
+    band = {"id": "eid-1", "eid_identity_key": secret}
+
+    set_result = await operator.send(
+        "config-set",
+        sign_command(
+            operator_key, "config-set", {"key": "bands.registered", "value": [band]}
+        ),
+    )
+    whole = await operator.send("config-get", sign_command(operator_key, "config-get"))
+    single = await operator.send(
+        "config-get",
+        sign_command(
+            operator_key,
+            "config-get",
+            {"key": "bands.registered.0.eid_identity_key"},
+        ),
+    )
+    rejected = await operator.send(
+        "config-set",
+        sign_command(
+            operator_key,
+            "config-set",
+            {"key": "bands.registered.0.eid_identity_key", "value": "00"},
+        ),
+    )
+
+    hidden = {"id": "eid-1", "eid_identity_key": "<hidden>"}
+    assert set_result["ok"] is True
+    assert set_result["result"]["value"] == [hidden]
+    assert whole["result"]["value"]["bands"]["registered"] == [hidden]
+    assert single["result"] == {
+        "key": "bands.registered.0.eid_identity_key",
+        "value": "<hidden>",
+    }
+    assert rejected["reason"] == "invalid-argument"
+    assert "eid_identity_key is invalid" in rejected["message"]
+    assert "'00'" not in rejected["message"]
+    for result in (set_result, whole, single, rejected):
+        assert secret not in orjson.dumps(result).decode()
+
+
 async def test_config_get_missing_key(
     box: Box, operator: Operator, operator_key: Ed25519PrivateKey
 ) -> None:

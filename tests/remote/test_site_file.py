@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ConfigError
-from appliance.remote.site_file import config_get, config_set, replace_config
+from appliance.remote.site_file import (
+    HIDDEN,
+    config_get,
+    config_set,
+    replace_config,
+)
 
 SITE_TOML = """\
 # The test venue.
@@ -33,6 +38,13 @@ kit_stock = 20
 currency = "EUR"
 max_charge = 20000
 """
+# An Eddystone-EID identity key, which config_get must never return.
+IDENTITY_KEY = "0123456789abcdef0123456789abcdef"
+KEYED_BANDS = f"""
+[[bands.registered]]
+id = "eid-1"
+eid_identity_key = "{IDENTITY_KEY}"
+"""
 
 
 @pytest.fixture
@@ -56,6 +68,61 @@ def test_get_array_element(site_file: Path) -> None:
 def test_get_whole_document(site_file: Path) -> None:
     document = config_get(site_file, None)
     assert document == tomllib.loads(SITE_TOML)
+
+
+@pytest.fixture
+def keyed_site_file(site_file: Path) -> Path:
+    site_file.write_text(
+        SITE_TOML + KEYED_BANDS + '\n[fleet]\noperator_keys = ["ops.pem"]\n',
+        encoding="utf-8",
+    )
+    return site_file
+
+
+def test_get_hides_identity_key(keyed_site_file: Path) -> None:
+    document = config_get(keyed_site_file, None)
+    band = config_get(keyed_site_file, "bands.registered.0")
+    bands = config_get(keyed_site_file, "bands")
+    key = config_get(keyed_site_file, "bands.registered.0.eid_identity_key")
+
+    assert document["bands"]["registered"][0]["eid_identity_key"] == HIDDEN
+    assert band == {"id": "eid-1", "eid_identity_key": HIDDEN}
+    assert bands["registered"][0]["eid_identity_key"] == HIDDEN
+    assert key == HIDDEN
+    assert IDENTITY_KEY not in repr((document, band, bands, key))
+
+
+def test_get_shows_operator_key_paths(keyed_site_file: Path) -> None:
+    assert config_get(keyed_site_file, "fleet.operator_keys") == ["ops.pem"]
+    assert config_get(keyed_site_file, None)["fleet"]["operator_keys"] == ["ops.pem"]
+
+
+@pytest.mark.parametrize("value", ["00", "zz" + IDENTITY_KEY[2:], 5, 2**70])
+def test_set_bad_identity_key_not_quoted(keyed_site_file: Path, value: object) -> None:
+    before = keyed_site_file.read_bytes()
+
+    with pytest.raises(ConfigError) as caught:
+        config_set(keyed_site_file, "bands.registered.0.eid_identity_key", value)
+
+    message = str(caught.value)
+    assert "eid_identity_key is invalid" in message
+    assert "32 hex digits" in message
+    assert repr(value) not in message
+    assert str(value) not in message
+    assert caught.value.__cause__ is None
+    assert keyed_site_file.read_bytes() == before
+
+
+def test_replace_bad_identity_key_not_quoted(site_file: Path) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document["bands"] = {"registered": [{"id": "eid-1", "eid_identity_key": "ab"}]}
+
+    with pytest.raises(ConfigError) as caught:
+        replace_config(site_file, document, site_id="club", box_id="box-1")
+
+    message = str(caught.value)
+    assert message.startswith("bands.registered[0].eid_identity_key is invalid")
+    assert "'ab'" not in message
 
 
 @pytest.mark.parametrize(
