@@ -81,6 +81,7 @@ from provisioning.fleet_access import (
 )
 from provisioning.fleet_tls import make_fleet_ca
 from provisioning.secret_file import write_file_atomically, write_secret_file
+from provisioning.site_access import OPERATOR as LOCAL_OPERATOR
 
 EXIT_REJECTED = 1
 EXIT_NO_BOXES = 1
@@ -317,9 +318,9 @@ def _add_bundle(fleet_commands: Any) -> None:
     )
     bundle.add_argument(
         "--version",
-        type=whole_number(1),
+        type=whole_number(1, 2**63 - 1),
         required=True,
-        help="bundle version, 1 or more; must be newer than the applied one",
+        help="bundle version, 1 to 2^63-1; must be newer than the applied one",
     )
     bundle.add_argument(
         "--file",
@@ -718,7 +719,23 @@ def _open_client(arguments: argparse.Namespace) -> FleetClient:
             f"credentials file {path} is accessible to other users; run chmod "
             f"600 {path}"
         )
+    if not _is_operator_account(login.username):
+        # mosquitto 2.0 grants a subscription that its ACL denies and then
+        # delivers nothing, so the commands would only see no boxes.
+        _warn(
+            f"{path} logs in as {login.username!r}, which is not an operator "
+            f"account ({operator_username('<name>')} upstream, "
+            f"{LOCAL_OPERATOR} on a box's local broker); only operator "
+            "accounts may read the boxes' topics"
+        )
     return FleetClient(broker, login, ca_file=ca_file)
+
+
+def _is_operator_account(username: str) -> bool:
+    prefix = operator_username("")
+    return username == LOCAL_OPERATOR or (
+        username.startswith(prefix) and len(username) > len(prefix)
+    )
 
 
 def _list(arguments: argparse.Namespace) -> int:
@@ -731,7 +748,7 @@ def _list(arguments: argparse.Namespace) -> int:
         print(
             f"nightbox fleet list: no boxes seen on {client.broker} under {where} "
             f"within {arguments.wait:g} s; check --site, or wait until a box "
-            "has connected once",
+            "has connected once, or the account may not read these topics",
             file=sys.stderr,
         )
         return EXIT_NO_BOXES
@@ -891,8 +908,9 @@ def _require_online(
     if availability is None:
         raise FleetError(
             f"box {box!r} of site {site!r} has never announced itself on "
-            f"{client.broker}, so nothing was sent; check the ids with "
-            f"'nightbox fleet list --site {site}'"
+            f"{client.broker}, or the account may not read these topics, so "
+            f"nothing was sent; check the ids with 'nightbox fleet list --site "
+            f"{site}' and log in with an operator account"
         )
     if availability == OFFLINE:
         if not arguments.queue:
@@ -983,8 +1001,10 @@ def _online_boxes(client: FleetClient, arguments: argparse.Namespace) -> list[st
     states = collect_availability(client, site, RETAINED_WAIT_S)
     if not states:
         raise FleetError(
-            f"no box of site {site!r} has announced itself on {client.broker}, so "
-            f"nothing was sent; check the site id with 'nightbox fleet list'"
+            f"no box of site {site!r} has announced itself on {client.broker}, "
+            "or the account may not read these topics, so nothing was sent; "
+            "check the site id with 'nightbox fleet list' and log in with an "
+            "operator account"
         )
     online = sorted(box for box, state in states.items() if state == ONLINE)
     offline = sorted(box for box, state in states.items() if state != ONLINE)

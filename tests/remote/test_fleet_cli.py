@@ -961,6 +961,34 @@ async def test_list_skips_unreadable_telemetry(
     assert outcome.out.splitlines()[1].split()[:4] == ["club", "box-1", "online", "-"]
 
 
+async def test_list_box_account_warns(
+    upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    credentials = upstream.box_credentials()
+    with BoxPeer(upstream) as box:
+        box.announce()
+        outcome = await fleet_async(
+            capsys,
+            "list",
+            "--broker",
+            upstream.url,
+            "--ca",
+            str(upstream.ca.ca_certificate),
+            "--credentials",
+            str(credentials),
+            "--wait",
+            "0.5",
+        )
+        operator = await fleet_async(capsys, "list", *operator_options(upstream))
+
+    assert outcome.code == 1
+    assert "'box-club.box-1', which is not an operator account" in outcome.err
+    assert "only operator accounts may read the boxes' topics" in outcome.err
+    assert "or the account may not read these topics" in outcome.err
+    assert operator.code == 0, operator.err
+    assert "not an operator account" not in operator.err
+
+
 # Telemetry with wrong types and with terminal control sequences: a title
 # change (OSC), a screen clear (CSI), a C1 CSI, DEL and a bidi override.
 HOSTILE_STATE = {
@@ -1405,6 +1433,22 @@ async def test_send_unknown_box(
     assert "box 'box-1' of site 'club' has never announced itself" in outcome.err
     assert "nothing was sent" in outcome.err
     assert "nightbox fleet list --site club" in outcome.err
+
+
+async def test_send_box_account_warns(
+    upstream: Upstream, operator_key: OperatorKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = send_options(upstream, operator_key)
+    credentials = options.index("--credentials") + 1
+    options[credentials] = str(upstream.box_credentials())
+    with BoxPeer(upstream) as box:
+        box.announce()
+        outcome = await fleet_async(capsys, "send", *options, "status")
+
+    assert outcome.code == 2
+    assert "'box-club.box-1', which is not an operator account" in outcome.err
+    assert "has never announced itself" in outcome.err
+    assert "or the account may not read these topics" in outcome.err
 
 
 async def test_send_offline_needs_queue(

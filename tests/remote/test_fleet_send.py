@@ -293,6 +293,7 @@ async def test_list_local_broker(
     assert rows[0]["availability"] == "online"
     assert rows[0]["guests_in"] == 0
     assert rows[0]["readers"] == 3
+    assert "not an operator account" not in err
 
 
 async def test_bundle_local_broker_not_authorized(
