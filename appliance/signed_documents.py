@@ -48,6 +48,9 @@ CLOCK_SKEW_S = 60.0
 # The maximum validity of a document. A week covers a bundle prepared before
 # a run of nights.
 MAX_VALIDITY_S = 7 * 24 * 3600.0
+# The largest bundle version: the box stores it in an SQLite INTEGER, which
+# is signed 64-bit.
+MAX_BUNDLE_VERSION = 2**63 - 1
 _TYPE = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
 _NONCE = re.compile(r"[0-9a-f]{32}\Z")
 _KEY_ID = re.compile(r"[0-9a-f]{16}\Z")
@@ -222,10 +225,14 @@ def _fields(document: Any) -> dict[str, Any]:
         )
     version = document.get("version")
     if document["kind"] == "bundle" and (
-        isinstance(version, bool) or not isinstance(version, int) or version < 1
+        isinstance(version, bool)
+        or not isinstance(version, int)
+        or not 1 <= version <= MAX_BUNDLE_VERSION
     ):
         raise SignatureError(
-            "malformed", "a bundle needs a whole 'version' of 1 or more"
+            "malformed",
+            f"a bundle needs a whole 'version' from 1 to the maximum "
+            f"{MAX_BUNDLE_VERSION} (2^63 - 1), not {version!r:.40}",
         )
     validity = document["expires_at"] - document["issued_at"]
     if not 0 < validity <= MAX_VALIDITY_S:

@@ -90,8 +90,9 @@ class BundleApplier:
         """Verify and apply one bundle; return the result data for ``stat/result``.
 
         ``bundle_type`` is the type named by the topic the bundle arrived on.
-        Bad input never raises: it returns ``ok: false`` with a reason and a
-        message, and nothing changes.
+        It never raises for bad input, and returns ``internal-error`` when
+        the box itself fails. A rejected bundle gets ``ok: false`` with a
+        reason and a message, and changes nothing.
         """
         topic_type = str(bundle_type)[:40]
         nonce: str | None = None
@@ -118,6 +119,14 @@ class BundleApplier:
                 f"{err}); nothing changed, so send it again after fixing the box"
             )
             return self._reject(topic_type, nonce, "failed", message, error=err)
+        except Exception as err:
+            # A bug of the box, not of the bundle. The result still names the
+            # nonce, so the sender can match it.
+            message = (
+                f"the box failed to apply the bundle ({type(err).__name__}); "
+                "its log has the details"
+            )
+            return self._reject(topic_type, nonce, "internal-error", message, error=err)
         self.applied[signed.type] += 1
         _LOGGER.info(
             "Applied %s bundle version %s signed by key %s: %s",

@@ -216,11 +216,13 @@ class RemoteManagement:
         try:
             result = self.bundles.apply(bundle_type, payload)
         except Exception as err:
+            # BundleApplier.apply reports its own failures, so only a failure
+            # while it reports one reaches this point.
             _LOGGER.exception("Bundle %s failed", bundle_type)
             return self._rejected(
                 "bundle",
                 bundle_type,
-                None,
+                _payload_nonce(payload),
                 "internal-error",
                 f"the box failed to apply the bundle ({type(err).__name__}); "
                 "its log has the details",
@@ -526,6 +528,14 @@ def _parse(payload: bytes) -> Any:
         raise SignatureError(
             "malformed", f"the command is not UTF-8 JSON: {err}"
         ) from err
+
+
+def _payload_nonce(payload: bytes) -> str | None:
+    """Return the nonce of a JSON payload, or None when it has no readable one."""
+    try:
+        return _readable_nonce(orjson.loads(payload))
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _readable_nonce(document: Any) -> str | None:

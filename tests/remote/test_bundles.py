@@ -661,6 +661,56 @@ def test_store_failure_reported(
     assert record.exc_info is not None
 
 
+@pytest.mark.parametrize("version", [2**63, 2**64 - 1])
+def test_version_above_max_malformed(
+    box: BundleBox, operator_key: Ed25519PrivateKey, version: int
+) -> None:
+    document = signed(operator_key, "members", {"members": []}, version=version)
+
+    result = apply(box, document)
+
+    assert result["reason"] == "malformed"
+    assert "maximum 9223372036854775807" in result["message"]
+    assert result["nonce"] == document["nonce"]
+    assert box.store.query("SELECT COUNT(*) FROM bundle_versions") == [(0,)]
+
+
+def test_internal_error_names_nonce(
+    box: BundleBox,
+    operator_key: Ed25519PrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def fail(*arguments: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("appliance.remote._bundle_bodies.parse_members", fail)
+    document = signed(operator_key, "members", {"members": []})
+
+    with caplog.at_level(logging.WARNING, logger="appliance.remote.bundles"):
+        result = apply(box, document)
+
+    assert result["ok"] is False
+    assert result["reason"] == "internal-error"
+    assert "RuntimeError" in result["message"]
+    assert result["nonce"] == document["nonce"]
+    assert box.applier.counts == {"internal-error": 1}
+    (record,) = caplog.records
+    assert record.exc_info is not None
+
+
+def test_store_failure_names_nonce(
+    box: BundleBox, operator_key: Ed25519PrivateKey
+) -> None:
+    box.store.close()
+    document = signed(operator_key, "members", {"members": []})
+
+    result = apply(box, document)
+
+    assert result["reason"] == "failed"
+    assert result["nonce"] == document["nonce"]
+
+
 # Invalid bodies
 
 

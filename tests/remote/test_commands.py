@@ -381,6 +381,48 @@ async def test_registered_command_runs(
     assert rejected["message"] == "argument 'seconds' must be 30"
 
 
+async def test_failed_command_names_nonce(
+    box: Box, operator: Operator, operator_key: Ed25519PrivateKey
+) -> None:
+    async def clip(arguments: dict[str, Any]) -> dict[str, Any]:
+        if arguments.get("crash"):
+            raise RuntimeError("a bug in the camera studio")
+        raise CommandError("failed", "the camera is not connected")
+
+    box.management.register("clip", clip)
+    crashed_document = sign_command(operator_key, "clip", {"crash": True})
+    failed_document = sign_command(operator_key, "clip")
+
+    crashed = await operator.send("clip", crashed_document)
+    failed = await operator.send("clip", failed_document)
+
+    assert crashed["reason"] == "internal-error"
+    assert crashed["nonce"] == crashed_document["nonce"]
+    assert failed["reason"] == "failed"
+    assert failed["nonce"] == failed_document["nonce"]
+
+
+async def test_bundle_version_above_max(
+    box: Box, operator_key: Ed25519PrivateKey
+) -> None:
+    document = sign_document(
+        operator_key,
+        kind="bundle",
+        document_type="members",
+        site="test",
+        body={"members": []},
+        issued_at=time.time(),
+        validity_s=300,
+        version=2**63,
+    )
+
+    result = await box.management.handle_bundle("members", orjson.dumps(document))
+
+    assert result["reason"] == "malformed"
+    assert result["nonce"] == document["nonce"]
+    assert box.status()["remote"]["rejected"] == {"malformed": 1}
+
+
 def test_register_builtin_rejected(box: Box) -> None:
     async def handler(arguments: dict[str, Any]) -> dict[str, Any]:
         return {}

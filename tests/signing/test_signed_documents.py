@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance.clock import ManualClock, SystemClock, TimeSource
 from appliance.signed_documents import (
     CLOCK_SKEW_S,
+    MAX_BUNDLE_VERSION,
     DocumentLedger,
     SignatureError,
     key_id,
@@ -228,6 +229,8 @@ def test_untrusted_clock_skips_times(
         (lambda d: d.update(nonce="abc"), "'nonce' (32 hex)"),
         (lambda d: d.update(version=0), "a bundle needs a whole 'version'"),
         (lambda d: d.update(version=True), "a bundle needs a whole 'version'"),
+        (lambda d: d.update(version=2**63), "maximum 9223372036854775807"),
+        (lambda d: d.update(version=2**64 - 1), "maximum 9223372036854775807"),
         (lambda d: d.update(expires_at=int(NOW)), "validity of 0 s"),
         (lambda d: d.update(expires_at=int(NOW) + 8 * 86400), "out of range"),
     ],
@@ -289,6 +292,16 @@ def test_old_bundle_version_rejected(
     assert "version 5 is not newer than the applied version 5" in error.value.message
     # The rejected bundle's nonce rolled back with its transaction.
     assert store.query("SELECT COUNT(*) FROM signed_nonces") == [(1,)]
+
+
+def test_max_bundle_version_stored(
+    fleet_key: Ed25519PrivateKey, keys: dict[str, Any], store: Store
+) -> None:
+    accept(store, bundle(fleet_key, version=MAX_BUNDLE_VERSION), keys, "bundle")
+
+    versions = store.query("SELECT type, version FROM bundle_versions")
+
+    assert versions == [("members", 2**63 - 1)]
 
 
 def test_newer_bundle_version_applied(
