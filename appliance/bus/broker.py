@@ -182,7 +182,8 @@ async def start_fleet_mosquitto(
     """Start a mosquitto for a fleet: a TLS listener and persistent sessions.
 
     Messages queued for a collector's persistent session are saved in
-    ``runtime_dir`` when the broker stops and reloaded when it starts again.
+    ``runtime_dir`` every second and when the broker stops, and reloaded
+    when it starts again.
     """
     credentials.ensure(policy.usernames)
     _check_port_free(host, port)
@@ -227,6 +228,14 @@ def _write_mosquitto_files(
             "tls_version tlsv1.2",
             "persistence true",
             f"persistence_location {runtime_dir}/",
+            # mosquitto 2.0 saves its in-memory database when it stops and,
+            # with autosave_on_changes false (the default), every
+            # autosave_interval seconds (1800 by default, mosquitto.conf(5)
+            # of 2.0.11). Each save rewrites the whole file, so a short
+            # interval suits a test broker's small queues. A crash still
+            # loses what was acknowledged since the last save; boxes send
+            # it again after `nightbox sync resend` (docs/sync.md).
+            "autosave_interval 1",
             # Offline collectors' queues hold a whole night of events.
             "max_queued_messages 0",
             "persistent_client_expiration 14d",

@@ -101,6 +101,9 @@ _STATE_COUNTS = (
     "connects",
     "failures",
 )
+# How often the drain loop looks for events that became unsynced below the
+# ones it sent, as `nightbox sync resend` makes them from another process.
+_RESEND_CHECK_S = 5.0
 # A repeated connect failure is logged again after this many seconds.
 _REPEAT_LOG_S = 60.0
 _SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
@@ -484,17 +487,34 @@ class SyncService:
 
         Events go straight to paho (aiomqtt's Client._client), as in
         Bus.publish_batch: aiomqtt's publish would wait on an event per
-        message, which costs more than the publish itself.
+        message, which costs more than the publish itself. Every 5 s the
+        loop also looks for events marked unsynced below the ones it sent
+        (``nightbox sync resend`` in another process) and starts again at
+        the lowest once the events in flight are acknowledged.
         """
         paho = client._client
         window = self.window
         inflight: deque[tuple[OutboxEvent, mqtt.MQTTMessageInfo]] = deque()
         after_seq = 0
         ready = self._ready
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + _RESEND_CHECK_S
+        rewind = False
         while True:
             ready.clear()
             self._mark_acknowledged(inflight)
-            room = window - len(inflight)
+            if loop.time() >= next_check:
+                next_check = loop.time() + _RESEND_CHECK_S
+                rewind = rewind or self._unsynced_below(inflight, after_seq)
+            if rewind and not inflight:
+                # Start again at the lowest unsynced event, in seq order.
+                after_seq = 0
+                rewind = False
+                _LOGGER.info(
+                    "Sync of box %s is sending events again that were marked unsynced",
+                    self._box_id,
+                )
+            room = 0 if rewind else window - len(inflight)
             if room > 0:
                 events = self._store.unsynced(room, after_seq)
                 for event in events:
@@ -513,7 +533,19 @@ class SyncService:
                     inflight.append((event, info))
                 if events:
                     after_seq = events[-1].seq
-            await ready.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), _RESEND_CHECK_S)
+
+    def _unsynced_below(
+        self, inflight: deque[tuple[OutboxEvent, mqtt.MQTTMessageInfo]], after_seq: int
+    ) -> bool:
+        """Return whether an unsynced event lies below those sent or in flight."""
+        lowest = self._store.lowest_unsynced_seq()
+        if lowest is None:
+            return False
+        if inflight:
+            return lowest < inflight[0][0].seq
+        return lowest <= after_seq
 
     def _mark_acknowledged(
         self, inflight: deque[tuple[OutboxEvent, mqtt.MQTTMessageInfo]]

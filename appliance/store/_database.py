@@ -227,6 +227,59 @@ class Store:
         finally:
             self._connection.execute("PRAGMA synchronous=FULL")
 
+    def lowest_unsynced_seq(self) -> int | None:
+        """Return the lowest ``seq`` the upstream broker has not acknowledged."""
+        row = self.query_one("SELECT MIN(seq) FROM outbox WHERE synced_at IS NULL")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def synced_range(
+        self, *, from_seq: int | None = None, synced_since: float | None = None
+    ) -> tuple[int, int | None, int | None]:
+        """Return the count, lowest and highest seq of synced events in a range.
+
+        The range is every event from ``from_seq`` on, or every event that
+        the upstream broker acknowledged at or after ``synced_since`` (Unix
+        time by the box's clock). Exactly one of the two must be given.
+        """
+        condition, value = _synced_condition(from_seq, synced_since)
+        row = self.query_one(
+            "SELECT COUNT(*), MIN(seq), MAX(seq) FROM outbox"
+            f" WHERE synced_at IS NOT NULL AND {condition}",
+            (value,),
+        )
+        if row is None:
+            return 0, None, None
+        return int(row[0]), row[1], row[2]
+
+    def mark_unsynced(
+        self, *, from_seq: int | None = None, synced_since: float | None = None
+    ) -> int:
+        """Clear ``synced_at`` of the events in a range; return how many changed.
+
+        The range is as in :meth:`synced_range`. A running sync service
+        sends the events again once it notices them (see ``SyncService``).
+        """
+        condition, value = _synced_condition(from_seq, synced_since)
+        with self.transaction() as transaction:
+            cursor = transaction.execute(
+                "UPDATE outbox SET synced_at = NULL"
+                f" WHERE synced_at IS NOT NULL AND {condition}",
+                (value,),
+            )
+            return cursor.rowcount
+
     def close(self) -> None:
         """Close the connection; committed data is already on disk."""
         self._connection.close()
+
+
+def _synced_condition(
+    from_seq: int | None, synced_since: float | None
+) -> tuple[str, float]:
+    """Return the SQL condition and its value for an outbox range."""
+    if (from_seq is None) == (synced_since is None):
+        raise ValueError("give exactly one of from_seq and synced_since")
+    if from_seq is not None:
+        return "seq >= ?", from_seq
+    assert synced_since is not None
+    return "synced_at >= ?", synced_since
