@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -245,7 +246,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
     _reject_unknown(coupons, "coupons", {"ttl_h", "offer"})
     return SiteConfig(
         site_id=_identifier(site, "site.id"),
-        site_name=_string(site, "site.name", default=site.get("id", "")),
+        site_name=_site_name(site),
         box_id=box_id,
         data_dir=data_dir,
         ibeacon_uuid=_hex_bytes(bands, "bands.ibeacon_uuid", 16),
@@ -268,6 +269,19 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
 
 
 _MORE = {"readers", "kits", "coupons", "sync", "fleet"} | COMMERCE_TABLES
+
+
+def _site_name(site: dict[str, Any]) -> str:
+    # The name is shown on screens and in Home Assistant, where a control
+    # character (NUL, ESC) would corrupt the display.
+    name = _string(site, "site.name", default=site.get("id", ""))
+    for position, character in enumerate(name):
+        if unicodedata.category(character) == "Cc":
+            raise ConfigError(
+                f"site.name = {name!r:.80} contains the control character "
+                f"U+{ord(character):04X} at position {position}; remove it"
+            )
+    return name
 
 
 def _data_dir(box: dict[str, Any], base_dir: Path) -> Path:

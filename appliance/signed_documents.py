@@ -115,7 +115,13 @@ def sign_document(
     validity_s: float,
     version: int | None = None,
 ) -> dict[str, Any]:
-    """Return a signed document; the fleet's tools sign, the box verifies."""
+    """Return a signed document; the fleet's tools sign, the box verifies.
+
+    Raises ValueError naming the value when ``body`` has a whole number
+    outside the signed 64-bit range or a string that is not valid Unicode
+    (a lone surrogate), because neither survives JSON to the box.
+    """
+    _check_json_value(body, "body")
     fields: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "kind": kind,
@@ -132,6 +138,32 @@ def sign_document(
     signature = private_key.sign(_canonical(fields))
     fields["sig"] = base64.urlsafe_b64encode(signature).decode().rstrip("=")
     return fields
+
+
+def _check_json_value(value: Any, where: str) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError(
+            f"{where} = {value} is outside the signed 64-bit range of whole "
+            f"numbers ({-(2**63)} to {2**63 - 1}); give a number within it"
+        )
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"{where} = {value!r:.60} contains the lone surrogate "
+                f"U+{ord(value[err.start]):04X}, which is not valid Unicode; "
+                "give text without it"
+            ) from err
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_json_value(name, f"{where} key")
+            _check_json_value(item, f"{where}.{name}")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{where}[{index}]")
 
 
 def verify_document(

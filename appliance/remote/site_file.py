@@ -379,11 +379,22 @@ def _check_toml_value(value: Any, where: str) -> None:
         return
     if isinstance(value, int):
         if not _TOML_INT_MIN <= value <= _TOML_INT_MAX:
-            raise ConfigError(f"{where} = {value} does not fit a 64-bit TOML integer")
+            raise ConfigError(
+                f"{where} = {value} is outside the signed 64-bit range of whole "
+                f"numbers ({_TOML_INT_MIN} to {_TOML_INT_MAX}) that TOML holds"
+            )
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ConfigError(f"{where} must be a finite number, not {value!r}")
+        if value.is_integer() and not _TOML_INT_MIN <= value <= _TOML_INT_MAX:
+            # orjson reads a JSON integer outside the 64-bit range as a float,
+            # so the signer's exact digits are lost before the box sees them.
+            raise ConfigError(
+                f"{where} = {value!r} is outside the signed 64-bit range of "
+                f"whole numbers ({_TOML_INT_MIN} to {_TOML_INT_MAX}); give a "
+                "number within it"
+            )
         return
     if isinstance(value, list):
         for index, item in enumerate(value):

@@ -352,6 +352,21 @@ BAD_VALUES: list[tuple[str, Change, list[str]]] = [
         ["broker.host", "a" * 40],
     ),
     ("broker-host-number", put("broker.host", 127), ["broker.host", "127"]),
+    (
+        "site-name-nul",
+        put("site.name", "Club\x00Nord"),
+        ["site.name", "control character U+0000 at position 4"],
+    ),
+    (
+        "site-name-escape",
+        put("site.name", "\x1b[31mClub"),
+        ["site.name", "control character U+001B at position 0"],
+    ),
+    (
+        "site-name-c1",
+        put("site.name", "Club\x85"),
+        ["site.name", "control character U+0085"],
+    ),
 ]
 
 
@@ -370,6 +385,13 @@ def test_config_bad_value_named(change: Change, expected: list[str]) -> None:
     message = str(caught.value)
     for text in expected:
         assert text in message
+
+
+def test_config_site_name_unicode_accepted() -> None:
+    raw = sample()
+    raw["site"]["name"] = "Club Nörd ✨"
+
+    assert parse(raw).site_name == "Club Nörd ✨"
 
 
 def test_config_error_is_value_error() -> None:

@@ -219,6 +219,12 @@ async def test_config_set_invalid_value_keeps_file(
         ({"key": "sync.broker", "value": "mqtts://elsewhere.example"}, LOCAL_ONLY),
         ({"key": "broker.port", "value": 1883}, LOCAL_ONLY),
         ({"key": "wallet.max_charge"}, "needs argument 'value'"),
+        (
+            # What orjson makes of the JSON integer 123456789012345678901234567890.
+            {"key": "wallet.max_charge", "value": 1.2345678901234568e29},
+            "outside the signed 64-bit range",
+        ),
+        ({"key": "site.name", "value": "Club\x00"}, "control character U+0000"),
         ({"value": 3}, "needs argument 'key'"),
         ({"key": 7, "value": 3}, "dotted configuration key"),
         ({"key": "a", "value": 1, "force": True}, "has no argument 'force'"),

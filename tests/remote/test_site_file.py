@@ -235,7 +235,10 @@ def test_set_local_only_rejected(site_file: Path, key: str, value: object) -> No
     ("value", "words"),
     [
         (float("nan"), "finite"),
-        (2**70, "64-bit"),
+        (2**70, "outside the signed 64-bit range"),
+        (2**70, str(2**70)),
+        (1.2345678901234568e29, "outside the signed 64-bit range"),
+        (-1e19, "outside the signed 64-bit range"),
         ([1, None], "null"),
         ({"a": None}, "null"),
         (object(), "TOML cannot hold"),
@@ -248,6 +251,15 @@ def test_set_non_toml_value_rejected(
 
     with pytest.raises(ConfigError, match=words):
         config_set(site_file, "site.name", value)
+
+    assert site_file.read_bytes() == before
+
+
+def test_set_site_name_control_rejected(site_file: Path) -> None:
+    before = site_file.read_bytes()
+
+    with pytest.raises(ConfigError, match=r"control character U\+001B"):
+        config_set(site_file, "site.name", "\x1b]0;owned\x07")
 
     assert site_file.read_bytes() == before
 

@@ -253,6 +253,47 @@ def test_malformed_field_rejected(
     assert expected in error.value.message
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"value": 123456789012345678901234567890}, "123456789012345678901234567890"),
+        ({"value": 2**63}, "outside the signed 64-bit range"),
+        ({"value": -(2**63) - 1}, "outside the signed 64-bit range"),
+        ({"value": "\ud800"}, "lone surrogate U+D800"),
+        ({"items": ["ok", "\udc00"]}, "body.items[1]"),
+    ],
+)
+def test_sign_unencodable_body_rejected(
+    fleet_key: Ed25519PrivateKey, body: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        sign_document(
+            fleet_key,
+            kind="command",
+            document_type="config-set",
+            site=SITE,
+            body=body,
+            issued_at=NOW,
+            validity_s=60,
+        )
+
+    assert expected in str(caught.value)
+
+
+def test_sign_int64_limits_accepted(fleet_key: Ed25519PrivateKey) -> None:
+    document = sign_document(
+        fleet_key,
+        kind="command",
+        document_type="config-set",
+        site=SITE,
+        body={"low": -(2**63), "high": 2**63 - 1},
+        issued_at=NOW,
+        validity_s=60,
+    )
+
+    assert document["body"] == {"low": -(2**63), "high": 2**63 - 1}
+
+
 def test_not_an_object_rejected(keys: dict[str, Any]) -> None:
     assert reason_of([1, 2], keys) == "malformed"
 
