@@ -50,6 +50,7 @@ from appliance.remote.fleet_client import (
     INVALID,
     OFFLINE,
     ONLINE,
+    RESULT_FIELDS,
     RETAINED_WAIT_S,
     STATE_FIELDS,
     SYNC_FIELDS,
@@ -370,10 +371,10 @@ def _document_options(parser: argparse.ArgumentParser, *, box_required: bool) ->
 def _add_tail(fleet_commands: Any) -> None:
     tail = fleet_commands.add_parser(
         "tail",
-        help="print telemetry and availability changes as they arrive",
+        help="print telemetry, availability changes and results as they arrive",
         description="Print the retained state first, then every change of "
-        "availability, tele/state and tele/sync, one line each, until Ctrl-C "
-        "(exit 0) or --count messages.",
+        "availability, tele/state and tele/sync and every stat/result, one "
+        "line each, until Ctrl-C (exit 0) or --count messages.",
     )
     _connection_options(tail)
     tail.add_argument("--site", type=_identifier, help="only this site")
@@ -1080,7 +1081,7 @@ def _report(
 def _tail(arguments: argparse.Namespace) -> int:
     filters = [
         box_filter(arguments.site, arguments.box, suffix)
-        for suffix in ("availability", "tele/state", "tele/sync")
+        for suffix in ("availability", "tele/state", "tele/sync", "stat/result")
     ]
     printed = 0
     with _open_client(arguments) as client:
@@ -1131,6 +1132,8 @@ def _tail_line(message: Message, received_at: float, *, as_json: bool) -> str | 
         details = record["availability"]
     elif parsed.suffix == "tele/state":
         details = "state " + _fields(record["data"], STATE_FIELDS)
+    elif parsed.suffix == "stat/result":
+        details = "result " + _fields(record["data"], RESULT_FIELDS)
     else:
         details = "sync " + _fields(record["data"], SYNC_FIELDS)
     retained = " (retained)" if message.retain else ""

@@ -1684,6 +1684,56 @@ async def test_tail_human_lines(
     assert "unreadable" in lines[2]
 
 
+async def test_tail_prints_results(
+    upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rejected = {
+        "kind": "command",
+        "type": "status",
+        "nonce": "n-1",
+        "ok": False,
+        "reason": "unknown-key\u001b[2J",
+        "message": "key 'x' is not one this box was provisioned with",
+    }
+    with BoxPeer(upstream) as box:
+        box.announce()
+        tail = asyncio.ensure_future(
+            fleet_async(
+                capsys,
+                "tail",
+                *operator_options(upstream),
+                "--box",
+                "box-1",
+                "--count",
+                "2",
+            )
+        )
+        # Results are not retained, so publish until tail has printed one.
+        # Stopping the broker at teardown ends a tail that never does.
+        deadline = time.monotonic() + TIMEOUT_S
+        while not tail.done():
+            assert time.monotonic() < deadline, "tail printed no result"
+            await asyncio.to_thread(
+                box.publish, "stat/result", telemetry_payload(rejected), retain=False
+            )
+            await asyncio.sleep(0.2)
+        outcome = await tail
+
+    assert outcome.code == 0, outcome.err
+    assert_printable(outcome.out)
+    lines = outcome.out.splitlines()
+    assert lines[0].split()[1:] == ["club/box-1", "online", "(retained)"]
+    assert lines[1].split()[1:] == [
+        "club/box-1",
+        "result",
+        "kind=command",
+        "type=status",
+        "nonce=n-1",
+        "ok=false",
+        "reason=unknown-key\\x1b[2J",
+    ]
+
+
 async def test_tail_subprocess_ctrl_c(upstream: Upstream) -> None:
     env = {
         name: value
