@@ -282,12 +282,7 @@ class RemoteManagement:
         if name == "token-revoke":
             return self._token_revoke(signed, arguments)
         if name == "restart":
-            _expect(arguments, name)
-            self._accept_alone(signed)
-            self._restart_task = asyncio.create_task(
-                self._restart_after_grace(), name="remote-restart"
-            )
-            return {"restarting": True}
+            return self._restart(signed, arguments)
         return await self._run_registered(signed, arguments)
 
     async def _run_registered(
@@ -348,8 +343,8 @@ class RemoteManagement:
             raise CommandError("invalid-argument", str(err)) from err
         _LOGGER.info("Set %s in %s; it applies after a restart", key, config_path)
         # The result goes to every account that reads stat/result.
-        shown = site_file.hide_secrets(value, key.rsplit(".", 1)[-1])
-        return {"key": key, "value": shown, "restart_required": True}
+        public_value = site_file.hide_secrets(value, key.rsplit(".", 1)[-1])
+        return {"key": key, "value": public_value, "restart_required": True}
 
     def _drop_state(
         self, signed: SignedDocument, arguments: dict[str, Any]
@@ -412,6 +407,31 @@ class RemoteManagement:
         if revoked:
             _LOGGER.info("Revoked token %s by operator key %s", token_id, signed.key)
         return {"token": token_id, "revoked": revoked}
+
+    def _restart(
+        self, signed: SignedDocument, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        _expect(arguments, "restart")
+        result: dict[str, Any] = {"restarting": True}
+        if self._config_path is not None:
+            # The restart reads the file again and keeps the running
+            # configuration when the file is invalid, so the operator learns
+            # here which one the box will run.
+            error = site_file.file_error(self._config_path)
+            result["config_valid"] = error is None
+            if error is not None:
+                result["config_error"] = error
+                _LOGGER.warning(
+                    "Restart requested while %s is invalid, so the box keeps "
+                    "its previous configuration: %s",
+                    self._config_path,
+                    error,
+                )
+        self._accept_alone(signed)
+        self._restart_task = asyncio.create_task(
+            self._restart_after_grace(), name="remote-restart"
+        )
+        return result
 
     def _require_config_path(self, name: str) -> Path:
         if self._config_path is None:

@@ -96,6 +96,20 @@ def config_get(config_path: Path, key: str | None) -> Any:
     return hide_secrets(node, parts[-1])
 
 
+def file_error(config_path: Path) -> str | None:
+    """Validate the file as ``nightbox run`` does; return its error or None.
+
+    The message quotes no secret value.
+    """
+    document: dict[str, Any] = {}
+    try:
+        document = read_toml_file(config_path)
+        _validate(document, config_path)
+    except ConfigError as err:
+        return str(_without_secrets(err, document))
+    return None
+
+
 def is_secret_key(name: str) -> bool:
     """Return whether the value of key ``name`` is secret key material.
 

@@ -645,8 +645,29 @@ async def test_restart_without_bus_waits_for_result(
     await asyncio.wait_for(box.management.restart_requested.wait(), TIMEOUT_S)
 
     assert result["ok"] is True
-    assert result["result"] == {"restarting": True}
+    assert result["result"] == {"restarting": True, "config_valid": True}
     assert requested_at_once is False
+    assert nonces(box) == 1
+
+
+async def test_restart_reports_invalid_file(
+    box: Box, operator_key: Ed25519PrivateKey, config_path: Path
+) -> None:
+    secret = "0123456789abcdef0123456789abcd"
+    with config_path.open("a", encoding="utf-8") as file:
+        file.write(
+            f'\n[[bands.registered]]\nid = "eid-1"\neid_identity_key = "{secret}"\n'
+        )
+    document = sign_command(operator_key, "restart")
+
+    result = await box.management.handle_command("restart", orjson.dumps(document))
+
+    assert result["ok"] is True
+    assert result["result"]["restarting"] is True
+    assert result["result"]["config_valid"] is False
+    error = result["result"]["config_error"]
+    assert "bands.registered[0].eid_identity_key is invalid" in error
+    assert secret not in error
     assert nonces(box) == 1
 
 
@@ -791,7 +812,7 @@ async def test_restart_reloads_configuration(
     assert before["result"]["drops"][DROP_ID]["quota"] == DROP_QUANTITY
     assert changed["result"]["restart_required"] is True
     assert restarting["ok"] is True
-    assert restarting["result"] == {"restarting": True}
+    assert restarting["result"] == {"restarting": True, "config_valid": True}
     assert after["ok"] is True
     assert after["result"]["drops"][DROP_ID]["quota"] == 30
     # The restarted box counts afresh, and a status counts after its result.
