@@ -848,7 +848,7 @@ def _command_body(items: list[str], box: str) -> dict[str, Any]:
         if not separator or not _ARGUMENT_KEY.match(key):
             raise FleetError(
                 f"argument {item!r:.60} is not key=value; give arguments like "
-                "key=club.name value='\"Club\"'"
+                "key=site.name value='\"Club\"'"
             )
         if key == "box":
             raise FleetError(
