@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
+import logging
 import math
 import os
 import re
@@ -37,7 +38,7 @@ from appliance._cli_arguments import whole_number
 from appliance._toml_values import ID_PATTERN
 from appliance.bus import envelope
 from appliance.bus.topics import Topics
-from appliance.bus.url import parse_broker_url
+from appliance.bus.url import BrokerUrl, parse_broker_url
 from appliance.errors import PayloadError
 from appliance.remote.document_types import (
     BUILTIN_COMMANDS,
@@ -83,6 +84,8 @@ from provisioning.fleet_access import (
 from provisioning.fleet_tls import make_fleet_ca
 from provisioning.secret_file import write_file_atomically, write_secret_file
 from provisioning.site_access import OPERATOR as LOCAL_OPERATOR
+
+_LOGGER = logging.getLogger(__name__)
 
 EXIT_REJECTED = 1
 EXIT_NO_BOXES = 1
@@ -239,10 +242,9 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ca",
-        type=Path,
-        default=os.environ.get("NIGHTBOX_FLEET_CA"),
         help="CA certificate (PEM) that signed the broker's certificate; "
-        "default: $NIGHTBOX_FLEET_CA, else the system's CAs",
+        "default: $NIGHTBOX_FLEET_CA for an mqtts:// broker, else the system's "
+        "CAs; --ca '' ignores $NIGHTBOX_FLEET_CA",
     )
     parser.add_argument(
         "--credentials",
@@ -706,7 +708,7 @@ def _open_client(arguments: argparse.Namespace) -> FleetClient:
             "NIGHTBOX_FLEET_BROKER"
         )
     broker = parse_broker_url(arguments.broker)
-    ca_file = Path(arguments.ca) if arguments.ca else None
+    ca_file = _ca_file(arguments.ca, broker)
     check_transport(broker, ca_file)
     if arguments.credentials is None:
         raise FleetError(
@@ -730,6 +732,29 @@ def _open_client(arguments: argparse.Namespace) -> FleetClient:
             "accounts may read the boxes' topics"
         )
     return FleetClient(broker, login, ca_file=ca_file)
+
+
+def _ca_file(option: str | None, broker: BrokerUrl) -> Path | None:
+    """Return the CA file from ``--ca``, else from $NIGHTBOX_FLEET_CA.
+
+    An empty ``--ca`` means the system's CAs. The environment's CA is for
+    the upstream broker, so it is ignored for a plain ``mqtt://`` broker,
+    such as a box's local one. An explicit ``--ca`` is kept, so that
+    check_transport rejects it with mqtt://.
+    """
+    if option is not None:
+        return Path(option) if option else None
+    from_environment = os.environ.get("NIGHTBOX_FLEET_CA")
+    if not from_environment:
+        return None
+    if not broker.tls:
+        _LOGGER.info(
+            "Ignored NIGHTBOX_FLEET_CA=%s, because broker %s does not use TLS",
+            from_environment,
+            broker,
+        )
+        return None
+    return Path(from_environment)
 
 
 def _is_operator_account(username: str) -> bool:

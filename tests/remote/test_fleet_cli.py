@@ -1146,6 +1146,32 @@ async def test_ca_file_missing(
     assert "CA certificate (PEM)" in outcome.err
 
 
+async def test_environment_ca_and_empty_option(
+    upstream: Upstream,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NIGHTBOX_FLEET_CA", str(upstream.ca.ca_certificate))
+    login = [
+        "--broker",
+        upstream.url,
+        "--credentials",
+        str(upstream.operator_credentials()),
+        "--wait",
+        "0.5",
+    ]
+
+    from_environment = await fleet_async(capsys, "list", *login)
+    cleared = await fleet_async(capsys, "list", *login, "--ca", "")
+
+    # The broker has no box yet, so a working login exits 1.
+    assert from_environment.code == 1, from_environment.err
+    assert "no boxes seen" in from_environment.err
+    # Without the test CA, the system's CAs reject the broker's certificate.
+    assert cleared.code == 2
+    assert "the TLS certificate was rejected" in cleared.err
+
+
 def test_plain_mqtt_only_on_loopback() -> None:
     # Checked before any connection is made.
     for text in ("mqtt://127.0.0.1:1883", "mqtt://localhost:1883", "mqtt://[::1]"):

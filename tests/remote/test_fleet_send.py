@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -294,6 +295,31 @@ async def test_list_local_broker(
     assert rows[0]["guests_in"] == 0
     assert rows[0]["readers"] == 3
     assert "not an operator account" not in err
+
+
+async def test_local_broker_ignores_environment_ca(
+    box: Box,
+    mosquitto: BrokerHandle,
+    operator_login: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ca_path = tmp_path / "ca.pem"
+    monkeypatch.setenv("NIGHTBOX_FLEET_CA", str(ca_path))
+    caplog.set_level(logging.INFO, logger="appliance.cli_fleet")
+    options = [*local_options(mosquitto, operator_login), "--wait", "1"]
+
+    from_environment = await fleet_async(capsys, "list", *options)
+    cleared = await fleet_async(capsys, "list", *options, "--ca", "")
+    explicit = await fleet_async(capsys, "list", *options, "--ca", str(ca_path))
+
+    assert from_environment.code == 0, from_environment.err
+    assert f"Ignored NIGHTBOX_FLEET_CA={ca_path}" in caplog.text
+    assert cleared.code == 0, cleared.err
+    assert explicit.code == 2
+    assert f"--ca {ca_path} is given" in explicit.err
 
 
 async def test_bundle_local_broker_not_authorized(
