@@ -546,6 +546,7 @@ class BoxView:
     availability: str | None = None
     telemetry_at: float | None = None
     telemetry: dict[str, Any] = field(default_factory=dict)
+    sync_at: float | None = None
     sync: dict[str, Any] = field(default_factory=dict)
 
     def state_field(self, key: str) -> Any:
@@ -553,11 +554,21 @@ class BoxView:
         return checked_field(self.telemetry, key, STATE_FIELDS)
 
     def sync_backlog(self) -> Any:
-        """Return the box's backlog: a count, None when unknown, or INVALID."""
-        backlog = self.state_field("sync_backlog")
-        if backlog is None:
-            backlog = checked_field(self.sync, "backlog", SYNC_FIELDS)
-        return backlog
+        """Return the box's backlog: a count, None when unknown, or INVALID.
+
+        tele/state comes every telemetry interval and tele/sync on each
+        change of the sync state, so the one with the newer ``ts`` wins.
+        """
+        from_state = self.state_field("sync_backlog")
+        from_sync = checked_field(self.sync, "backlog", SYNC_FIELDS)
+        if from_sync is None:
+            return from_state
+        if from_state is None:
+            return from_sync
+        sync_is_newer = self.sync_at is not None and (
+            self.telemetry_at is None or self.sync_at > self.telemetry_at
+        )
+        return from_sync if sync_is_newer else from_state
 
     def to_json(self) -> dict[str, Any]:
         """Return the row that ``nightbox fleet list --json`` prints.
@@ -627,6 +638,7 @@ def apply_message(view: BoxView, suffix: str, payload: bytes) -> None:
         view.telemetry_at = decoded.ts
     elif suffix == "tele/sync":
         view.sync = decoded.data
+        view.sync_at = decoded.ts
 
 
 def read_availability(payload: bytes) -> str:

@@ -932,6 +932,40 @@ async def test_list_table_and_json(
     assert_no_secrets(table, operator_password(upstream))
 
 
+def payload_at(data: dict[str, Any], ts: float) -> bytes:
+    """Return a telemetry payload of box-1 with the envelope time ``ts``."""
+    return orjson.dumps(
+        {"v": 1, "id": f"m-{ts}", "ts": ts, "src": "box/box-1", "data": data}
+    )
+
+
+@pytest.mark.parametrize(
+    ("state_ts", "sync_ts", "expected"),
+    [(100.0, 105.0, 3), (105.0, 100.0, 12)],
+)
+async def test_list_backlog_from_newer(
+    upstream: Upstream,
+    capsys: pytest.CaptureFixture[str],
+    state_ts: float,
+    sync_ts: float,
+    expected: int,
+) -> None:
+    now = time.time()
+    with BoxPeer(upstream) as box:
+        box.announce()
+        box.publish("tele/state", payload_at(TELEMETRY, now - 200 + state_ts))
+        box.publish(
+            "tele/sync", payload_at({**SYNC_STATE, "backlog": 3}, now - 200 + sync_ts)
+        )
+
+        outcome = await fleet_async(
+            capsys, "list", *operator_options(upstream), "--json"
+        )
+
+    assert outcome.code == 0, outcome.err
+    assert json.loads(outcome.out)["sync_backlog"] == expected
+
+
 async def test_list_no_boxes(
     upstream: Upstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
