@@ -9,6 +9,7 @@ consumers drop the duplicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aiomqtt
@@ -21,6 +22,10 @@ from appliance.store import OutboxEvent, Store
 _LOGGER = logging.getLogger(__name__)
 
 _WINDOW = 64
+# Commits of this process wake the publisher at once. Those of another
+# process (`nightbox token issue` on the same store) do not, so the
+# publisher also looks for unpublished events this often, in seconds.
+_POLL_INTERVAL_S = 1.0
 
 
 class OutboxPublisher:
@@ -58,7 +63,8 @@ class OutboxPublisher:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _POLL_INTERVAL_S)
             self._wake.clear()
             try:
                 while await self._publish_some():
