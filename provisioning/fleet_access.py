@@ -2,8 +2,10 @@
 
 Every box logs in with its own account and may publish only under its own
 ``nightbox/<site>/box/<box>/`` (events, telemetry, results, availability)
-and read only the commands and bundles meant for it. Collectors read what
-boxes publish; operators send commands and bundles and read the answers.
+and read only the commands and bundles meant for it. Collectors read the
+boxes' events, availability and telemetry, not command results, which may
+carry a box's configuration. Operators send commands and bundles and read
+everything the boxes publish, results included.
 Deny by default, as on the box's own broker.
 """
 
@@ -53,17 +55,17 @@ def fleet_policy(
             AclRule(Access.READ, f"{base}/bundle/+"),
             AclRule(Access.READ, f"nightbox/{box.site}/bundle/+"),
         ]
-    readable = [
+    collected = [
         "nightbox/+/box/+/events/#",
         "nightbox/+/box/+/availability",
         "nightbox/+/box/+/tele/+",
-        "nightbox/+/box/+/stat/+",
     ]
     for collector in collectors:
-        grants[collector] = [AclRule(Access.READ, topic) for topic in readable]
+        grants[collector] = [AclRule(Access.READ, topic) for topic in collected]
     for name in operators:
         grants[operator_username(name)] = [
-            *(AclRule(Access.READ, topic) for topic in readable),
+            *(AclRule(Access.READ, topic) for topic in collected),
+            AclRule(Access.READ, "nightbox/+/box/+/stat/+"),
             AclRule(Access.WRITE, "nightbox/+/box/+/cmnd/+"),
             AclRule(Access.WRITE, "nightbox/+/box/+/bundle/+"),
             AclRule(Access.WRITE, "nightbox/+/bundle/+"),
