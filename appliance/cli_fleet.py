@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shlex
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -81,7 +80,12 @@ from provisioning.fleet_access import (
     operator_username,
     upstream_box_username,
 )
-from provisioning.fleet_tls import make_fleet_ca
+from provisioning.fleet_tls import (
+    FleetCa,
+    make_fleet_ca,
+    reissue_broker_certificate,
+    replace_file_keeping_owner,
+)
 from provisioning.secret_file import write_file_atomically, write_secret_file
 from provisioning.site_access import OPERATOR as LOCAL_OPERATOR
 
@@ -153,7 +157,8 @@ def _add_ca(fleet_commands: Any) -> None:
         description="Write ca.pem (give it to every box as [sync] ca_file and "
         "to operators as --ca), ca.key (mode 0600, keep it offline), and the "
         "broker's broker.pem and broker.key (mode 0600). An existing ca.key is "
-        "never overwritten.",
+        "never overwritten; --reissue keeps it and issues a new broker "
+        "certificate.",
     )
     ca.add_argument("--out", type=Path, required=True, help="folder for the files")
     ca.add_argument(
@@ -163,6 +168,12 @@ def _add_ca(fleet_commands: Any) -> None:
         type=_host,
         help="DNS name or IP address that boxes and operators use to reach the "
         "broker, repeatable; the certificate is valid for these only",
+    )
+    ca.add_argument(
+        "--reissue",
+        action="store_true",
+        help="keep the CA in --out (ca.key, ca.pem) and write a new broker.pem "
+        "and broker.key for the --host names, so boxes keep their ca_file",
     )
 
 
@@ -516,18 +527,23 @@ def _keygen(arguments: argparse.Namespace) -> int:
 
 def _ca(arguments: argparse.Namespace) -> int:
     folder: Path = arguments.out
-    if (folder / "ca.key").exists():
+    hosts = list(dict.fromkeys(arguments.host))
+    if arguments.reissue:
+        files = _reissue(folder, hosts)
+    elif (folder / "ca.key").exists():
         raise FleetError(
             f"{folder / 'ca.key'} already exists and ca never overwrites a CA key; "
-            "choose another --out folder or move the old files away"
+            "pass --reissue to keep the CA and issue a new broker certificate, "
+            "or choose another --out folder"
         )
-    try:
-        files = make_fleet_ca(folder, list(dict.fromkeys(arguments.host)))
-    except OSError as err:
-        raise FleetError(
-            f"cannot write the CA files in {folder} ({err.strerror}); choose a "
-            "writable --out folder"
-        ) from err
+    else:
+        try:
+            files = make_fleet_ca(folder, hosts)
+        except OSError as err:
+            raise FleetError(
+                f"cannot write the CA files in {folder} ({err.strerror}); choose "
+                "a writable --out folder"
+            ) from err
     print(f"CA certificate:     {files.ca_certificate}")
     print(f"Broker certificate: {files.certificate} (for {', '.join(arguments.host)})")
     print(f"Broker key:         {files.key}")
@@ -540,7 +556,33 @@ def _ca(arguments: argparse.Namespace) -> int:
     print(f"  certfile {files.certificate.resolve()}")
     print(f"  keyfile {files.key.resolve()}")
     print("  tls_version tlsv1.2")
+    if arguments.reissue:
+        print(
+            "The CA is unchanged, so boxes and operators keep their ca.pem. "
+            "Restart the broker to serve the new certificate."
+        )
     return 0
+
+
+def _reissue(folder: Path, hosts: list[str]) -> FleetCa:
+    if not (folder / "ca.key").is_file():
+        raise FleetError(
+            f"{folder / 'ca.key'} not found, so there is no CA to reissue with; "
+            "give the --out folder of the first 'nightbox fleet ca', or leave "
+            "out --reissue to create a CA"
+        )
+    try:
+        return reissue_broker_certificate(folder, hosts)
+    except OSError as err:
+        raise FleetError(
+            f"cannot use the CA files in {folder} ({err.strerror}); check that "
+            "ca.key and ca.pem are readable and the folder is writable"
+        ) from err
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise FleetError(
+            f"cannot use the CA in {folder} ({err}); give the folder with the "
+            "ca.key and ca.pem that 'nightbox fleet ca' wrote"
+        ) from err
 
 
 def _open_accounts(path: Path) -> tuple[SiteCredentials, set[str]]:
@@ -635,7 +677,7 @@ def _broker_files(arguments: argparse.Namespace) -> int:
             (password_path, "".join(password_lines).encode()),
             (acl_path, policy.render_mosquitto().encode()),
         ):
-            if _replace_broker_file(path, data):
+            if replace_file_keeping_owner(path, data):
                 created_paths.append(path)
     except OSError as err:
         raise FleetError(
@@ -668,37 +710,6 @@ def _broker_files(arguments: argparse.Namespace) -> int:
     print(f"  password_file {password_path.resolve()}")
     print(f"  acl_file {acl_path.resolve()}")
     return 0
-
-
-def _replace_broker_file(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` atomically; return whether the file is new.
-
-    A new file gets mode 0600. An existing file keeps its owner, group and
-    mode, so a broker that reads it as another user can still read it after
-    a reload.
-    """
-    try:
-        old = path.stat()
-    except FileNotFoundError:
-        old = None
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if old is not None:
-                current = os.fstat(handle.fileno())
-                if (current.st_uid, current.st_gid) != (old.st_uid, old.st_gid):
-                    os.fchown(handle.fileno(), old.st_uid, old.st_gid)
-                os.fchmod(handle.fileno(), stat.S_IMODE(old.st_mode))
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return old is None
 
 
 def _open_client(arguments: argparse.Namespace) -> FleetClient:

@@ -348,9 +348,80 @@ async def test_ca_serves_tls_broker(
     assert_no_secrets(created)
     assert again.code == 2
     assert "ca.key already exists" in again.err
+    assert "--reissue" in again.err
     # TLS and the login succeeded: the broker simply has no box yet.
     assert listed.code == 1
     assert "no boxes seen" in listed.err
+
+
+async def test_ca_reissue_adds_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "tls"
+    accounts_path = tmp_path / "accounts.json"
+    created = fleet(capsys, "ca", "--out", str(folder), "--host", "127.0.0.1")
+    assert created.code == 0, created.err
+    ca_pem = (folder / "ca.pem").read_bytes()
+    ca_key = (folder / "ca.key").read_bytes()
+    reissued = fleet(
+        capsys,
+        "ca",
+        "--out",
+        str(folder),
+        "--host",
+        "127.0.0.1",
+        "--host",
+        "localhost",
+        "--reissue",
+    )
+    make_account(capsys, accounts_path, tmp_path / "ops.json", "--operator", "ops")
+    broker = await start_fleet_mosquitto(
+        tmp_path / "run",
+        "127.0.0.1",
+        free_port(),
+        SiteCredentials(accounts_path),
+        fleet_policy([FleetBox("club", "box-1")], operators=["ops"]),
+        TlsFiles(folder / "broker.pem", folder / "broker.key"),
+    )
+    try:
+        # The old ca.pem, as every box has it, trusts the new host name.
+        listed = await fleet_async(
+            capsys,
+            "list",
+            "--broker",
+            f"mqtts://localhost:{broker.port}",
+            "--ca",
+            str(tmp_path / "tls" / "ca.pem"),
+            "--credentials",
+            str(tmp_path / "ops.json"),
+            "--wait",
+            "0.5",
+        )
+    finally:
+        await broker.stop()
+
+    assert reissued.code == 0, reissued.err
+    assert "(for 127.0.0.1, localhost)" in reissued.out
+    assert "The CA is unchanged" in reissued.out
+    assert (folder / "ca.pem").read_bytes() == ca_pem
+    assert (folder / "ca.key").read_bytes() == ca_key
+    assert stat.S_IMODE((folder / "broker.key").stat().st_mode) == 0o600
+    assert_no_secrets(reissued)
+    # TLS and the login succeeded: the broker simply has no box yet.
+    assert listed.code == 1
+    assert "no boxes seen" in listed.err
+
+
+def test_ca_reissue_needs_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = fleet(
+        capsys, "ca", "--out", str(tmp_path), "--host", "127.0.0.1", "--reissue"
+    )
+
+    assert outcome.code == 2
+    assert f"{tmp_path / 'ca.key'} not found" in outcome.err
+    assert not (tmp_path / "broker.key").exists()
 
 
 def test_ca_host_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
