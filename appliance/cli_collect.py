@@ -39,6 +39,9 @@ exit codes:
   {EXIT_DATABASE}  PostgreSQL unreachable at start, login rejected, or its
      collector tables newer than this nightbox
   {EXIT_BROKER_REJECTED}  the broker rejected the login or the events subscription
+     (mosquitto 2.0 grants a subscription its ACL denies, and then
+     delivers nothing; the collector warns when the login is not
+     "collector")
 
 An unreachable broker is not an error: the collector retries with back-off
 and logs each attempt. Once running, it also outlasts PostgreSQL outages: it

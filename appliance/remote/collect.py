@@ -50,6 +50,7 @@ from appliance.remote._collect_database import (
     WriteResult,
 )
 from appliance.remote._collect_messages import Rejection, Row, parse_message
+from provisioning.fleet_access import COLLECTOR
 
 __all__ = [
     "BrokerLogin",
@@ -58,6 +59,7 @@ __all__ = [
     "CollectorSettings",
     "CollectorStats",
     "DatabaseUnavailableError",
+    "account_warning",
     "default_client_id",
     "load_login",
     "topic_filters",
@@ -138,6 +140,31 @@ def load_login(path: Path) -> BrokerLogin:
             "Credentials file %s is readable by other users; chmod 600 it", path
         )
     return BrokerLogin(username, password)
+
+
+def account_warning(login: BrokerLogin | None) -> str | None:
+    """Return a warning when ``login`` is not the fleet's collector account.
+
+    mosquitto 2.0.11 grants a subscription that its ACL denies (its SUBACK
+    reports no failure) and then delivers nothing, so a collector
+    logged in as a box would run without storing anything.
+    """
+    if login is None or login.username == COLLECTOR:
+        return None
+    username = login.username
+    if username.startswith("box-"):
+        kind = "a box's account, which may not read any events"
+    elif username.startswith("operator-"):
+        kind = "an operator's account, meant for nightbox fleet"
+    else:
+        kind = "not the fleet's collector account"
+    return (
+        f"The broker login {username!r} is {kind}. An account that may not "
+        "read events still gets its subscriptions accepted by mosquitto 2.0, "
+        "and then nothing arrives. Use the collector's login from "
+        "'nightbox fleet account --collector' unless this account was given "
+        "the collector's grants."
+    )
 
 
 def default_client_id(group: str | None) -> str:
@@ -251,6 +278,9 @@ class Collector:
         start, and BrokerRejectedError when the broker rejects the login or
         the events subscription.
         """
+        warning = account_warning(self.settings.login)
+        if warning is not None:
+            _LOGGER.warning("%s", warning)
         self._database.open()
         network = threading.Thread(
             target=self._network_main, name="collector-mqtt", daemon=True
@@ -510,11 +540,18 @@ class Collector:
         broker = self.settings.broker
         name = _FATAL_CONNACK.get(reason_code.value)
         if name is not None and self.stats.connects == 0:
-            username = self.settings.login.username if self.settings.login else None
+            login = self.settings.login
+            if login is None:
+                self._fail(
+                    f"the broker at {broker} refused a connection without a "
+                    f"login ({name}); give --credentials with the collector's "
+                    "account"
+                )
+                return
             self._fail(
-                f"the broker at {broker} rejected the login of user {username!r} "
-                f"as client id {self.settings.client_id!r}: {name}; check "
-                "--credentials and the broker's accounts"
+                f"the broker at {broker} rejected the login of user "
+                f"{login.username!r} as client id {self.settings.client_id!r}: "
+                f"{name}; check --credentials and the broker's accounts"
             )
             return
         _LOGGER.error(
@@ -598,7 +635,8 @@ class Collector:
         )
 
     def _fail(self, message: str) -> None:
-        _LOGGER.error("Stopping: %s", message)
+        # run() raises the error, and its caller reports it, so it is not
+        # logged here as well.
         self._fatal = BrokerRejectedError(message)
         self._stopping.set()
 

@@ -273,7 +273,50 @@ def test_broker_login_rejected(
 
     assert result.returncode == EXIT_BROKER_REJECTED
     assert "rejected the login of user 'collector'" in result.stderr
+    assert result.stderr.count("rejected the login") == 1
     assert "not-it" not in result.stderr + result.stdout
+
+
+def test_broker_without_login(
+    upstream: Upstream,  # noqa: F811
+    postgres: Postgres,  # noqa: F811
+) -> None:
+    arguments = collect_arguments(upstream, postgres.dsn)
+    credentials = arguments.index("--credentials")
+    del arguments[credentials : credentials + 2]
+
+    result = nightbox(*arguments)
+
+    assert result.returncode == EXIT_BROKER_REJECTED
+    assert "refused a connection without a login" in result.stderr
+    assert "give --credentials" in result.stderr
+    assert "None" not in result.stderr
+    assert result.stderr.count("refused a connection") == 1
+
+
+def test_box_login_warned(
+    upstream: Upstream,  # noqa: F811
+    postgres: Postgres,  # noqa: F811
+    background: Callable[..., Background],
+) -> None:
+    arguments = collect_arguments(upstream, postgres.dsn)
+    box_login = str(upstream.box_credentials())
+    arguments[arguments.index("--credentials") + 1] = box_login
+    collector = background(*arguments)
+
+    warning = collector.wait_for_line(
+        lambda line: "box-club.box-1" in line, "about the box's account"
+    )
+    # mosquitto 2.0 grants the denied subscription, so the collector starts.
+    collector.wait_for_line(
+        lambda line: "Collecting the events" in line, "announcing the start"
+    )
+    code = collector.stop()
+
+    assert "WARNING" in warning
+    assert "a box's account, which may not read any events" in warning
+    assert "nightbox fleet account --collector" in warning
+    assert code == 0
 
 
 def test_unreachable_broker_retried(
