@@ -336,9 +336,20 @@ class SyncService:
             )
         if isinstance(cause, ssl.SSLError):
             return f"TLS with upstream broker {broker} failed ({cause.reason})"
+        detail = (
+            (cause.strerror or str(cause)) if isinstance(cause, OSError) else str(err)
+        )
+        if not detail:
+            # paho reports a connection closed before the CONNACK without a
+            # message, as when a plain mqtt:// client reaches a TLS listener.
+            return (
+                f"upstream broker {broker} closed the connection during the MQTT "
+                "handshake; check sync.broker: a TLS port needs mqtts://, and "
+                "the port may be wrong"
+            )
         if isinstance(cause, OSError):
-            return f"cannot reach upstream broker {broker} ({cause.strerror or cause})"
-        return f"cannot connect to upstream broker {broker} ({err})"
+            return f"cannot reach upstream broker {broker} ({detail})"
+        return f"cannot connect to upstream broker {broker} ({detail})"
 
     async def _session(self, login: UpstreamLogin, tls: ssl.SSLContext | None) -> None:
         """Connect, serve until the connection fails, and raise why it did."""

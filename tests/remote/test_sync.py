@@ -35,7 +35,7 @@ from appliance.bus import envelope
 from appliance.bus.broker import BrokerHandle
 from appliance.bus.client import Bus, Incoming
 from appliance.bus.topics import Topics
-from appliance.bus.url import client_tls_context
+from appliance.bus.url import client_tls_context, parse_broker_url
 from appliance.clock import SystemClock
 from appliance.config import SiteConfig
 from appliance.outbox import event_payload
@@ -431,6 +431,13 @@ def _login_without_password(folder: Path, fleet: Upstream) -> dict[str, Any]:
     return {"credentials_file": path}
 
 
+def _plain_to_tls_port(folder: Path, fleet: Upstream) -> dict[str, Any]:
+    return {
+        "broker": parse_broker_url(f"mqtt://127.0.0.1:{fleet.broker.port}"),
+        "ca_file": None,
+    }
+
+
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [
@@ -441,6 +448,7 @@ def _login_without_password(folder: Path, fleet: Upstream) -> dict[str, Any]:
         (_open_login, "chmod 600"),
         (_malformed_login, "is not valid JSON"),
         (_login_without_password, "no non-empty string 'password'"),
+        (_plain_to_tls_port, "closed the connection during the MQTT handshake"),
     ],
     ids=[
         "wrong-ca",
@@ -450,6 +458,7 @@ def _login_without_password(folder: Path, fleet: Upstream) -> dict[str, Any]:
         "credentials-readable-by-others",
         "malformed-credentials",
         "credentials-without-password",
+        "plain-mqtt-to-tls-port",
     ],
 )
 async def test_sync_reports_setup_error(
