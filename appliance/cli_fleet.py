@@ -877,6 +877,13 @@ def _load_private_key(path: Path) -> Ed25519PrivateKey:
     return private_key
 
 
+# Values starting like a JSON object, array, string or number, or the JSON
+# literals, are read as JSON. Anything else, and a number-like start that is
+# not JSON, is plain text.
+_JSON_START = re.compile(r"\s*([{\[\"\-0-9]|(true|false|null)\s*\Z)")
+_JSON_STRUCTURE = re.compile(r"\s*[{\[\"]")
+
+
 def _command_body(items: list[str], box: str) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for item in items:
@@ -892,12 +899,30 @@ def _command_body(items: list[str], box: str) -> dict[str, Any]:
             )
         if key in body:
             raise FleetError(f"argument {key!r} is given twice; give it once")
-        try:
-            body[key] = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            body[key] = text
+        body[key] = _argument_value(key, text)
     body["box"] = box
     return body
+
+
+def _argument_value(key: str, text: str) -> Any:
+    """Read an argument's value: JSON when it looks like JSON, else plain text.
+
+    The standard json module keeps big integers exact and reads escaped
+    surrogates, so the signer can refuse them by name instead of a value
+    turning silently into a float or into its own JSON text.
+    """
+    if not _JSON_START.match(text):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        if not _JSON_STRUCTURE.match(text):
+            # An id such as 0f1e… or 2026-tee starts like a number.
+            return text
+        raise FleetError(
+            f"argument {key!r} looks like JSON but is invalid ({err.msg} at "
+            f"character {err.pos}); quote text as '\"text\"'"
+        ) from None
 
 
 def _read_bundle_body(source: str) -> dict[str, Any]:
@@ -962,9 +987,17 @@ def _require_online(
         )
 
 
+def _signed(private_key: Ed25519PrivateKey, **fields: Any) -> dict[str, Any]:
+    """Sign a document; a value that cannot be signed is a FleetError."""
+    try:
+        return sign_document(private_key, **fields)
+    except ValueError as err:
+        raise FleetError(f"cannot sign the {fields['kind']}: {err}") from None
+
+
 def _send(arguments: argparse.Namespace) -> int:
     private_key = _load_private_key(arguments.key)
-    document = sign_document(
+    document = _signed(
         private_key,
         kind="command",
         document_type=arguments.name,
@@ -996,7 +1029,7 @@ def _send(arguments: argparse.Namespace) -> int:
 def _bundle(arguments: argparse.Namespace) -> int:
     private_key = _load_private_key(arguments.key)
     site = arguments.site
-    document = sign_document(
+    document = _signed(
         private_key,
         kind="bundle",
         document_type=arguments.name,

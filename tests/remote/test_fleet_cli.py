@@ -1422,6 +1422,35 @@ def test_send_argument_invalid(
     assert expected in outcome.err
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("123456789012345678901234567890", "signed 64-bit"),
+        ('"\\ud800"', "value"),
+        ("{not json", "looks like JSON but is invalid"),
+    ],
+)
+def test_send_value_unsignable(
+    operator_key: OperatorKey,
+    capsys: pytest.CaptureFixture[str],
+    value: str,
+    expected: str,
+) -> None:
+    # Refused before any connection is made, so no broker listens on port 1.
+    outcome = fleet(
+        capsys,
+        "send",
+        *offline_send_options(operator_key.private_path),
+        "config-set",
+        "key=wallet.max_charge",
+        f"value={value}",
+    )
+
+    assert outcome.code == 2
+    assert expected in outcome.err
+    assert "Traceback" not in outcome.err
+
+
 def test_send_command_too_large(
     operator_key: OperatorKey, capsys: pytest.CaptureFixture[str]
 ) -> None:
