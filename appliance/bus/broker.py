@@ -292,6 +292,13 @@ def _spawn(binary: str, config_path: Path, log_path: Path) -> subprocess.Popen[b
             stderr=log,
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent(os.getpid()),
+            # A process group of its own: Ctrl-C or a SIGTERM sent to the
+            # box's group would stop mosquitto before the box's services
+            # close their connections, and they would log a lost broker.
+            # The box stops it after them. NOTE: systemd's default
+            # KillMode=control-group still signals every process of the
+            # unit; KillMode=mixed signals only the box's main process.
+            start_new_session=True,
         )
 
 
