@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -147,6 +148,12 @@ def _check_json_value(value: Any, where: str) -> None:
         raise ValueError(
             f"{where} = {value} is outside the signed 64-bit range of whole "
             f"numbers ({-(2**63)} to {2**63 - 1}); give a number within it"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no infinity or NaN: orjson would sign them as null.
+        raise ValueError(
+            f"{where} = {value} is not a finite number; give a number JSON can "
+            "carry (at most about 1.8e308)"
         )
     if isinstance(value, str):
         try:

@@ -261,6 +261,8 @@ def test_malformed_field_rejected(
         ({"value": -(2**63) - 1}, "outside the signed 64-bit range"),
         ({"value": "\ud800"}, "lone surrogate U+D800"),
         ({"items": ["ok", "\udc00"]}, "body.items[1]"),
+        ({"value": float("inf")}, "body.value = inf is not a finite number"),
+        ({"value": float("nan")}, "body.value = nan is not a finite number"),
     ],
 )
 def test_sign_unencodable_body_rejected(
