@@ -79,8 +79,11 @@ def check_database_url(text: str) -> str:
             "postgresql://user@host:port/database"
         ) from err
     if parts.scheme not in _URL_SCHEMES:
+        # A key=value connection string would be printed whole, password
+        # included, so the value is not repeated.
         raise ConfigError(
-            f"database URL {redacted!r} must start with postgresql://; give "
+            "the database URL must start with postgresql:// (it is not shown "
+            "because it may contain a password); give "
             "postgresql://user@host:port/database"
         )
     try:

@@ -152,8 +152,17 @@ def test_invalid_database_url() -> None:
     result = nightbox("collect", "--broker", "mqtt://127.0.0.1:1883", "--database", url)
 
     assert result.returncode == 2
-    assert "mysql://nightbox:***@127.0.0.1:3306/nightbox" in result.stderr
+    assert "must start with postgresql://" in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_database_connection_string_not_shown() -> None:
+    dsn = "host=127.0.0.1 port=5432 user=nightbox password=SuperSecret91 dbname=n"
+    result = nightbox("collect", "--broker", "mqtt://127.0.0.1:1883", "--database", dsn)
+
+    assert result.returncode == 2
+    assert "must start with postgresql://" in result.stderr
+    assert "SuperSecret91" not in result.stderr + result.stdout
 
 
 def test_missing_credentials_file(tmp_path: Path, postgres: Postgres) -> None:  # noqa: F811
