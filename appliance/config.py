@@ -271,12 +271,19 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
 _MORE = {"readers", "kits", "coupons", "sync", "fleet"} | COMMERCE_TABLES
 
 
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
 def _site_name(site: dict[str, Any]) -> str:
     # The name is shown on screens and in Home Assistant, where a control
     # character (NUL, ESC) would corrupt the display.
     name = _string(site, "site.name", default=site.get("id", ""))
     for position, character in enumerate(name):
-        if unicodedata.category(character) == "Cc":
+        # Cc: control characters; bidirectional marks and overrides can make
+        # a name read differently from what it holds.
+        if unicodedata.category(character) == "Cc" or character in _BIDI_CONTROLS:
             raise ConfigError(
                 f"site.name = {name!r:.80} contains the control character "
                 f"U+{ord(character):04X} at position {position}; remove it"

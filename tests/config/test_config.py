@@ -367,6 +367,11 @@ BAD_VALUES: list[tuple[str, Change, list[str]]] = [
         put("site.name", "Club\x85"),
         ["site.name", "control character U+0085"],
     ),
+    (
+        "site-name-bidi-override",
+        put("site.name", "Evil\u202ename"),
+        ["site.name", "control character U+202E at position 4"],
+    ),
 ]
 
 
