@@ -615,6 +615,9 @@ class SyncService:
             payload = message.payload
             if inbound is None or not isinstance(payload, bytes | bytearray):
                 self.counts["inbound_ignored"] += 1
+                # The state is published at most once a second, however
+                # many messages are dropped.
+                self._state_changed.set()
                 self._drop_log.warning(
                     "ignored",
                     "Sync of box %s ignored a message on %s",
@@ -626,6 +629,7 @@ class SyncService:
             limit = max_payload_bytes(inbound)
             if len(payload) > limit:
                 self.counts["inbound_too_large"] += 1
+                self._state_changed.set()
                 self._drop_log.warning(
                     "too-large",
                     "Sync of box %s dropped %s %r of %d bytes, over the limit of "
@@ -643,6 +647,7 @@ class SyncService:
     def _drop(self, inbound: Inbound, payload: bytes) -> None:
         """Count and log a message that did not fit, and queue its ``busy`` result."""
         self.counts["inbound_dropped"] += 1
+        self._state_changed.set()
         waiting, waiting_bytes = len(self._inbound), self._inbound.bytes
         self._drop_log.warning(
             "dropped",

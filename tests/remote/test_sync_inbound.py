@@ -114,6 +114,16 @@ async def test_inbound_queue_bounded_by_bytes(
         await wait_until(lambda: len(_results(received)) == 1, "the busy result")
         busy = _results(received)[0]
         counts = service.state()["counts"]
+        # The retained sync state shows the drops, so fleet tools see them.
+        await client.subscribe(TOPICS.sync_state(BOX), qos=1)
+        await wait_until(
+            lambda: any(
+                topic == TOPICS.sync_state(BOX)
+                and message.data["counts"]["inbound_dropped"] == 1 + floods
+                for topic, message, _retain in received
+            ),
+            "the sync state with every drop",
+        )
 
         management.release.set()
         await wait_until(
