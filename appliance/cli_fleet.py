@@ -739,8 +739,8 @@ def _open_client(arguments: argparse.Namespace) -> FleetClient:
         _warn(
             f"{path} logs in as {login.username!r}, which is not an operator "
             f"account ({operator_username('<name>')} upstream, "
-            f"{LOCAL_OPERATOR} on a box's local broker); only operator "
-            "accounts may read the boxes' topics"
+            f"{LOCAL_OPERATOR} on a box's local broker); with another account "
+            "the broker may deliver few or none of the boxes' topics"
         )
     return FleetClient(broker, login, ca_file=ca_file)
 

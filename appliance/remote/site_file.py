@@ -54,7 +54,10 @@ LOCAL_ONLY_KEYS = {
         "it names the upstream broker and credentials that remote commands "
         "and bundles arrive through"
     ),
-    "fleet": "it lists the operator keys that remote commands are verified with",
+    "fleet": (
+        "it lists the operator keys that remote commands are verified with and "
+        "sets how often the box reports"
+    ),
 }
 # Marks a key that a document leaves out.
 _ABSENT = object()
