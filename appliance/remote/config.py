@@ -26,14 +26,14 @@ FLEET_KEYS = {"operator_keys", "telemetry_interval_s"}
 
 @dataclass(frozen=True, slots=True)
 class SyncConfig:
-    """Where and how the box forwards its outbox."""
+    """The upstream broker the box forwards its outbox to, and how."""
 
     broker: BrokerUrl
     ca_file: Path | None
     credentials_file: Path
     # QoS 1 messages in flight to the upstream broker at once.
     window: int = 256
-    # The longest wait between reconnect attempts, in seconds.
+    # The maximum wait between reconnect attempts, in seconds.
     retry_max_s: float = 30.0
 
 
