@@ -77,12 +77,13 @@ _KEEPALIVE_S = 15
 _SESSION_EXPIRY_S = 7 * 24 * 3600
 # Timeout of a state, result or telemetry publish, in seconds.
 _PUBLISH_TIMEOUT_S = 10.0
-# Commands and bundles received but not yet handled, at most this many and
-# this many payload bytes in all; more are dropped. Four bundles of the
-# maximum size (4 MiB) fill the bytes.
+# The maximum number of commands and bundles received but not yet handled,
+# and of their payload bytes in all. Messages beyond either limit are
+# dropped, and four bundles of the maximum size (4 MiB) fill the bytes.
 _INBOUND_QUEUE = 1000
 _INBOUND_QUEUE_BYTES = 16 * 1024 * 1024
-# "busy" results of dropped commands waiting to be sent; more get no result.
+# The maximum number of "busy" results of dropped commands waiting to be
+# sent. A command dropped while this queue is full gets no result.
 _BUSY_QUEUE = 64
 # Warnings about dropped or ignored messages are logged at most once per
 # reason in this many seconds, with the number skipped.
@@ -108,8 +109,10 @@ _RESEND_CHECK_S = 5.0
 _REPEAT_LOG_S = 60.0
 _SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _LOGIN_REJECTED = {"Bad user name or password", "Not authorized"}
-# Besides events, the service has at most one message in flight each for its
-# state, a command result, telemetry and its availability.
+# Room in paho's in-flight limit for the messages besides events: the state,
+# command and "busy" results, telemetry and the availability. Each of these
+# tasks waits for its PUBACK, but a publish that timed out may still be in
+# flight, and paho 2.2 queues a publish over its limit instead of failing it.
 _OTHER_INFLIGHT = 4
 
 
@@ -152,6 +155,7 @@ class SyncService:
                 f"site {config.site_id!r} has no [sync] section, so the box has "
                 "no upstream broker; add one to forward events"
             )
+
         self._sync = config.sync
         self._box_id = config.box_id
         self._site = config.site_id
@@ -160,6 +164,7 @@ class SyncService:
         self._clock = clock
         self._management = management
         self._telemetry_interval_s = config.fleet.telemetry_interval_s
+
         self._topics = Topics(config.site_id)
         self._src = f"box/{config.box_id}"
         self._client_id = f"{config.site_id}-box-{config.box_id}"
@@ -167,6 +172,7 @@ class SyncService:
         self._state_topic = self._topics.sync_state(config.box_id)
         self._event_topics: dict[str, str] = {}
         self._inbound_topics = InboundTopics(self._topics, config.box_id)
+
         # Set by commits and PUBACKs: the drain loop may have work.
         self._ready = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -175,6 +181,7 @@ class SyncService:
             _BUSY_QUEUE
         )
         self._drop_log = LimitedLog(_LOGGER, _DROP_LOG_INTERVAL_S)
+
         # Message ids of events waiting for their PUBACK, and the failure
         # reason codes that the broker returned for some of them.
         self._event_mids: set[int] = set()
@@ -188,6 +195,7 @@ class SyncService:
         self._attempt_over = asyncio.Event()
         self._attempt_over.set()
         self._last_logged: tuple[str, float] = ("", 0.0)
+
         self.connected = False
         # Events in flight at once: sync.window, or less when the broker's
         # CONNACK sets a smaller MQTT 5 Receive Maximum.
@@ -196,6 +204,7 @@ class SyncService:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.counts: Counter[str] = Counter()
+
         store.on_commit(self._on_commit)
         local_bus.on_connect(self._on_local_connect)
 
@@ -218,7 +227,7 @@ class SyncService:
         }
 
     async def start(self) -> None:
-        """Connect upstream in the background; the box runs on while it cannot."""
+        """Connect upstream in the background, so the box runs on while it cannot."""
         self._state_task = asyncio.create_task(
             self._report_state_forever(), name="sync-state"
         )
@@ -322,8 +331,10 @@ class SyncService:
                     f"{self._sync.credentials_file}"
                 )
             return f"upstream broker {broker} refused the connection ({reason})"
+
         if lost:
             return f"lost the connection to upstream broker {broker} ({err})"
+
         # aiomqtt turns connect errors into MqttError(str(error)) "from None",
         # which keeps the original error as the context.
         cause = err.__context__
@@ -336,6 +347,7 @@ class SyncService:
             )
         if isinstance(cause, ssl.SSLError):
             return f"TLS with upstream broker {broker} failed ({cause.reason})"
+
         detail = (
             (cause.strerror or str(cause)) if isinstance(cause, OSError) else str(err)
         )
@@ -404,6 +416,7 @@ class SyncService:
         )
         for topic_filter in self._inbound_topics.filters:
             await client.subscribe(topic_filter, options=options)
+
         # The retained availability is in the same ACL namespace as the
         # events, so an account of another box fails here, before any event
         # goes out. mosquitto 2.0.11 acknowledges the first PUBLISH that its
@@ -412,6 +425,7 @@ class SyncService:
         await self._publish_acknowledged(
             client, self._availability, b"online", retain=True
         )
+
         self._client = client
         self.connected = True
         self.counts["connects"] += 1
@@ -424,6 +438,7 @@ class SyncService:
             self._sync.broker,
             self.window,
         )
+
         tasks = [
             asyncio.create_task(self._drain(client), name="sync-drain"),
             asyncio.create_task(self._receive(client), name="sync-receive"),
