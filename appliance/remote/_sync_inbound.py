@@ -32,11 +32,11 @@ class Management(Protocol):
     """The interface of the box's remote management that the sync service calls."""
 
     async def handle_command(self, name: str, payload: bytes) -> dict[str, Any]:
-        """Check and run a signed command; return the result ``data``."""
+        """Check and run a signed command, and return the result ``data``."""
         ...
 
     async def handle_bundle(self, bundle_type: str, payload: bytes) -> dict[str, Any]:
-        """Check and apply a signed bundle; return the result ``data``."""
+        """Check and apply a signed bundle, and return the result ``data``."""
         ...
 
     def telemetry(self) -> dict[str, Any]:
@@ -76,7 +76,7 @@ class InboundQueue:
         return self._queue.qsize()
 
     def offer(self, inbound: Inbound, payload: bytes) -> bool:
-        """Queue a message; return False, queueing nothing, when it does not fit."""
+        """Queue a message, or return False and queue nothing when it does not fit."""
         if len(self) >= self.max_messages:
             return False
         if self.bytes + len(payload) > self.max_bytes:
@@ -171,8 +171,8 @@ async def handle_inbound(
             return await management.handle_command(inbound.name, payload)
         return await management.handle_bundle(inbound.name, payload)
     except Exception:
-        # Management never raises on bad input, so this is a bug. The
-        # operator still gets a result.
+        # RemoteManagement turns bad input into a rejection result, so an
+        # exception here is a bug. The operator still gets a result.
         _LOGGER.exception(
             "Remote management failed on %s %r", inbound.kind, inbound.name
         )
@@ -203,9 +203,9 @@ def busy_rejection(
 ) -> dict[str, Any] | None:
     """Return the ``busy`` result of a dropped command, or None without a nonce.
 
-    Only a command's nonce is read: a command is at most 64 KiB, so parsing
-    it is cheap, but a bundle may have 4 MiB. A result without a nonce
-    matches no request, so none is sent for it.
+    Only a command's nonce is read, because a command of at most
+    MAX_COMMAND_BYTES is cheap to parse but a bundle may have 4 MiB. A
+    result without a nonce matches no request, so none is sent for it.
     """
     if inbound.kind != "command" or len(payload) > MAX_COMMAND_BYTES:
         return None

@@ -54,14 +54,14 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 # Commands received on the local bus and not yet handled. Operators send a
-# few; a full queue means something floods the command topic.
+# few, so a full queue means that something floods the command topic.
 MAX_QUEUED_COMMANDS = 64
 # The time the sync service gets to publish a restart's result upstream
 # before the box stops its services, in seconds. A restart received on the
 # local bus publishes its result first and restarts at once.
 RESTART_GRACE_S = 1.0
-# One warning per rejection reason in this many seconds; the counts in the
-# box status cover the rest.
+# At most one warning per key, such as a rejection reason, in this many
+# seconds. The counts in the box status cover the rest.
 _LOG_INTERVAL_S = 5.0
 _TOKEN_ID = re.compile(r"[0-9a-f]{32}\Z")
 _MAX_REASON_CHARS = 200
@@ -71,7 +71,7 @@ CommandHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class CommandError(Exception):
-    """A command that cannot run: ``reason`` is one word, ``message`` a sentence.
+    """A command that cannot run, with a one-word ``reason`` and a ``message``.
 
     Registered command handlers raise it to reject their arguments
     (``invalid-argument``) or to report that they failed (``failed``).
@@ -174,10 +174,12 @@ class RemoteManagement:
             self._log_limited("telemetry", "Could not publish telemetry: %s", err)
 
     async def handle_command(self, name: str, payload: bytes) -> dict[str, Any]:
-        """Verify and run command ``name``; return the result ``data`` object.
+        """Verify and run command ``name``, and return the result ``data`` object.
 
-        Never raises for bad input: every rejection is a result with ``ok``
-        false, a ``reason`` and a ``message``, and is logged and counted.
+        It raises no Exception, for bad input or a failing handler. Every
+        rejection is a result with ``ok`` false, a ``reason`` and a
+        ``message``, and is counted. The log gets at most one warning per
+        reason every _LOG_INTERVAL_S seconds.
         """
         nonce: str | None = None
         try:
@@ -212,7 +214,7 @@ class RemoteManagement:
         }
 
     async def handle_bundle(self, bundle_type: str, payload: bytes) -> dict[str, Any]:
-        """Apply a signed bundle with the box's BundleApplier; return its result."""
+        """Apply a signed bundle with the box's BundleApplier and return its result."""
         try:
             result = self.bundles.apply(bundle_type, payload)
         except Exception as err:
@@ -357,8 +359,8 @@ class RemoteManagement:
                 "invalid-argument",
                 f"argument 'drop' must be a drop id string, not {drop_id!r:.40}",
             )
-        # DropService checks the drop and writes its event; the operator's
-        # key id is recorded as who changed it.
+        # DropService checks the drop and writes its event. The operator's
+        # key id is recorded as the author of the change.
         state = "live" if name == "drop-start" else "stopped"
         try:
             with self._box.store.transaction() as transaction:
