@@ -84,7 +84,7 @@ class AssetManifest:
 
 
 def parse_members(body: dict[str, Any], commerce: CommerceConfig) -> list[Member]:
-    """Return the member list; every tier must be a tier of ``commerce``."""
+    """Return the member list, whose tiers must all be tiers of ``commerce``."""
     entries = _entries(body, "members", {"members"})
     tiers = {tier.id for tier in commerce.tiers}
     members: list[Member] = []
@@ -236,7 +236,7 @@ class _FirstIndex:
         self._indexes: dict[str, int] = {}
 
     def record(self, key: str, index: int, subject: str) -> None:
-        """Record ``key`` at ``index``; raise InvalidBundle if an entry had it."""
+        """Record ``key`` at ``index``, or raise InvalidBundle if an entry had it."""
         first = self._indexes.setdefault(key, index)
         if first != index:
             raise InvalidBundle(

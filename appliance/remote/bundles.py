@@ -50,7 +50,7 @@ _NONCE = re.compile(r"[0-9a-f]{32}")
 
 
 class BundleRejected(NightboxError, ValueError):
-    """A bundle was rejected; ``reason`` is one word, ``message`` the fix."""
+    """A rejected bundle, with a one-word ``reason`` and a ``message`` with the fix."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
@@ -59,11 +59,11 @@ class BundleRejected(NightboxError, ValueError):
 
 
 class BundleApplier:
-    """Verifies and applies the signed bundles that reach one box.
+    """The verification and application of the signed bundles that reach one box.
 
     ``counts`` counts rejections by reason and ``applied`` counts applied
     bundles by type. ``config_path`` is the site configuration file that a
-    ``config`` bundle replaces; without it such bundles are rejected.
+    ``config`` bundle replaces. Without it, such bundles are rejected.
     """
 
     def __init__(
@@ -90,8 +90,9 @@ class BundleApplier:
         """Verify and apply one bundle; return the result data for ``stat/result``.
 
         ``bundle_type`` is the type named by the topic the bundle arrived on.
-        It never raises for bad input, and returns ``internal-error`` when
-        the box itself fails. A rejected bundle gets ``ok: false`` with a
+        It raises no Exception. A failure of the store or the file system
+        returns the reason ``failed``, and any other failure of the box
+        ``internal-error``. A rejected bundle gets ``ok: false`` with a
         reason and a message, and changes nothing.
         """
         topic_type = str(bundle_type)[:40]
@@ -177,7 +178,7 @@ class BundleApplier:
     def _body_applier(
         self, signed: SignedDocument
     ) -> Callable[[Transaction], dict[str, Any]]:
-        """Validate the body; return the step that writes it in the transaction."""
+        """Validate the body and return the step that writes it in the transaction."""
         body = signed.body
         commerce = self._config.commerce
         if signed.type == "members":
@@ -403,7 +404,7 @@ def _replace_members(
 def _record_topup(
     transaction: Transaction, index: int, topup: bodies.OnlineTopup, now: float
 ) -> bool:
-    """Record a top-up id; return False when an earlier bundle applied it."""
+    """Record a top-up id, or return False when an earlier bundle applied it."""
     cursor = transaction.execute(
         "INSERT INTO online_topups (id, band, amount, applied_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (id) DO NOTHING",

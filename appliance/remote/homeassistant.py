@@ -192,7 +192,7 @@ class HomeAssistantDiscovery:
         self._bus.on_connect(self.publish)
 
     def stop(self) -> None:
-        """Stop publishing; the retained configs stay on the broker."""
+        """Stop publishing. The retained configs stay on the broker."""
         self._running = False
 
     async def publish(self) -> None:

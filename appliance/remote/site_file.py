@@ -41,7 +41,7 @@ import tomli_w
 from appliance.config import SiteConfig, parse_config, read_toml_file
 from appliance.errors import ConfigError
 
-# Keys that name the box's identity; see the module docstring.
+# Keys that name the box's identity (see the module docstring).
 FIXED_KEYS = ("site.id", "box.id")
 # Keys and tables that only an edit of the file on the box may change, with
 # the reason. A key below one of them (sync.broker) is included.
@@ -100,7 +100,7 @@ def config_get(config_path: Path, key: str | None) -> Any:
 
 
 def file_error(config_path: Path) -> str | None:
-    """Validate the file as ``nightbox run`` does; return its error or None.
+    """Validate the file as ``nightbox run`` does, and return its error or None.
 
     The message quotes no secret value.
     """
