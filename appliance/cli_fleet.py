@@ -5,10 +5,13 @@ accounts offline. ``list``, ``send``, ``bundle`` and ``tail`` talk to a
 broker through :mod:`appliance.remote.fleet_client`: the fleet's upstream
 broker, or one box's local broker, which carry the same topics.
 
-Exit codes: 0 success; 1 a box rejected the document, or ``list`` saw no
-box; 2 invalid input, an unusable key or credentials file, an unknown or
-offline box, or a broker that cannot be used; 3 no result within the
-timeout.
+Exit codes:
+
+- 0: success.
+- 1: a box rejected the document, or ``list`` saw no box.
+- 2: invalid input, an unusable key or credentials file, an unknown or
+  offline box, or a broker that cannot be used.
+- 3: no result within the timeout.
 """
 
 from __future__ import annotations
@@ -106,13 +109,13 @@ _HOST_NAME = re.compile(
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
 )
 _ARGUMENT_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
-# Defaults, in seconds. A command is meant for now, so it expires soon; a
-# bundle may wait for a box that comes online later in the evening.
+# Defaults, in seconds. A command is meant for now, so it expires soon, but
+# a bundle may wait for a box that comes online later in the evening.
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_COMMAND_VALIDITY_S = 300.0
 DEFAULT_BUNDLE_VALIDITY_S = 24 * 3600.0
 MAX_TIMEOUT_S = 3600.0
-# What a field with the wrong type shows in the table and in tail lines.
+# The text shown for a field of the wrong type in the table and tail lines.
 _INVALID_TEXT = "invalid"
 
 
@@ -195,10 +198,10 @@ def _add_account(fleet_commands: Any) -> None:
     account.add_argument(
         "--site", type=_identifier, help="site id of the box (with --box)"
     )
-    who = account.add_mutually_exclusive_group(required=True)
-    who.add_argument("--box", type=_identifier, help="box id (with --site)")
-    who.add_argument("--operator", type=_identifier, help="operator name")
-    who.add_argument(
+    account_owner = account.add_mutually_exclusive_group(required=True)
+    account_owner.add_argument("--box", type=_identifier, help="box id (with --site)")
+    account_owner.add_argument("--operator", type=_identifier, help="operator name")
+    account_owner.add_argument(
         "--collector", action="store_true", help=f"the collector ({COLLECTOR!r})"
     )
     account.add_argument(
@@ -658,6 +661,7 @@ def _broker_files(arguments: argparse.Namespace) -> int:
             "existing accounts file, or create accounts first with 'nightbox "
             f"fleet account --accounts {arguments.accounts} ...'"
         )
+
     policy = fleet_policy(arguments.boxes, arguments.operators, arguments.collectors)
     accounts, existing = _open_accounts(arguments.accounts)
     folder: Path = arguments.out
@@ -685,6 +689,7 @@ def _broker_files(arguments: argparse.Namespace) -> int:
             "path and its folder's permissions, and run as the owner of the "
             "existing files or as root"
         ) from err
+
     created = [name for name in policy.usernames if name not in existing]
     if created:
         print(f"Created accounts in {arguments.accounts}: {', '.join(created)}")
@@ -700,6 +705,7 @@ def _broker_files(arguments: argparse.Namespace) -> int:
             print(f"Wrote {path} (mode 0600).")
         else:
             print(f"Wrote {path} (owner, group and mode kept).")
+
     if created_paths and os.geteuid() == 0:
         # mosquitto started as root drops to the 'mosquitto' user, which
         # could not read root's 0600 files after a reload.
@@ -1098,7 +1104,7 @@ def _report(
     targets: list[str],
     results: dict[str, dict[str, Any]],
 ) -> int:
-    """Print each box's result; return 0, EXIT_REJECTED or EXIT_TIMEOUT."""
+    """Print each box's result and return 0, EXIT_REJECTED or EXIT_TIMEOUT."""
     site, kind, name = arguments.site, document["kind"], document["type"]
     rejected = missing = False
     for box in targets:
@@ -1137,6 +1143,7 @@ def _report(
             f"nightbox fleet: {site}/{box} rejected {kind} {name}: {reason}: {message}",
             file=sys.stderr,
         )
+
     if not targets:
         print(
             f"Sent {kind} {name} (nonce {document['nonce']}) to site {site}; no box "

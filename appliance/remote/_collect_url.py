@@ -20,7 +20,7 @@ from appliance.errors import ConfigError
 _URL_SCHEMES = ("postgresql", "postgres")
 _SECRET_PARAMETERS = ("password", "sslpassword")
 # A password shorter than this is not replaced inside a driver message,
-# because it could match an ordinary word; the message is left out instead.
+# because it could match an ordinary word. The message is left out instead.
 _MIN_REPLACED_SECRET = 4
 _LEFT_OUT = "the driver's message is left out because it may contain the password"
 _ENCODE_HINT = (

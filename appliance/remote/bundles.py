@@ -44,7 +44,8 @@ _LOGGER = logging.getLogger(__name__)
 # Online top-ups are posted against tender:online, from this terminal.
 ONLINE_METHOD = "online"
 ONLINE_TERMINAL = "online"
-# One warning per rejection reason in this many seconds; the rest are counted.
+# At most one warning per rejection reason in this many seconds. The rest are
+# counted, and the next warning of that reason gives their number.
 _LOG_INTERVAL_S = 5.0
 _NONCE = re.compile(r"[0-9a-f]{32}")
 

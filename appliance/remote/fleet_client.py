@@ -320,7 +320,7 @@ class FleetClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # Callbacks run on paho's network thread; they only record and notify.
+    # Callbacks run on paho's network thread, so they only record and notify.
 
     def _on_connect(
         self,
