@@ -26,7 +26,7 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def load_site_config(path: Path | None) -> SiteConfig:
-    """Load the ``--config`` file; raise ConfigError when none was given."""
+    """Load the ``--config`` file, or raise ConfigError when none was given."""
     if path is None:
         raise ConfigError(
             "no site configuration given; pass --config FILE or set NIGHTBOX_CONFIG"
@@ -35,7 +35,10 @@ def load_site_config(path: Path | None) -> SiteConfig:
 
 
 def open_store(config: SiteConfig, *, create: bool) -> Store:
-    """Open the box's store; raise NightboxError if it is missing and not ``create``."""
+    """Open the box's store.
+
+    Raises NightboxError when the store is missing and ``create`` is false.
+    """
     path = config.data_dir / STORE_NAME
     if not create and not path.exists():
         raise NightboxError(

@@ -31,6 +31,7 @@ def add_commands(commands: Any) -> None:
         "sync", help="store-and-forward of events to the fleet's upstream broker"
     )
     sync_commands = sync.add_subparsers(dest="sync_command", required=True)
+
     status = sync_commands.add_parser(
         "status",
         help="print the backlog of events not yet acknowledged upstream",
@@ -40,6 +41,7 @@ def add_commands(commands: Any) -> None:
     )
     add_config_option(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
+
     resend = sync_commands.add_parser(
         "resend",
         help="mark acknowledged events unsynced so the box sends them again",
@@ -51,6 +53,7 @@ def add_commands(commands: Any) -> None:
         "nothing.",
     )
     add_config_option(resend)
+
     start = resend.add_mutually_exclusive_group(required=True)
     start.add_argument(
         "--from-seq",
@@ -109,7 +112,7 @@ def resend(
 ) -> int:
     """Mark synced events of a range unsynced, after asking unless ``confirmed``.
 
-    Returns 1 when the answer was not yes. Raises NightboxError when the
+    Returns 1 when the operator did not confirm. Raises NightboxError when the
     box has no store, or when confirmation is needed and standard input is
     not a terminal.
     """

@@ -44,9 +44,9 @@ def make_fleet_ca(
 ) -> FleetCa:
     """Create a CA in ``folder`` and a server certificate for ``hosts``.
 
-    ``hosts`` are the names and IP addresses boxes use to reach the broker;
-    the certificate lists each as a subject alternative name, which is what
-    TLS clients check.
+    ``hosts`` are the names and IP addresses that boxes use to reach the
+    broker. The certificate lists each as a subject alternative name, which
+    is what TLS clients check.
     """
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)

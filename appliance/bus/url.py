@@ -1,6 +1,6 @@
 """Broker addresses given as URLs, and the TLS they ask for.
 
-The box's own broker is configured by host and port; brokers beyond the box
+The box's own broker is configured by host and port. Brokers beyond the box
 (the fleet's upstream broker, a clustered broker in front of the collector)
 are given as ``mqtts://host:port`` or, on a trusted network only,
 ``mqtt://host:port``.
@@ -38,10 +38,11 @@ class BrokerUrl:
 
 
 def parse_broker_url(text: str) -> BrokerUrl:
-    """Parse ``mqtts://host[:port]``; raise ConfigError naming the value.
+    """Parse ``mqtts://host[:port]`` or ``mqtt://host[:port]``.
 
-    A URL may not carry a user name or password: credentials live in a file
-    of mode 0600, never on a command line or in a configuration file.
+    Raises ConfigError naming the value when it is invalid. A URL may not
+    carry a user name or password, because credentials belong in a file of
+    mode 0600 and not on a command line or in a configuration file.
     """
     try:
         parts = urllib.parse.urlsplit(text.strip())
@@ -100,6 +101,6 @@ def client_tls_context(ca_file: Path | None) -> ssl.SSLContext:
             ) from err
         except (ssl.SSLError, OSError) as err:
             raise ConfigError(
-                f"CA file {ca_file} holds no usable PEM certificate ({err})"
+                f"CA file {ca_file} contains no usable PEM certificate ({err})"
             ) from err
     return context

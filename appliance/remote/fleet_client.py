@@ -378,7 +378,7 @@ class FleetClient:
         )
 
     def connect(self) -> None:
-        """Connect and log in; raise FleetConnectionError naming the cause."""
+        """Connect and log in, or raise FleetConnectionError naming the cause."""
         host, port = self.broker.host, self.broker.port
         try:
             self._client.connect(host, port, keepalive=_KEEPALIVE_S, clean_start=True)
@@ -425,7 +425,7 @@ class FleetClient:
         return FleetConnectionError(f"cannot use broker {self.broker}: {cause}")
 
     def _wait(self, done: Callable[[], bool], step: str) -> None:
-        """Wait until ``done()`` holds; raise on disconnect or after the timeout."""
+        """Wait until ``done()`` is true, or raise on disconnect or timeout."""
         deadline = time.monotonic() + self._timeout_s
         with self._state:
             while not done():
