@@ -131,7 +131,7 @@ def _client_id(text: str) -> str:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    """Run ``nightbox collect`` until SIGINT or SIGTERM; return the exit code."""
+    """Run ``nightbox collect`` until SIGINT or SIGTERM, and return the exit code."""
     from appliance.remote.collect import (
         BrokerRejectedError,
         Collector,

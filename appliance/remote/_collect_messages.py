@@ -106,7 +106,7 @@ class _Invalid(Exception):
 def parse_message(
     topic: str, payload: bytes, *, retained: bool, received_at: dt.datetime
 ) -> Row:
-    """Parse one message into its row; a message that fails a check is a Rejection."""
+    """Parse one message into its row, which is a Rejection when a check fails."""
     try:
         return _parse(topic, payload, retained, received_at)
     except _Invalid as invalid:

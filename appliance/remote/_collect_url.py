@@ -59,7 +59,7 @@ def _redact_parameter(item: str) -> str:
 
 
 def check_database_url(text: str) -> str:
-    """Check that ``text`` is a ``postgresql://`` URL; return it redacted.
+    """Check that ``text`` is a ``postgresql://`` URL, and return it redacted.
 
     Raises ConfigError, naming the redacted URL, for an invalid URL or
     one that is not PostgreSQL's. libpq splits a URL differently from this

@@ -474,7 +474,7 @@ class Collector:
                 self._wait_backoff()
 
     def _serve(self) -> bool:
-        """Run paho's loop on one connection; return True after a clean stop."""
+        """Run paho's loop on one connection, and return True after a clean stop."""
         client = self._client
         while True:
             if client.loop(timeout=_LOOP_TIMEOUT_S) != mqtt.MQTT_ERR_SUCCESS:

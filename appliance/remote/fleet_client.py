@@ -161,7 +161,7 @@ def checked_field(
 
 
 class FleetError(NightboxError):
-    """A fleet operation failed; the message names the value and what to do."""
+    """A failed fleet operation, whose message names the value and what to do."""
 
 
 class FleetConnectionError(FleetError, ConnectionError):
@@ -252,7 +252,7 @@ class BoxTopic:
 
 
 def parse_box_topic(topic: str) -> BoxTopic | None:
-    """Split ``nightbox/<site>/box/<box>/<suffix>``; None for any other topic."""
+    """Split ``nightbox/<site>/box/<box>/<suffix>``, or return None for other topics."""
     parts = topic.split("/", 4)
     if len(parts) != 5 or parts[0] != ROOT or parts[2] != "box":
         return None
@@ -628,7 +628,7 @@ def survey_boxes(client: FleetClient, site: str | None, wait_s: float) -> Survey
 
 
 def apply_message(view: BoxView, suffix: str, payload: bytes) -> None:
-    """Update ``view`` from one message; raise PayloadError when it is invalid."""
+    """Update ``view`` from one message, or raise PayloadError when it is invalid."""
     if suffix == "availability":
         view.availability = read_availability(payload)
         return
@@ -642,7 +642,7 @@ def apply_message(view: BoxView, suffix: str, payload: bytes) -> None:
 
 
 def read_availability(payload: bytes) -> str:
-    """Return ``online`` or ``offline``; raise PayloadError for anything else."""
+    """Return ``online`` or ``offline``, or raise PayloadError for anything else."""
     text = payload.decode("utf-8", errors="replace").strip()
     if text not in (ONLINE, OFFLINE):
         raise PayloadError(
@@ -652,7 +652,7 @@ def read_availability(payload: bytes) -> str:
 
 
 def await_availability(client: FleetClient, topic: str, wait_s: float) -> str | None:
-    """Return the retained availability on ``topic``; None when there is none.
+    """Return the retained availability on ``topic``, or None when there is none.
 
     ``topic`` must already be subscribed. Messages on other topics are
     dropped, so call it before publishing a document whose result matters.
