@@ -502,6 +502,7 @@ def _keygen(arguments: argparse.Namespace) -> int:
             f"{private_path} already exists and keygen never overwrites a key; "
             "choose another --out folder or move the old key away"
         )
+
     private_key = Ed25519PrivateKey.generate()
     private_pem = private_key.private_bytes(
         serialization.Encoding.PEM,
@@ -511,6 +512,7 @@ def _keygen(arguments: argparse.Namespace) -> int:
     public_pem = private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
     try:
         write_secret_file(private_path, private_pem)
         write_file_atomically(public_path, public_pem, 0o644)
@@ -519,6 +521,7 @@ def _keygen(arguments: argparse.Namespace) -> int:
             f"cannot write the key files in {folder} ({err.strerror}); choose a "
             "writable --out folder"
         ) from err
+
     print(f"Key id:     {key_id(private_key.public_key())}")
     print(f"Public key: {public_path}")
     print(
@@ -547,6 +550,7 @@ def _ca(arguments: argparse.Namespace) -> int:
                 f"cannot write the CA files in {folder} ({err.strerror}); choose "
                 "a writable --out folder"
             ) from err
+
     print(f"CA certificate:     {files.ca_certificate}")
     print(f"Broker certificate: {files.certificate} (for {', '.join(arguments.host)})")
     print(f"Broker key:         {files.key}")
@@ -1189,6 +1193,7 @@ def _tail_line(message: Message, received_at: float, *, as_json: bool) -> str | 
         "retained": message.retain,
         "received_at": round(received_at, 3),
     }
+
     timestamp = received_at
     try:
         if parsed.suffix == "availability":
@@ -1199,6 +1204,7 @@ def _tail_line(message: Message, received_at: float, *, as_json: bool) -> str | 
             record["data"] = decoded.data
     except PayloadError as err:
         record["error"] = str(err)
+
     if as_json:
         # ensure_ascii escapes C1 and bidi characters as well as C0.
         return json.dumps(record, sort_keys=True, ensure_ascii=True)
@@ -1212,6 +1218,7 @@ def _tail_line(message: Message, received_at: float, *, as_json: bool) -> str | 
         details = "result " + _fields(record["data"], RESULT_FIELDS)
     else:
         details = "sync " + _fields(record["data"], SYNC_FIELDS)
+
     retained = " (retained)" if message.retain else ""
     # Every part but the time comes from the network: escape the whole line.
     line = f"{parsed.site}/{parsed.box} {details}{retained}"

@@ -68,7 +68,7 @@ class SiteCredentials:
     Accounts are created on first use and then reused, so a restart keeps the
     readers' passwords valid. ``invalid_advice`` ends the error message for
     a file that cannot be read, so a caller whose file must not be replaced
-    can say what to do instead.
+    can give its own advice instead.
     """
 
     def __init__(

@@ -39,7 +39,7 @@ from provisioning.fleet_access import (
 from provisioning.fleet_tls import FleetCa, make_fleet_ca
 from provisioning.secret_file import write_secret_file
 
-# The boxes every upstream test broker knows: the test site's box, a second
+# The boxes every upstream test broker has accounts for: the test site's box, a second
 # box of another site, and the demo night's box.
 FLEET_BOXES = (
     FleetBox("club", "box-1"),

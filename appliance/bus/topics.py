@@ -82,31 +82,31 @@ class Topics:
         return f"{self.prefix}/creators/{creator_id}/figures"
 
     def box_topic(self, box_id: str, suffix: str) -> str:
-        """A topic of one box: ``nightbox/<site>/box/<box>/<suffix>``."""
+        """Return a topic of one box: ``nightbox/<site>/box/<box>/<suffix>``."""
         return f"{self.prefix}/box/{box_id}/{suffix}"
 
     def command(self, box_id: str, name: str) -> str:
-        """Signed remote-management command ``name`` for one box."""
+        """Return the topic of the signed command ``name`` for one box."""
         return self.box_topic(box_id, f"cmnd/{name}")
 
     def command_result(self, box_id: str) -> str:
-        """Results of a box's commands and bundles."""
+        """Return the topic of the results of a box's commands and bundles."""
         return self.box_topic(box_id, "stat/result")
 
     def telemetry(self, box_id: str) -> str:
-        """Retained periodic telemetry of a box."""
+        """Return the topic of a box's retained periodic telemetry."""
         return self.box_topic(box_id, "tele/state")
 
     def sync_state(self, box_id: str) -> str:
-        """Retained sync backlog and last success of a box."""
+        """Return the topic of a box's retained sync backlog and last success."""
         return self.box_topic(box_id, "tele/sync")
 
     def upstream_event(self, box_id: str, event_type: str) -> str:
-        """An outbox event of one box as the upstream broker carries it."""
+        """Return the upstream topic of one box's outbox events of a type."""
         return self.box_topic(box_id, f"events/{event_type}")
 
     def bundle(self, box_id: str | None, bundle_type: str) -> str:
-        """A signed bundle for one box, or for every box of the site."""
+        """Return the topic of signed bundles for one box, or for the whole site."""
         if box_id is None:
             return f"{self.prefix}/bundle/{bundle_type}"
         return self.box_topic(box_id, f"bundle/{bundle_type}")

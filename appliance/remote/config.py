@@ -39,7 +39,7 @@ class SyncConfig:
 
 @dataclass(frozen=True, slots=True)
 class FleetConfig:
-    """Who may manage the box from afar, and how often it reports."""
+    """The operator keys that may manage the box, and its telemetry interval."""
 
     operator_keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
     telemetry_interval_s: float = 10.0

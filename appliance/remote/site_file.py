@@ -406,7 +406,7 @@ def _check_toml_value(value: Any, where: str) -> None:
             raise ConfigError(f"{where} must be a finite number, not {value!r}")
         if value.is_integer() and not _TOML_INT_MIN <= value <= _TOML_INT_MAX:
             # orjson reads a JSON integer outside the 64-bit range as a float,
-            # so the signer's exact digits are lost before the box sees them.
+            # so the signer's exact digits are lost before the box receives them.
             raise ConfigError(
                 f"{where} = {value!r} is outside the signed 64-bit range of "
                 f"whole numbers ({_TOML_INT_MIN} to {_TOML_INT_MAX}); give a "

@@ -190,7 +190,7 @@ class Store:
         """Return outbox events the upstream broker has not acknowledged yet.
 
         Events come oldest first, from the first ``seq`` above ``after_seq``,
-        so a sender with events in flight asks only for the ones after them.
+        so a sender with events in flight reads only the ones after them.
         """
         rows = self.query(
             "SELECT seq, id, type, created_at, clock_trusted, body FROM outbox"
@@ -203,7 +203,7 @@ class Store:
         """Return how many outbox events wait for the upstream broker.
 
         The count reads only the partial index ``outbox_unsynced``, which
-        holds the unsynced rows alone, not the whole outbox.
+        contains the unsynced rows alone, not the whole outbox.
         """
         row = self.query_one("SELECT COUNT(*) FROM outbox WHERE synced_at IS NULL")
         return 0 if row is None else int(row[0])

@@ -51,7 +51,7 @@ async def test_outbox_publishes_other_commits(
             await asyncio.sleep(0.1)
 
         # Another process, as `nightbox token issue` is, commits an event
-        # that no commit listener of the running box sees.
+        # that no commit listener of the running box receives.
         other = Store(box.store.path, SystemClock())
         try:
             with other.transaction() as transaction:

@@ -1,8 +1,8 @@
 """Limits on the commands and bundles that reach a box from upstream.
 
-A flood from the fleet broker must not grow the box's memory or its log:
-the inbound queue is bounded by count and by bytes, a payload over its
-type's limit is dropped before it is queued, drops are counted in the sync
+A flood from the fleet broker must not grow the box's memory or its log.
+The inbound queue is bounded by count and by bytes, and a payload over its
+type's limit is dropped before it is queued. Drops are counted in the sync
 state, and a dropped command with a readable nonce gets a ``busy`` result.
 """
 

@@ -1,10 +1,10 @@
 """Commands and bundles that arrive through the fleet's broker are checked alike.
 
-A real box syncs to the ``upstream`` fixture; the operator publishes there,
-and the box answers every document on its upstream ``stat/result`` topic.
-Unsigned, tampered, expired, replayed and wrongly keyed documents are
-refused with their reason and change nothing; a box's own account cannot
-publish a command at all.
+A real box syncs to the ``upstream`` fixture. The operator publishes there,
+and the box publishes a result for every document on its upstream
+``stat/result`` topic. Unsigned, tampered, expired, replayed and wrongly
+keyed documents are rejected with their reason and change nothing. A box's
+own account cannot publish a command at all.
 """
 
 from __future__ import annotations
@@ -198,9 +198,9 @@ async def test_box_account_cannot_publish_a_command(
     assert box.store.query("SELECT nonce FROM signed_nonces") == []
 
 
-async def wait_until(condition: Any, what: str) -> None:
+async def wait_until(condition: Any, description: str) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
+            pytest.fail(f"timed out waiting until {description}")
         await asyncio.sleep(0.05)
