@@ -25,6 +25,7 @@ demo: $(VENV)/.demo-installed
 deps: $(STAMP)
 	@sh tests/ensure-mosquitto
 	@sh tests/ensure-postgresql
+	@sh tests/ensure-node
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check appliance hardware provisioning bench tests
