@@ -67,8 +67,14 @@ MAX_KIT_STOCK = 1_000_000
 # appliance/wristbands/_eid.py). The offset is the Unix time at which that
 # counter was 0, so it is kept in the same range.
 _MAX_EID_CLOCK_OFFSET_S = 2**32 - 1
+# A zone groups readers by place, such as the readers of one door.
+_ZONE_PATTERN = re.compile(r"^[a-z0-9-]{1,32}\Z")
+# IEEE 802.11 limits an SSID to 32 bytes.
+_MAX_SSID_BYTES = 32
 
 ReaderRole = Literal["exit", "kit"]
+ReaderUplink = Literal["wifi", "serial"]
+KitOfflineRule = Literal["refuse", "issue-once"]
 BrokerMode = Literal["auto", "mosquitto", "embedded", "external"]
 ScannerBackend = Literal["none", "simulator", "bleak"]
 
@@ -81,6 +87,25 @@ class ReaderConfig:
     role: ReaderRole
     threshold_dbm: float | None = None
     kit_stock: int = 0
+    zone: str = ""
+    # "wifi": the reader dials the broker itself. "serial": it sends frames
+    # over USB serial on ``serial_port`` and the box publishes them.
+    uplink: ReaderUplink = "wifi"
+    serial_port: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderNetwork:
+    """The Wi-Fi network and broker address written into Wi-Fi readers.
+
+    ``wifi_password_file`` is read only when a reader is provisioned, so the
+    password never passes through the parsed configuration.
+    """
+
+    wifi_ssid: str
+    wifi_password_file: Path | None
+    broker_host: str
+    broker_port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +163,16 @@ class SiteConfig:
     clock_trusted: bool = False
     kits_require_checkout: bool = False
     kit_low_stock: int = 10
+    # What a kit station does with a kit request while the box is
+    # unreachable: "refuse" hands out nothing, "issue-once" hands the kit out
+    # and sends the request with ``offline_at`` once the box is back.
+    kits_offline_rule: KitOfflineRule = "refuse"
     coupon_ttl_s: float = 7 * 24 * 3600.0
     coupon_offer: str = _DEFAULT_COUPON_OFFER
     commerce: CommerceConfig = field(default_factory=CommerceConfig)
     sync: SyncConfig | None = None
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    reader_network: ReaderNetwork | None = None
 
     def system_clock(self) -> SystemClock:
         """Return the host's clock, vouched for when ``box.clock_trusted`` is set.
@@ -232,6 +262,11 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
             "[[readers]] entry (id and role) or set box.scanner"
         )
     _reject_duplicates([reader.id for reader in readers], "readers")
+    _reject_duplicates(
+        [reader.serial_port for reader in readers if reader.serial_port],
+        "readers",
+        noun="serial_port",
+    )
     registered = tuple(
         _band(item, index) for index, item in _items(bands, "registered", "bands.")
     )
@@ -240,9 +275,10 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         [alias for band in registered for alias in band.aliases],
         "the aliases of bands.registered",
     )
+    broker = _broker(_table(raw, "broker", required=False))
     kits = _table(raw, "kits", required=False)
     coupons = _table(raw, "coupons", required=False)
-    _reject_unknown(kits, "kits", {"require_checkout", "low_stock"})
+    _reject_unknown(kits, "kits", {"require_checkout", "low_stock", "offline_rule"})
     _reject_unknown(coupons, "coupons", {"ttl_h", "offer"})
     return SiteConfig(
         site_id=_identifier(site, "site.id"),
@@ -255,20 +291,33 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         bands=registered,
         readers=readers,
         checkout=_checkout(_table(raw, "checkout", required=False)),
-        broker=_broker(_table(raw, "broker", required=False)),
+        broker=broker,
         scanner=scanner,
         clock_trusted=_bool(box, "box.clock_trusted", False),
         kits_require_checkout=_bool(kits, "kits.require_checkout", False),
         kit_low_stock=_int(kits, "kits.low_stock", 10, minimum=0),
+        kits_offline_rule=_choice(
+            kits, "kits.offline_rule", ("refuse", "issue-once"), "refuse"
+        ),
         coupon_ttl_s=_number(coupons, "coupons.ttl_h", 168.0, minimum=0.1) * 3600.0,
         coupon_offer=_nonblank(coupons, "coupons.offer", _DEFAULT_COUPON_OFFER),
         commerce=parse_commerce(raw, site, box_id),
         sync=parse_sync(raw, base_dir=base_dir, data_dir=data_dir),
         fleet=parse_fleet(raw, base_dir=base_dir),
+        reader_network=_reader_network(
+            _table(raw, "reader_network", required=False), broker, base_dir
+        ),
     )
 
 
-_MORE = {"readers", "kits", "coupons", "sync", "fleet"} | COMMERCE_TABLES
+_MORE = {
+    "readers",
+    "reader_network",
+    "kits",
+    "coupons",
+    "sync",
+    "fleet",
+} | COMMERCE_TABLES
 
 
 _BIDI_CONTROLS = frozenset(
@@ -342,10 +391,10 @@ def _broker(table: dict[str, Any]) -> BrokerConfig:
     return BrokerConfig(mode=mode, host=_host(table, "broker.host"), port=port)
 
 
-def _host(table: dict[str, Any], key: str) -> str:
+def _host(table: dict[str, Any], key: str, default: str = "127.0.0.1") -> str:
     # Only the form is checked: resolving the name here would make parsing
     # depend on the network.
-    value = _string(table, key, default="127.0.0.1")
+    value = _string(table, key, default=default)
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -373,8 +422,13 @@ def _reader(item: Any, index: int) -> ReaderConfig:
         raise ConfigError(
             f"{key} must be a table like {{ id = 'exit-1', role = 'exit' }}"
         )
-    _reject_unknown(item, key, {"id", "role", "threshold_dbm", "kit_stock"})
+    _reject_unknown(
+        item,
+        key,
+        {"id", "role", "threshold_dbm", "kit_stock", "zone", "uplink", "serial_port"},
+    )
     role = _choice(item, f"{key}.role", ("exit", "kit"), None)
+    uplink = _choice(item, f"{key}.uplink", ("wifi", "serial"), "wifi")
     threshold = item.get("threshold_dbm")
     kit_stock = _int(item, f"{key}.kit_stock", 0, minimum=0, maximum=MAX_KIT_STOCK)
     # NOTE: 0 stays accepted on an exit reader, because it is the default and
@@ -391,7 +445,100 @@ def _reader(item: Any, index: int) -> ReaderConfig:
         if threshold is None
         else _number(item, f"{key}.threshold_dbm", -65.0, -120, -20),
         kit_stock=kit_stock,
+        zone=_zone(item, f"{key}.zone"),
+        uplink=uplink,
+        serial_port=_serial_port(item, key, uplink),
     )
+
+
+def _zone(item: dict[str, Any], key: str) -> str:
+    value = _string(item, key, default="")
+    if value and not _ZONE_PATTERN.match(value):
+        raise ConfigError(
+            f"{key} = {value!r:.80} is invalid; use 1-32 lowercase letters, "
+            "digits and '-', such as 'main-door', or leave it out"
+        )
+    return value
+
+
+def _serial_port(item: dict[str, Any], key: str, uplink: str) -> str | None:
+    if "serial_port" not in item:
+        if uplink == "serial":
+            raise ConfigError(
+                f"missing {key}.serial_port, which uplink = 'serial' needs; give "
+                "the reader's device path (/dev/ttyUSB0) or a pyserial URL"
+            )
+        return None
+    if uplink != "serial":
+        raise ConfigError(
+            f"{key}.serial_port is set on a reader with uplink = {uplink!r}; "
+            "set uplink = 'serial' or remove serial_port"
+        )
+    value = _nonblank(item, f"{key}.serial_port", "")
+    if any(character.isspace() or not character.isprintable() for character in value):
+        raise ConfigError(
+            f"{key}.serial_port = {value!r:.80} contains a space or control "
+            "character; give a device path such as /dev/ttyUSB0 or a pyserial "
+            "URL such as rfc2217://host:port"
+        )
+    return value
+
+
+def _reader_network(
+    table: dict[str, Any], broker: BrokerConfig, base_dir: Path
+) -> ReaderNetwork | None:
+    if not table:
+        return None
+    _reject_unknown(
+        table,
+        "reader_network",
+        {"wifi_ssid", "wifi_password_file", "broker_host", "broker_port"},
+    )
+    ssid = _string(table, "reader_network.wifi_ssid")
+    if not 1 <= len(ssid.encode()) <= _MAX_SSID_BYTES or not ssid.isprintable():
+        raise ConfigError(
+            f"reader_network.wifi_ssid = {ssid!r:.80} is invalid; use the "
+            f"network's name, 1-{_MAX_SSID_BYTES} bytes of printable UTF-8"
+        )
+    password_file = None
+    if "wifi_password_file" in table:
+        text = _nonblank(table, "reader_network.wifi_password_file", "")
+        try:
+            password_file = (base_dir / text).resolve()
+        except (OSError, RuntimeError, ValueError) as err:
+            raise ConfigError(
+                f"reader_network.wifi_password_file = {text!r} is not a usable "
+                f"path: {err}"
+            ) from err
+    host = _host(table, "reader_network.broker_host", default=broker.host)
+    if _is_unspecified(host):
+        raise ConfigError(
+            f"reader_network.broker_host = {host!r} is an address readers "
+            "cannot dial; set it to the box's address on the readers' network "
+            "(192.168.4.1)"
+        )
+    port = _int(
+        table, "reader_network.broker_port", broker.port, minimum=0, maximum=65535
+    )
+    if port == 0:
+        raise ConfigError(
+            "reader_network.broker_port is 0, which picks a new port at every "
+            "start, so readers could not find the broker; set "
+            "reader_network.broker_port or broker.port (1883)"
+        )
+    return ReaderNetwork(
+        wifi_ssid=ssid,
+        wifi_password_file=password_file,
+        broker_host=host,
+        broker_port=port,
+    )
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified
+    except ValueError:
+        return False
 
 
 def _band(item: Any, index: int) -> RegisteredBand:

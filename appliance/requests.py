@@ -9,11 +9,17 @@ Requests from terminals carry an edge token (see :mod:`appliance.tokens`)
 that must allow the endpoint's scope. Requests are committed in groups: all
 requests waiting when the worker runs share one durable SQLite commit, each
 inside its own savepoint, and every reply is sent only after that commit.
+
+An MQTT 3.1.1 requester, such as a reader running umqtt, cannot set the MQTT
+5 Response Topic and Correlation Data properties. It puts ``reply_to`` and
+``corr`` in the request envelope instead, and the reply payload repeats
+``corr`` at its top level.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -51,6 +57,8 @@ class Refusal(Exception):
     """A final, stored "no" to a request, with a code and a sentence.
 
     Raise it from a request handler; the handler's writes are rolled back.
+    Writes registered with :meth:`also_commit` then run in the transaction
+    that stores the refusal.
     """
 
     def __init__(self, code: str, message: str, **details: Any) -> None:
@@ -58,6 +66,16 @@ class Refusal(Exception):
         self.code = code
         self.message = message
         self.details = details
+        self.writes: list[Callable[[Transaction], None]] = []
+
+    def also_commit(self, write: Callable[[Transaction], None]) -> Refusal:
+        """Run ``write`` after the rollback, in the transaction that stores this.
+
+        A retry with the same key gets the stored refusal and runs nothing
+        again, so ``write`` takes effect once. Returns this refusal.
+        """
+        self.writes.append(write)
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +118,8 @@ class _Pending:
 
 
 _KEY = re.compile(r"^[A-Za-z0-9._:-]{8,64}\Z")
+# The envelope's correlation id: 1-64 lowercase hex digits.
+_CORR = re.compile(r"^[0-9a-f]{1,64}\Z")
 
 
 def idempotency_key(data: dict[str, Any]) -> str:
@@ -197,6 +217,9 @@ class RequestServer:
             return
         kind, device, service, action = match.groups()
         reply_topic = self._bus.topics.reply(kind, device)
+        mqtt311 = incoming.response_topic is None
+        if mqtt311:
+            incoming = _route_from_envelope(incoming)
         if incoming.response_topic != reply_topic:
             # The reply goes only to the sender's own reply topic, which the
             # ACL lets only that device read. Without it, the requester would
@@ -224,13 +247,20 @@ class RequestServer:
                 ),
             )
             return
-        await self._accept(endpoint, incoming, kind, device)
+        await self._accept(endpoint, incoming, kind, device, mqtt311=mqtt311)
 
     async def _accept(
-        self, endpoint: _Endpoint, incoming: Incoming, kind: str, device: str
+        self,
+        endpoint: _Endpoint,
+        incoming: Incoming,
+        kind: str,
+        device: str,
+        *,
+        mqtt311: bool = False,
     ) -> None:
         try:
             message = envelope.decode(incoming.payload)
+            incoming = _with_envelope_corr(incoming, message.body, mqtt311)
             if self._past_deadline(message.body.get("deadline")):
                 self.counts["deadline-exceeded"] += 1
                 await self._bus.respond(
@@ -404,6 +434,13 @@ class RequestServer:
             transaction.execute("ROLLBACK TO handler")
             reply = _error_reply(refusal.code, refusal.message, **refusal.details)
             self.counts[f"{endpoint.name}:{refusal.code}"] += 1
+            if refusal.writes and not self._commit_writes(
+                transaction, pending, refusal
+            ):
+                reply = _error_reply(
+                    "internal-error", "the box failed to handle the request; retry it"
+                )
+                store_reply = False
         except PayloadError as err:
             # An invalid request is not stored, so the fixed request may
             # reuse its key.
@@ -438,6 +475,27 @@ class RequestServer:
                 ),
             )
         return reply
+
+    def _commit_writes(
+        self, transaction: Transaction, pending: _Pending, refusal: Refusal
+    ) -> bool:
+        """Run the writes of ``refusal``; return False when one of them failed."""
+        try:
+            for write in refusal.writes:
+                write(transaction)
+        except Exception as err:  # a handler bug must not stop the worker
+            transaction.execute("ROLLBACK TO handler")
+            _LOGGER.exception(
+                "Request %s (key %s) was refused (%s), and storing what the "
+                "refusal records failed: %s",
+                pending.endpoint.name,
+                pending.request.key,
+                refusal.code,
+                err,
+            )
+            self.counts["internal-error"] += 1
+            return False
+        return True
 
     def _replay(
         self, name: str, pending: _Pending, stored: tuple[Any, ...]
@@ -502,6 +560,56 @@ class RequestServer:
             await self._bus.respond(incoming, data=reply.get("data", {}))
             return
         await self._bus.respond(incoming, error=reply.get("error", {}))
+
+
+def _route_from_envelope(incoming: Incoming) -> Incoming:
+    """Take the reply route of an MQTT 3.1.1 request from its envelope.
+
+    Returns ``incoming`` with ``response_topic`` set to the envelope's
+    ``reply_to``, or unchanged when the payload is no JSON object with a
+    string ``reply_to``. A valid ``corr`` is copied too, so even an error
+    reply sent before the envelope is checked names its request.
+    """
+    try:
+        body = orjson.loads(incoming.payload)
+    except orjson.JSONDecodeError:
+        return incoming
+    if not isinstance(body, dict) or not isinstance(body.get("reply_to"), str):
+        return incoming
+    incoming = dataclasses.replace(incoming, response_topic=body["reply_to"])
+    corr = body.get("corr")
+    if isinstance(corr, str) and _CORR.match(corr):
+        incoming = dataclasses.replace(
+            incoming, correlation=corr.encode(), envelope_corr=corr
+        )
+    return incoming
+
+
+def _with_envelope_corr(
+    incoming: Incoming, body: dict[str, Any], required: bool
+) -> Incoming:
+    """Return ``incoming`` with the envelope's ``corr``, for its reply to repeat.
+
+    Raises PayloadError when ``corr`` is present and not 1-64 lowercase hex
+    digits, or missing while ``required`` (an MQTT 3.1.1 request).
+    """
+    corr = body.get("corr")
+    if corr is None:
+        if required:
+            raise PayloadError(
+                "field 'corr' is missing; an MQTT 3.1.1 request needs 'corr' "
+                "(1-64 lowercase hex digits) beside 'reply_to' to match its reply"
+            )
+        return incoming
+    if not isinstance(corr, str) or not _CORR.match(corr):
+        raise PayloadError(
+            f"field 'corr' must be 1-64 lowercase hex digits, not {corr!r:.80}"
+        )
+    return dataclasses.replace(
+        incoming,
+        correlation=incoming.correlation or corr.encode(),
+        envelope_corr=corr,
+    )
 
 
 def _requester(request: Request) -> str:

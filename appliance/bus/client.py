@@ -5,7 +5,10 @@ failure, re-sends every subscription and the retained ``online`` availability
 after each reconnect (MQTT clients lose subscriptions otherwise), and leaves a
 last will that marks the device ``offline``. Request/response follows MQTT 5
 section 4.10: the request names a response topic and correlation data, and the
-reply is published to that topic with the same correlation data.
+reply is published to that topic with the same correlation data. An MQTT
+3.1.1 client has neither property, so it names its reply topic and a
+correlation id in the request's envelope (``reply_to``, ``corr``), and its
+reply carries that ``corr`` in its payload.
 """
 
 from __future__ import annotations
@@ -95,6 +98,9 @@ class Incoming:
     retain: bool
     response_topic: str | None
     correlation: bytes | None
+    # The request envelope's ``corr``, which the reply payload repeats for a
+    # requester that cannot read the Correlation Data property.
+    envelope_corr: str | None = None
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
@@ -520,6 +526,7 @@ class Bus:
         """Reply to a request on its response topic; skip requests without one.
 
         ``error`` is ``(code, message)`` or a dict with at least those keys.
+        The reply payload carries ``corr`` when the request's envelope did.
         Replies go at QoS 0, and the broker acknowledges none of them. The
         reply to every mutating request is stored, so a requester that
         misses one retries with the same key and gets the same reply.
@@ -532,6 +539,8 @@ class Bus:
             fields = {"ok": False, "error": {"code": error[0], "message": error[1]}}
         else:
             fields = {"ok": False, "error": error}
+        if incoming.envelope_corr is not None:
+            fields["corr"] = incoming.envelope_corr
         payload = envelope.encode(self.settings.src, fields)
         client = self._client
         if client is None:

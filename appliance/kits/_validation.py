@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -14,6 +15,10 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z"
 )
 MAX_CONSENT_TEXT = 500
+# A station dates an offline issue from the box's clock beacon, so a time
+# before 2020-01-01 comes from a reader that never had the time.
+_MIN_OFFLINE_AT = 1_577_836_800
+_MAX_OFFLINE_AT = 2**32 - 1
 
 
 def band_id(data: dict[str, Any]) -> str:
@@ -57,3 +62,25 @@ def consent_text(data: dict[str, Any]) -> str:
             "the guest agreed to"
         )
     return text
+
+
+def offline_at(data: dict[str, Any]) -> float | None:
+    """Return the request's ``offline_at`` in Unix seconds, or None without one.
+
+    Raises PayloadError for anything but a number between 2020-01-01 and
+    the 32-bit Unix time limit.
+    """
+    value = data.get("offline_at")
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not _MIN_OFFLINE_AT <= value <= _MAX_OFFLINE_AT
+    ):
+        raise PayloadError(
+            "field 'offline_at' must be the Unix time in seconds at which the "
+            f"station handed out the kit offline, not {value!r:.40}"
+        )
+    return float(value)

@@ -4,6 +4,11 @@
 ``api/kits/issue`` hands a band at most one recovery kit from a station's
 stock and, for guests who opted in, issues a follow-up coupon bound to their
 contact. Both are idempotent (see :mod:`appliance.requests`).
+
+A station whose site allows ``kits.offline_rule = "issue-once"`` hands out
+kits while the box is unreachable and sends those requests later with
+``offline_at``. They are checked like any other; when one is refused, the
+kit is already gone, so a ``kit_offline_conflict`` event alerts staff.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ if TYPE_CHECKING:
     from appliance.commerce.offers import PartnerOffers
 
 _LOGGER = logging.getLogger(__name__)
+
+# Refusals of a kit that a station already handed out offline.
+_OFFLINE_CONFLICTS = frozenset({"already-issued", "out-of-stock", "not-checked-out"})
+
+
+def _emit_conflict(transaction: Transaction, conflict: dict[str, Any]) -> None:
+    transaction.emit("kit_offline_conflict", conflict)
 
 
 class KitService:
@@ -134,6 +146,37 @@ class KitService:
                 f"reader {request.requester} can hand out kits only from its own "
                 f"stock, not from station {station!r}"
             )
+        offline_at = _validation.offline_at(data)
+        try:
+            return self._issue(transaction, band, station, offline_at)
+        except Refusal as refusal:
+            if offline_at is not None and refusal.code in _OFFLINE_CONFLICTS:
+                conflict = {
+                    "band": band,
+                    "station": station,
+                    "reason": refusal.code,
+                    "offline_at": round(offline_at, 3),
+                }
+                _LOGGER.warning(
+                    "Kit station %s handed band %s a kit offline at %.3f, but the "
+                    "box refuses it (%s)",
+                    station,
+                    band,
+                    offline_at,
+                    refusal.code,
+                )
+                refusal.also_commit(
+                    lambda transaction: _emit_conflict(transaction, conflict)
+                )
+            raise
+
+    def _issue(
+        self,
+        transaction: Transaction,
+        band: str,
+        station: str,
+        offline_at: float | None,
+    ) -> dict[str, Any]:
         earlier = transaction.execute(
             "SELECT station, issued_at FROM kits WHERE band = ?", (band,)
         ).fetchone()
@@ -155,9 +198,14 @@ class KitService:
             )
         remaining = self._take_one(transaction, station)
         now = self._clock.now()
-        event = transaction.emit(
-            "kit_issued", {"band": band, "station": station, "remaining": remaining}
-        )
+        issued: dict[str, Any] = {
+            "band": band,
+            "station": station,
+            "remaining": remaining,
+        }
+        if offline_at is not None:
+            issued["offline_at"] = round(offline_at, 3)
+        event = transaction.emit("kit_issued", issued)
         transaction.execute(
             "INSERT INTO kits (band, station, issued_at, event_id) VALUES (?, ?, ?, ?)",
             (band, station, now, event.id),

@@ -55,8 +55,8 @@ def test_config_sample_accepted() -> None:
     )
     assert config.bands[0].eid_rotation_exponent == 12
     assert config.readers == (
-        ReaderConfig("exit-1", "exit"),
-        ReaderConfig("exit-2", "exit", threshold_dbm=-64.0),
+        ReaderConfig("exit-1", "exit", zone="main-door"),
+        ReaderConfig("exit-2", "exit", threshold_dbm=-64.0, zone="main-door"),
         ReaderConfig("kit-1", "kit", kit_stock=150),
     )
     assert config.checkout == CheckoutConfig()
@@ -64,6 +64,8 @@ def test_config_sample_accepted() -> None:
     assert config.scanner == "none"
     assert config.kits_require_checkout is False
     assert config.kit_low_stock == 10
+    assert config.kits_offline_rule == "refuse"
+    assert config.reader_network is None
     assert config.coupon_ttl_s == 168 * 3600.0
 
 
@@ -113,7 +115,7 @@ def test_config_exit_reader_stock_zero_accepted() -> None:
     raw = sample()
     raw["readers"][0]["kit_stock"] = 0
 
-    assert parse(raw).readers[0] == ReaderConfig("exit-1", "exit")
+    assert parse(raw).readers[0] == ReaderConfig("exit-1", "exit", zone="main-door")
 
 
 def test_config_limits_accepted() -> None:
