@@ -22,6 +22,7 @@ from appliance.config import SiteConfig
 from appliance.drops.service import DropService
 from appliance.kits import KitService
 from appliance.outbox import OutboxPublisher
+from appliance.readers import ClockBeacon, SerialBridge
 from appliance.remote.commands import RemoteManagement
 from appliance.remote.sync import SyncService
 from appliance.requests import RequestServer
@@ -140,6 +141,18 @@ class Box:
         )
         self.figures = CreatorFigures(self.bus, self.store, config.commerce, clock)
         self.outbox = OutboxPublisher(self.bus, self.store, config.box_id)
+        self.clock_beacon = ClockBeacon(self.bus, clock)
+        # Readers on USB serial get their frames published by the box.
+        self.serial_bridges = [
+            SerialBridge(
+                self.bus,
+                reader,
+                self.clock_beacon,
+                silence_s=config.checkout.silence_s,
+            )
+            for reader in config.readers
+            if reader.uplink == "serial"
+        ]
         self.management = RemoteManagement(self, config_path=config_path)
         # Without [sync] the box stays offline and keeps its outbox.
         self.sync: SyncService | None = None
@@ -164,6 +177,9 @@ class Box:
         if self.sync is not None:
             await self.sync.start()
         await self.figures.start()
+        await self.clock_beacon.start()
+        for bridge in self.serial_bridges:
+            await bridge.start()
         self._status_task = asyncio.create_task(
             self._publish_status_forever(), name="box-status"
         )
@@ -184,6 +200,9 @@ class Box:
         if self.sync is not None:
             await self.sync.stop()
         await self.management.stop()
+        for bridge in self.serial_bridges:
+            await bridge.stop()
+        await self.clock_beacon.stop()
         await cancel_and_wait(self._status_task)
         await self.requests.stop()
         await self.drops.stop()
@@ -221,6 +240,9 @@ class Box:
             "partner_codes_left": self.offers.remaining(),
             "outbox_backlog": self.outbox.backlog,
             "readers": readers,
+            "readers_serial": {
+                bridge.reader.id: bridge.status() for bridge in self.serial_bridges
+            },
             "remote": self.management.status(),
             "sync": None if self.sync is None else self.sync.state(),
             "faults": [

@@ -33,17 +33,20 @@ async def serve_box(
     announce: Callable[[str], None],
     *,
     config_path: Path | None = None,
+    reload: asyncio.Event | None = None,
 ) -> bool:
     """Start the broker and every service, then run until ``stop`` is set.
 
-    A signed ``restart`` command also ends the run. Returns True when the
-    run ended for a restart, so the caller re-reads ``config_path`` and
-    serves again. Raises StoreError when another Nightbox process uses the
-    data folder, BrokerUnavailableError when the broker cannot start, and
+    A signed ``restart`` command, or ``reload`` being set (``nightbox run``
+    sets it on SIGHUP), also ends the run. Returns True when the run ended
+    for a restart, so the caller re-reads ``config_path`` and serves again.
+    While it runs, ``<data_dir>/nightbox.lock`` contains this process's
+    pid. Raises StoreError when another Nightbox process uses the data
+    folder, BrokerUnavailableError when the broker cannot start, and
     HardwareError when the configured scanner cannot start.
     """
     with _locked(config.data_dir):
-        return await _serve(config, stop, announce, config_path)
+        return await _serve(config, stop, announce, config_path, reload)
 
 
 @contextlib.contextmanager
@@ -80,6 +83,7 @@ async def _serve(
     stop: asyncio.Event,
     announce: Callable[[str], None],
     config_path: Path | None,
+    reload: asyncio.Event | None,
 ) -> bool:
     credentials = credentials_for(config)
     policy = site_policy(
@@ -122,13 +126,14 @@ async def _serve(
                 f"{credentials.path}. Stop with Ctrl-C."
             )
             restart = box.management.restart_requested
-            await _first_set(stop, restart)
+            await _first_set(stop, restart, *([reload] if reload else []))
             if scanner_service is not None:
                 await scanner_service.stop()
     finally:
         await broker.stop()
         announce("Stopped.")
-    return restart.is_set() and not stop.is_set()
+    restarting = restart.is_set() or (reload is not None and reload.is_set())
+    return restarting and not stop.is_set()
 
 
 async def _first_set(*events: asyncio.Event) -> None:

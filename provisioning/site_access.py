@@ -1,9 +1,10 @@
 """The broker accounts and topic grants of one site.
 
 Deny by default: each client gets exactly the topics its role needs. Readers
-may publish only their own sightings, status and availability; only kit
-readers may also send kit requests. Every device sends requests only under
-its own ``<kind>/<id>/api/``, so the topic of a request names its sender.
+may publish only their own sightings, status and availability and read the
+box's clock; only kit readers may also send kit requests. Every device sends
+requests only under its own ``<kind>/<id>/api/``, so the topic of a request
+names its sender.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def site_policy(
         rules.append(
             AclRule(Access.WRITE, f"{root}/reader/{reader.reader_id}/sightings")
         )
+        # The box's time beacon, which readers without a real-time clock
+        # date their sightings from.
+        rules.append(AclRule(Access.READ, f"{root}/clock"))
         if reader.role == "kit":
             rules.append(
                 AclRule(

@@ -48,6 +48,11 @@ class Topics:
         """Filter for every reader's retained status."""
         return f"{self.prefix}/reader/+/status"
 
+    @property
+    def clock(self) -> str:
+        """The box's time beacon, which readers set their clocks from."""
+        return f"{self.prefix}/clock"
+
     def event(self, event_type: str) -> str:
         """Committed facts of one type, published from the outbox."""
         return f"{self.prefix}/events/{event_type}"
