@@ -314,13 +314,21 @@ def _run(config_path: Path) -> int:
         from appliance.service_host import serve_box
 
         stop = asyncio.Event()
+        reload = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
+        # SIGHUP to the pid in <data_dir>/nightbox.lock reloads the file, so a
+        # newly provisioned reader gets its broker account and ACL.
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
         current = config
-        # A signed restart command makes serve_box return True, and the box
-        # then starts again in this process with the file as it is now.
-        while await serve_box(current, stop, announce, config_path=config_path):
+        # A signed restart command or SIGHUP makes serve_box return True, and
+        # the box then starts again in this process with the file as it is
+        # now.
+        while await serve_box(
+            current, stop, announce, config_path=config_path, reload=reload
+        ):
+            reload.clear()
             current = _reload_config(config_path, current, announce)
 
     asyncio.run(serve())
