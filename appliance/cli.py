@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from appliance import cli_collect, cli_economy, cli_fleet, cli_sync
+from appliance import cli_collect, cli_economy, cli_fleet, cli_reader, cli_sync
 from appliance._cli_arguments import STORE_NAME, whole_number
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError, NightboxError
@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_fleet.add_commands(commands)
     cli_collect.add_commands(commands)
     cli_sync.add_commands(commands)
+    cli_reader.add_commands(commands)
     return parser
 
 
@@ -211,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_collect.run(arguments)
         if arguments.command == "sync":
             return cli_sync.run(arguments)
+        if arguments.command == "reader":
+            return cli_reader.run(arguments)
         return _replay(arguments.file, arguments.config)
     except NightboxError as err:
         print(f"nightbox: {err}", file=sys.stderr)

@@ -1,0 +1,340 @@
+"""A reader board on a serial port: MicroPython's raw REPL and the ROM bootloader.
+
+Files go to the board through mpremote's ``SerialTransport`` (its raw REPL
+protocol), and the MicroPython image through esptool's Python API. Both
+take a device path (``/dev/ttyUSB0``) or a pyserial URL (``socket://``,
+``rfc2217://``). Both libraries print progress to stdout, which this
+command keeps for its result, so their output is captured and logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from provisioning.readers._errors import (
+    BoardError,
+    BoardNotFoundError,
+    BoardTimeoutError,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+OnProgress = Callable[[int, int], None]
+
+# MicroPython's ESP32_GENERIC image starts with the second-stage bootloader, which
+# the original ESP32 loads from flash offset 0x1000 (later chips use 0x0).
+ESP32_IMAGE_OFFSET = 0x1000
+# Time for MicroPython to respond to Ctrl-C and Ctrl-A with the raw REPL
+# banner. A board that is still booting after a reset by the port's DTR/RTS
+# lines responds within about a second. A blank board prints its boot loop
+# and never responds.
+DEFAULT_PROBE_TIMEOUT_S = 6.0
+# esptool's attempts to sync with the ROM bootloader (7 by default in
+# esptool 5); each takes about a second when nothing responds.
+_CONNECT_ATTEMPTS = 3
+_BAUD = 115200
+# Bytes per write statement sent to the raw REPL. mpremote's default of 256
+# costs one round trip per 256 bytes; 1 KiB, sent as a bytes literal of up
+# to 4 KiB, still compiles within the ESP32's free heap of about 100 KiB.
+_WRITE_CHUNK_BYTES = 1024
+# A bound on each serial read, so a board that stops mid-reply cannot hang
+# the command.
+_READ_TIMEOUT_S = 10.0
+
+
+def check_port(port: str) -> None:
+    """Raise BoardNotFoundError when the device path ``port`` does not exist.
+
+    A pyserial URL is only checked when it is opened.
+    """
+    if "://" in port:
+        return
+    if not Path(port).exists():
+        raise BoardNotFoundError(
+            f"serial port {port} not found; plug the reader in by USB and give "
+            "its port (ls /dev/ttyUSB* /dev/ttyACM* lists them)"
+        )
+
+
+class MicroPythonBoard:
+    """MicroPython on a board, reached through its raw REPL.
+
+    Use it as a context manager, or call :meth:`close`. Every method raises
+    BoardError when the board stops responding or a file operation fails.
+    """
+
+    def __init__(self, port: str, transport: Any) -> None:
+        self.port = port
+        self._transport = transport
+        self._folders: set[str] = {"/"}
+
+    def __enter__(self) -> MicroPythonBoard:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the serial port; the board stays in its raw REPL."""
+        with contextlib.suppress(OSError):
+            self._transport.close()
+
+    def file_sha256(self, path: str) -> str | None:
+        """Return the SHA-256 of the board's file ``path`` in hex.
+
+        Returns None when the file is missing, or when MicroPython raised an
+        error for it that mpremote could not map to FileNotFoundError. The
+        caller then writes the file, which fails loudly if the board is gone.
+        """
+        from mpremote.transport import TransportExecError
+
+        try:
+            with _quiet():
+                return bytes(self._transport.fs_hashfile(path, "sha256")).hex()
+        except FileNotFoundError:
+            return None
+        except TransportExecError as err:
+            # mpremote maps only the errno names and numbers of the ports it
+            # lists (mpremote.mp_errno); other ports print bare numbers.
+            _LOGGER.debug("Hashing %s on %s failed: %s", path, self.port, err)
+            return None
+        # Otherwise the link failed: mpremote raises TransportError or
+        # OSError, or ValueError and SyntaxError for garbled replies.
+        except Exception as err:
+            raise _board_error(f"hashing {path}", self.port, err) from err
+
+    def write_file(
+        self, path: str, data: bytes, on_progress: OnProgress | None = None
+    ) -> None:
+        """Write ``data`` to the board's ``path``, creating its folders.
+
+        The bytes go to ``<path>.new`` first and are renamed over ``path``, so a
+        board unplugged during the copy keeps the whole old file.
+        """
+        self._ensure_folders(PurePosixPath(path).parent)
+        partial = f"{path}.new"
+        try:
+            with _quiet():
+                self._transport.fs_writefile(
+                    partial,
+                    data,
+                    chunk_size=_WRITE_CHUNK_BYTES,
+                    progress_callback=on_progress,
+                )
+                self._transport.exec(f"import os\nos.rename({partial!r}, {path!r})")
+        except Exception as err:
+            raise _board_error(f"writing {path}", self.port, err) from err
+
+    def _ensure_folders(self, folder: PurePosixPath) -> None:
+        for parent in [*reversed(folder.parents), folder]:
+            text = str(parent)
+            if text in self._folders:
+                continue
+            # One statement that tolerates an existing folder, because
+            # fs_exists misreads errors of ports whose errno numbers mpremote
+            # does not know. A file in the way makes the write fail.
+            command = f"import os\ntry:\n os.mkdir({text!r})\nexcept OSError:\n pass"
+            try:
+                with _quiet():
+                    self._transport.exec(command)
+            except Exception as err:
+                raise _board_error(f"creating folder {text}", self.port, err) from err
+            self._folders.add(text)
+
+    def restart(self) -> None:
+        """Leave the raw REPL and soft-reset, so the board runs its new ``main.py``."""
+        try:
+            self._transport.exit_raw_repl()
+            # Ctrl-D at the normal REPL soft-resets MicroPython, which then
+            # runs boot.py and main.py.
+            self._transport.serial.write(b"\x04")
+            self._transport.serial.flush()
+        except Exception as err:
+            raise _board_error("restarting", self.port, err) from err
+
+
+def _board_error(action: str, port: str, err: Exception) -> BoardError:
+    return BoardError(
+        f"{action} on the board at {port} failed: {err}; check the USB cable "
+        "and run the command again, which skips the files already copied"
+    )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[io.StringIO]:
+    """Capture what mpremote or esptool prints, and log it at debug level."""
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output):
+            yield output
+    finally:
+        text = output.getvalue().strip()
+        if text:
+            _LOGGER.debug("Board tool output: %s", text)
+
+
+def open_micropython(
+    port: str, timeout_s: float = DEFAULT_PROBE_TIMEOUT_S
+) -> MicroPythonBoard | None:
+    """Open ``port`` and enter MicroPython's raw REPL within ``timeout_s``.
+
+    Returns None when the board does not respond as MicroPython does (a
+    blank board, or one with other firmware). Raises BoardNotFoundError
+    when the port cannot be opened.
+    """
+    from mpremote.transport import TransportError
+    from mpremote.transport_serial import SerialTransport
+
+    check_port(port)
+    try:
+        with _quiet():
+            transport = SerialTransport(port, baudrate=_BAUD, timeout=_READ_TIMEOUT_S)
+    except TransportError as err:
+        raise BoardNotFoundError(
+            f"cannot open serial port {port}: {err}; check that it is the "
+            "reader's port and that no other program (a serial monitor, or "
+            "the box's serial uplink) has it open"
+        ) from err
+    deadline = time.monotonic() + timeout_s
+    # A board reset by opening the port can miss the first Ctrl-A while it
+    # boots, so the banner is requested again until the deadline.
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            with _quiet():
+                transport.enter_raw_repl(
+                    soft_reset=True, timeout_overall=max(remaining, 0.5)
+                )
+        except (TransportError, OSError, ValueError) as err:
+            if time.monotonic() < deadline - 0.5:
+                continue
+            _LOGGER.info("No MicroPython REPL on %s: %s", port, err)
+            with contextlib.suppress(OSError):
+                transport.close()
+            return None
+        return MicroPythonBoard(port, transport)
+
+
+def flash_micropython(
+    port: str,
+    image: bytes,
+    on_progress: OnProgress | None = None,
+    on_connected: Callable[[str], None] | None = None,
+) -> str:
+    """Write ``image`` at 0x1000 through the ESP32 ROM bootloader, verify it, reset.
+
+    ``on_connected`` is called with the chip name once the bootloader
+    responded and before anything is written; what it raises stops the
+    flashing. Returns the chip name. Raises BoardTimeoutError when no
+    bootloader responds, BoardError when the chip is not an original ESP32
+    or writing or verifying fails.
+    """
+    from esptool.cmds import (
+        attach_flash,
+        detect_chip,
+        reset_chip,
+        run_stub,
+        verify_flash,
+        write_flash,
+    )
+    from esptool.util import FatalError
+
+    check_port(port)
+    # A socket:// port is a TCP bridge with no DTR and RTS lines to reset
+    # the chip, so the board must already wait in its bootloader. Without
+    # the lines, esptool's stub flasher is not loaded either.
+    bridged = port.startswith("socket://")
+    connect_mode = "no-reset" if bridged else "default-reset"
+    with _esptool_progress(on_progress), _quiet():
+        try:
+            # NOTE: only a real board shows that DTR/RTS ("default-reset")
+            # puts it into its bootloader through the USB bridge's auto-reset
+            # circuit, and that the stub writes and verifies a full image.
+            esp = detect_chip(
+                port,
+                _BAUD,
+                connect_mode=connect_mode,
+                connect_attempts=_CONNECT_ATTEMPTS,
+            )
+        except (FatalError, OSError) as err:
+            raise BoardTimeoutError(
+                f"the board at {port} responded neither as MicroPython nor as "
+                f"the ESP32 bootloader ({err}); check the USB cable, or hold the BOOT "
+                "button while you press EN and run the command again"
+            ) from err
+        try:
+            chip = str(esp.CHIP_NAME)
+            if chip != "ESP32":
+                raise BoardError(
+                    f"the board at {port} is an {chip}, but the bundle's "
+                    "MicroPython image is for the original ESP32 "
+                    "(ESP32_GENERIC); use an ESP32 board"
+                )
+            if on_connected is not None:
+                on_connected(chip)
+            if not bridged:
+                esp = run_stub(esp)
+            attach_flash(esp)
+            write_flash(esp, [(ESP32_IMAGE_OFFSET, image)])
+            verify_flash(esp, [(ESP32_IMAGE_OFFSET, image)])
+            reset_chip(esp, "hard-reset")
+        except FatalError as err:
+            raise BoardError(
+                f"flashing MicroPython on the board at {port} failed: {err}; "
+                "run the command again"
+            ) from err
+        finally:
+            with contextlib.suppress(OSError, AttributeError):
+                esp._port.close()
+    _LOGGER.info("Flashed %d bytes of MicroPython on %s", len(image), port)
+    return chip
+
+
+@contextlib.contextmanager
+def _esptool_progress(on_progress: OnProgress | None) -> Iterator[None]:
+    """Route esptool's progress bar to ``on_progress`` while flashing."""
+    from esp_pylib.logger import EspLog
+    from esptool.logger import TemplateLogger, log
+
+    class _Logger(TemplateLogger):
+        def print(self, *args: Any, **kwargs: Any) -> None:
+            _LOGGER.debug("esptool: %s", " ".join(str(arg) for arg in args))
+
+        def note(self, message: str) -> None:
+            _LOGGER.debug("esptool note: %s", message)
+
+        def warning(self, message: str) -> None:
+            _LOGGER.warning("esptool: %s", message)
+
+        def error(self, message: str) -> None:
+            _LOGGER.error("esptool: %s", message)
+
+        def stage(self, finish: bool = False) -> None:
+            pass
+
+        def progress_bar(
+            self,
+            cur_iter: int,
+            total_iters: int,
+            prefix: str = "",
+            suffix: str = "",
+            bar_length: int = 30,
+        ) -> None:
+            if on_progress is not None:
+                on_progress(cur_iter, total_iters)
+
+        def set_verbosity(self, verbosity: str) -> None:
+            pass
+
+    previous = EspLog.instance
+    log.set_logger(_Logger())
+    try:
+        yield
+    finally:
+        EspLog.instance = previous

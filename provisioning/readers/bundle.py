@@ -1,0 +1,411 @@
+"""The reader bundle: everything a blank ESP32 needs, kept on the box.
+
+A bundle is a folder::
+
+    manifest.json       SHA-256 and size of every other file, versions
+    main.py             the reader firmware's entry point
+    lib/...             the firmware's modules, umqtt.simple, umqtt.robust
+    micropython.bin     the MicroPython image for ESP32 (optional)
+
+:func:`build_bundle` makes one where a network link exists (the umqtt
+packages come from a mip package index) and :func:`verify_bundle` checks
+one against its manifest before any of it goes to a board.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from provisioning.readers._errors import BundleError
+from provisioning.readers._folder_transport import FolderTransport
+
+_LOGGER = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+IMAGE_NAME = "micropython.bin"
+MANIFEST_FORMAT = 1
+# micropython-lib's index, which `mpremote mip install` uses by default.
+DEFAULT_INDEX = "https://micropython.org/pi/v2"
+UMQTT_PACKAGES = ("umqtt.simple", "umqtt.robust")
+# Every ESP firmware image starts with this byte (esptool's ESPLoader
+# ESP_IMAGE_MAGIC).
+ESP_IMAGE_MAGIC = 0xE9
+# The chip id in an ESP image's extended header (bytes 12-13, little endian)
+# for the original ESP32, as esptool 5 writes it.
+ESP32_CHIP_ID = 0
+# The largest image that fits the 4 MB flash of an ESP32 module, less the
+# 0x1000 offset it is written at.
+MAX_IMAGE_BYTES = 4 * 1024 * 1024 - 0x1000
+# FW_VERSION = "1.0.0" in the firmware package's __init__.py.
+_FW_VERSION = re.compile(r"""^FW_VERSION\s*=\s*["']([0-9A-Za-z.+-]{1,32})["']""", re.M)
+_FW_VERSION_FILE = PurePosixPath("nbreader/__init__.py")
+# Firmware files that MicroPython runs from the root of its file system.
+_ROOT_FILES = ("main.py", "boot.py")
+_SKIPPED_FOLDERS = {"__pycache__", "tests"}
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class BundleFile:
+    """One file of a bundle: its path inside the bundle, SHA-256 and size."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BundleManifest:
+    """A verified bundle: its folder, firmware version and files."""
+
+    folder: Path
+    firmware_version: str
+    packages: dict[str, str]
+    files: tuple[BundleFile, ...]
+    image: BundleFile | None
+
+    @property
+    def board_files(self) -> tuple[BundleFile, ...]:
+        """The files that go onto the board's file system, image excluded."""
+        return tuple(file for file in self.files if file.path != IMAGE_NAME)
+
+
+def find_firmware_folder() -> Path:
+    """Return the reader firmware's source folder.
+
+    It is ``firmware/`` beside the packages in a source checkout, or
+    ``<prefix>/share/nightbox/firmware`` in an installed wheel. Raises
+    BundleError when neither exists.
+    """
+    candidates = [
+        Path(__file__).resolve().parents[2] / "firmware",
+        Path(sys.prefix) / "share" / "nightbox" / "firmware",
+    ]
+    for candidate in candidates:
+        if (candidate / "main.py").is_file():
+            return candidate
+    raise BundleError(
+        "the reader firmware was not found in "
+        + " or ".join(str(path) for path in candidates)
+        + "; reinstall Nightbox or run it from its source folder"
+    )
+
+
+def read_firmware_version(firmware: Path) -> str:
+    """Return FW_VERSION from the firmware's ``nbreader/__init__.py``.
+
+    The file is read as text, never imported, because it is MicroPython
+    code. Raises BundleError when the file or the assignment is missing.
+    """
+    path = firmware / _FW_VERSION_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise BundleError(
+            f"cannot read the firmware version from {path}: {err}"
+        ) from err
+    match = _FW_VERSION.search(text)
+    if match is None:
+        raise BundleError(
+            f'{path} has no line like FW_VERSION = "1.0.0"; the firmware '
+            "source is incomplete"
+        )
+    return match.group(1)
+
+
+def build_bundle(
+    output: Path,
+    *,
+    index: str = DEFAULT_INDEX,
+    image: Path | None = None,
+    firmware: Path | None = None,
+) -> BundleManifest:
+    """Build a bundle in ``output``, replacing the bundle there.
+
+    ``index`` is a mip package index: a URL or a local folder with
+    ``package/py/<name>/latest.json`` and ``file/<hh>/<hash>``. ``image``
+    is a MicroPython image for ESP32 (ESP32_GENERIC). The bundle is written
+    to a temporary folder beside ``output`` and renamed into place, so a
+    failed build leaves the old bundle as it was. Raises BundleError for a
+    missing firmware, an invalid image or a package that cannot be
+    installed.
+    """
+    image_bytes = None if image is None else read_image(image)
+    firmware = firmware if firmware is not None else find_firmware_folder()
+    version = read_firmware_version(firmware)
+    output = output.resolve()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    except OSError as err:
+        raise BundleError(f"cannot create a folder beside {output}: {err}") from err
+    try:
+        _copy_firmware(firmware, staging)
+        packages = _install_packages(staging, index.rstrip("/"))
+        if image_bytes is not None:
+            (staging / IMAGE_NAME).write_bytes(image_bytes)
+        files = _describe_files(staging)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "firmware_version": version,
+            "built_at": int(time.time()),
+            "index": index,
+            "packages": packages,
+            "micropython_image": IMAGE_NAME if image_bytes is not None else None,
+            "files": {
+                file.path: {"sha256": file.sha256, "size": file.size} for file in files
+            },
+        }
+        (staging / MANIFEST_NAME).write_text(
+            json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        )
+        _replace_folder(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _LOGGER.info("Built reader bundle %s (firmware %s)", output, version)
+    return verify_bundle(output)
+
+
+def read_image(path: Path) -> bytes:
+    """Return the bytes of a MicroPython image for ESP32.
+
+    Raises BundleError unless the file is an ESP image (first byte 0xE9)
+    for the original ESP32 that fits its flash.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise BundleError(
+            f"cannot read the MicroPython image {path}: {err.strerror}"
+        ) from err
+    if len(data) < 16 or data[0] != ESP_IMAGE_MAGIC:
+        raise BundleError(
+            f"{path} is not an ESP32 firmware image (it does not start with "
+            f"byte 0x{ESP_IMAGE_MAGIC:02X}); download the ESP32_GENERIC .bin "
+            "file from micropython.org/download"
+        )
+    chip_id = int.from_bytes(data[12:14], "little")
+    if chip_id != ESP32_CHIP_ID:
+        raise BundleError(
+            f"{path} is an image for ESP chip id {chip_id}, not the original "
+            "ESP32 (chip id 0); download the ESP32_GENERIC .bin file"
+        )
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BundleError(
+            f"{path} has {len(data)} bytes, more than the {MAX_IMAGE_BYTES} "
+            "that fit a 4 MB ESP32 flash after offset 0x1000"
+        )
+    return data
+
+
+def _copy_firmware(firmware: Path, staging: Path) -> None:
+    for source in sorted(firmware.rglob("*.py")):
+        relative = source.relative_to(firmware)
+        if _SKIPPED_FOLDERS.intersection(relative.parts[:-1]):
+            continue
+        target = staging / _board_path(relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+def _board_path(relative: Path) -> PurePosixPath:
+    """Map a firmware source path to its path on the board."""
+    parts = relative.parts
+    if len(parts) == 1 and parts[0] in _ROOT_FILES:
+        return PurePosixPath(parts[0])
+    if parts[0] == "lib":
+        return PurePosixPath(*parts)
+    return PurePosixPath("lib", *parts)
+
+
+def _install_packages(staging: Path, index: str) -> dict[str, str]:
+    """Install the umqtt packages into ``staging/lib`` with mpremote's mip."""
+    from mpremote.commands import CommandError
+    from mpremote.mip import _install_package
+
+    (staging / "lib").mkdir(exist_ok=True)
+    transport = FolderTransport(staging)
+    versions = {}
+    for package in UMQTT_PACKAGES:
+        output = io.StringIO()
+        try:
+            # mip prints each file it installs, and this command's stdout is
+            # reserved for its result.
+            with contextlib.redirect_stdout(output):
+                _install_package(transport, package, index, "lib", None, False)
+        except (CommandError, OSError, ValueError) as err:
+            raise BundleError(
+                f"installing {package} from the package index {index} failed: "
+                f"{err}; check the link, or pass --index with a local mip index"
+            ) from err
+        _LOGGER.debug("mip output for %s: %s", package, output.getvalue().strip())
+        versions[package] = _package_version(index, package)
+    return versions
+
+
+def _package_version(index: str, package: str) -> str:
+    location = f"{index}/package/py/{package}/latest.json"
+    try:
+        if location.startswith(("http://", "https://")):
+            with urllib.request.urlopen(location, timeout=30) as response:
+                description = json.load(response)
+        else:
+            description = json.loads(Path(location).read_text())
+    except (OSError, urllib.error.URLError, json.JSONDecodeError) as err:
+        raise BundleError(f"cannot read {location}: {err}") from err
+    version = description.get("version") if isinstance(description, dict) else None
+    if not isinstance(version, str):
+        raise BundleError(f"{location} names no version of {package}")
+    return version
+
+
+def _describe_files(folder: Path) -> list[BundleFile]:
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            files.append(
+                BundleFile(
+                    path=path.relative_to(folder).as_posix(),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    size=len(data),
+                )
+            )
+    return files
+
+
+def _replace_folder(staging: Path, output: Path) -> None:
+    """Rename ``staging`` to ``output``, removing the folder there after."""
+    old = None
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
+        os.rmdir(old)
+        os.replace(output, old)
+    try:
+        os.replace(staging, output)
+    except OSError:
+        if old is not None:
+            os.replace(old, output)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_bundle(folder: Path) -> BundleManifest:
+    """Check every file of the bundle in ``folder`` against its manifest.
+
+    Raises BundleError naming the first missing file, or the first whose
+    size or SHA-256 differs, so nothing of a damaged or altered bundle
+    reaches a board.
+    """
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"no reader bundle in {folder} ({MANIFEST_NAME} not found); build "
+            "one with 'nightbox reader bundle'"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(
+            f"cannot read {manifest_path}: {err}; build the bundle again"
+        ) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise BundleError(
+            f"{manifest_path} is not a format {MANIFEST_FORMAT} reader bundle "
+            "manifest; build the bundle again with this version of Nightbox"
+        )
+    files = tuple(
+        _verified_file(folder, path, entry)
+        for path, entry in _entries(manifest, manifest_path)
+    )
+    if not any(file.path == "main.py" for file in files):
+        raise BundleError(f"{manifest_path} lists no main.py; build the bundle again")
+    image_name = manifest.get("micropython_image")
+    image = next((file for file in files if file.path == image_name), None)
+    if image_name is not None and image is None:
+        raise BundleError(
+            f"{manifest_path} names the image {image_name!r} but does not list "
+            "it; build the bundle again"
+        )
+    version = manifest.get("firmware_version")
+    packages = manifest.get("packages")
+    if not isinstance(version, str) or not isinstance(packages, dict):
+        raise BundleError(
+            f"{manifest_path} lacks the firmware version or the package "
+            "versions; build the bundle again"
+        )
+    return BundleManifest(
+        folder=folder,
+        firmware_version=version,
+        packages={str(name): str(value) for name, value in packages.items()},
+        files=files,
+        image=image,
+    )
+
+
+def _entries(manifest: dict[str, Any], manifest_path: Path) -> list[tuple[str, Any]]:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{manifest_path} lists no files; build the bundle again")
+    return sorted(files.items())
+
+
+def _verified_file(folder: Path, path: str, entry: Any) -> BundleFile:
+    pure = PurePosixPath(path)
+    if (
+        pure.is_absolute()
+        or ".." in pure.parts
+        or "\\" in path
+        or not (pure.parts[0] == "lib" or path in (*_ROOT_FILES, IMAGE_NAME))
+    ):
+        raise BundleError(
+            f"the bundle manifest in {folder} lists {path!r:.80}, which is not "
+            "main.py, boot.py, lib/... or the image; build the bundle again"
+        )
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("sha256"), str)
+        or not _SHA256_HEX.match(entry["sha256"])
+        or not isinstance(entry.get("size"), int)
+    ):
+        raise BundleError(
+            f"the bundle manifest in {folder} has no valid sha256 and size for "
+            f"{path}; build the bundle again"
+        )
+    try:
+        data = (folder / path).read_bytes()
+    except OSError as err:
+        raise BundleError(
+            f"bundle file {folder / path} cannot be read ({err.strerror}); build "
+            "the bundle again"
+        ) from err
+    if len(data) != entry["size"]:
+        raise BundleError(
+            f"bundle file {path} has {len(data)} bytes but the manifest lists "
+            f"{entry['size']}; the bundle was changed or damaged, so build it again"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise BundleError(
+            f"bundle file {path} has SHA-256 {digest[:16]}... but the manifest "
+            f"lists {entry['sha256'][:16]}...; the bundle was changed or "
+            "damaged, so build it again"
+        )
+    return BundleFile(path=path, sha256=digest, size=len(data))

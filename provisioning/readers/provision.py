@@ -1,0 +1,289 @@
+"""``nightbox reader provision``: one command from a blank ESP32 to a working reader.
+
+The stages, in order:
+
+1. arguments: the role, zone, id, uplink and kit stock are checked against
+   the site file, and the Wi-Fi password file is read.
+2. bundle: every file of the reader bundle is checked against its manifest.
+3. probe: the board's raw REPL is entered, which shows whether MicroPython
+   is on it.
+4. register: the reader is added to the site file's ``[[readers]]`` and
+   gets its broker account. This happens before anything is written to the
+   board, and for a blank board only after its bootloader responded.
+5. flash: a board without MicroPython gets the bundle's image.
+6. copy: ``main.py`` and ``lib/`` are copied, skipping files whose SHA-256
+   on the board already matches.
+7. config: ``/reader.json`` is written, and the board is soft-reset.
+8. broker: a running box gets SIGHUP, so its broker loads the new account.
+
+Any error before stage 4 changes nothing. A later one leaves the reader
+registered, and running the command again finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance.config import ReaderConfig, SiteConfig, load_config
+from provisioning.readers._errors import BoardError, BundleError
+from provisioning.readers.board import (
+    DEFAULT_PROBE_TIMEOUT_S,
+    MicroPythonBoard,
+    check_port,
+    flash_micropython,
+    open_micropython,
+)
+from provisioning.readers.bundle import IMAGE_NAME, BundleManifest, verify_bundle
+from provisioning.readers.reader_file import (
+    READER_FILE,
+    read_wifi_password,
+    reader_settings,
+)
+from provisioning.readers.registration import (
+    ReaderRequest,
+    credentials_path,
+    ensure_broker_account,
+    register_reader,
+    reload_box,
+    validate_request,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+BUNDLE_FOLDER = "reader-bundle"
+# A freshly flashed ESP32 formats its file system at first boot, which takes
+# a few seconds before the REPL responds.
+FIRST_BOOT_TIMEOUT_S = 20.0
+
+
+class Progress(Protocol):
+    """A receiver of provisioning's stages and of the percentage done of long ones."""
+
+    def stage(self, name: str, message: str) -> None:
+        """Report that stage ``name`` finished or has news."""
+
+    def percent(self, name: str, label: str, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` units of ``label`` in stage ``name``."""
+
+
+@dataclass(slots=True)
+class ProvisionResult:
+    """The outcome of provisioning one board. It contains no password."""
+
+    reader: ReaderConfig
+    port: str
+    firmware_version: str
+    site_file_changed: bool = False
+    account_created: bool = False
+    chip: str | None = None
+    flashed: bool = False
+    copied: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    reader_file_written: bool = False
+    box_pid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the result as a JSON-ready dictionary."""
+        return {
+            "reader": self.reader.id,
+            "role": self.reader.role,
+            "zone": self.reader.zone,
+            "uplink": self.reader.uplink,
+            "port": self.port,
+            "firmware": self.firmware_version,
+            "site_file_changed": self.site_file_changed,
+            "account_created": self.account_created,
+            "flashed": self.flashed,
+            "chip": self.chip,
+            "copied": self.copied,
+            "unchanged": self.unchanged,
+            "reader_file_written": self.reader_file_written,
+            "box_reloaded": self.box_pid is not None,
+            "box_pid": self.box_pid,
+        }
+
+
+def default_bundle_folder(config: SiteConfig) -> Path:
+    """Return ``<data_dir>/reader-bundle``, where the box keeps its bundle."""
+    return config.data_dir / BUNDLE_FOLDER
+
+
+def provision_reader(
+    config_path: Path,
+    request: ReaderRequest,
+    progress: Progress,
+    *,
+    bundle: Path | None = None,
+    probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
+) -> ProvisionResult:
+    """Run every stage of the module docstring for the board on ``request.port``.
+
+    Raises BundleError or ReaderArgumentError (nothing changed),
+    BoardNotFoundError or BoardTimeoutError (nothing changed), ConfigError
+    for an invalid site file, and BoardError when writing to the board
+    failed part way.
+    """
+    config = load_config(config_path)
+    reader = validate_request(request, config)
+    wifi_password = None
+    if reader.uplink == "wifi" and config.reader_network is not None:
+        wifi_password = read_wifi_password(config.reader_network)
+    manifest = verify_bundle(bundle or default_bundle_folder(config))
+    progress.stage(
+        "bundle",
+        f"{len(manifest.files)} files match the manifest, firmware "
+        f"{manifest.firmware_version}",
+    )
+    check_port(request.port)
+    result = ProvisionResult(reader, request.port, manifest.firmware_version)
+
+    board = open_micropython(request.port, probe_timeout_s)
+    if board is None:
+        if manifest.image is None:
+            raise BundleError(
+                f"the board at {request.port} has no MicroPython and the bundle "
+                f"in {manifest.folder} has no MicroPython image; build the bundle "
+                "again with --micropython-image"
+            )
+        progress.stage(
+            "probe", f"no MicroPython responded on {request.port}; flashing it"
+        )
+        config = _flash(config_path, config, reader, manifest, progress, result)
+        board = open_micropython(request.port, FIRST_BOOT_TIMEOUT_S)
+        if board is None:
+            raise BoardError(
+                f"MicroPython was written to the board at {request.port} but "
+                "does not respond; press the board's EN button and run the "
+                "command again"
+            )
+    else:
+        progress.stage("probe", f"MicroPython responded on {request.port}")
+        config = _register(config_path, config, reader, progress, result)
+
+    with board:
+        _copy_files(board, manifest, progress, result)
+        _write_reader_file(board, config, reader.id, wifi_password, progress, result)
+        board.restart()
+
+    if not (result.site_file_changed or result.account_created):
+        progress.stage("broker", f"the broker already has reader {reader.id}")
+        return result
+    result.box_pid = reload_box(config)
+    if result.box_pid is not None:
+        progress.stage(
+            "broker",
+            f"the box (pid {result.box_pid}) restarts to load reader {reader.id}",
+        )
+    else:
+        progress.stage(
+            "broker",
+            f"no box runs for {config.data_dir}; its broker loads reader "
+            f"{reader.id} at its next start",
+        )
+    return result
+
+
+def _register(
+    config_path: Path,
+    config: SiteConfig,
+    reader: ReaderConfig,
+    progress: Progress,
+    result: ProvisionResult,
+) -> SiteConfig:
+    accounts = credentials_path(config)
+    before = accounts.read_bytes() if accounts.exists() else None
+    config, changed = register_reader(config_path, config, reader)
+    ensure_broker_account(config, reader.id)
+    new_account = accounts.read_bytes() != before
+    result.site_file_changed = changed
+    result.account_created = new_account
+    action = "added to" if changed else "already in"
+    account = "new broker account" if new_account else "broker account kept"
+    progress.stage("register", f"reader {reader.id} {action} {config_path}; {account}")
+    return config
+
+
+def _flash(
+    config_path: Path,
+    config: SiteConfig,
+    reader: ReaderConfig,
+    manifest: BundleManifest,
+    progress: Progress,
+    result: ProvisionResult,
+) -> SiteConfig:
+    assert manifest.image is not None
+    image = (manifest.folder / manifest.image.path).read_bytes()
+    registered: list[SiteConfig] = []
+
+    def on_connected(chip: str) -> None:
+        result.chip = chip
+        registered.append(_register(config_path, config, reader, progress, result))
+
+    def on_progress(done: int, total: int) -> None:
+        progress.percent("flash", IMAGE_NAME, done, total)
+
+    result.chip = flash_micropython(result.port, image, on_progress, on_connected)
+    result.flashed = True
+    progress.stage("flash", f"MicroPython written to the {result.chip} and verified")
+    return registered[0] if registered else config
+
+
+def _copy_files(
+    board: MicroPythonBoard,
+    manifest: BundleManifest,
+    progress: Progress,
+    result: ProvisionResult,
+) -> None:
+    for file in manifest.board_files:
+        target = "/" + file.path
+        if board.file_sha256(target) == file.sha256:
+            result.unchanged.append(file.path)
+            continue
+        data = (manifest.folder / file.path).read_bytes()
+
+        def on_progress(done: int, total: int, label: str = file.path) -> None:
+            progress.percent("copy", label, done, total)
+
+        progress.percent("copy", file.path, 0, len(data))
+        board.write_file(target, data, on_progress)
+        progress.percent("copy", file.path, len(data), len(data))
+        result.copied.append(file.path)
+    progress.stage(
+        "copy",
+        f"{len(result.copied)} files copied, {len(result.unchanged)} already on "
+        "the board",
+    )
+
+
+def _write_reader_file(
+    board: MicroPythonBoard,
+    config: SiteConfig,
+    reader_id: str,
+    wifi_password: str | None,
+    progress: Progress,
+    result: ProvisionResult,
+) -> None:
+    reader = config.reader(reader_id)
+    assert reader is not None  # register_reader added it.
+    account = (
+        ensure_broker_account(config, reader_id) if reader.uplink == "wifi" else None
+    )
+    settings = reader_settings(
+        config, reader, account=account, wifi_password=wifi_password
+    )
+    data = (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode()
+    if board.file_sha256(READER_FILE) == hashlib.sha256(data).hexdigest():
+        progress.stage("config", f"{READER_FILE} on the board is up to date")
+        return
+    board.write_file(READER_FILE, data)
+    result.reader_file_written = True
+    progress.stage(
+        "config",
+        f"{READER_FILE} written: reader {reader.id}, {reader.role}, zone "
+        f"{reader.zone}, {reader.uplink} uplink",
+    )

@@ -1,0 +1,218 @@
+"""The reader bundle, built with mpremote's mip from the real umqtt sources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioning.readers import BundleError, build_bundle, verify_bundle
+from provisioning.readers.bundle import find_firmware_folder, read_image
+
+TIMEOUT_S = 60.0
+# The first 16 bytes of an ESP32 image header: magic 0xE9, 3 segments, flash
+# mode, size and frequency, entry point, then chip id 0 (ESP32) at bytes 12-13.
+ESP32_HEADER = bytes.fromhex("e9030220") + bytes(12)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """A stand-in for the ESP32_GENERIC download: an ESP32 image header and filler."""
+    path = tmp_path / "ESP32_GENERIC-test.bin"
+    path.write_bytes(ESP32_HEADER + b"micropython" * 100)
+    return path
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, mip_index: Path, image: Path) -> Path:
+    """A bundle of the repository's firmware, umqtt from ``mip_index`` and ``image``."""
+    output = tmp_path / "reader-bundle"
+    build_bundle(output, index=str(mip_index), image=image)
+    return output
+
+
+def firmware_files() -> dict[str, Path]:
+    """Return the firmware's .py files by their path in the bundle."""
+    root = find_firmware_folder()
+    files = {}
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if {"tests", "__pycache__"} & set(relative.parts[:-1]):
+            continue
+        if relative.as_posix() in ("main.py", "boot.py") or relative.parts[0] == "lib":
+            files[relative.as_posix()] = path
+        else:
+            files[f"lib/{relative.as_posix()}"] = path
+    return files
+
+
+def test_bundle_has_umqtt(bundle: Path, umqtt_sources: dict[str, bytes]) -> None:
+    for module, source in umqtt_sources.items():
+        assert (bundle / "lib" / module).read_bytes() == source, module
+
+
+def test_bundle_has_firmware(bundle: Path) -> None:
+    files = firmware_files()
+    assert "main.py" in files
+    assert "lib/nbreader/__init__.py" in files
+    for bundle_path, source in files.items():
+        assert (bundle / bundle_path).read_bytes() == source.read_bytes(), bundle_path
+
+
+def test_manifest_lists_every_file(bundle: Path, image: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    on_disk = {
+        path.relative_to(bundle).as_posix()
+        for path in bundle.rglob("*")
+        if path.is_file() and path.name != "manifest.json"
+    }
+    assert set(manifest["files"]) == on_disk
+    for name, entry in manifest["files"].items():
+        data = (bundle / name).read_bytes()
+        assert entry["size"] == len(data), name
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest(), name
+    assert (bundle / "micropython.bin").read_bytes() == image.read_bytes()
+    assert manifest["micropython_image"] == "micropython.bin"
+
+
+def test_manifest_versions(bundle: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    source = (find_firmware_folder() / "nbreader" / "__init__.py").read_text()
+    version = re.search(r'^FW_VERSION = "([^"]+)"', source, re.M)
+    assert version is not None
+    assert manifest["firmware_version"] == version.group(1)
+    assert manifest["packages"] == {"umqtt.simple": "1.3.4", "umqtt.robust": "1.0"}
+    assert verify_bundle(bundle).firmware_version == version.group(1)
+
+
+def test_rebuild_replaces_bundle(bundle: Path, mip_index: Path) -> None:
+    (bundle / "lib" / "stale.py").write_text("old")
+    manifest = build_bundle(bundle, index=str(mip_index))
+    assert not (bundle / "lib" / "stale.py").exists()
+    assert manifest.image is None
+    assert not (bundle / "micropython.bin").exists()
+    assert [
+        path.name for path in bundle.parent.iterdir() if path.name.startswith(".")
+    ] == []
+
+
+def test_failed_build_keeps_bundle(bundle: Path, tmp_path: Path) -> None:
+    before = (bundle / "manifest.json").read_bytes()
+    empty_index = tmp_path / "empty-index"
+    empty_index.mkdir()
+    with pytest.raises(BundleError, match=r"installing umqtt\.simple"):
+        build_bundle(bundle, index=str(empty_index))
+    assert (bundle / "manifest.json").read_bytes() == before
+    verify_bundle(bundle)
+
+
+def test_changed_byte_rejected(bundle: Path) -> None:
+    path = bundle / "lib" / "umqtt" / "simple.py"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"lib/umqtt/simple.py has SHA-256"):
+        verify_bundle(bundle)
+
+
+def test_changed_size_rejected(bundle: Path) -> None:
+    with (bundle / "main.py").open("a") as file:
+        file.write("\nprint('extra')\n")
+    with pytest.raises(BundleError, match=r"main.py has \d+ bytes but the manifest"):
+        verify_bundle(bundle)
+
+
+def test_missing_file_rejected(bundle: Path) -> None:
+    (bundle / "lib" / "umqtt" / "robust.py").unlink()
+    with pytest.raises(BundleError, match=r"robust\.py cannot be read"):
+        verify_bundle(bundle)
+
+
+def test_foreign_path_rejected(bundle: Path) -> None:
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["../outside.py"] = {"sha256": "0" * 64, "size": 0}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"'\.\./outside\.py'"):
+        verify_bundle(bundle)
+
+
+def test_no_bundle_rejected(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="nightbox reader bundle"):
+        verify_bundle(tmp_path / "nothing")
+
+
+def test_image_not_esp(tmp_path: Path) -> None:
+    path = tmp_path / "firmware.uf2"
+    path.write_bytes(b"UF2\n" + bytes(100))
+    with pytest.raises(BundleError, match="not an ESP32 firmware image"):
+        read_image(path)
+
+
+def test_image_other_chip(tmp_path: Path) -> None:
+    path = tmp_path / "ESP32_GENERIC_S3.bin"
+    header = bytearray(ESP32_HEADER)
+    header[12] = 9  # ESP32-S3
+    path.write_bytes(bytes(header) + bytes(100))
+    with pytest.raises(BundleError, match="chip id 9"):
+        read_image(path)
+
+
+def test_cli_bundle_json(tmp_path: Path, mip_index: Path, image: Path) -> None:
+    output = tmp_path / "cli-bundle"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "reader",
+            "bundle",
+            "--index",
+            str(mip_index),
+            "--micropython-image",
+            str(image),
+            "--output",
+            str(output),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["bundle"] == str(output)
+    assert summary["micropython_image"] is True
+    assert summary["packages"]["umqtt.robust"] == "1.0"
+    verify_bundle(output)
+
+
+def test_cli_bundle_bad_image(site_file: Path, tmp_path: Path, mip_index: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not firmware")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "reader",
+            "bundle",
+            "--config",
+            str(site_file),
+            "--index",
+            str(mip_index),
+            "--micropython-image",
+            str(text),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 2
+    assert "notes.txt is not an ESP32 firmware image" in result.stderr
+    assert not (tmp_path / "box" / "reader-bundle").exists()

@@ -1,0 +1,64 @@
+"""``nightbox reader provision`` on a board that already runs MicroPython."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from appliance.config import load_config
+from hardware.reader_board import BoardSimulator
+from tests.reader_provisioning._boards import RecordingProgress, board_config, provision
+
+
+def test_micropython_board_not_flashed(
+    site_file: Path, board_bundle: Path, micropython_board: BoardSimulator
+) -> None:
+    progress = RecordingProgress()
+    result = provision(site_file, micropython_board, progress, role="kit", kit_stock=12)
+    assert not result.flashed
+    assert micropython_board.flash_writes == []
+    assert "flash" not in progress.stages
+    settings = board_config(micropython_board)
+    assert settings["reader"] == "kit-2"
+    assert settings["role"] == "kit"
+    assert settings["kit"]["offline_rule"] == "issue-once"
+    kit = load_config(site_file).reader("kit-2")
+    assert kit is not None
+    assert kit.kit_stock == 12
+
+
+def test_second_run_skips_files(
+    site_file: Path,
+    board_bundle: Path,
+    micropython_board: BoardSimulator,
+    tmp_path: Path,
+) -> None:
+    first = provision(site_file, micropython_board, reader_id="exit-7")
+    site_before = site_file.read_bytes()
+    second = provision(site_file, micropython_board, reader_id="exit-7")
+    assert second.copied == []
+    assert sorted(second.unchanged) == sorted(first.copied)
+    assert not second.reader_file_written
+    assert not second.site_file_changed
+    assert not second.account_created
+    assert site_file.read_bytes() == site_before
+
+    damaged = tmp_path / "mp-board" / "fs" / "lib" / "umqtt" / "simple.py"
+    damaged.write_bytes(b"# damaged\n")
+    third = provision(site_file, micropython_board, reader_id="exit-7")
+    assert third.copied == ["lib/umqtt/simple.py"]
+    expected = (board_bundle / "lib" / "umqtt" / "simple.py").read_bytes()
+    assert micropython_board.files["/lib/umqtt/simple.py"] == expected
+
+
+def test_serial_reader_config(
+    site_file: Path, board_bundle: Path, micropython_board: BoardSimulator
+) -> None:
+    provision(site_file, micropython_board, uplink="serial")
+    settings = board_config(micropython_board)
+    assert settings["uplink"] == "serial"
+    assert "wifi" not in settings
+    assert "broker" not in settings
+    entry = tomllib.loads(site_file.read_text())["readers"][-1]
+    assert entry["uplink"] == "serial"
+    assert entry["serial_port"] == micropython_board.url
