@@ -13,10 +13,11 @@ Keys are dotted paths into the document's tables: ``wallet.max_charge``,
 ``checkout.threshold_dbm``. An array (such as the array of tables
 ``[[readers]]``) is addressed by a zero-based index: ``readers.0.threshold_dbm``
 is the first reader's threshold. Only existing array elements can be
-addressed, so a new reader needs a whole-document replacement.
+addressed; :func:`append_array_table` adds a new one, such as a new reader.
 
 A rewrite drops the comments of the file, because tomli-w writes only the
-data. The file as it was before is kept next to it as ``<name>.previous``.
+data. An appended element keeps the file's text and comments. The file as
+it was before is kept next to it as ``<name>.previous``.
 
 Values of keys whose name ends in ``_key`` (``eid_identity_key``) are secret
 key material: :func:`config_get` returns them as :data:`HIDDEN`, and error
@@ -33,6 +34,7 @@ import os
 import re
 import tempfile
 import threading
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +204,43 @@ def replace_config(
             return config
     except ConfigError as err:
         raise _without_secrets(err, document) from None
+
+
+class NotAnArrayOfTablesError(ConfigError):
+    """The file writes a key as an inline array, so no ``[[key]]`` can follow."""
+
+
+def append_array_table(
+    config_path: Path, key: str, table: dict[str, Any], *, site_id: str, box_id: str
+) -> SiteConfig:
+    """Append ``table`` as a new ``[[key]]`` element at the end of the file.
+
+    Unlike :func:`replace_config`, the file's text and comments stay as they
+    are: the new element is added as text after them. The whole result is
+    parsed and validated first. Returns the validated configuration. Raises
+    NotAnArrayOfTablesError when ``key`` is written as an inline array, and
+    ConfigError when the result is invalid; either leaves the file unchanged.
+    """
+    _check_toml_value(table, f"the new [[{key}]] table")
+    block = f"\n[[{key}]]\n" + tomli_w.dumps(table)
+    with _WRITE_LOCK:
+        old_text = config_path.read_text(encoding="utf-8")
+        new_text = old_text + ("" if old_text.endswith("\n") else "\n") + block
+        try:
+            document = tomllib.loads(new_text)
+        except tomllib.TOMLDecodeError as err:
+            raise NotAnArrayOfTablesError(
+                f"{key} in {config_path} is not an array of tables, so a new "
+                f"[[{key}]] cannot be added after it: {err}"
+            ) from None
+        config = _validate(document, config_path)
+        _reject_identity_change(config, site_id, box_id)
+        mode = config_path.stat().st_mode & 0o777
+        previous = config_path.with_name(config_path.name + ".previous")
+        _replace_with(previous, old_text.encode("utf-8"), mode)
+        _replace_with(config_path, new_text.encode("utf-8"), mode)
+        _sync_folder(config_path.parent)
+        return config
 
 
 def reject_other_identity(

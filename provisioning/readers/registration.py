@@ -23,7 +23,11 @@ from typing import Any
 from appliance._toml_values import ID_PATTERN
 from appliance.config import MAX_KIT_STOCK, ReaderConfig, SiteConfig, read_toml_file
 from appliance.errors import ConfigError
-from appliance.remote.site_file import replace_config
+from appliance.remote.site_file import (
+    NotAnArrayOfTablesError,
+    append_array_table,
+    replace_config,
+)
 from provisioning.credentials import BrokerAccount, SiteCredentials
 from provisioning.readers._errors import ReaderArgumentError
 from provisioning.site_access import reader_username
@@ -170,6 +174,7 @@ def register_reader(
         ),
         None,
     )
+    appended = entry is None
     if entry is None:
         entry = {
             "id": reader.id,
@@ -182,15 +187,38 @@ def register_reader(
     if changed == document:
         return config, False
     try:
-        new_config = replace_config(
-            config_path, changed, site_id=config.site_id, box_id=config.box_id
-        )
+        new_config = _write_entry(config_path, config, changed, entry, appended)
     except ConfigError as err:
         raise ReaderArgumentError(
             f"adding reader {reader.id} would make {config_path} invalid: {err}"
         ) from err
     _LOGGER.info("Added reader %s to %s", reader.id, config_path)
     return new_config, True
+
+
+def _write_entry(
+    config_path: Path,
+    config: SiteConfig,
+    document: dict[str, Any],
+    entry: dict[str, Any],
+    appended: bool,
+) -> SiteConfig:
+    if appended:
+        # A new reader is added as text, so the file keeps its comments. A
+        # file that lists its readers as an inline array is rewritten whole.
+        try:
+            return append_array_table(
+                config_path,
+                "readers",
+                entry,
+                site_id=config.site_id,
+                box_id=config.box_id,
+            )
+        except NotAnArrayOfTablesError:
+            pass
+    return replace_config(
+        config_path, document, site_id=config.site_id, box_id=config.box_id
+    )
 
 
 def _set_entry(entry: dict[str, Any], reader: ReaderConfig) -> None:

@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from appliance.config import load_config
 from provisioning.readers import ReaderArgumentError, ReaderRequest
@@ -99,6 +100,29 @@ def test_register_appends_reader(site_file: Path) -> None:
     }
     assert new_config.reader("exit-3") == reader
     assert (site_file.parent / "site.toml.previous").exists()
+
+
+def test_register_keeps_comments(site_file: Path) -> None:
+    site_file.write_text("# Front of house readers.\n" + site_file.read_text())
+    before = site_file.read_text()
+    config = load_config(site_file)
+    reader = validate_request(request(), config)
+    register_reader(site_file, config, reader)
+    text = site_file.read_text()
+    assert text.startswith(before)
+    assert text[len(before) :].lstrip("\n").startswith("[[readers]]\n")
+
+
+def test_register_inline_readers_rewritten(site_file: Path) -> None:
+    document = tomllib.loads(site_file.read_text())
+    site_file.write_text(tomli_w.dumps(document))
+    assert "[[readers]]" not in site_file.read_text()
+    config = load_config(site_file)
+    reader = validate_request(request(), config)
+    new_config, changed = register_reader(site_file, config, reader)
+    assert changed
+    assert new_config.reader("exit-3") == reader
+    assert len(tomllib.loads(site_file.read_text())["readers"]) == 4
 
 
 def test_register_same_reader_unchanged(site_file: Path) -> None:
