@@ -28,8 +28,8 @@ deps: $(STAMP)
 	@sh tests/ensure-node
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check appliance hardware provisioning bench tests
-	$(BIN)/ruff check appliance hardware provisioning bench tests
+	$(BIN)/ruff format --check appliance hardware provisioning firmware bench tests
+	$(BIN)/ruff check appliance hardware provisioning firmware bench tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
