@@ -1,0 +1,193 @@
+"""Relay the firmware's MQTT calls from MicroPython to a real mosquitto.
+
+In relay mode the umqtt stand-in sends each client call (connect, publish,
+subscribe, check, disconnect) as a JSON line on the Node.js process's
+stdout and reads the response from its stdin. ``run_relayed`` answers those
+calls with a paho-mqtt client speaking MQTT 3.1.1, as umqtt does, logged in
+with the reader's account. Setting ``stop`` tells the scenario to finish:
+the next ``check`` answer carries ``"stop": true``.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from micropython_runner import (
+    RECORD_PREFIX,
+    RELAY_PREFIX,
+    RUNNER,
+    Results,
+    node_binary,
+    parse_records,
+    scenario_spec,
+)
+
+_WAIT_S = 10.0
+
+
+class _Session:
+    """One paho client standing in for the firmware's TCP connection."""
+
+    def __init__(self) -> None:
+        self.client: mqtt.Client | None = None
+        self.inbox: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.connected = threading.Event()
+        self.connect_code: Any = None
+        self.subscribed: dict[int, threading.Event] = {}
+        self.granted: dict[int, list[Any]] = {}
+
+    def connect(self, request: dict[str, Any]) -> dict[str, Any]:
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=request["client_id"],
+            protocol=mqtt.MQTTv311,
+            clean_session=request["clean_session"],
+        )
+        client.username_pw_set(request["user"], request["password"])
+        topic, message, retain, qos = request["will"]
+        if topic:
+            client.will_set(topic, message, qos, retain)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        try:
+            client.connect(request["host"], request["port"], request["keepalive"] or 60)
+        except OSError as err:
+            return {
+                "error": f"connect to {request['host']}:{request['port']} failed: {err}"
+            }
+        client.loop_start()
+        if not self.connected.wait(_WAIT_S) or self.connect_code != 0:
+            client.loop_stop()
+            return {"error": f"broker refused the login: {self.connect_code}"}
+        self.client = client
+        return {}
+
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, code: Any, *rest: Any
+    ) -> None:
+        self.connect_code = code.value if hasattr(code, "value") else code
+        self.connected.set()
+
+    def _on_message(
+        self, client: Any, userdata: Any, message: mqtt.MQTTMessage
+    ) -> None:
+        self.inbox.put((message.topic, message.payload.decode()))
+
+    def _on_subscribe(
+        self, client: Any, userdata: Any, mid: int, codes: Any, *rest: Any
+    ) -> None:
+        self.granted[mid] = list(codes)
+        self.subscribed.setdefault(mid, threading.Event()).set()
+
+    def publish(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.client is not None
+        info = self.client.publish(
+            request["topic"], request["payload"], request["qos"], request["retain"]
+        )
+        info.wait_for_publish(_WAIT_S)
+        return {} if info.is_published() else {"error": "publish not acknowledged"}
+
+    def subscribe(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.client is not None
+        code, mid = self.client.subscribe(request["topic"], request["qos"])
+        done = self.subscribed.setdefault(mid, threading.Event())
+        if code != mqtt.MQTT_ERR_SUCCESS or not done.wait(_WAIT_S):
+            return {"error": f"subscribe to {request['topic']} failed"}
+        if any(getattr(granted, "is_failure", False) for granted in self.granted[mid]):
+            return {"error": f"subscribe to {request['topic']} was refused"}
+        return {}
+
+    def check(self) -> dict[str, Any]:
+        try:
+            topic, payload = self.inbox.get_nowait()
+        except queue.Empty:
+            return {}
+        return {"message": [topic, payload]}
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+
+
+def run_relayed(
+    name: str,
+    files: dict[str, str],
+    stop: threading.Event,
+    *,
+    timeout_s: float = 60.0,
+) -> Results:
+    """Run scenario ``name`` with its MQTT calls relayed to a real broker.
+
+    Blocks until the interpreter exits; call it in a thread. Raises
+    AssertionError with the interpreter's output when it fails.
+    """
+    session = _Session()
+    lines: list[str] = []
+    with scenario_spec(name, files, relay=True) as spec:
+        process = subprocess.Popen(
+            [node_binary(), str(RUNNER), str(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        try:
+            for line in process.stdout:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"scenario {name} ran over {timeout_s} s")
+                if not line.startswith(RELAY_PREFIX):
+                    lines.append(line)
+                    continue
+                answer = _answer(session, json.loads(line[len(RELAY_PREFIX) :]))
+                answer["stop"] = stop.is_set()
+                process.stdin.write(json.dumps(answer) + "\n")
+                process.stdin.flush()
+        finally:
+            session.close()
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            stderr = process.stderr.read() if process.stderr else ""
+    output = "".join(lines)
+    if process.returncode != 0:
+        raise AssertionError(
+            f"scenario {name} failed (exit status {process.returncode}):\n"
+            f"{stderr}\n{output[-4000:]}"
+        )
+    records = parse_records(output)
+    assert records or RECORD_PREFIX in output, output
+    return Results(records, output + stderr)
+
+
+def _answer(session: _Session, request: dict[str, Any]) -> dict[str, Any]:
+    operation = request["op"]
+    if operation == "connect":
+        session.close()
+        session.connected.clear()
+        return session.connect(request)
+    if session.client is None:
+        return {"error": "not connected"}
+    if operation == "publish":
+        return session.publish(request)
+    if operation == "subscribe":
+        return session.subscribe(request)
+    if operation == "check":
+        return session.check()
+    if operation == "disconnect":
+        session.close()
+        return {}
+    return {"error": f"unknown relay operation {operation!r}"}
