@@ -79,8 +79,8 @@ def _module(sdist: bytes, project: str, version: str, module: str) -> bytes:
         return member.read()
 
 
-@pytest.fixture(scope="session")
-def umqtt_sources() -> dict[str, bytes]:
+@pytest.fixture(name="umqtt_sources", scope="session")
+def umqtt_sources_fixture() -> dict[str, bytes]:
     """The umqtt modules by their path below ``lib/``, such as ``umqtt/simple.py``."""
     sources = {}
     for project, version, sha256, module, _package, _deps in UMQTT_SDISTS:
@@ -90,8 +90,8 @@ def umqtt_sources() -> dict[str, bytes]:
     return sources
 
 
-@pytest.fixture(scope="session")
-def mip_index(
+@pytest.fixture(name="mip_index", scope="session")
+def mip_index_fixture(
     tmp_path_factory: pytest.TempPathFactory, umqtt_sources: dict[str, bytes]
 ) -> Path:
     """A local mip package index with umqtt.simple 1.3.4 and umqtt.robust 1.0."""
@@ -168,14 +168,14 @@ def write_site(folder: Path, *, network: bool = True, extra: str = "") -> Path:
     return path
 
 
-@pytest.fixture
-def site_file(tmp_path: Path) -> Path:
+@pytest.fixture(name="site_file")
+def site_file_fixture(tmp_path: Path) -> Path:
     """The test site with three readers and a reader network, in a fresh folder."""
     return write_site(tmp_path)
 
 
-@pytest.fixture
-def board_bundle(site_file: Path, mip_index: Path, tmp_path: Path) -> Path:
+@pytest.fixture(name="board_bundle")
+def board_bundle_fixture(site_file: Path, mip_index: Path, tmp_path: Path) -> Path:
     """The site's bundle in ``<data_dir>/reader-bundle`` with the simulator's image."""
     image = tmp_path / "ESP32_GENERIC.bin"
     image.write_bytes(make_test_image())
@@ -184,15 +184,15 @@ def board_bundle(site_file: Path, mip_index: Path, tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def blank_board(tmp_path: Path) -> Iterator[BoardSimulator]:
+@pytest.fixture(name="blank_board")
+def blank_board_fixture(tmp_path: Path) -> Iterator[BoardSimulator]:
     """A simulated ESP32 with empty flash."""
     with BoardSimulator(tmp_path / "blank-board", micropython=False) as board:
         yield board
 
 
-@pytest.fixture
-def micropython_board(tmp_path: Path) -> Iterator[BoardSimulator]:
+@pytest.fixture(name="micropython_board")
+def micropython_board_fixture(tmp_path: Path) -> Iterator[BoardSimulator]:
     """A simulated ESP32 that already runs MicroPython, with an empty file system."""
     with BoardSimulator(tmp_path / "mp-board", micropython=True) as board:
         yield board

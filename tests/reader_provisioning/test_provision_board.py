@@ -24,7 +24,15 @@ from tests.reader_provisioning._boards import (
     board_config,
     provision,
 )
-from tests.reader_provisioning.conftest import WIFI_PASSWORD
+from tests.reader_provisioning.provisioning_site import (  # noqa: F401
+    WIFI_PASSWORD,
+    blank_board_fixture,
+    board_bundle_fixture,
+    micropython_board_fixture,
+    mip_index_fixture,
+    site_file_fixture,
+    umqtt_sources_fixture,
+)
 
 TIMEOUT_S = 120.0
 STAGES = ["bundle", "probe", "register", "flash", "copy", "config", "broker"]

@@ -8,6 +8,14 @@ from pathlib import Path
 from appliance.config import load_config
 from hardware.reader_board import BoardSimulator
 from tests.reader_provisioning._boards import RecordingProgress, board_config, provision
+from tests.reader_provisioning.provisioning_site import (  # noqa: F401
+    blank_board_fixture,
+    board_bundle_fixture,
+    micropython_board_fixture,
+    mip_index_fixture,
+    site_file_fixture,
+    umqtt_sources_fixture,
+)
 
 
 def test_micropython_board_not_flashed(

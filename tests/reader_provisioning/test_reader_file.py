@@ -10,11 +10,17 @@ from appliance.config import load_config
 from provisioning.credentials import BrokerAccount
 from provisioning.readers import ReaderArgumentError, reader_settings
 from provisioning.readers.reader_file import read_wifi_password
-from tests.reader_provisioning.conftest import (
+from tests.reader_provisioning.provisioning_site import (  # noqa: F401
     ALTBEACON_HEX,
     NAMESPACE_HEX,
     SITE_UUID_HEX,
     WIFI_PASSWORD,
+    blank_board_fixture,
+    board_bundle_fixture,
+    micropython_board_fixture,
+    mip_index_fixture,
+    site_file_fixture,
+    umqtt_sources_fixture,
     write_site,
 )
 

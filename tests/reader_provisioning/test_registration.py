@@ -17,7 +17,7 @@ from provisioning.readers.registration import (
     running_box_pid,
     validate_request,
 )
-from tests.reader_provisioning.conftest import write_site
+from tests.reader_provisioning.provisioning_site import write_site
 
 
 def request(**changes: object) -> ReaderRequest:
@@ -165,6 +165,14 @@ def test_no_box_no_reload(site_file: Path) -> None:
 
 HOLDER = """
 import fcntl, os, signal, sys, time
+from tests.reader_provisioning.provisioning_site import (  # noqa: F401
+    blank_board_fixture,
+    board_bundle_fixture,
+    micropython_board_fixture,
+    mip_index_fixture,
+    site_file_fixture,
+    umqtt_sources_fixture,
+)
 path, marker = sys.argv[1], sys.argv[2]
 handle = open(path, "a+")
 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
