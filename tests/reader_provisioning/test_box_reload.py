@@ -24,12 +24,7 @@ from provisioning.readers.registration import (
 )
 from tests.paho_publish import REASON_SUCCESS, publish_with_paho
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
-    blank_board_fixture,
-    board_bundle_fixture,
-    micropython_board_fixture,
-    mip_index_fixture,
     site_file_fixture,
-    umqtt_sources_fixture,
     write_site,
 )
 

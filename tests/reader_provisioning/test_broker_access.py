@@ -20,12 +20,7 @@ from provisioning.readers.registration import (
 from provisioning.site_access import ReaderGrant, site_policy
 from tests.paho_publish import REASON_SUCCESS, publish_with_paho
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
-    blank_board_fixture,
-    board_bundle_fixture,
-    micropython_board_fixture,
-    mip_index_fixture,
     site_file_fixture,
-    umqtt_sources_fixture,
 )
 
 # MQTT 5 reason codes (OASIS MQTT 5.0, 3.2.2.2 and 3.4.2.1). mosquitto 2

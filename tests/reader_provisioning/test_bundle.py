@@ -14,9 +14,6 @@ import pytest
 from provisioning.readers import BundleError, build_bundle, verify_bundle
 from provisioning.readers.bundle import find_firmware_folder, read_image
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
-    blank_board_fixture,
-    board_bundle_fixture,
-    micropython_board_fixture,
     mip_index_fixture,
     site_file_fixture,
     umqtt_sources_fixture,

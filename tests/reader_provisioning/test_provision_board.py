@@ -28,7 +28,6 @@ from tests.reader_provisioning.provisioning_site import (  # noqa: F401
     WIFI_PASSWORD,
     blank_board_fixture,
     board_bundle_fixture,
-    micropython_board_fixture,
     mip_index_fixture,
     site_file_fixture,
     umqtt_sources_fixture,

@@ -11,9 +11,6 @@ import pytest
 from appliance.config import load_config
 from provisioning.readers import build_bundle
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
-    blank_board_fixture,
-    board_bundle_fixture,
-    micropython_board_fixture,
     mip_index_fixture,
     site_file_fixture,
     umqtt_sources_fixture,

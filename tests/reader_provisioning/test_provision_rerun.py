@@ -9,7 +9,6 @@ from appliance.config import load_config
 from hardware.reader_board import BoardSimulator
 from tests.reader_provisioning._boards import RecordingProgress, board_config, provision
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
-    blank_board_fixture,
     board_bundle_fixture,
     micropython_board_fixture,
     mip_index_fixture,

@@ -15,12 +15,7 @@ from tests.reader_provisioning.provisioning_site import (  # noqa: F401
     NAMESPACE_HEX,
     SITE_UUID_HEX,
     WIFI_PASSWORD,
-    blank_board_fixture,
-    board_bundle_fixture,
-    micropython_board_fixture,
-    mip_index_fixture,
     site_file_fixture,
-    umqtt_sources_fixture,
     write_site,
 )
 

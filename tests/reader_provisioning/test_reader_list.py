@@ -17,12 +17,7 @@ from appliance.config import load_config
 from provisioning import SiteCredentials
 from provisioning.readers.survey import NEVER_SEEN, OFFLINE, ONLINE, survey_readers
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
-    blank_board_fixture,
-    board_bundle_fixture,
-    micropython_board_fixture,
-    mip_index_fixture,
     site_file_fixture,
-    umqtt_sources_fixture,
 )
 
 TIMEOUT_S = 60.0

@@ -166,12 +166,7 @@ def test_no_box_no_reload(site_file: Path) -> None:
 HOLDER = """
 import fcntl, os, signal, sys, time
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
-    blank_board_fixture,
-    board_bundle_fixture,
-    micropython_board_fixture,
-    mip_index_fixture,
     site_file_fixture,
-    umqtt_sources_fixture,
 )
 path, marker = sys.argv[1], sys.argv[2]
 handle = open(path, "a+")
