@@ -17,7 +17,10 @@ from provisioning.readers.registration import (
     running_box_pid,
     validate_request,
 )
-from tests.reader_provisioning.provisioning_site import write_site
+from tests.reader_provisioning.provisioning_site import (  # noqa: F401
+    site_file_fixture,
+    write_site,
+)
 
 
 def request(**changes: object) -> ReaderRequest:
@@ -165,9 +168,6 @@ def test_no_box_no_reload(site_file: Path) -> None:
 
 HOLDER = """
 import fcntl, os, signal, sys, time
-from tests.reader_provisioning.provisioning_site import (  # noqa: F401
-    site_file_fixture,
-)
 path, marker = sys.argv[1], sys.argv[2]
 handle = open(path, "a+")
 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
