@@ -9,6 +9,7 @@ on the reader's MQTT topics and sends back ``clock`` and ``reply``.
 import json
 import select
 import sys
+import time
 
 from . import FW_VERSION
 from .frames import BOX_CHANNELS, MAX_LINE, MAX_PAYLOAD, Decoder, encode
@@ -44,16 +45,24 @@ class SerialUplink:
 
     def connect(self):
         """Send ``hello`` and ``online``; return True (no handshake on serial)."""
+        self.sessions += 1
+        # The hello is an envelope like every other payload; its ts is the
+        # reader's own clock, because the box's time arrives only after it.
         hello = {
-            "reader": self._config.reader,
-            "role": self._config.role,
-            "boot": self._boot,
-            "fw": FW_VERSION,
+            "v": 1,
+            "id": "%s-hello-%d" % (self._boot, self.sessions),
+            "ts": time.time(),
+            "src": "reader/" + self._config.reader,
+            "data": {
+                "reader": self._config.reader,
+                "role": self._config.role,
+                "boot": self._boot,
+                "fw": FW_VERSION,
+            },
         }
         self._write("hello", json.dumps(hello))
         self._write("availability", "online")
         self.connected = True
-        self.sessions += 1
         return True
 
     def publish(self, channel, payload, retain=False, qos=1):

@@ -181,7 +181,11 @@ def test_serial_hello_and_frames(results: Results) -> None:
     frames = [_decode_frame(line) for line in lines]
     channel, payload = frames[0]
     assert channel == "hello"
-    assert json.loads(payload) == {
+    hello = json.loads(payload)
+    assert hello["v"] == 1
+    assert hello["src"] == "reader/exit-1"
+    assert hello["id"] == "a1b2c3d4-hello-1"
+    assert hello["data"] == {
         "reader": "exit-1",
         "role": "exit",
         "boot": "a1b2c3d4",
