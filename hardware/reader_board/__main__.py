@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    # Both signals get a handler of their own, because a shell that starts
+    # a program in the background makes it ignore SIGINT.
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: done.set())
 
     try:
         sim = BoardSimulator(args.state, micropython=args.micropython, port=args.port)
@@ -67,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sim.url}  ({kind}; Ctrl-C to stop)", flush=True)
         while not done.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         sim.stop()
     return 0

@@ -182,7 +182,12 @@ def test_module_entry_prints_url(tmp_path):
     finally:
         # Ctrl-C in a terminal.
         process.send_signal(signal.SIGINT)
-        status = process.wait(timeout=10)
+        try:
+            status = process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
     assert status == 0
     assert (tmp_path / "cli" / "flash.bin").stat().st_size == 4 * 1024 * 1024
 
