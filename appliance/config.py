@@ -8,6 +8,7 @@ organiser can fix the file without reading code. A sample lives in
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 import unicodedata
@@ -262,11 +263,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
             "[[readers]] entry (id and role) or set box.scanner"
         )
     _reject_duplicates([reader.id for reader in readers], "readers")
-    _reject_duplicates(
-        [reader.serial_port for reader in readers if reader.serial_port],
-        "readers",
-        noun="serial_port",
-    )
+    _reject_shared_serial_ports(readers)
     registered = tuple(
         _band(item, index) for index, item in _items(bands, "registered", "bands.")
     )
@@ -459,6 +456,41 @@ def _zone(item: dict[str, Any], key: str) -> str:
             "digits and '-', such as 'main-door', or leave it out"
         )
     return value
+
+
+def _reject_shared_serial_ports(readers: tuple[ReaderConfig, ...]) -> None:
+    owners: dict[str, ReaderConfig] = {}
+    for reader in readers:
+        if reader.serial_port is None:
+            continue
+        device = _serial_device(reader.serial_port)
+        owner = owners.setdefault(device, reader)
+        if owner is reader:
+            continue
+        same = (
+            f"serial_port {reader.serial_port!r}"
+            if owner.serial_port == reader.serial_port
+            else f"the same serial port {device!r} ({owner.serial_port!r} and "
+            f"{reader.serial_port!r})"
+        )
+        raise ConfigError(
+            f"readers {owner.id!r} and {reader.id!r} both use {same}; give each "
+            "serial reader its own port"
+        )
+
+
+def _serial_device(port: str) -> str:
+    """Return the device a serial_port names, for finding duplicates.
+
+    A pyserial URL (``socket://``, ``rfc2217://``, ``loop://``) is compared as
+    written. A device path is made absolute and normalised, and its symlinks
+    (such as ``/dev/serial/by-id/...``) are resolved where they exist, so
+    ``/dev//ttyUSB0`` and a link to ``/dev/ttyUSB0`` name the same device.
+    """
+    if "://" in port:
+        # pyserial's serial_for_url treats any text with "://" as a URL.
+        return port
+    return os.path.realpath(port)
 
 
 def _serial_port(item: dict[str, Any], key: str, uplink: str) -> str | None:

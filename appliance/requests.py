@@ -219,7 +219,20 @@ class RequestServer:
         reply_topic = self._bus.topics.reply(kind, device)
         mqtt311 = incoming.response_topic is None
         if mqtt311:
-            incoming = _route_from_envelope(incoming)
+            try:
+                incoming = _route_from_envelope(incoming)
+            except PayloadError as err:
+                # Without a readable envelope there is no reply_to, so the
+                # request is counted under what is wrong with its payload,
+                # and no reply can be sent.
+                self.counts["invalid-request"] += 1
+                self._bus.reject(
+                    incoming,
+                    f"{err}; a request without a response topic gets no reply "
+                    "when its envelope cannot be read",
+                    "invalid-request",
+                )
+                return
         if incoming.response_topic != reply_topic:
             # The reply goes only to the sender's own reply topic, which the
             # ACL lets only that device read. Without it, the requester would
@@ -566,15 +579,18 @@ def _route_from_envelope(incoming: Incoming) -> Incoming:
     """Take the reply route of an MQTT 3.1.1 request from its envelope.
 
     Returns ``incoming`` with ``response_topic`` set to the envelope's
-    ``reply_to``, or unchanged when the payload is no JSON object with a
-    string ``reply_to``. A valid ``corr`` is copied too, so even an error
-    reply sent before the envelope is checked names its request.
+    ``reply_to``, or unchanged when a valid envelope has no string
+    ``reply_to``. A valid ``corr`` is copied too, so even an error reply
+    sent before the envelope is checked names its request.
+
+    Raises PayloadError when the payload is not a JSON object (too large,
+    not UTF-8 JSON, another type), or when an envelope without a string
+    ``reply_to`` has an invalid field. An envelope with ``reply_to`` is
+    checked later, and its errors are replied to.
     """
-    try:
-        body = orjson.loads(incoming.payload)
-    except orjson.JSONDecodeError:
-        return incoming
-    if not isinstance(body, dict) or not isinstance(body.get("reply_to"), str):
+    body = envelope.load(incoming.payload)
+    if not isinstance(body.get("reply_to"), str):
+        envelope.validate(body)
         return incoming
     incoming = dataclasses.replace(incoming, response_topic=body["reply_to"])
     corr = body.get("corr")

@@ -56,6 +56,16 @@ def decode(payload: bytes) -> Envelope:
     includes NaN, Infinity and nesting deeper than 1024 levels), not an
     object, a missing or mistyped field, or an unsupported schema version.
     """
+    return validate(load(payload))
+
+
+def load(payload: bytes) -> dict[str, Any]:
+    """Parse a payload into a JSON object without checking its fields.
+
+    Raises PayloadError when the payload is too large, not UTF-8 JSON (which
+    includes NaN, Infinity and nesting deeper than 1024 levels) or not an
+    object.
+    """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(
             f"payload of {len(payload)} bytes exceeds the limit of "
@@ -70,6 +80,15 @@ def decode(payload: bytes) -> Envelope:
         raise PayloadError(f"payload is not UTF-8 JSON: {err}") from err
     if not isinstance(body, dict):
         raise PayloadError(f"payload must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def validate(body: dict[str, Any]) -> Envelope:
+    """Check the fields of a parsed envelope and return it.
+
+    Raises PayloadError for a missing or mistyped field or an unsupported
+    schema version.
+    """
     version = body.get("v")
     # True == 1 in Python, but JSON true is no schema version.
     if isinstance(version, bool) or version != SCHEMA_VERSION:

@@ -23,8 +23,10 @@ import aiomqtt
 import orjson
 
 from appliance._tasks import cancel_and_wait
+from appliance.bus import envelope
 from appliance.bus.client import Bus, Incoming
 from appliance.config import ReaderConfig
+from appliance.errors import PayloadError
 from appliance.readers.clock_beacon import ClockBeacon
 from hardware.serial_link import Frame, FrameError, SerialLink, SerialPortError
 
@@ -129,17 +131,31 @@ class SerialBridge:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._reopen_max_s)
                 continue
-            backoff_s = _REOPEN_INITIAL_S
             self.counts["opens"] += 1
             self._link = link
             self._closed.clear()
             self._identified = True
-            self._last_frame = time.monotonic()
+            opened_at = self._last_frame = time.monotonic()
             try:
                 await self._serve_link()
             finally:
                 await self._close_link()
             await self._publish_offline()
+            # A port can open and then fail at once, for example on a server
+            # that drops each connection. It is reopened with the same
+            # back-off as a port that does not open, so the bridge never spins.
+            if time.monotonic() - opened_at >= self._reopen_max_s:
+                backoff_s = _REOPEN_INITIAL_S
+            self._log_limited(
+                "reopen",
+                "Serial port %s of reader %s closed (%s); reopening in %.1f s",
+                self.port,
+                self.reader.id,
+                self.last_error,
+                backoff_s,
+            )
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, self._reopen_max_s)
 
     async def _serve_link(self) -> None:
         """Handle frames until the port closes."""
@@ -206,6 +222,8 @@ class SerialBridge:
                 self.reader.role,
             )
             return
+        if channel == "status" and not self._status_valid(frame.payload):
+            return
         try:
             await self._publish(frame)
         except (aiomqtt.MqttError, TimeoutError) as err:
@@ -219,6 +237,28 @@ class SerialBridge:
                 self.reader.id,
                 err,
             )
+
+    def _status_valid(self, payload: bytes) -> bool:
+        """Return whether a status payload is a valid envelope.
+
+        An invalid one is counted as ``corrupt`` and logged. The status is
+        published retained, so a malformed one would stay on the reader's
+        status topic until the next good one replaced it.
+        """
+        try:
+            envelope.decode(payload)
+        except PayloadError as err:
+            self.counts["corrupt"] += 1
+            self._log_limited(
+                "status",
+                "Reader %s on serial port %s sent an invalid status envelope "
+                "(%s); dropped",
+                self.reader.id,
+                self.port,
+                err,
+            )
+            return False
+        return True
 
     def _hello(self, payload: bytes) -> None:
         data = _envelope_data(payload)
@@ -236,7 +276,8 @@ class SerialBridge:
             return
         self.counts["wrong-reader"] += 1
         self._identified = False
-        _LOGGER.warning(
+        self._log_limited(
+            "wrong-reader",
             "Serial port %s belongs to %s reader %s, but the board says it is "
             "%s reader %r; its frames are ignored until it says hello as %s",
             self.port,

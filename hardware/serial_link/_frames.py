@@ -9,13 +9,14 @@ envelope, or plain ``online``/``offline`` on the availability channel.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
+
+import orjson
 
 from hardware.serial_link._errors import FrameError
 
@@ -100,15 +101,13 @@ def decode_line(line: bytes) -> Frame:
             raise FrameError(f"availability {text[:20]!r} is not online or offline")
     else:
         try:
-            json.loads(text, parse_constant=_reject_constant)
-        except ValueError as err:
+            # orjson rejects NaN, Infinity and nesting deeper than 1024 levels
+            # with JSONDecodeError. The json module would raise RecursionError
+            # on deep nesting, which no ValueError handler catches.
+            orjson.loads(payload)
+        except orjson.JSONDecodeError as err:
             raise FrameError(f"payload is not JSON: {err}") from err
     return Frame(channel, payload)
-
-
-def _reject_constant(name: str) -> None:
-    # Python's json module accepts NaN and Infinity, which JSON does not.
-    raise ValueError(f"{name} is not JSON")
 
 
 class FrameDecoder:

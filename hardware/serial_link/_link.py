@@ -38,8 +38,10 @@ class SerialLink:
     ``on_frame`` runs in the event loop for every good frame received, and
     ``on_closed`` runs there once, with the error, when the port fails or
     is closed by the other end. The decoder's ``counts`` (``frames``,
-    ``noise``, ``corrupt``, ``oversize``) and ``written``/``write_dropped``
-    may be read at any time.
+    ``noise``, ``corrupt``, ``oversize``), ``written``/``write_dropped`` and
+    ``internal_errors`` may be read at any time. An unexpected exception in
+    the reader or writer thread is logged and counted in ``internal_errors``,
+    and ``on_closed`` reports it like a port failure.
     """
 
     def __init__(
@@ -54,6 +56,8 @@ class SerialLink:
         self.decoder = FrameDecoder(port)
         self.written = 0
         self.write_dropped = 0
+        # Unexpected exceptions that stopped the reader or writer thread.
+        self.internal_errors = 0
         self._baudrate = baudrate
         self._on_frame = on_frame
         self._on_closed = on_closed
@@ -66,11 +70,12 @@ class SerialLink:
 
     @property
     def counts(self) -> dict[str, int]:
-        """The decoder's counters and the link's write counters."""
+        """The decoder's counters, the write counters and ``internal_errors``."""
         return {
             **self.decoder.counts,
             "written": self.written,
             "write_dropped": self.write_dropped,
+            "internal_errors": self.internal_errors,
         }
 
     async def __aenter__(self) -> SerialLink:
@@ -160,6 +165,12 @@ class SerialLink:
             _LOGGER.info("Closed serial port %s", self.port)
 
     def _read_forever(self) -> None:
+        try:
+            self._read_frames()
+        except Exception as err:
+            self._fail_unexpectedly("reader", err)
+
+    def _read_frames(self) -> None:
         import serial
 
         port = self._serial
@@ -176,6 +187,12 @@ class SerialLink:
                 self._call_soon(self._on_frame, frame)
 
     def _write_forever(self) -> None:
+        try:
+            self._write_lines()
+        except Exception as err:
+            self._fail_unexpectedly("writer", err)
+
+    def _write_lines(self) -> None:
         import serial
 
         while True:
@@ -189,12 +206,30 @@ class SerialLink:
                 return
             self.written += 1
 
-    def _report_closed(self, err: BaseException) -> None:
+    def _fail_unexpectedly(self, thread: str, err: Exception) -> None:
+        # A bug in the decoder or in pyserial must not leave the port open
+        # with no thread serving it, so the link reports itself closed and
+        # its owner reopens the port.
+        self.internal_errors += 1
+        if self._closing.is_set():
+            return
+        _LOGGER.error(
+            "The %s thread of serial port %s failed; closing the port",
+            thread,
+            self.port,
+            exc_info=err,
+        )
+        self._report_closed(err, log=False)
+
+    def _report_closed(self, err: BaseException, *, log: bool = True) -> None:
         if self._closing.is_set() or self._closed_reported:
             return
         self._closed_reported = True
-        error = SerialPortError(f"serial port {self.port} failed: {err}")
-        _LOGGER.warning("%s", error)
+        error = SerialPortError(
+            f"serial port {self.port} failed: {type(err).__name__}: {err}"
+        )
+        if log:
+            _LOGGER.warning("%s", error)
         self._call_soon(self._on_closed, error)
 
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:

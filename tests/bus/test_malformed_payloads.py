@@ -596,9 +596,23 @@ async def test_malformed_request_without_response_topic(
             await storm.send(kits_topic, payload)
         await storm.sync()
 
-    # Without a response topic nothing is served, whatever the payload.
+    # Without a response topic nothing is served. An envelope that cannot
+    # be read is counted as invalid-request, not for its missing reply_to.
     assert_box_healthy(box)
-    assert box.bus.stats.rejected == {"invalid-response-topic": len(cases)}
+    assert box.bus.stats.rejected == {"invalid-request": len(cases)}
+    assert box.requests.counts["invalid-request"] == len(cases)
+    assert_store_unchanged(box)
+
+
+async def test_valid_request_without_response_topic(box: Box, make_client: Any) -> None:
+    async with storm_client(make_client) as storm:
+        await storm.send(STORM_KITS_TOPIC, wrap(kit_data()))
+        await storm.sync()
+        unanswered = storm.replies.empty()
+
+    assert_box_healthy(box)
+    assert unanswered
+    assert box.bus.stats.rejected == {"invalid-response-topic": 1}
     assert_store_unchanged(box)
 
 

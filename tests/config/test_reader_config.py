@@ -179,7 +179,69 @@ def test_reader_serial_port_twice() -> None:
 
     message = config_error(raw)
 
-    assert "serial_port '/dev/ttyUSB0' twice" in message
+    assert "readers 'exit-3' and 'exit-4' both use serial_port '/dev/ttyUSB0'" in (
+        message
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("/dev/pts/0", "/dev//pts/0"),
+        ("/dev/pts/0", "//dev/pts/0"),
+        ("/dev/pts/0", "/dev/pts/./0"),
+        ("/dev/ttyUSB0", "/dev/serial/../ttyUSB0"),
+    ],
+    ids=["double-slash", "leading-double-slash", "dot", "dot-dot"],
+)
+def test_reader_serial_port_same_device(first: str, second: str) -> None:
+    raw = sample()
+    raw["readers"].append(serial_reader("exit-3", first))
+    raw["readers"].append(serial_reader("exit-4", second))
+
+    message = config_error(raw)
+
+    assert "'exit-3' and 'exit-4'" in message
+    assert repr(first) in message
+    assert repr(second) in message
+
+
+def test_reader_serial_port_symlink(tmp_path: Path) -> None:
+    device = tmp_path / "ttyUSB0"
+    device.touch()
+    link = tmp_path / "usb-Silicon_Labs_CP2102-if00-port0"
+    link.symlink_to(device)
+    raw = sample()
+    raw["readers"].append(serial_reader("exit-3", str(device)))
+    raw["readers"].append(serial_reader("exit-4", str(link)))
+
+    message = config_error(raw)
+
+    assert "'exit-3' and 'exit-4'" in message
+    assert str(link) in message
+
+
+def test_reader_serial_urls_as_text() -> None:
+    raw = sample()
+    raw["readers"].append(serial_reader("exit-3", "socket://127.0.0.1:4000"))
+    raw["readers"].append(serial_reader("exit-4", "socket://127.0.0.1:4001"))
+    raw["readers"].append(serial_reader("exit-5", "rfc2217://127.0.0.1:4000"))
+
+    config = parse(raw)
+
+    assert config.reader("exit-3").serial_port == "socket://127.0.0.1:4000"
+    assert config.reader("exit-4").serial_port == "socket://127.0.0.1:4001"
+    assert config.reader("exit-5").serial_port == "rfc2217://127.0.0.1:4000"
+
+
+def test_reader_serial_url_twice() -> None:
+    raw = sample()
+    raw["readers"].append(serial_reader("exit-3", "loop://"))
+    raw["readers"].append(serial_reader("exit-4", "loop://"))
+
+    message = config_error(raw)
+
+    assert "readers 'exit-3' and 'exit-4' both use serial_port 'loop://'" in message
 
 
 NETWORK_BAD_VALUES: list[tuple[str, dict[str, Any], list[str]]] = [

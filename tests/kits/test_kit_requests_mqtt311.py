@@ -8,6 +8,8 @@ the box's reply repeats ``corr`` in its payload.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -147,11 +149,123 @@ async def test_mqtt311_reply_to_invalid(
     assert box.store.query("SELECT * FROM requests") == []
 
 
-async def test_mqtt311_not_json_unanswered(box: Box, reader: Mqtt311Reader) -> None:
-    await reader.publish(f"{reader.root}/api/kits/issue", b"\xff{not json")
+def unreadable_requests() -> list[tuple[str, bytes, str]]:
+    """Return requests whose envelope cannot be read, with the reason named."""
 
-    assert await rejected(box, "invalid-response-topic") == 1
+    def with_fields(**fields: Any) -> bytes:
+        body = {
+            "v": 1,
+            "id": uuid.uuid4().hex,
+            "ts": 1780000124.1,
+            "src": "reader/kit-1",
+            "reply_to": "nightbox/test/reader/kit-1/reply",
+            "corr": "3f9a0c21",
+            "data": {"station": "kit-1", "adv": advert_hex(13)},
+            **fields,
+        }
+        # The json module writes NaN and Infinity, which orjson cannot.
+        return json.dumps(body).encode()
+
+    padding = "x" * (300 * 1024)
+    return [
+        ("not-utf8", b"\xff{not json", "not UTF-8 JSON"),
+        ("not-json", b"{not json", "not UTF-8 JSON"),
+        ("empty", b"", "not UTF-8 JSON"),
+        ("list", b"[1,2,3]", "must be a JSON object, not list"),
+        ("deep-nesting", b"[" * 100_000 + b"]" * 100_000, "depth limit exceeded"),
+        ("too-deep-and-large", b"[" * 200_000 + b"]" * 200_000, "exceeds the limit"),
+        ("too-large", with_fields(pad=padding), "exceeds the limit"),
+        ("ts-nan", with_fields(ts=math.nan), "not UTF-8 JSON"),
+        ("deadline-infinity", with_fields(deadline=math.inf), "not UTF-8 JSON"),
+        ("offline-at-nan", with_fields(offline_at=math.nan), "not UTF-8 JSON"),
+    ]
+
+
+UNREADABLE_REQUESTS = unreadable_requests()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [(payload, reason) for _name, payload, reason in UNREADABLE_REQUESTS],
+    ids=[name for name, _payload, _reason in UNREADABLE_REQUESTS],
+)
+async def test_mqtt311_unreadable_unanswered(
+    box: Box,
+    reader: Mqtt311Reader,
+    caplog: pytest.LogCaptureFixture,
+    payload: bytes,
+    reason: str,
+) -> None:
+    await reader.publish(f"{reader.root}/api/kits/issue", payload)
+
+    assert await rejected(box, "invalid-request") == 1
     assert await reader.no_message(NO_REPLY_WAIT_S)
+    logged = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "appliance.bus.client"
+    ]
+    assert box.bus.stats.rejected["invalid-response-topic"] == 0
+    assert box.requests.counts["invalid-request"] == 1
+    assert box.requests.counts["invalid-response-topic"] == 0
+    assert len(logged) == 1
+    assert reason in logged[0]
+    assert "(invalid-request)" in logged[0]
+    assert box.store.query("SELECT * FROM requests") == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("v", 2, "schema version"),
+        ("id", None, "field 'id'"),
+        ("ts", "yesterday", "field 'ts'"),
+        ("data", [1], "field 'data'"),
+    ],
+    ids=["schema-v2", "id-missing", "ts-string", "data-list"],
+)
+async def test_mqtt311_invalid_envelope_no_reply_to(
+    box: Box,
+    reader: Mqtt311Reader,
+    caplog: pytest.LogCaptureFixture,
+    field: str,
+    value: Any,
+    reason: str,
+) -> None:
+    body = kit_request(reader, 14)
+    del body["reply_to"]
+    if value is None:
+        del body[field]
+    else:
+        body[field] = value
+
+    await reader.publish(f"{reader.root}/api/kits/issue", body)
+
+    assert await rejected(box, "invalid-request") == 1
+    assert await reader.no_message(NO_REPLY_WAIT_S)
+    logged = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "appliance.bus.client"
+    ]
+    assert box.bus.stats.rejected["invalid-response-topic"] == 0
+    assert box.requests.counts["invalid-request"] == 1
+    assert len(logged) == 1
+    assert reason in logged[0]
+
+
+async def test_mqtt311_invalid_envelope_replied(
+    box: Box, reader: Mqtt311Reader
+) -> None:
+    # With a usable reply_to, an envelope error gets an invalid-request reply.
+    body = kit_request(reader, 15, ts="yesterday")
+
+    reply = await send(reader, body)
+
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "invalid-request"
+    assert "field 'ts'" in reply["error"]["message"]
+    assert reply["corr"] == body["corr"]
 
 
 @pytest.mark.parametrize(

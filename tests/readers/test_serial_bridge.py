@@ -22,6 +22,7 @@ from conftest import SITE_UUID, ClientFactory, make_site_config, strong_batches
 
 from appliance.bus.client import Incoming
 from appliance.config import CheckoutConfig, ReaderConfig, SiteConfig
+from appliance.readers.serial_bridge import SerialBridge
 from appliance.runtime import Box
 from appliance.sim import _adverts
 from hardware.serial_link import encode_frame
@@ -327,3 +328,111 @@ async def test_serial_silence_offline(
     assert back
     assert serial_status(box, "exit-3")["silences"] == 1
     assert serial_status(box, "exit-3")["open"] is True
+
+
+async def test_serial_deep_nesting_survives(
+    box: Box, boards: dict[str, PtyBoard]
+) -> None:
+    board = boards["exit-3"]
+    await bridge_open(box, "exit-3")
+    board.write(hello("exit-3", "exit"))
+    board.write(encode_frame("status", b"[" * 1100 + b"]" * 1100))
+    board.write(encode_frame("status", envelope("exit-3", {"data": {}})))
+
+    published = await wait_for_count(box, "exit-3", "published", 1)
+
+    status = serial_status(box, "exit-3")
+    assert published == 1
+    assert status["corrupt"] == 1
+    assert status["open"] is True
+    assert status["last_error"] is None
+    assert status.get("port_errors", 0) == 0
+    assert status["internal_errors"] == 0
+
+
+async def test_serial_wrong_reader_log_limited(
+    box: Box, boards: dict[str, PtyBoard], caplog: pytest.LogCaptureFixture
+) -> None:
+    board = boards["exit-3"]
+    await bridge_open(box, "exit-3")
+    board.write(b"".join(hello("exit-1", "exit") for _ in range(2000)))
+
+    wrong = await wait_for_count(box, "exit-3", "wrong-reader", 2000)
+
+    warnings = [
+        record
+        for record in caplog.records
+        if record.name == "appliance.readers.serial_bridge"
+        and "but the board says" in record.getMessage()
+    ]
+    assert wrong == 2000
+    assert 1 <= len(warnings) <= 2
+
+
+@pytest.fixture
+async def status_watcher(make_client: ClientFactory) -> AsyncIterator[Watcher]:
+    watching = Watcher()
+    async with make_client(
+        "observer", "observer", "serial-status", announce=False, wait=False
+    ) as observer:
+        observer.subscribe("nightbox/test/reader/exit-3/status", watching.on_message)
+        await asyncio.wait_for(observer.connected.wait(), TIMEOUT_S)
+        yield watching
+
+
+async def test_serial_invalid_status_dropped(
+    box: Box, boards: dict[str, PtyBoard], status_watcher: Watcher
+) -> None:
+    board = boards["exit-3"]
+    await bridge_open(box, "exit-3")
+    good = envelope("exit-3", {"data": {"uptime_s": 5}})
+    invalid = [
+        b"[1,2,3]",
+        b'{"v":1,"ts":1.0,"src":"reader/exit-3","data":{}}',
+        b'{"v":2,"id":"a","ts":1.0,"src":"reader/exit-3","data":{}}',
+        b'{"v":1,"id":"a","ts":"x","src":"reader/exit-3","data":{}}',
+        b'{"v":1,"id":"a","ts":1.0,"src":"reader/exit-3","data":[1]}',
+    ]
+    board.write(hello("exit-3", "exit"))
+    board.write(b"".join(encode_frame("status", payload) for payload in invalid))
+    board.write(encode_frame("status", good))
+
+    topic, payload, retain = await asyncio.wait_for(
+        status_watcher.messages.get(), TIMEOUT_S
+    )
+
+    status = serial_status(box, "exit-3")
+    assert topic == "nightbox/test/reader/exit-3/status"
+    assert payload == good
+    assert retain is False
+    assert status["corrupt"] == len(invalid)
+    assert status["published"] == 1
+
+
+async def test_serial_reopen_backs_off(box: Box) -> None:
+    # A loopback server that accepts each connection and closes it at once:
+    # pyserial's socket:// port opens, then its first read fails.
+    connections = 0
+
+    async def drop(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader = ReaderConfig(
+        "exit-9", "exit", uplink="serial", serial_port=f"socket://127.0.0.1:{port}"
+    )
+    bridge = SerialBridge(box.bus, reader, box.clock_beacon, silence_s=10.0)
+    async with server:
+        await bridge.start()
+        await asyncio.sleep(2.0)
+        await bridge.stop()
+
+    status = bridge.status()
+    # Back-off of 0.5 s, 1 s, 2 s: opens at 0, 0.5 and 1.5 s.
+    assert 2 <= connections <= 4
+    assert status["opens"] == connections
+    assert status["port_errors"] >= 2
+    assert "socket disconnected" in status["last_error"]

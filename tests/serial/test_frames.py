@@ -82,6 +82,8 @@ CORRUPT_LINES = [
     ("not-utf8", frame_line("status", b'{"a":"\xff\xfe"}')),
     ("not-json", frame_line("sightings", b'{"a":1')),
     ("json-nan", frame_line("status", b'{"a":NaN}')),
+    ("json-deep-nesting", frame_line("status", b"[" * 1100 + b"]" * 1100)),
+    ("json-number-overflow", frame_line("status", b'{"a":1e400}')),
     ("availability-other", frame_line("availability", b"maybe")),
     ("binary-after-magic", b"NB1 \x00\x01\x02\xff garbage"),
 ]

@@ -8,7 +8,12 @@ from collections.abc import AsyncIterator
 import pytest
 from pty_board import PtyBoard, pty_board
 
-from hardware.serial_link import Frame, SerialLink, SerialPortError, encode_frame
+from hardware.serial_link import (
+    Frame,
+    SerialLink,
+    SerialPortError,
+    encode_frame,
+)
 
 TIMEOUT_S = 10.0
 STATUS = b'{"v":1,"id":"s","ts":1.0,"src":"reader/exit-1","data":{"uptime_s":5}}'
@@ -160,4 +165,19 @@ async def test_link_send_after_close_dropped(
 
     assert link.send("clock", b'{"t":1}') is False
     assert link.counts["write_dropped"] == 1
+    assert not received.closed.done()
+
+
+async def test_link_deep_nesting_corrupt(
+    board: PtyBoard, link: SerialLink, received: Received
+) -> None:
+    nested = b"[" * 1100 + b"]" * 1100
+    board.write(encode_frame("status", nested))
+    board.write(encode_frame("status", STATUS))
+
+    frame = await received.frame()
+
+    assert frame == Frame("status", STATUS)
+    assert link.counts["corrupt"] == 1
+    assert link.counts["internal_errors"] == 0
     assert not received.closed.done()
