@@ -10,7 +10,8 @@ Exit codes:
 - 3: the board's port does not exist, or the board responded neither
   as MicroPython nor as the ESP32 bootloader. Nothing was changed.
 - 4: writing to the board failed part way. The reader is registered in the
-  site file; run the same command again to finish.
+  site file, so run the command again with ``--id`` and the id that the
+  error names to finish that reader.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ EXIT_NO_BOARD = 3
 EXIT_BOARD_FAILED = 4
 # Progress lines of a long step when stderr is not a terminal: one per quarter.
 _PERCENT_STEP = 25
+# The widest cells of `reader list`, in characters: a firmware version, a
+# reader's last error, and any other text such as a reader id or fault kind.
+_MAX_VERSION_CHARACTERS = 32
+_MAX_ERROR_CHARACTERS = 120
+_MAX_TEXT_CHARACTERS = 60
+# A status field whose value has the wrong type for it.
+_WRONG_TYPE = "?"
 
 
 def add_commands(commands: Any) -> None:
@@ -55,7 +63,8 @@ def add_commands(commands: Any) -> None:
         description="Set up the site's ESP32 readers from the box. See "
         "docs/readers.md. Exit codes: 0 success, 2 invalid input (nothing "
         "changed), 3 board not found or not responding (nothing changed), 4 "
-        "writing to the board failed part way (run the command again).",
+        "writing to the board failed part way (the reader is registered, so "
+        "run the command again with --id and the id that the error names).",
     )
     reader_commands = reader.add_subparsers(dest="reader_command", required=True)
 
@@ -88,7 +97,8 @@ def add_commands(commands: Any) -> None:
         "--output",
         type=Path,
         metavar="DIR",
-        help="bundle folder, replaced whole (default: <box.data_dir>/reader-bundle)",
+        help="bundle folder: a new or empty folder, or a bundle, which is replaced "
+        "whole (default: <box.data_dir>/reader-bundle)",
     )
     bundle.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -192,6 +202,9 @@ def run(arguments: argparse.Namespace) -> int:
         return EXIT_NO_BOARD
     except BoardError as err:
         print(f"{command}: {err}", file=sys.stderr)
+        if getattr(arguments, "json", False):
+            failure = {"error": str(err), "reader": err.reader_id}
+            print(json.dumps(failure, sort_keys=True))
         return EXIT_BOARD_FAILED
 
 
@@ -330,14 +343,14 @@ def _table(survey: ReaderSurvey) -> str:
                 view.zone or "-",
                 view.uplink or "-",
                 view.state,
-                _text(status.get("fw")),
+                _string(status.get("fw"), _MAX_VERSION_CHARACTERS),
                 _uptime(status.get("uptime_s")),
-                _text(status.get("heap_free")),
-                _text(status.get("scan_per_min")),
-                _text(status.get("reconnects")),
-                _text(status.get("ring_used")),
-                _text(status.get("last_error")),
-                ", ".join(str(fault["kind"]) for fault in view.faults) or "-",
+                _count(status.get("heap_free")),
+                _count(status.get("scan_per_min")),
+                _count(status.get("reconnects")),
+                _count(status.get("ring_used")),
+                _string(status.get("last_error"), _MAX_ERROR_CHARACTERS),
+                ", ".join(_text(fault["kind"]) for fault in view.faults) or "-",
             ]
         )
     widths = [max(len(row[index]) for row in rows) for index in range(len(_COLUMNS))]
@@ -349,17 +362,46 @@ def _table(survey: ReaderSurvey) -> str:
     )
 
 
-def _text(value: object) -> str:
+def _text(value: object, limit: int = _MAX_TEXT_CHARACTERS) -> str:
     if value is None:
         return "-"
     # Reader ids and errors come from the network; control characters in
     # them would garble the terminal.
-    return "".join(ch if ch.isprintable() else "?" for ch in str(value))[:60]
+    return "".join(ch if ch.isprintable() else "?" for ch in str(value))[:limit]
+
+
+def _string(value: object, limit: int) -> str:
+    """Return a text field of a reader's status, or "?" for a value of another type."""
+    if value is None or isinstance(value, str):
+        return _text(value, limit)
+    return _WRONG_TYPE
+
+
+def _count(value: object) -> str:
+    """Return a number field of a reader's status, or "?" for anything else."""
+    if value is None:
+        return "-"
+    number = _number(value)
+    if number is None:
+        return _WRONG_TYPE
+    return _text(number)
+
+
+def _number(value: object) -> int | float | None:
+    """Return ``value`` when it is a finite number of at least 0, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if value >= 0 else None
 
 
 def _uptime(value: object) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        return _text(value)
-    minutes, seconds = divmod(int(value), 60)
+    if value is None:
+        return "-"
+    seconds_up = _number(value)
+    if seconds_up is None:
+        return _WRONG_TYPE
+    minutes, seconds = divmod(int(seconds_up), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"

@@ -216,10 +216,12 @@ def append_array_table(
     """Append ``table`` as a new ``[[key]]`` element at the end of the file.
 
     Unlike :func:`replace_config`, the file's text and comments stay as they
-    are: the new element is added as text after them. The whole result is
-    parsed and validated first. Returns the validated configuration. Raises
-    NotAnArrayOfTablesError when ``key`` is written as an inline array, and
-    ConfigError when the result is invalid; either leaves the file unchanged.
+    are: the new element is added as text after them. A symlinked
+    ``config_path`` keeps its link, as in :func:`_write_atomically`. The
+    whole result is parsed and validated first. Returns the validated
+    configuration. Raises NotAnArrayOfTablesError when ``key`` is written as
+    an inline array, and ConfigError when the result is invalid; either
+    leaves the file unchanged.
     """
     _check_toml_value(table, f"the new [[{key}]] table")
     block = f"\n[[{key}]]\n" + tomli_w.dumps(table)
@@ -235,11 +237,12 @@ def append_array_table(
             ) from None
         config = _validate(document, config_path)
         _reject_identity_change(config, site_id, box_id)
-        mode = config_path.stat().st_mode & 0o777
-        previous = config_path.with_name(config_path.name + ".previous")
+        target = _write_target(config_path)
+        mode = target.stat().st_mode & 0o777
+        previous = target.with_name(target.name + ".previous")
         _replace_with(previous, old_text.encode("utf-8"), mode)
-        _replace_with(config_path, new_text.encode("utf-8"), mode)
-        _sync_folder(config_path.parent)
+        _replace_with(target, new_text.encode("utf-8"), mode)
+        _sync_folder(target.parent)
         return config
 
 
@@ -481,19 +484,30 @@ def _write_atomically(config_path: Path, document: dict[str, Any]) -> None:
     The old bytes go to ``<name>.previous`` first. The new text is written to
     a temporary file in the same folder, flushed to disk and renamed over
     the old file, and the folder is synced so the rename itself survives.
+    A symlinked ``config_path`` keeps its link: the file it points to is
+    replaced, with ``.previous`` beside that file.
     """
     text = tomli_w.dumps(document)
-    folder = config_path.parent
+    target = _write_target(config_path)
     try:
-        mode = config_path.stat().st_mode & 0o777
-        old = config_path.read_bytes()
+        mode = target.stat().st_mode & 0o777
+        old = target.read_bytes()
     except FileNotFoundError:
         mode, old = 0o644, None
     if old is not None:
-        previous = config_path.with_name(config_path.name + ".previous")
+        previous = target.with_name(target.name + ".previous")
         _replace_with(previous, old, mode)
-    _replace_with(config_path, text.encode("utf-8"), mode)
-    _sync_folder(folder)
+    _replace_with(target, text.encode("utf-8"), mode)
+    _sync_folder(target.parent)
+
+
+def _write_target(config_path: Path) -> Path:
+    """Return the file that a write to ``config_path`` replaces, symlinks resolved.
+
+    Renaming a new file over a symlink would replace the link itself and
+    leave the file it points to unchanged.
+    """
+    return Path(os.path.realpath(config_path))
 
 
 def _replace_with(path: Path, data: bytes, mode: int) -> None:

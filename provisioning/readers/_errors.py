@@ -30,4 +30,12 @@ class BoardTimeoutError(ReaderSetupError, TimeoutError):
 
 
 class BoardError(ReaderSetupError, RuntimeError):
-    """Flashing, copying or writing a file on the board failed part way."""
+    """Flashing, copying or writing a file on the board failed part way.
+
+    ``reader_id`` is the reader that was registered in the site file before
+    the failure, or None when none was.
+    """
+
+    def __init__(self, message: str, *, reader_id: str | None = None) -> None:
+        super().__init__(message)
+        self.reader_id = reader_id

@@ -10,17 +10,23 @@ command keeps for its result, so their output is captured and logged.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
+import os
+import re
+import stat
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from provisioning.readers._errors import (
     BoardError,
     BoardNotFoundError,
     BoardTimeoutError,
+    ReaderArgumentError,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,20 +52,97 @@ _WRITE_CHUNK_BYTES = 1024
 # A bound on each serial read, so a board that stops mid-reply cannot hang
 # the command.
 _READ_TIMEOUT_S = 10.0
+_MAX_TCP_PORT = 65535
+_PORT_ADVICE = (
+    "give the board's serial device, such as /dev/ttyUSB0, or a pyserial URL "
+    "such as rfc2217://host:port"
+)
 
 
 def check_port(port: str) -> None:
-    """Raise BoardNotFoundError when the device path ``port`` does not exist.
+    """Raise an error naming ``port`` when it cannot be a board's serial port.
 
-    A pyserial URL is only checked when it is opened.
+    Raises BoardNotFoundError when the device path does not exist, and
+    ReaderArgumentError for a folder, a regular file, a pyserial URL of an
+    unknown protocol, a socket:// or rfc2217:// URL without a valid host and
+    port, and pyserial's loopback port loop://. Other URLs are only checked
+    when they are opened.
     """
     if "://" in port:
+        _check_port_url(port)
         return
-    if not Path(port).exists():
+    try:
+        mode = os.stat(port).st_mode
+    except FileNotFoundError:
         raise BoardNotFoundError(
             f"serial port {port} not found; plug the reader in by USB and give "
             "its port (ls /dev/ttyUSB* /dev/ttyACM* lists them)"
+        ) from None
+    except OSError as err:
+        raise BoardNotFoundError(
+            f"cannot open serial port {port}: {err.strerror}; check that it is "
+            "the reader's port"
+        ) from err
+    kind = None
+    if stat.S_ISDIR(mode):
+        kind = "a folder"
+    elif stat.S_ISREG(mode):
+        kind = "a regular file"
+    if kind is not None:
+        raise ReaderArgumentError(
+            f"port {port} is {kind}, not a serial device; {_PORT_ADVICE}"
         )
+
+
+def _check_port_url(port: str) -> None:
+    scheme = port.split("://", 1)[0]
+    if scheme == "loop":
+        raise ReaderArgumentError(
+            f"port {port} is pyserial's loopback port, which only echoes what "
+            f"is sent and has no board behind it; {_PORT_ADVICE}"
+        )
+    # pyserial imports the module serial.urlhandler.protocol_<scheme>.
+    if (
+        not re.match(r"^[A-Za-z0-9_]+\Z", scheme)
+        or importlib.util.find_spec(f"serial.urlhandler.protocol_{scheme}") is None
+    ):
+        raise ReaderArgumentError(
+            f"port {port} is invalid: pyserial has no protocol {scheme!r}; "
+            f"{_PORT_ADVICE}"
+        )
+    if scheme not in ("socket", "rfc2217"):
+        return
+    parts = urllib.parse.urlsplit(port)
+    try:
+        number = parts.port
+    except ValueError:
+        number = -1
+    if not parts.hostname or number is None or not 1 <= number <= _MAX_TCP_PORT:
+        raise ReaderArgumentError(
+            f"port {port} is invalid: a {scheme}:// URL needs a host and a TCP "
+            f"port from 1 to {_MAX_TCP_PORT}, such as {scheme}://192.168.4.2:4000"
+        )
+
+
+def _open_failure(port: str) -> str | None:
+    """Open ``port`` with pyserial as mpremote does, and return why it fails.
+
+    mpremote reports every failure as "failed to access <port>", so this
+    second attempt recovers the cause, such as "Connection refused". Returns
+    None when the port opens this time.
+    """
+    import serial
+
+    try:
+        connection = serial.serial_for_url(
+            port, baudrate=_BAUD, exclusive=True, do_not_open=True
+        )
+        connection.open()
+    except (OSError, ValueError) as err:
+        # pyserial prefixes the port name, which the caller's message has.
+        return re.sub(r"^[Cc]ould not open port \S+: ", "", str(err))
+    connection.close()
+    return None
 
 
 class MicroPythonBoard:
@@ -161,8 +244,7 @@ class MicroPythonBoard:
 
 def _board_error(action: str, port: str, err: Exception) -> BoardError:
     return BoardError(
-        f"{action} on the board at {port} failed: {err}; check the USB cable "
-        "and run the command again, which skips the files already copied"
+        f"{action} on the board at {port} failed: {err}; check the USB cable"
     )
 
 
@@ -195,9 +277,15 @@ def open_micropython(
     try:
         with _quiet():
             transport = SerialTransport(port, baudrate=_BAUD, timeout=_READ_TIMEOUT_S)
+    except ValueError as err:
+        # pyserial rejects a URL it cannot parse before mpremote opens it.
+        raise ReaderArgumentError(
+            f"port {port} is invalid: {err}; {_PORT_ADVICE}"
+        ) from err
     except TransportError as err:
+        cause = _open_failure(port) or str(err)
         raise BoardNotFoundError(
-            f"cannot open serial port {port}: {err}; check that it is the "
+            f"cannot open serial port {port}: {cause}; check that it is the "
             "reader's port and that no other program (a serial monitor, or "
             "the box's serial uplink) has it open"
         ) from err
@@ -265,8 +353,8 @@ def flash_micropython(
         except (FatalError, OSError) as err:
             raise BoardTimeoutError(
                 f"the board at {port} responded neither as MicroPython nor as "
-                f"the ESP32 bootloader ({err}); check the USB cable, or hold the BOOT "
-                "button while you press EN and run the command again"
+                f"the ESP32 bootloader ({_describe(err)}); check the USB cable, or "
+                "hold the BOOT button while you press EN and run the command again"
             ) from err
         try:
             chip = str(esp.CHIP_NAME)
@@ -287,13 +375,21 @@ def flash_micropython(
         except FatalError as err:
             raise BoardError(
                 f"flashing MicroPython on the board at {port} failed: {err}; "
-                "run the command again"
+                "check the USB cable"
             ) from err
         finally:
             with contextlib.suppress(OSError, AttributeError):
                 esp._port.close()
     _LOGGER.info("Flashed %d bytes of MicroPython on %s", len(image), port)
     return chip
+
+
+def _describe(err: BaseException) -> str:
+    """Return the error's message, with its type when the message alone is terse."""
+    text = str(err).strip()
+    if " " in text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ one against its manifest before any of it goes to a board.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -22,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from appliance.remote.fleet_client import printable
 from provisioning.readers._errors import BundleError
 from provisioning.readers._folder_transport import FolderTransport
 
@@ -53,11 +56,22 @@ ESP32_CHIP_ID = 0
 MAX_IMAGE_BYTES = 4 * 1024 * 1024 - 0x1000
 # FW_VERSION = "1.0.0" in the firmware package's __init__.py.
 _FW_VERSION = re.compile(r"""^FW_VERSION\s*=\s*["']([0-9A-Za-z.+-]{1,32})["']""", re.M)
+# The firmware version that a manifest may name: the same characters as above.
+_VERSION_TEXT = re.compile(r"^[0-9A-Za-z.+-]{1,32}\Z")
 _FW_VERSION_FILE = PurePosixPath("nbreader/__init__.py")
 # Firmware files that MicroPython runs from the root of its file system.
 _ROOT_FILES = ("main.py", "boot.py")
 _SKIPPED_FOLDERS = {"__pycache__", "tests"}
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
+# The maximum length of a path that a manifest may list. build_bundle writes
+# paths of a few dozen characters, so a longer one comes from an edited manifest.
+_MAX_PATH_CHARACTERS = 255
+# Manifest text shown in messages is cut to this many characters.
+_SHOWN_CHARACTERS = 80
+# Package names and versions from the manifest are cut to this many characters.
+_PACKAGE_TEXT_CHARACTERS = 40
+# A manifest larger than this is not one that build_bundle wrote.
+_MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,18 +151,20 @@ def build_bundle(
 ) -> BundleManifest:
     """Build a bundle in ``output``, replacing the bundle there.
 
+    ``output`` must be missing, an empty folder or a reader bundle.
     ``index`` is a mip package index: a URL or a local folder with
     ``package/py/<name>/latest.json`` and ``file/<hh>/<hash>``. ``image``
     is a MicroPython image for ESP32 (ESP32_GENERIC). The bundle is written
     to a temporary folder beside ``output`` and renamed into place, so a
-    failed build leaves the old bundle as it was. Raises BundleError for a
-    missing firmware, an invalid image or a package that cannot be
-    installed.
+    failed build leaves the old bundle as it was. Raises BundleError for
+    an ``output`` that is something else, a missing firmware, an invalid
+    image or a package that cannot be installed.
     """
+    output = output.resolve()
+    _check_output_folder(output)
     image_bytes = None if image is None else read_image(image)
     firmware = firmware if firmware is not None else find_firmware_folder()
     version = read_firmware_version(firmware)
-    output = output.resolve()
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -290,8 +306,61 @@ def _describe_files(folder: Path) -> list[BundleFile]:
     return files
 
 
+def _check_output_folder(output: Path) -> None:
+    """Raise BundleError unless ``output`` may be replaced by a new bundle.
+
+    ``output`` is an absolute path without symlinks. It may be missing, an
+    empty folder or a folder with the manifest of a reader bundle. The root
+    folder and mount points are rejected, because they cannot be renamed.
+    """
+    advice = (
+        "give --output a new or empty folder, or the folder of an existing "
+        "reader bundle"
+    )
+    if output == output.parent:
+        raise BundleError(
+            f"the bundle cannot replace the root folder {output}; {advice}"
+        )
+    try:
+        info = output.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise BundleError(f"cannot use {output} for the bundle: {err}") from err
+    if not stat.S_ISDIR(info.st_mode):
+        raise BundleError(
+            f"{output} exists and is not a folder, so the bundle would replace "
+            f"it; {advice}"
+        )
+    if os.path.ismount(output):
+        raise BundleError(
+            f"{output} is a mount point, which the bundle cannot replace; {advice}"
+        )
+    try:
+        empty = next(output.iterdir(), None) is None
+    except OSError as err:
+        raise BundleError(f"cannot list {output}: {err}; {advice}") from err
+    if empty or _is_bundle(output):
+        return
+    raise BundleError(
+        f"{output} is a folder that is not empty and has no {MANIFEST_NAME} of a "
+        f"format {MANIFEST_FORMAT} reader bundle, so the bundle would delete what "
+        f"it contains; {advice}"
+    )
+
+
+def _is_bundle(folder: Path) -> bool:
+    try:
+        data = _read_regular_file(folder / MANIFEST_NAME, _MAX_MANIFEST_BYTES)
+        manifest = json.loads(data)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+
+
 def _replace_folder(staging: Path, output: Path) -> None:
-    """Rename ``staging`` to ``output``, removing the folder there after."""
+    """Rename ``staging`` to ``output``, removing the bundle there after."""
+    _check_output_folder(output)
     old = None
     if output.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
@@ -310,9 +379,9 @@ def _replace_folder(staging: Path, output: Path) -> None:
 def verify_bundle(folder: Path) -> BundleManifest:
     """Check every file of the bundle in ``folder`` against its manifest.
 
-    Raises BundleError naming the first missing file, or the first whose
-    size or SHA-256 differs, so nothing of a damaged or altered bundle
-    reaches a board.
+    Raises BundleError naming the first missing file, the first that is a
+    symlink or not a regular file, or the first whose size or SHA-256
+    differs, so nothing of a damaged or altered bundle reaches a board.
     """
     manifest_path = folder / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -321,7 +390,8 @@ def verify_bundle(folder: Path) -> BundleManifest:
             "one with 'nightbox reader bundle'"
         )
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        data = _read_regular_file(manifest_path, _MAX_MANIFEST_BYTES)
+        manifest = json.loads(data.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BundleError(
             f"cannot read {manifest_path}: {err}; build the bundle again"
@@ -338,11 +408,16 @@ def verify_bundle(folder: Path) -> BundleManifest:
     if not any(file.path == "main.py" for file in files):
         raise BundleError(f"{manifest_path} lists no main.py; build the bundle again")
     image_name = manifest.get("micropython_image")
+    if image_name not in (None, IMAGE_NAME):
+        raise BundleError(
+            f"{manifest_path} names the image {_shown(image_name)}, not "
+            f"{IMAGE_NAME}; build the bundle again"
+        )
     image = next((file for file in files if file.path == image_name), None)
     if image_name is not None and image is None:
         raise BundleError(
-            f"{manifest_path} names the image {image_name!r} but does not list "
-            "it; build the bundle again"
+            f"{manifest_path} names the image {_shown(image_name)} but does not "
+            "list it; build the bundle again"
         )
     version = manifest.get("firmware_version")
     packages = manifest.get("packages")
@@ -351,13 +426,57 @@ def verify_bundle(folder: Path) -> BundleManifest:
             f"{manifest_path} lacks the firmware version or the package "
             "versions; build the bundle again"
         )
+    if not _VERSION_TEXT.match(version):
+        raise BundleError(
+            f"{manifest_path} names the firmware version {_shown(version)}, which "
+            "is not 1-32 letters, digits and '.+-'; build the bundle again"
+        )
     return BundleManifest(
         folder=folder,
         firmware_version=version,
-        packages={str(name): str(value) for name, value in packages.items()},
+        packages={
+            _package_text(name): _package_text(value)
+            for name, value in packages.items()
+        },
         files=files,
         image=image,
     )
+
+
+def read_bundle_file(folder: Path, file: BundleFile) -> bytes:
+    """Return the bytes of a verified bundle file, checked against the manifest again.
+
+    Raises BundleError when the file was changed since it was verified, or
+    is no longer a regular file.
+    """
+    data = _read_bundle_data(folder, file.path)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != file.sha256:
+        raise BundleError(
+            f"bundle file {file.path} changed after it was verified; build the "
+            "bundle again"
+        )
+    return data
+
+
+def _shown(text: object) -> str:
+    """Return manifest text for a message: cut short, quoted and escaped."""
+    value = str(text)
+    if len(value) > _SHOWN_CHARACTERS:
+        value = value[: _SHOWN_CHARACTERS - 3] + "..."
+    return repr(value)
+
+
+def _cut(text: str) -> str:
+    """Return manifest text for a message without quotes: escaped and cut short."""
+    value = printable(text)
+    if len(value) > _SHOWN_CHARACTERS:
+        value = value[: _SHOWN_CHARACTERS - 3] + "..."
+    return value
+
+
+def _package_text(value: object) -> str:
+    return printable(str(value))[:_PACKAGE_TEXT_CHARACTERS]
 
 
 def _entries(manifest: dict[str, Any], manifest_path: Path) -> list[tuple[str, Any]]:
@@ -367,16 +486,10 @@ def _entries(manifest: dict[str, Any], manifest_path: Path) -> list[tuple[str, A
     return sorted(files.items())
 
 
-def _verified_file(folder: Path, path: str, entry: Any) -> BundleFile:
-    pure = PurePosixPath(path)
-    if (
-        pure.is_absolute()
-        or ".." in pure.parts
-        or "\\" in path
-        or not (pure.parts[0] == "lib" or path in (*_ROOT_FILES, IMAGE_NAME))
-    ):
+def _verified_file(folder: Path, path: Any, entry: Any) -> BundleFile:
+    if not _is_bundle_path(path):
         raise BundleError(
-            f"the bundle manifest in {folder} lists {path!r:.80}, which is not "
+            f"the bundle manifest in {folder} lists {_shown(path)}, which is not "
             "main.py, boot.py, lib/... or the image; build the bundle again"
         )
     if (
@@ -387,15 +500,9 @@ def _verified_file(folder: Path, path: str, entry: Any) -> BundleFile:
     ):
         raise BundleError(
             f"the bundle manifest in {folder} has no valid sha256 and size for "
-            f"{path}; build the bundle again"
+            f"{_shown(path)}; build the bundle again"
         )
-    try:
-        data = (folder / path).read_bytes()
-    except OSError as err:
-        raise BundleError(
-            f"bundle file {folder / path} cannot be read ({err.strerror}); build "
-            "the bundle again"
-        ) from err
+    data = _read_bundle_data(folder, path)
     if len(data) != entry["size"]:
         raise BundleError(
             f"bundle file {path} has {len(data)} bytes but the manifest lists "
@@ -409,3 +516,80 @@ def _verified_file(folder: Path, path: str, entry: Any) -> BundleFile:
             "damaged, so build it again"
         )
     return BundleFile(path=path, sha256=digest, size=len(data))
+
+
+def _is_bundle_path(path: Any) -> bool:
+    """Return whether ``path`` is a normal relative path that a bundle may list."""
+    if (
+        not isinstance(path, str)
+        or not 0 < len(path) <= _MAX_PATH_CHARACTERS
+        or not path.isprintable()
+    ):
+        return False
+    if path in (*_ROOT_FILES, IMAGE_NAME):
+        return True
+    parts = path.split("/")
+    return (
+        len(parts) >= 2
+        and parts[0] == "lib"
+        and all(part not in ("", ".", "..") and "\\" not in part for part in parts)
+    )
+
+
+def _read_bundle_data(folder: Path, path: str) -> bytes:
+    """Read a listed file, which must be a regular file and have no symlink on its way.
+
+    A symlink could make the bundle copy any file of the box, such as its
+    broker passwords, to a board.
+    """
+    current = folder
+    for part in PurePosixPath(path).parts[:-1]:
+        current = current / part
+        try:
+            is_link = current.is_symlink()
+        except OSError:
+            is_link = False
+        if is_link:
+            raise BundleError(
+                f"bundle folder {current} is a symlink; a bundle contains only "
+                "regular files and folders, so build the bundle again"
+            )
+    try:
+        return _read_regular_file(folder / path, MAX_IMAGE_BYTES)
+    except _NotRegularFileError as err:
+        raise BundleError(
+            f"bundle file {folder / path} is {err}, not a regular file; a bundle "
+            "contains only regular files, so build the bundle again"
+        ) from err
+    except OSError as err:
+        raise BundleError(
+            f"bundle file {folder / _cut(path)} cannot be read ({err.strerror}); "
+            "build the bundle again"
+        ) from err
+
+
+class _NotRegularFileError(OSError):
+    """A path names a symlink, folder, device or pipe instead of a regular file."""
+
+
+def _read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """Return the bytes of the regular file ``path``, never following a symlink.
+
+    Raises _NotRegularFileError for anything else, and OSError when the
+    file cannot be read or is larger than ``max_bytes``.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _NotRegularFileError("a symlink") from err
+        raise
+    with os.fdopen(descriptor, "rb") as file:
+        mode = os.fstat(file.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+            raise _NotRegularFileError(kind)
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes")
+    return data

@@ -17,7 +17,8 @@ The stages, in order:
 8. broker: a running box gets SIGHUP, so its broker loads the new account.
 
 Any error before stage 4 changes nothing. A later one leaves the reader
-registered, and running the command again finishes the job.
+registered, and running the command again with that reader's id finishes
+the job.
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ from provisioning.readers.board import (
     flash_micropython,
     open_micropython,
 )
-from provisioning.readers.bundle import IMAGE_NAME, BundleManifest, verify_bundle
+from provisioning.readers.bundle import (
+    IMAGE_NAME,
+    BundleManifest,
+    read_bundle_file,
+    verify_bundle,
+)
 from provisioning.readers.reader_file import (
     READER_FILE,
     read_wifi_password,
@@ -81,6 +87,7 @@ class ProvisionResult:
     site_file_changed: bool = False
     account_created: bool = False
     chip: str | None = None
+    registered: bool = False
     flashed: bool = False
     copied: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
@@ -126,7 +133,9 @@ def provision_reader(
     Raises BundleError or ReaderArgumentError (nothing changed),
     BoardNotFoundError or BoardTimeoutError (nothing changed), ConfigError
     for an invalid site file, and BoardError when writing to the board
-    failed part way.
+    failed part way. A BoardError raised after the reader was registered
+    names its id in the message and in ``reader_id``, so the command can be
+    run again for the same reader.
     """
     config = load_config(config_path)
     reader = validate_request(request, config)
@@ -141,28 +150,58 @@ def provision_reader(
     )
     check_port(request.port)
     result = ProvisionResult(reader, request.port, manifest.firmware_version)
+    try:
+        return _set_up_board(
+            config_path,
+            config,
+            reader,
+            manifest,
+            wifi_password,
+            progress,
+            result,
+            probe_timeout_s,
+        )
+    except (BoardError, BundleError) as err:
+        if not result.registered:
+            raise
+        raise BoardError(
+            f"{err}. Reader {reader.id} is registered in {config_path}, so run "
+            f"the command again with --id {reader.id} to finish it; the files "
+            "already on the board are skipped",
+            reader_id=reader.id,
+        ) from err
 
-    board = open_micropython(request.port, probe_timeout_s)
+
+def _set_up_board(
+    config_path: Path,
+    config: SiteConfig,
+    reader: ReaderConfig,
+    manifest: BundleManifest,
+    wifi_password: str | None,
+    progress: Progress,
+    result: ProvisionResult,
+    probe_timeout_s: float,
+) -> ProvisionResult:
+    """Run the stages from the probe on; the reader is registered on the way."""
+    port = result.port
+    board = open_micropython(port, probe_timeout_s)
     if board is None:
         if manifest.image is None:
             raise BundleError(
-                f"the board at {request.port} has no MicroPython and the bundle "
+                f"the board at {port} has no MicroPython and the bundle "
                 f"in {manifest.folder} has no MicroPython image; build the bundle "
                 "again with --micropython-image"
             )
-        progress.stage(
-            "probe", f"no MicroPython responded on {request.port}; flashing it"
-        )
+        progress.stage("probe", f"no MicroPython responded on {port}; flashing it")
         config = _flash(config_path, config, reader, manifest, progress, result)
-        board = open_micropython(request.port, FIRST_BOOT_TIMEOUT_S)
+        board = open_micropython(port, FIRST_BOOT_TIMEOUT_S)
         if board is None:
             raise BoardError(
-                f"MicroPython was written to the board at {request.port} but "
-                "does not respond; press the board's EN button and run the "
-                "command again"
+                f"MicroPython was written to the board at {port} but "
+                "does not respond; press the board's EN button"
             )
     else:
-        progress.stage("probe", f"MicroPython responded on {request.port}")
+        progress.stage("probe", f"MicroPython responded on {port}")
         config = _register(config_path, config, reader, progress, result)
 
     with board:
@@ -200,6 +239,7 @@ def _register(
     config, changed = register_reader(config_path, config, reader)
     ensure_broker_account(config, reader.id)
     new_account = accounts.read_bytes() != before
+    result.registered = True
     result.site_file_changed = changed
     result.account_created = new_account
     action = "added to" if changed else "already in"
@@ -217,7 +257,7 @@ def _flash(
     result: ProvisionResult,
 ) -> SiteConfig:
     assert manifest.image is not None
-    image = (manifest.folder / manifest.image.path).read_bytes()
+    image = read_bundle_file(manifest.folder, manifest.image)
     registered: list[SiteConfig] = []
 
     def on_connected(chip: str) -> None:
@@ -244,7 +284,7 @@ def _copy_files(
         if board.file_sha256(target) == file.sha256:
             result.unchanged.append(file.path)
             continue
-        data = (manifest.folder / file.path).read_bytes()
+        data = read_bundle_file(manifest.folder, file)
 
         def on_progress(done: int, total: int, label: str = file.path) -> None:
             progress.percent("copy", label, done, total)

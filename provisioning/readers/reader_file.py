@@ -9,13 +9,18 @@ or returns it as text for printing.
 
 from __future__ import annotations
 
+import logging
 import math
+import stat
 import string
+from pathlib import Path
 from typing import Any
 
 from appliance.config import ReaderConfig, ReaderNetwork, SiteConfig
 from provisioning.credentials import BrokerAccount
 from provisioning.readers._errors import ReaderArgumentError
+
+_LOGGER = logging.getLogger(__name__)
 
 READER_FILE = "/reader.json"
 READER_FILE_VERSION = 1
@@ -53,8 +58,9 @@ def read_wifi_password(network: ReaderNetwork) -> str:
     """Return the Wi-Fi password from ``wifi_password_file``, or "" for an open network.
 
     One trailing line break is removed. Raises ReaderArgumentError, naming
-    the file but never its content, when the file cannot be read or does not
-    hold a WPA2 passphrase.
+    the file but never its content, when the file cannot be read, has more
+    than one line or does not hold a WPA2 passphrase. A file that other
+    users may read is used, with a warning in the log.
     """
     path = network.wifi_password_file
     if path is None:
@@ -68,13 +74,35 @@ def read_wifi_password(network: ReaderNetwork) -> str:
             "network's password on one line"
         ) from err
     password = text.removesuffix("\n").removesuffix("\r")
+    if "\n" in password or "\r" in password:
+        raise ReaderArgumentError(
+            f"the Wi-Fi password file {path} has more than one line; it must "
+            "contain only the network's password, on one line"
+        )
     if not _is_wpa_password(password):
         raise ReaderArgumentError(
             f"the Wi-Fi password in {path} is not a WPA2 password (8-63 "
-            "printable ASCII characters, or 64 hex digits); put the network's "
-            "password alone on the first line"
+            "printable ASCII characters, or 64 hex digits); the file must "
+            "contain only the network's password, on one line"
         )
+    _warn_if_readable(path)
     return password
+
+
+def _warn_if_readable(path: Path) -> None:
+    """Log a warning when users other than the owner may read or change ``path``."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        _LOGGER.warning(
+            "The Wi-Fi password file %s has mode %04o, so other users of the box "
+            "may read it; run chmod 600 %s",
+            path,
+            stat.S_IMODE(mode),
+            path,
+        )
 
 
 def _is_wpa_password(password: str) -> bool:

@@ -85,7 +85,11 @@ def validate_request(request: ReaderRequest, config: SiteConfig) -> ReaderConfig
             f"port {request.port!r:.60} is invalid; give the board's serial device "
             "such as /dev/ttyUSB0"
         )
-    reader_id = request.reader_id or _next_free_id(config, request.role)
+    reader_id = (
+        _next_free_id(config, request.role)
+        if request.reader_id is None
+        else request.reader_id
+    )
     if not ID_PATTERN.match(reader_id):
         raise ReaderArgumentError(
             f"reader id {reader_id!r:.60} is invalid; use 1-32 lowercase letters, "
@@ -97,10 +101,11 @@ def validate_request(request: ReaderRequest, config: SiteConfig) -> ReaderConfig
             f"reader id {reader_id!r} is the box's own scanner; choose another --id"
         )
     if existing is not None and existing.role != request.role:
+        role = existing.role
         raise ReaderArgumentError(
-            f"reader {reader_id} is already in the site file as a {existing.role} "
-            f"reader; give another --id, or --role {existing.role} to provision "
-            "it again"
+            f"reader {reader_id} is already in the site file as {_article(role)} "
+            f"{role} reader; give another --id, or --role {role} to provision it "
+            "again"
         )
     kit_stock = _kit_stock(request, existing)
     if request.uplink == "wifi" and config.reader_network is None:
@@ -125,6 +130,10 @@ def validate_request(request: ReaderRequest, config: SiteConfig) -> ReaderConfig
         uplink=request.uplink,  # type: ignore[arg-type]
         serial_port=serial_port,
     )
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _kit_stock(request: ReaderRequest, existing: ReaderConfig | None) -> int:

@@ -33,6 +33,8 @@ CONNECT_TIMEOUT_S = 5.0
 ONLINE = "online"
 OFFLINE = "offline"
 NEVER_SEEN = "never seen"
+# The reader published a status, but the broker has no availability of it.
+NO_AVAILABILITY = "no availability"
 UNKNOWN = "unknown"
 # Fields of a reader's status data shown by `reader list`, in table order.
 STATUS_FIELDS = (
@@ -184,10 +186,10 @@ def _collect(
             except PayloadError as err:
                 survey.unreadable.append(f"{message.topic}: {err}")
     for view in views.values():
-        # A reader that published a status but no availability stays
-        # "unknown": its availability is retained on every connect.
-        if view.state == UNKNOWN and not view.status:
-            view.state = NEVER_SEEN
+        # A reader retains its availability on every connect, so a status
+        # without one comes from an unusual client or a cleared topic.
+        if view.state == UNKNOWN:
+            view.state = NO_AVAILABILITY if view.status else NEVER_SEEN
 
 
 def _observer_login(config: SiteConfig) -> Login:

@@ -164,7 +164,9 @@ def write_site(folder: Path, *, network: bool = True, extra: str = "") -> Path:
     path = folder / "site.toml"
     path.write_text(BASE_SITE + (NETWORK_TABLE if network else "") + extra)
     if network:
-        (folder / "wifi-password.txt").write_text(WIFI_PASSWORD + "\n")
+        password_file = folder / "wifi-password.txt"
+        password_file.write_text(WIFI_PASSWORD + "\n")
+        password_file.chmod(0o600)
     return path
 
 

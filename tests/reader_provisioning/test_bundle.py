@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,9 @@ from tests.reader_provisioning.provisioning_site import (  # noqa: F401
 )
 
 TIMEOUT_S = 60.0
+# How long a check of a bundle with a named pipe may take before it counts as
+# blocked on the pipe.
+PIPE_WAIT_S = 10.0
 # The first 16 bytes of an ESP32 image header: magic 0xE9, 3 segments, flash
 # mode, size and frequency, entry point, then chip id 0 (ESP32) at bytes 12-13.
 ESP32_HEADER = bytes.fromhex("e9030220") + bytes(12)
@@ -221,3 +227,171 @@ def test_cli_bundle_bad_image(site_file: Path, tmp_path: Path, mip_index: Path) 
     assert result.returncode == 2
     assert "notes.txt is not an ESP32 firmware image" in result.stderr
     assert not (tmp_path / "box" / "reader-bundle").exists()
+
+
+def add_manifest_entry(bundle: Path, name: str, data: bytes) -> None:
+    """List ``name`` in the bundle's manifest with the SHA-256 and size of ``data``."""
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][name] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_output_with_data_rejected(tmp_path: Path, mip_index: Path) -> None:
+    output = tmp_path / "data"
+    output.mkdir()
+    (output / "nightbox.sqlite3").write_bytes(b"the night's store")
+    with pytest.raises(BundleError) as caught:
+        build_bundle(output, index=str(mip_index))
+    assert str(output) in str(caught.value)
+    assert "give --output a new or empty folder" in str(caught.value)
+    assert (output / "nightbox.sqlite3").read_bytes() == b"the night's store"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]
+
+
+def test_output_file_rejected(tmp_path: Path, mip_index: Path) -> None:
+    output = tmp_path / "notes.txt"
+    output.write_text("keep me")
+    with pytest.raises(BundleError, match="exists and is not a folder"):
+        build_bundle(output, index=str(mip_index))
+    assert output.read_text() == "keep me"
+
+
+def test_output_root_rejected(mip_index: Path) -> None:
+    with pytest.raises(BundleError, match="cannot replace the root folder /"):
+        build_bundle(Path("/"), index=str(mip_index))
+
+
+def test_output_empty_folder_used(tmp_path: Path, mip_index: Path) -> None:
+    output = tmp_path / "empty"
+    output.mkdir()
+    manifest = build_bundle(output, index=str(mip_index))
+    assert manifest.folder == output
+    assert (output / "manifest.json").is_file()
+
+
+def test_output_other_manifest_rejected(tmp_path: Path, mip_index: Path) -> None:
+    output = tmp_path / "other"
+    output.mkdir()
+    (output / "manifest.json").write_text('{"name": "a web app"}')
+    with pytest.raises(BundleError, match=r"has no manifest\.json of a format 1"):
+        build_bundle(output, index=str(mip_index))
+    assert (output / "manifest.json").read_text() == '{"name": "a web app"}'
+
+
+def test_cli_bundle_output_kept(tmp_path: Path, mip_index: Path) -> None:
+    output = tmp_path / "box"
+    output.mkdir()
+    (output / "nightbox.sqlite3").write_bytes(b"store")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "reader",
+            "bundle",
+            "--index",
+            str(mip_index),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"nightbox reader bundle: {output} is a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (output / "nightbox.sqlite3").read_bytes() == b"store"
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".", "lib", "lib/", "lib/./a.py", "lib/a\x00b", "lib/" + "a" * 5000]
+)
+def test_malformed_entry_rejected(bundle: Path, name: str) -> None:
+    add_manifest_entry(bundle, name, b"")
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(bundle)
+    message = str(caught.value)
+    assert "lists '" in message
+    assert "build the bundle again" in message
+    assert "\x00" not in message
+    assert len(message) < 400
+
+
+def test_symlinked_file_rejected(bundle: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "broker.json"
+    secret.write_text('{"observer": "secret"}')
+    (bundle / "lib" / "secret.json").symlink_to(secret)
+    add_manifest_entry(bundle, "lib/secret.json", secret.read_bytes())
+    with pytest.raises(BundleError, match=r"secret\.json is a symlink, not a regular"):
+        verify_bundle(bundle)
+
+
+def test_symlinked_folder_rejected(bundle: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.py").write_text("print(1)\n")
+    (bundle / "lib" / "linked").symlink_to(outside)
+    add_manifest_entry(bundle, "lib/linked/x.py", b"print(1)\n")
+    with pytest.raises(BundleError, match=r"lib/linked is a symlink"):
+        verify_bundle(bundle)
+
+
+def test_pipe_rejected(bundle: Path) -> None:
+    pipe = bundle / "lib" / "pipe.py"
+    os.mkfifo(pipe)
+    add_manifest_entry(bundle, "lib/pipe.py", b"")
+    errors: list[Exception] = []
+
+    def verify() -> None:
+        try:
+            verify_bundle(bundle)
+        except Exception as err:
+            errors.append(err)
+
+    worker = threading.Thread(target=verify, daemon=True)
+    worker.start()
+    worker.join(timeout=PIPE_WAIT_S)
+    blocked = worker.is_alive()
+    if blocked:
+        # Opening the pipe for writing releases a reader that waits for one.
+        with contextlib.suppress(OSError):
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=PIPE_WAIT_S)
+    assert not blocked, "verify_bundle waited for a writer on the pipe"
+    assert len(errors) == 1
+    assert isinstance(errors[0], BundleError)
+    assert "pipe.py is a device, pipe or socket" in str(errors[0])
+
+
+def test_version_with_escape_rejected(bundle: Path) -> None:
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["firmware_version"] = "1.0\x1b[2J"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(bundle)
+    assert "firmware version '1.0\\x1b[2J'" in str(caught.value)
+    assert "\x1b" not in str(caught.value)
+
+
+def test_package_text_escaped(bundle: Path) -> None:
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["packages"]["umqtt.simple"] = "1.3.4\x1b]0;title\x07"
+    manifest_path.write_text(json.dumps(manifest))
+    packages = verify_bundle(bundle).packages
+    assert packages["umqtt.simple"] == "1.3.4\\x1b]0;title\\x07"
+
+
+def test_image_name_other_file(bundle: Path) -> None:
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["micropython_image"] = "main.py"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"names the image 'main\.py', not"):
+        verify_bundle(bundle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,37 @@ def test_missing_password_file(tmp_path: Path) -> None:
     (tmp_path / "wifi-password.txt").unlink()
     with pytest.raises(ReaderArgumentError, match="cannot read the Wi-Fi password"):
         read_wifi_password(config.reader_network)
+
+
+def test_password_second_line_rejected(tmp_path: Path) -> None:
+    config = load_config(write_site(tmp_path))
+    assert config.reader_network is not None
+    (tmp_path / "wifi-password.txt").write_text(WIFI_PASSWORD + "\nguest network\n")
+    with pytest.raises(ReaderArgumentError) as caught:
+        read_wifi_password(config.reader_network)
+    assert "has more than one line" in str(caught.value)
+    assert "must contain only the network's password" in str(caught.value)
+    assert WIFI_PASSWORD not in str(caught.value)
+
+
+def test_readable_password_file_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(write_site(tmp_path))
+    assert config.reader_network is not None
+    password_file = tmp_path / "wifi-password.txt"
+    password_file.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        assert read_wifi_password(config.reader_network) == WIFI_PASSWORD
+    assert f"chmod 600 {password_file}" in caplog.text
+    assert WIFI_PASSWORD not in caplog.text
+
+
+def test_private_password_file_quiet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(write_site(tmp_path))
+    assert config.reader_network is not None
+    with caplog.at_level(logging.WARNING):
+        assert read_wifi_password(config.reader_network) == WIFI_PASSWORD
+    assert caplog.records == []

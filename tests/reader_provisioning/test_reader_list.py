@@ -15,7 +15,13 @@ import paho.mqtt.client as paho
 from appliance.bus.broker import BrokerHandle
 from appliance.config import load_config
 from provisioning import SiteCredentials
-from provisioning.readers.survey import NEVER_SEEN, OFFLINE, ONLINE, survey_readers
+from provisioning.readers.survey import (
+    NEVER_SEEN,
+    NO_AVAILABILITY,
+    OFFLINE,
+    ONLINE,
+    survey_readers,
+)
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
     site_file_fixture,
 )
@@ -188,3 +194,61 @@ def test_list_box_stopped(site_file: Path) -> None:
     assert not listing["box_reachable"]
     assert "refused" in listing["problem"]
     assert [reader["state"] for reader in listing["readers"]] == ["unknown"] * 3
+
+
+async def test_status_without_availability(
+    site_file: Path, mosquitto: BrokerHandle, credentials: SiteCredentials
+) -> None:
+    publish_retained(
+        mosquitto,
+        "reader-exit-1",
+        credentials.account("reader-exit-1").password,
+        {"nightbox/test/reader/exit-1/status": envelope("reader/exit-1", STATUS)},
+    )
+    survey = survey_readers(load_config(site_file))
+    views = {view.reader: view for view in survey.readers}
+    assert views["exit-1"].state == NO_AVAILABILITY
+    assert views["exit-2"].state == NEVER_SEEN
+    result = nightbox("reader", "list", "--config", str(site_file))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "no availability" in rows["exit-1"]
+    assert "unknown" not in rows["exit-1"]
+
+
+async def test_list_odd_status_values(
+    site_file: Path, mosquitto: BrokerHandle, credentials: SiteCredentials
+) -> None:
+    status = {
+        **STATUS,
+        "fw": 7,
+        "heap_free": "plenty",
+        "reconnects": -2,
+        "uptime_s": [1],
+        "last_error": "E" * 500,
+    }
+    publish_retained(
+        mosquitto,
+        "reader-exit-1",
+        credentials.account("reader-exit-1").password,
+        {
+            "nightbox/test/reader/exit-1/availability": b"online",
+            "nightbox/test/reader/exit-1/status": envelope("reader/exit-1", status),
+        },
+    )
+    result = nightbox("reader", "list", "--config", str(site_file))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("READER "))
+    row = next(line for line in lines if line.startswith("exit-1 "))
+
+    def cell(column: str) -> str:
+        start = header.index(column)
+        return row[start:].split()[0]
+
+    assert cell("FW") == "?"
+    assert cell("UPTIME") == "?"
+    assert cell("HEAP") == "?"
+    assert cell("RECONNECTS") == "?"
+    assert cell("SCANS/MIN") == "1800"
+    assert cell("LAST ERROR") == "E" * 120

@@ -45,6 +45,11 @@ def request(**changes: object) -> ReaderRequest:
         ({"reader_id": "kit-1"}, "reader kit-1 is already in the site file as a kit"),
         ({"kit_stock": 3}, "--kit-stock is for kit readers only"),
         ({"port": ""}, "port '' is invalid"),
+        ({"reader_id": ""}, "reader id '' is invalid"),
+        (
+            {"role": "kit", "reader_id": "exit-1"},
+            "reader exit-1 is already in the site file as an exit reader",
+        ),
     ],
 )
 def test_request_rejected(
@@ -215,3 +220,24 @@ def test_running_box_gets_sighup(site_file: Path) -> None:
         holder.kill()
         holder.wait()
     assert running_box_pid(config) is None
+
+
+def test_register_through_symlink(site_file: Path) -> None:
+    real = site_file.with_name("real-site.toml")
+    site_file.rename(real)
+    link = site_file.with_name("link.toml")
+    link.symlink_to(real.name)
+    config = load_config(link)
+    register_reader(link, config, validate_request(request(), config))
+    assert link.is_symlink()
+    assert load_config(real).reader("exit-3") is not None
+
+    config = load_config(link)
+    moved = validate_request(request(reader_id="exit-3", zone="bar"), config)
+    register_reader(link, config, moved)
+    assert link.is_symlink()
+    exit_3 = load_config(real).reader("exit-3")
+    assert exit_3 is not None
+    assert exit_3.zone == "bar"
+    assert real.with_name("real-site.toml.previous").is_file()
+    assert not link.with_name("link.toml.previous").exists()

@@ -10,6 +10,7 @@ import pytest
 from appliance.errors import ConfigError
 from appliance.remote.site_file import (
     HIDDEN,
+    append_array_table,
     config_get,
     config_set,
     replace_config,
@@ -359,3 +360,51 @@ def test_replace_invalid_document_keeps_file(site_file: Path) -> None:
 def test_missing_file_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         config_get(tmp_path / "absent.toml", None)
+
+
+@pytest.fixture
+def linked_site_file(site_file: Path) -> Path:
+    """A symlink ``link.toml`` to the site file, renamed ``real-site.toml``."""
+    real = site_file.with_name("real-site.toml")
+    site_file.rename(real)
+    link = site_file.with_name("link.toml")
+    link.symlink_to(real.name)
+    return link
+
+
+def test_set_through_symlink(linked_site_file: Path) -> None:
+    config_set(linked_site_file, "wallet.max_charge", 15000)
+
+    real = linked_site_file.with_name("real-site.toml")
+    assert linked_site_file.is_symlink()
+    assert tomllib.loads(real.read_text())["wallet"]["max_charge"] == 15000
+    assert real.with_name("real-site.toml.previous").read_text() == SITE_TOML
+    assert not linked_site_file.with_name("link.toml.previous").exists()
+    assert real.stat().st_mode & 0o777 == 0o640
+
+
+def test_replace_through_symlink(linked_site_file: Path) -> None:
+    document = tomllib.loads(SITE_TOML)
+    document["wallet"]["max_charge"] = 9000
+    replace_config(linked_site_file, document, site_id="club", box_id="box-1")
+
+    real = linked_site_file.with_name("real-site.toml")
+    assert linked_site_file.is_symlink()
+    assert tomllib.loads(real.read_text())["wallet"]["max_charge"] == 9000
+    assert real.with_name("real-site.toml.previous").read_text() == SITE_TOML
+
+
+def test_append_through_symlink(linked_site_file: Path) -> None:
+    table = {"id": "exit-2", "role": "exit"}
+    config = append_array_table(
+        linked_site_file, "readers", table, site_id="club", box_id="box-1"
+    )
+
+    real = linked_site_file.with_name("real-site.toml")
+    assert config.reader("exit-2") is not None
+    assert linked_site_file.is_symlink()
+    assert real.read_text().startswith(SITE_TOML)
+    assert tomllib.loads(real.read_text())["readers"][-1] == table
+    assert real.with_name("real-site.toml.previous").read_text() == SITE_TOML
+    assert not linked_site_file.with_name("link.toml.previous").exists()
+    assert real.stat().st_mode & 0o777 == 0o640
