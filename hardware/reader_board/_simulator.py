@@ -243,11 +243,10 @@ class BoardSimulator:
             # The previous session saves flash and files before this boot reads them.
             previous.join(timeout=_INTERPRETER_EXIT_S)
         try:
-            # NOTE: esptool puts a real board into download mode by pulsing EN
-            # and GPIO0 through DTR/RTS, and a real flash erase takes seconds.
-            # Only a real board proves that sequence and esptool's timeouts,
-            # because here the host's first byte picks the mode and flash
-            # writes are instant.
+            # esptool puts a real board into download mode by pulsing EN and
+            # GPIO0 through DTR/RTS, and a real flash erase takes seconds.
+            # Here the host's first byte picks the mode and flash writes are
+            # instant.
             first = self._receive(conn, _FIRST_BYTE_WAIT_S)
             if first[:1] == bytes([_slip.END]):
                 _log.info(
