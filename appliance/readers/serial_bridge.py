@@ -279,7 +279,7 @@ class SerialBridge:
         self._log_limited(
             "wrong-reader",
             "Serial port %s belongs to %s reader %s, but the board says it is "
-            "%s reader %r; its frames are ignored until it says hello as %s",
+            "%r reader %r; its frames are ignored until it says hello as %s",
             self.port,
             self.reader.role,
             self.reader.id,

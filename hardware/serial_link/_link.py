@@ -118,6 +118,9 @@ class SerialLink:
                 baudrate=self._baudrate,
                 timeout=_READ_TIMEOUT_S,
                 write_timeout=2.0,
+                # An exclusive lock keeps provisioning and serial monitors
+                # from writing into a reader's line while the box serves it.
+                exclusive=True,
                 do_not_open=True,
             )
             # NOTE: on ESP32 boards with the usual auto-reset circuit, DTR and

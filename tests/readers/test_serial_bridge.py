@@ -252,6 +252,26 @@ async def test_serial_wrong_role_ignored(box: Box, boards: dict[str, PtyBoard]) 
     assert serial_status(box, "kit-3")["wrong-reader"] == 1
 
 
+async def test_serial_hello_escaped_in_log(
+    box: Box, boards: dict[str, PtyBoard], caplog: pytest.LogCaptureFixture
+) -> None:
+    board = boards["kit-3"]
+    await bridge_open(box, "kit-3")
+    board.write(hello("kit-3", "\x1b[2J\x1b[31mkit"))
+
+    await wait_for_count(box, "kit-3", "wrong-reader", 1)
+
+    lines = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "appliance.readers.serial_bridge"
+    ]
+    wrong = [line for line in lines if "says it is" in line]
+    assert len(wrong) == 1
+    assert "\x1b" not in wrong[0]
+    assert "\\x1b[2J" in wrong[0]
+
+
 async def test_serial_forbidden_channel(box: Box, boards: dict[str, PtyBoard]) -> None:
     board = boards["exit-3"]
     await bridge_open(box, "exit-3")

@@ -138,6 +138,18 @@ async def test_link_missing_device(received: Received) -> None:
     assert "serial_port" in str(caught.value)
 
 
+async def test_link_port_held_exclusively(
+    board: PtyBoard, link: SerialLink, received: Received
+) -> None:
+    second = SerialLink(board.path, print, received.on_closed)
+
+    with pytest.raises(SerialPortError) as caught:
+        await second.open()
+
+    assert board.path in str(caught.value)
+    assert "lock" in str(caught.value)
+
+
 async def test_link_invalid_url(received: Received) -> None:
     link = SerialLink("nosuchscheme://x", print, received.on_closed)
 
