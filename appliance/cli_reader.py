@@ -6,12 +6,14 @@ a MicroPython image. ``provision`` and ``list`` work on the box alone.
 Exit codes:
 
 - 0: success, for ``list`` also when the box does not run, which it prints.
-- 2: an invalid argument, site file or bundle. Nothing was changed.
-- 3: the board's port does not exist, or the board responded neither
-  as MicroPython nor as the ESP32 bootloader. Nothing was changed.
-- 4: writing to the board failed part way. The reader is registered in the
-  site file, so run the command again with ``--id`` and the id that the
-  error names to finish that reader.
+- 2: an invalid argument, site file or bundle, or a port that a serial
+  reader of the site uses. Nothing was changed.
+- 3: the board's port does not exist or is in use, or the board responded
+  neither as MicroPython nor as the ESP32 bootloader. Nothing was changed.
+- 4: a step after the reader was registered failed, such as writing to the
+  board. The reader is registered in the site file, so run the command
+  again with ``--id`` and the id that the error names to finish that
+  reader.
 """
 
 from __future__ import annotations
@@ -51,8 +53,14 @@ _PERCENT_STEP = 25
 _MAX_VERSION_CHARACTERS = 32
 _MAX_ERROR_CHARACTERS = 120
 _MAX_TEXT_CHARACTERS = 60
-# A status field whose value has the wrong type for it.
+# A status field whose value has the wrong type for it or is out of range.
 _WRONG_TYPE = "?"
+# The largest values that `reader list` shows. A reader that has run for
+# more than 10 years (in seconds), or any count above a billion, sent a
+# broken status, and printing such numbers whole would widen the table by
+# hundreds of digits.
+_MAX_UPTIME_S = 10 * 365 * 24 * 3600
+_MAX_COUNT = 10**9
 
 
 def add_commands(commands: Any) -> None:
@@ -62,9 +70,10 @@ def add_commands(commands: Any) -> None:
         help="build the reader bundle, provision ESP32 readers, list readers",
         description="Set up the site's ESP32 readers from the box. See "
         "docs/readers.md. Exit codes: 0 success, 2 invalid input (nothing "
-        "changed), 3 board not found or not responding (nothing changed), 4 "
-        "writing to the board failed part way (the reader is registered, so "
-        "run the command again with --id and the id that the error names).",
+        "changed), 3 board not found, in use or not responding (nothing "
+        "changed), 4 a step after registering the reader failed, such as "
+        "writing to the board (the reader is registered, so run the command "
+        "again with --id and the id that the error names).",
     )
     reader_commands = reader.add_subparsers(dest="reader_command", required=True)
 
@@ -95,7 +104,7 @@ def add_commands(commands: Any) -> None:
     )
     bundle.add_argument(
         "--output",
-        type=Path,
+        type=_folder_path,
         metavar="DIR",
         help="bundle folder: a new or empty folder, or a bundle, which is replaced "
         "whole (default: <box.data_dir>/reader-bundle)",
@@ -173,6 +182,13 @@ def add_commands(commands: Any) -> None:
     )
     add_config_option(listing)
     listing.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _folder_path(text: str) -> Path:
+    # Path("") is the current folder, which the bundle would replace.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, not an empty text")
+    return Path(text)
 
 
 def _seconds(text: str) -> float:
@@ -378,28 +394,28 @@ def _string(value: object, limit: int) -> str:
 
 
 def _count(value: object) -> str:
-    """Return a number field of a reader's status, or "?" for anything else."""
+    """Return a count of a reader's status, or "?" for anything else."""
     if value is None:
         return "-"
-    number = _number(value)
+    number = _number(value, _MAX_COUNT)
     if number is None:
         return _WRONG_TYPE
     return _text(number)
 
 
-def _number(value: object) -> int | float | None:
-    """Return ``value`` when it is a finite number of at least 0, else None."""
+def _number(value: object, maximum: int) -> int | float | None:
+    """Return ``value`` when it is a number from 0 to ``maximum``, else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value if value >= 0 else None
+    return value if 0 <= value <= maximum else None
 
 
 def _uptime(value: object) -> str:
     if value is None:
         return "-"
-    seconds_up = _number(value)
+    seconds_up = _number(value, _MAX_UPTIME_S)
     if seconds_up is None:
         return _WRONG_TYPE
     minutes, seconds = divmod(int(seconds_up), 60)

@@ -10,6 +10,7 @@ command keeps for its result, so their output is captured and logged.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import io
 import logging
@@ -53,6 +54,10 @@ _WRITE_CHUNK_BYTES = 1024
 # the command.
 _READ_TIMEOUT_S = 10.0
 _MAX_TCP_PORT = 65535
+# The errors of opening a port that another process holds: pyserial's
+# exclusive lock (flock) fails with EAGAIN (EWOULDBLOCK), and some drivers
+# refuse a second open with EBUSY.
+_PORT_BUSY_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY})
 _PORT_ADVICE = (
     "give the board's serial device, such as /dev/ttyUSB0, or a pyserial URL "
     "such as rfc2217://host:port"
@@ -129,7 +134,8 @@ def _open_failure(port: str) -> str | None:
 
     mpremote reports every failure as "failed to access <port>", so this
     second attempt recovers the cause, such as "Connection refused". Returns
-    None when the port opens this time.
+    None when the port opens this time. Raises BoardNotFoundError when
+    another program holds the port.
     """
     import serial
 
@@ -138,11 +144,44 @@ def _open_failure(port: str) -> str | None:
             port, baudrate=_BAUD, exclusive=True, do_not_open=True
         )
         connection.open()
-    except (OSError, ValueError) as err:
-        # pyserial prefixes the port name, which the caller's message has.
-        return re.sub(r"^[Cc]ould not open port \S+: ", "", str(err))
+    except OSError as err:
+        if _port_busy(err):
+            raise _port_in_use_error(port) from err
+        return _without_port_prefix(str(err))
+    except ValueError as err:
+        return _without_port_prefix(str(err))
     connection.close()
     return None
+
+
+def _port_busy(err: BaseException) -> bool:
+    """Return whether ``err`` or an error in its chain means the port is held."""
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return any(
+        isinstance(item, OSError) and item.errno in _PORT_BUSY_ERRNOS for item in chain
+    )
+
+
+def _port_in_use_error(port: str) -> BoardNotFoundError:
+    return BoardNotFoundError(
+        f"serial port {port} is in use by another program, such as the "
+        "running box serving a serial reader on it, or a serial monitor; "
+        "stop that program (provision a serial reader of the box while the "
+        "box is stopped), or plug the board into another port"
+    )
+
+
+def _without_port_prefix(message: str) -> str:
+    # pyserial prefixes the port name, which the caller's message has.
+    return re.sub(
+        r"^(\[Errno \d+\] )?[Cc]ould not (exclusively lock|open) port \S+: ",
+        "",
+        message,
+    )
 
 
 class MicroPythonBoard:
@@ -351,6 +390,10 @@ def flash_micropython(
                 connect_attempts=_CONNECT_ATTEMPTS,
             )
         except (FatalError, OSError) as err:
+            # esptool raises FatalError from pyserial's error when the port
+            # does not open.
+            if _port_busy(err):
+                raise _port_in_use_error(port) from err
             raise BoardTimeoutError(
                 f"the board at {port} responded neither as MicroPython nor as "
                 f"the ESP32 bootloader ({_describe(err)}); check the USB cable, or "

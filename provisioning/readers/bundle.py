@@ -72,6 +72,10 @@ _SHOWN_CHARACTERS = 80
 _PACKAGE_TEXT_CHARACTERS = 40
 # A manifest larger than this is not one that build_bundle wrote.
 _MAX_MANIFEST_BYTES = 1024 * 1024
+# A bundle contains no secret, so every user may read it (mkdtemp creates
+# the folder with mode 0700).
+_FOLDER_MODE = 0o755
+_FILE_MODE = 0o644
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +194,7 @@ def build_bundle(
         (staging / MANIFEST_NAME).write_text(
             json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         )
+        _set_modes(staging)
         _replace_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -306,12 +311,23 @@ def _describe_files(folder: Path) -> list[BundleFile]:
     return files
 
 
+def _set_modes(folder: Path) -> None:
+    """Make ``folder`` and its subfolders mode 0755, and its files mode 0644."""
+    folder.chmod(_FOLDER_MODE)
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(root, name), _FOLDER_MODE)
+        for name in files:
+            os.chmod(os.path.join(root, name), _FILE_MODE)
+
+
 def _check_output_folder(output: Path) -> None:
     """Raise BundleError unless ``output`` may be replaced by a new bundle.
 
     ``output`` is an absolute path without symlinks. It may be missing, an
-    empty folder or a folder with the manifest of a reader bundle. The root
-    folder and mount points are rejected, because they cannot be renamed.
+    empty folder or an earlier bundle (see :func:`_check_earlier_bundle`).
+    The root folder and mount points are rejected, because they cannot be
+    renamed.
     """
     advice = (
         "give --output a new or empty folder, or the folder of an existing "
@@ -340,22 +356,69 @@ def _check_output_folder(output: Path) -> None:
         empty = next(output.iterdir(), None) is None
     except OSError as err:
         raise BundleError(f"cannot list {output}: {err}; {advice}") from err
-    if empty or _is_bundle(output):
-        return
-    raise BundleError(
-        f"{output} is a folder that is not empty and has no {MANIFEST_NAME} of a "
-        f"format {MANIFEST_FORMAT} reader bundle, so the bundle would delete what "
-        f"it contains; {advice}"
-    )
+    if not empty:
+        _check_earlier_bundle(output, advice)
 
 
-def _is_bundle(folder: Path) -> bool:
+def _check_earlier_bundle(folder: Path, advice: str) -> None:
+    """Raise BundleError unless ``folder`` contains only an earlier bundle.
+
+    Its manifest must pass every check of :func:`verify_bundle` that does
+    not read the listed files, and every file and folder in it must be
+    listed (or hold a listed file). The listed files' contents are not
+    checked, so a damaged bundle can still be built again in its place.
+    """
+    refusal = f"so the bundle would delete what it contains; {advice}"
+    if not os.path.lexists(folder / MANIFEST_NAME):
+        raise BundleError(
+            f"{folder} is a folder that is not empty and has no {MANIFEST_NAME} "
+            f"of a format {MANIFEST_FORMAT} reader bundle, {refusal}"
+        )
     try:
-        data = _read_regular_file(folder / MANIFEST_NAME, _MAX_MANIFEST_BYTES)
-        manifest = json.loads(data)
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+        manifest = _read_manifest(folder)
+    except BundleError as err:
+        reason = str(err).partition("; build the bundle again")[0]
+        raise BundleError(
+            f"{folder} is not empty and is not a reader bundle ({reason}), {refusal}"
+        ) from err
+    try:
+        _check_only_listed(folder, manifest, refusal)
+    except OSError as err:
+        raise BundleError(f"cannot list {folder}: {err}; {advice}") from err
+
+
+def _check_only_listed(folder: Path, manifest: BundleManifest, refusal: str) -> None:
+    """Raise BundleError naming the first entry of ``folder`` that ``manifest`` lacks.
+
+    Raises OSError when a subfolder cannot be listed.
+    """
+    listed = {MANIFEST_NAME, *(file.path for file in manifest.files)}
+    listed_folders = {
+        str(parent)
+        for file in manifest.files
+        for parent in PurePosixPath(file.path).parents
+        if str(parent) != "."
+    }
+
+    def stop(err: OSError) -> None:
+        raise err
+
+    for root, folders, files in os.walk(folder, onerror=stop):
+        relative_root = PurePosixPath(Path(root).relative_to(folder).as_posix())
+        for name in sorted(folders):
+            path = (relative_root / name).as_posix()
+            if path not in listed_folders:
+                raise BundleError(
+                    f"{folder} is a reader bundle but also contains the folder "
+                    f"{_cut(path)}, which its {MANIFEST_NAME} does not list, {refusal}"
+                )
+        for name in sorted(files):
+            path = (relative_root / name).as_posix()
+            if path not in listed:
+                raise BundleError(
+                    f"{folder} is a reader bundle but also contains {_cut(path)}, "
+                    f"which its {MANIFEST_NAME} does not list, {refusal}"
+                )
 
 
 def _replace_folder(staging: Path, output: Path) -> None:
@@ -383,6 +446,19 @@ def verify_bundle(folder: Path) -> BundleManifest:
     symlink or not a regular file, or the first whose size or SHA-256
     differs, so nothing of a damaged or altered bundle reaches a board.
     """
+    manifest = _read_manifest(folder)
+    for file in manifest.files:
+        _check_file_data(folder, file)
+    return manifest
+
+
+def _read_manifest(folder: Path) -> BundleManifest:
+    """Read and check the manifest of the bundle in ``folder``.
+
+    The files it lists are not read, so the returned sizes and SHA-256
+    digests are the manifest's. Raises BundleError when the manifest is
+    missing, unreadable or invalid.
+    """
     manifest_path = folder / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(
@@ -402,7 +478,7 @@ def verify_bundle(folder: Path) -> BundleManifest:
             "manifest; build the bundle again with this version of Nightbox"
         )
     files = tuple(
-        _verified_file(folder, path, entry)
+        _listed_file(folder, path, entry)
         for path, entry in _entries(manifest, manifest_path)
     )
     if not any(file.path == "main.py" for file in files):
@@ -486,7 +562,7 @@ def _entries(manifest: dict[str, Any], manifest_path: Path) -> list[tuple[str, A
     return sorted(files.items())
 
 
-def _verified_file(folder: Path, path: Any, entry: Any) -> BundleFile:
+def _listed_file(folder: Path, path: Any, entry: Any) -> BundleFile:
     if not _is_bundle_path(path):
         raise BundleError(
             f"the bundle manifest in {folder} lists {_shown(path)}, which is not "
@@ -502,20 +578,23 @@ def _verified_file(folder: Path, path: Any, entry: Any) -> BundleFile:
             f"the bundle manifest in {folder} has no valid sha256 and size for "
             f"{_shown(path)}; build the bundle again"
         )
-    data = _read_bundle_data(folder, path)
-    if len(data) != entry["size"]:
+    return BundleFile(path=path, sha256=entry["sha256"], size=entry["size"])
+
+
+def _check_file_data(folder: Path, file: BundleFile) -> None:
+    data = _read_bundle_data(folder, file.path)
+    if len(data) != file.size:
         raise BundleError(
-            f"bundle file {path} has {len(data)} bytes but the manifest lists "
-            f"{entry['size']}; the bundle was changed or damaged, so build it again"
+            f"bundle file {file.path} has {len(data)} bytes but the manifest lists "
+            f"{file.size}; the bundle was changed or damaged, so build it again"
         )
     digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
+    if digest != file.sha256:
         raise BundleError(
-            f"bundle file {path} has SHA-256 {digest[:16]}... but the manifest "
-            f"lists {entry['sha256'][:16]}...; the bundle was changed or "
-            "damaged, so build it again"
+            f"bundle file {file.path} has SHA-256 {digest[:16]}... but the manifest "
+            f"lists {file.sha256[:16]}...; the bundle was changed or damaged, so "
+            "build it again"
         )
-    return BundleFile(path=path, sha256=digest, size=len(data))
 
 
 def _is_bundle_path(path: Any) -> bool:

@@ -14,11 +14,12 @@ The stages, in order:
 6. copy: ``main.py`` and ``lib/`` are copied, skipping files whose SHA-256
    on the board already matches.
 7. config: ``/reader.json`` is written, and the board is soft-reset.
-8. broker: a running box gets SIGHUP, so its broker loads the new account.
+8. broker: a running box gets SIGHUP, so its broker loads the new account,
+   unless its broker's password file shows that it has the reader already.
 
-Any error before stage 4 changes nothing. A later one leaves the reader
-registered, and running the command again with that reader's id finishes
-the job.
+Any error before stage 4 changes nothing. Every later one is raised as a
+BoardError naming the registered reader, and running the command again
+with that reader's id finishes the job.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.config import ReaderConfig, SiteConfig, load_config
-from provisioning.readers._errors import BoardError, BundleError
+from provisioning.readers._errors import (
+    BoardError,
+    BundleError,
+    ReaderArgumentError,
+)
 from provisioning.readers.board import (
     DEFAULT_PROBE_TIMEOUT_S,
     MicroPythonBoard,
@@ -52,10 +57,12 @@ from provisioning.readers.reader_file import (
 )
 from provisioning.readers.registration import (
     ReaderRequest,
-    credentials_path,
+    box_has_reader,
     ensure_broker_account,
-    register_reader,
+    port_owner,
+    register_request,
     reload_box,
+    running_box_pid,
     validate_request,
 )
 
@@ -133,12 +140,13 @@ def provision_reader(
     Raises BundleError or ReaderArgumentError (nothing changed),
     BoardNotFoundError or BoardTimeoutError (nothing changed), ConfigError
     for an invalid site file, and BoardError when writing to the board
-    failed part way. A BoardError raised after the reader was registered
-    names its id in the message and in ``reader_id``, so the command can be
-    run again for the same reader.
+    failed part way. Every error raised after the reader was registered is
+    a BoardError that names its id in the message and in ``reader_id``, so
+    the command can be run again for the same reader.
     """
     config = load_config(config_path)
     reader = validate_request(request, config)
+    _check_port_not_served(config, reader, request.port)
     wifi_password = None
     if reader.uplink == "wifi" and config.reader_network is not None:
         wifi_password = read_wifi_password(config.reader_network)
@@ -153,29 +161,50 @@ def provision_reader(
     try:
         return _set_up_board(
             config_path,
-            config,
-            reader,
+            request,
             manifest,
             wifi_password,
             progress,
             result,
             probe_timeout_s,
         )
-    except (BoardError, BundleError) as err:
+    except Exception as err:
         if not result.registered:
             raise
+        # Exit codes 2 and 3 promise that nothing changed, so every failure
+        # after registering, whatever its type, names the reader to finish.
+        reader_id = result.reader.id
         raise BoardError(
-            f"{err}. Reader {reader.id} is registered in {config_path}, so run "
-            f"the command again with --id {reader.id} to finish it; the files "
+            f"{err}. Reader {reader_id} is registered in {config_path}, so run "
+            f"the command again with --id {reader_id} to finish it; the files "
             "already on the board are skipped",
-            reader_id=reader.id,
+            reader_id=reader_id,
         ) from err
+
+
+def _check_port_not_served(config: SiteConfig, reader: ReaderConfig, port: str) -> None:
+    """Raise ReaderArgumentError when the running box serves ``port`` for a reader.
+
+    validate_request already rejects the port of another reader. The
+    reader's own serial port is rejected only while a box runs, because the
+    box holds it open for that reader.
+    """
+    owner = port_owner(config, port)
+    if owner is None or owner.id != reader.id:
+        return
+    pid = running_box_pid(config)
+    if pid is None:
+        return
+    raise ReaderArgumentError(
+        f"serial port {port} is the uplink of reader {reader.id}, which the "
+        f"running box (pid {pid}) holds open; stop the box, run this command "
+        "again, then start the box"
+    )
 
 
 def _set_up_board(
     config_path: Path,
-    config: SiteConfig,
-    reader: ReaderConfig,
+    request: ReaderRequest,
     manifest: BundleManifest,
     wifi_password: str | None,
     progress: Progress,
@@ -193,7 +222,7 @@ def _set_up_board(
                 "again with --micropython-image"
             )
         progress.stage("probe", f"no MicroPython responded on {port}; flashing it")
-        config = _flash(config_path, config, reader, manifest, progress, result)
+        config = _flash(config_path, request, manifest, progress, result)
         board = open_micropython(port, FIRST_BOOT_TIMEOUT_S)
         if board is None:
             raise BoardError(
@@ -202,16 +231,33 @@ def _set_up_board(
             )
     else:
         progress.stage("probe", f"MicroPython responded on {port}")
-        config = _register(config_path, config, reader, progress, result)
+        try:
+            config = _register(config_path, request, progress, result)
+        except BaseException:
+            board.close()
+            raise
 
+    reader = result.reader
     with board:
         _copy_files(board, manifest, progress, result)
-        _write_reader_file(board, config, reader.id, wifi_password, progress, result)
+        _write_reader_file(board, config, reader, wifi_password, progress, result)
         board.restart()
+    _reload_box(config_path, config, progress, result)
+    return result
 
-    if not (result.site_file_changed or result.account_created):
-        progress.stage("broker", f"the broker already has reader {reader.id}")
-        return result
+
+def _reload_box(
+    config_path: Path, config: SiteConfig, progress: Progress, result: ProvisionResult
+) -> None:
+    """Send SIGHUP to a running box unless its broker has the reader already."""
+    reader = result.reader
+    if (
+        not (result.site_file_changed or result.account_created)
+        and running_box_pid(config) is not None
+        and box_has_reader(config_path, config, reader.id)
+    ):
+        progress.stage("broker", f"the running box already has reader {reader.id}")
+        return
     result.box_pid = reload_box(config)
     if result.box_pid is not None:
         progress.stage(
@@ -224,34 +270,37 @@ def _set_up_board(
             f"no box runs for {config.data_dir}; its broker loads reader "
             f"{reader.id} at its next start",
         )
-    return result
 
 
 def _register(
     config_path: Path,
-    config: SiteConfig,
-    reader: ReaderConfig,
+    request: ReaderRequest,
     progress: Progress,
     result: ProvisionResult,
 ) -> SiteConfig:
-    accounts = credentials_path(config)
-    before = accounts.read_bytes() if accounts.exists() else None
-    config, changed = register_reader(config_path, config, reader)
-    ensure_broker_account(config, reader.id)
-    new_account = accounts.read_bytes() != before
+    registration = register_request(config_path, request)
     result.registered = True
-    result.site_file_changed = changed
-    result.account_created = new_account
-    action = "added to" if changed else "already in"
-    account = "new broker account" if new_account else "broker account kept"
-    progress.stage("register", f"reader {reader.id} {action} {config_path}; {account}")
-    return config
+    result.reader = registration.reader
+    result.site_file_changed = registration.site_file_changed
+    result.account_created = registration.account_created
+    if registration.reader_added:
+        action = "added to"
+    elif registration.site_file_changed:
+        action = "updated in"
+    else:
+        action = "already in"
+    account = (
+        "new broker account" if registration.account_created else "broker account kept"
+    )
+    progress.stage(
+        "register", f"reader {result.reader.id} {action} {config_path}; {account}"
+    )
+    return registration.config
 
 
 def _flash(
     config_path: Path,
-    config: SiteConfig,
-    reader: ReaderConfig,
+    request: ReaderRequest,
     manifest: BundleManifest,
     progress: Progress,
     result: ProvisionResult,
@@ -262,7 +311,7 @@ def _flash(
 
     def on_connected(chip: str) -> None:
         result.chip = chip
-        registered.append(_register(config_path, config, reader, progress, result))
+        registered.append(_register(config_path, request, progress, result))
 
     def on_progress(done: int, total: int) -> None:
         progress.percent("flash", IMAGE_NAME, done, total)
@@ -270,7 +319,12 @@ def _flash(
     result.chip = flash_micropython(result.port, image, on_progress, on_connected)
     result.flashed = True
     progress.stage("flash", f"MicroPython written to the {result.chip} and verified")
-    return registered[0] if registered else config
+    if not registered:
+        raise BoardError(
+            f"MicroPython was written to the board at {result.port} before the "
+            "reader was registered; run the command again"
+        )
+    return registered[0]
 
 
 def _copy_files(
@@ -303,15 +357,13 @@ def _copy_files(
 def _write_reader_file(
     board: MicroPythonBoard,
     config: SiteConfig,
-    reader_id: str,
+    reader: ReaderConfig,
     wifi_password: str | None,
     progress: Progress,
     result: ProvisionResult,
 ) -> None:
-    reader = config.reader(reader_id)
-    assert reader is not None  # register_reader added it.
     account = (
-        ensure_broker_account(config, reader_id) if reader.uplink == "wifi" else None
+        ensure_broker_account(config, reader.id) if reader.uplink == "wifi" else None
     )
     settings = reader_settings(
         config, reader, account=account, wifi_password=wifi_password

@@ -2,13 +2,17 @@
 
 The site file is rewritten through :mod:`appliance.remote.site_file`, which
 validates the whole changed document before it atomically replaces the
-file, and keeps the old one as ``<name>.previous``. The running box learns
-of the new reader when it receives SIGHUP, which makes ``nightbox run``
-restart its services and broker with the new password and ACL files.
+file, and keeps the old one as ``<name>.previous``. Provisioning runs hold
+an exclusive lock on ``<site file>.lock`` while they read the site file,
+choose the reader's id, write the file and create the broker account, so
+two runs at once get two ids. The running box learns of the new reader
+when it receives SIGHUP, which makes ``nightbox run`` restart its services
+and broker with the new password and ACL files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import fcntl
@@ -16,19 +20,26 @@ import logging
 import os
 import re
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from appliance._toml_values import ID_PATTERN
-from appliance.config import MAX_KIT_STOCK, ReaderConfig, SiteConfig, read_toml_file
+from appliance.config import (
+    MAX_KIT_STOCK,
+    ReaderConfig,
+    SiteConfig,
+    load_config,
+    read_toml_file,
+)
 from appliance.errors import ConfigError
 from appliance.remote.site_file import (
     NotAnArrayOfTablesError,
     append_array_table,
     replace_config,
 )
-from provisioning.credentials import BrokerAccount, SiteCredentials
+from provisioning.credentials import BrokerAccount, SiteCredentials, verify_password
 from provisioning.readers._errors import ReaderArgumentError
 from provisioning.site_access import reader_username
 
@@ -40,6 +51,10 @@ UPLINKS = ("wifi", "serial")
 ZONE_PATTERN = re.compile(r"^[a-z0-9-]{1,32}\Z")
 # `nightbox run` holds this lock in the data folder and writes its pid into it.
 LOCK_NAME = "nightbox.lock"
+# The password file that the box's mosquitto reads, written by `nightbox run`
+# at every start (appliance.bus.broker._write_mosquitto_files). The embedded
+# broker writes no file.
+BROKER_PASSWORD_FILE = Path("run") / "mosquitto.passwd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +130,15 @@ def validate_request(request: ReaderRequest, config: SiteConfig) -> ReaderConfig
             "--uplink serial to connect the reader to the box by USB"
         )
     serial_port = request.port if request.uplink == "serial" else None
-    for other in config.readers:
-        if other.id != reader_id and serial_port and other.serial_port == serial_port:
-            raise ReaderArgumentError(
-                f"serial port {serial_port} is already the uplink of reader "
-                f"{other.id}; plug this reader into another port"
-            )
+    owner = port_owner(config, request.port)
+    if owner is not None and owner.id != reader_id:
+        # The box holds this port open for that reader while it runs, so
+        # probing or flashing here would write into that reader's line.
+        raise ReaderArgumentError(
+            f"serial port {request.port} is already the uplink of reader "
+            f"{owner.id} in the site file; plug this board into another port, "
+            f"or give --id {owner.id} to provision that reader again"
+        )
     return ReaderConfig(
         id=reader_id,
         role=request.role,  # type: ignore[arg-type]
@@ -151,12 +169,93 @@ def _kit_stock(request: ReaderRequest, existing: ReaderConfig | None) -> int:
     return request.kit_stock
 
 
+def port_owner(config: SiteConfig, port: str) -> ReaderConfig | None:
+    """Return the site's serial reader whose ``serial_port`` is ``port``, or None.
+
+    Device paths are compared with their symlinks resolved, so
+    ``/dev/serial/by-id/...`` matches the ``/dev/ttyUSB0`` it points to.
+    pyserial URLs are compared as written.
+    """
+    device = _serial_device(port)
+    for reader in config.readers:
+        if reader.serial_port is not None and _serial_device(reader.serial_port) == (
+            device
+        ):
+            return reader
+    return None
+
+
+def _serial_device(port: str) -> str:
+    # pyserial's serial_for_url treats any text with "://" as a URL.
+    return port if "://" in port else os.path.realpath(port)
+
+
 def _next_free_id(config: SiteConfig, role: str) -> str:
     taken = {reader.id for reader in config.readers} | {config.box_id}
     number = 1
     while f"{role}-{number}" in taken:
         number += 1
     return f"{role}-{number}"
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A registered reader: the site configuration as written, and what changed."""
+
+    config: SiteConfig
+    reader: ReaderConfig
+    reader_added: bool
+    site_file_changed: bool
+    account_created: bool
+
+
+@contextlib.contextmanager
+def site_file_lock(config_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<site file>.lock`` beside the site file.
+
+    The lock file is beside the file that a symlinked ``config_path`` points
+    to, so every path to one site file takes the same lock. Waits while
+    another provisioning run holds it, which takes milliseconds.
+    """
+    lock_path = Path(os.path.realpath(config_path) + ".lock")
+    try:
+        handle = open(lock_path, "a")  # noqa: SIM115
+    except OSError as err:
+        raise ReaderArgumentError(
+            f"cannot create the lock file {lock_path}: {err.strerror}; the "
+            "folder of the site file must be writable"
+        ) from err
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def register_request(config_path: Path, request: ReaderRequest) -> Registration:
+    """Register the reader that ``request`` describes, in the site file as it is now.
+
+    Under :func:`site_file_lock`, the site file is read again, the request
+    is validated against it (so an automatic id that another run took
+    meanwhile becomes the next free one), the reader is added or updated,
+    and its broker account is created. Raises ReaderArgumentError or
+    ConfigError, with nothing changed, when the request no longer fits the
+    site file.
+    """
+    with site_file_lock(config_path):
+        config = load_config(config_path)
+        reader = validate_request(request, config)
+        added = config.reader(reader.id) is None
+        config, changed = _register_locked(config_path, config, reader)
+        accounts = credentials_path(config)
+        before = accounts.read_bytes() if accounts.exists() else None
+        ensure_broker_account(config, reader.id)
+        account_created = accounts.read_bytes() != before
+    registered = config.reader(reader.id)
+    if registered is None:
+        raise ReaderArgumentError(
+            f"reader {reader.id} is missing from {config_path} after it was "
+            "written; check that no other program rewrites the file"
+        )
+    return Registration(config, registered, added, changed, account_created)
 
 
 def register_reader(
@@ -166,8 +265,17 @@ def register_reader(
 
     Returns the validated new configuration and whether the file changed;
     an entry with the same settings leaves the file untouched. Raises
-    ReaderArgumentError when the changed file would be invalid.
+    ReaderArgumentError when the changed file would be invalid. ``reader``
+    keeps its id even when another run took it meanwhile; use
+    :func:`register_request` to choose the id under the lock.
     """
+    with site_file_lock(config_path):
+        return _register_locked(config_path, config, reader)
+
+
+def _register_locked(
+    config_path: Path, config: SiteConfig, reader: ReaderConfig
+) -> tuple[SiteConfig, bool]:
     document = read_toml_file(config_path)
     changed = copy.deepcopy(document)
     entries = changed.setdefault("readers", [])
@@ -194,7 +302,8 @@ def register_reader(
         entries.append(entry)
     _set_entry(entry, reader)
     if changed == document:
-        return config, False
+        # The file may have changed since ``config`` was loaded.
+        return load_config(config_path), False
     try:
         new_config = _write_entry(config_path, config, changed, entry, appended)
     except ConfigError as err:
@@ -286,6 +395,35 @@ def running_box_pid(config: SiteConfig) -> int | None:
         # lock is held for microseconds only.
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
+
+
+def box_has_reader(config_path: Path, config: SiteConfig, reader_id: str) -> bool:
+    """Return whether the running box's broker has loaded the reader's account.
+
+    The box's mosquitto must have written its password file at the box's
+    latest start (not before the lock file) and after the site file's last
+    change. The file must list the reader's username with the password of
+    the credentials file. The embedded broker writes no password file, so
+    with it this returns False.
+    """
+    lock_path = config.data_dir / LOCK_NAME
+    password_path = config.data_dir / BROKER_PASSWORD_FILE
+    try:
+        box_started_ns = lock_path.stat().st_mtime_ns
+        written_ns = password_path.stat().st_mtime_ns
+        site_changed_ns = config_path.stat().st_mtime_ns
+        lines = password_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if written_ns < box_started_ns or site_changed_ns > written_ns:
+        return False
+    account = ensure_broker_account(config, reader_id)
+    prefix = account.username + ":"
+    return any(
+        line.startswith(prefix)
+        and verify_password(account.password, line[len(prefix) :])
+        for line in lines
+    )
 
 
 def reload_box(config: SiteConfig) -> int | None:

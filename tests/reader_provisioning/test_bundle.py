@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance import cli
 from provisioning.readers import BundleError, build_bundle, verify_bundle
 from provisioning.readers.bundle import find_firmware_folder, read_image
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
@@ -102,9 +103,8 @@ def test_manifest_versions(bundle: Path) -> None:
 
 
 def test_rebuild_replaces_bundle(bundle: Path, mip_index: Path) -> None:
-    (bundle / "lib" / "stale.py").write_text("old")
+    assert (bundle / "micropython.bin").exists()
     manifest = build_bundle(bundle, index=str(mip_index))
-    assert not (bundle / "lib" / "stale.py").exists()
     assert manifest.image is None
     assert not (bundle / "micropython.bin").exists()
     assert [
@@ -277,7 +277,7 @@ def test_output_other_manifest_rejected(tmp_path: Path, mip_index: Path) -> None
     output = tmp_path / "other"
     output.mkdir()
     (output / "manifest.json").write_text('{"name": "a web app"}')
-    with pytest.raises(BundleError, match=r"has no manifest\.json of a format 1"):
+    with pytest.raises(BundleError, match="is not a format 1 reader bundle manifest"):
         build_bundle(output, index=str(mip_index))
     assert (output / "manifest.json").read_text() == '{"name": "a web app"}'
 
@@ -395,3 +395,66 @@ def test_image_name_other_file(bundle: Path) -> None:
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"names the image 'main\.py', not"):
         verify_bundle(bundle)
+
+
+def test_output_with_fake_manifest_rejected(tmp_path: Path, mip_index: Path) -> None:
+    output = tmp_path / "photos"
+    output.mkdir()
+    (output / "manifest.json").write_text('{"format": 1}')
+    (output / "party.jpg").write_bytes(b"a photo")
+    with pytest.raises(BundleError) as caught:
+        build_bundle(output, index=str(mip_index))
+    assert f"{output} is not empty and is not a reader bundle" in str(caught.value)
+    assert "lists no files" in str(caught.value)
+    assert (output / "party.jpg").read_bytes() == b"a photo"
+    assert (output / "manifest.json").read_text() == '{"format": 1}'
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ("notes.txt", "also contains notes.txt,"),
+        ("lib/notes.txt", "also contains lib/notes.txt,"),
+        ("photos/party.jpg", "also contains the folder photos,"),
+    ],
+)
+def test_bundle_with_extra_file_kept(
+    bundle: Path, mip_index: Path, image: Path, extra: str, named: str
+) -> None:
+    path = bundle / extra
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("keep me")
+    with pytest.raises(BundleError) as caught:
+        build_bundle(bundle, index=str(mip_index), image=image)
+    assert named in str(caught.value)
+    assert path.read_text() == "keep me"
+
+
+def test_damaged_bundle_rebuilt(bundle: Path, mip_index: Path, image: Path) -> None:
+    (bundle / "main.py").write_text("# damaged\n")
+    with pytest.raises(BundleError, match="changed or damaged"):
+        verify_bundle(bundle)
+    build_bundle(bundle, index=str(mip_index), image=image)
+    verify_bundle(bundle)
+
+
+def test_bundle_modes(tmp_path: Path, mip_index: Path) -> None:
+    previous = os.umask(0o077)
+    try:
+        output = tmp_path / "bundle"
+        build_bundle(output, index=str(mip_index))
+    finally:
+        os.umask(previous)
+    assert output.stat().st_mode & 0o777 == 0o755
+    for path in output.rglob("*"):
+        expected = 0o755 if path.is_dir() else 0o644
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_cli_bundle_empty_output(
+    site_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["reader", "bundle", "--config", str(site_file), "--output", ""])
+    assert caught.value.code == 2
+    assert "--output: must name a folder" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from appliance.bus.broker import BrokerHandle
+from appliance.cli_reader import _table
 from appliance.config import load_config
 from provisioning import SiteCredentials
 from provisioning.readers.survey import (
@@ -20,6 +21,8 @@ from provisioning.readers.survey import (
     NO_AVAILABILITY,
     OFFLINE,
     ONLINE,
+    ReaderSurvey,
+    ReaderView,
     survey_readers,
 )
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
@@ -252,3 +255,38 @@ async def test_list_odd_status_values(
     assert cell("RECONNECTS") == "?"
     assert cell("SCANS/MIN") == "1800"
     assert cell("LAST ERROR") == "E" * 120
+
+
+def test_table_out_of_range_numbers() -> None:
+    status = {
+        **STATUS,
+        "uptime_s": 1e300,
+        "heap_free": 10**300,
+        "reconnects": 10**9 + 1,
+        "ring_used": -1,
+    }
+    view = ReaderView(
+        "exit-1", "exit", "main-door", "wifi", state=ONLINE, status=status
+    )
+    survey = ReaderSurvey(None, True, "online", None, [view])
+    header, row = _table(survey).splitlines()
+
+    def cell(column: str) -> str:
+        return row[header.index(column) :].split()[0]
+
+    assert cell("UPTIME") == "?"
+    assert cell("HEAP") == "?"
+    assert cell("RECONNECTS") == "?"
+    assert cell("RING") == "?"
+    assert cell("SCANS/MIN") == "1800"
+    assert len(row) < 200
+
+
+def test_table_ten_years_uptime() -> None:
+    ten_years_s = 10 * 365 * 24 * 3600
+    status = {**STATUS, "uptime_s": ten_years_s}
+    view = ReaderView(
+        "exit-1", "exit", "main-door", "wifi", state=ONLINE, status=status
+    )
+    header, row = _table(ReaderSurvey(None, True, "online", None, [view])).splitlines()
+    assert row[header.index("UPTIME") :].split()[0] == "87600h00m"

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import json
+import os
+import threading
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
 
-from appliance.config import load_config
-from provisioning.readers import ReaderArgumentError, ReaderRequest
+from appliance.config import SiteConfig, load_config
+from provisioning import SiteCredentials
+from provisioning.credentials import hash_password
+from provisioning.readers import ReaderArgumentError, ReaderRequest, registration
 from provisioning.readers.registration import (
+    Registration,
+    box_has_reader,
+    credentials_path,
     ensure_broker_account,
+    port_owner,
     register_reader,
+    register_request,
     reload_box,
     running_box_pid,
     validate_request,
 )
+from tests.reader_provisioning._boards import fake_box
 from tests.reader_provisioning.provisioning_site import (  # noqa: F401
     site_file_fixture,
     write_site,
@@ -171,54 +183,12 @@ def test_no_box_no_reload(site_file: Path) -> None:
     assert reload_box(config) is None
 
 
-HOLDER = """
-import fcntl, os, signal, sys, time
-path, marker = sys.argv[1], sys.argv[2]
-handle = open(path, "a+")
-fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-handle.truncate(0)
-handle.write(f"{os.getpid()}\\n")
-handle.flush()
-signal.signal(signal.SIGHUP, lambda *_: open(marker, "w").close())
-print("locked", flush=True)
-for _ in range(600):
-    if os.path.exists(marker):
-        break
-    time.sleep(0.05)
-"""
-
-
 def test_running_box_gets_sighup(site_file: Path) -> None:
-    import subprocess
-    import sys
-    import time
-
     config = load_config(site_file)
-    config.data_dir.mkdir(parents=True)
-    marker = site_file.parent / "hup-received"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            HOLDER,
-            str(config.data_dir / "nightbox.lock"),
-            str(marker),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "locked"
-        assert running_box_pid(config) == holder.pid
-        assert reload_box(config) == holder.pid
-        deadline = time.monotonic() + 10
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists()
-    finally:
-        holder.kill()
-        holder.wait()
+    with fake_box(config.data_dir) as box:
+        assert running_box_pid(config) == box.pid
+        assert reload_box(config) == box.pid
+        assert box.got_sighup()
     assert running_box_pid(config) is None
 
 
@@ -241,3 +211,157 @@ def test_register_through_symlink(site_file: Path) -> None:
     assert exit_3.zone == "bar"
     assert real.with_name("real-site.toml.previous").is_file()
     assert not link.with_name("link.toml.previous").exists()
+
+
+# Long enough for every thread to read the site file before any writes it,
+# unless the site file's lock keeps them apart.
+SLOW_READ_S = 0.2
+RACING_RUNS = 4
+
+
+def test_concurrent_runs_get_distinct_ids(
+    site_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def slow_load_config(path: Path) -> SiteConfig:
+        config = load_config(path)
+        time.sleep(SLOW_READ_S)
+        return config
+
+    monkeypatch.setattr(registration, "load_config", slow_load_config)
+    start = threading.Barrier(RACING_RUNS)
+    results: list[Registration] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(register_request(site_file, request()))
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(RACING_RUNS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    ids = sorted(result.reader.id for result in results)
+    assert ids == ["exit-3", "exit-4", "exit-5", "exit-6"]
+    assert all(result.reader_added for result in results)
+    config = load_config(site_file)
+    assert [reader.id for reader in config.readers][3:] == ids
+    accounts = json.loads(credentials_path(config).read_text())
+    for reader_id in ids:
+        assert f"reader-{reader_id}" in accounts
+
+
+def test_register_request_rereads_site_file(site_file: Path) -> None:
+    stale = load_config(site_file)
+    first = validate_request(request(), stale)
+    assert first.id == "exit-3"
+    register_reader(site_file, stale, first)
+    second = register_request(site_file, request())
+    assert second.reader.id == "exit-4"
+    assert second.site_file_changed
+    assert second.account_created
+
+
+def test_register_request_explicit_id_updates(site_file: Path) -> None:
+    registration_result = register_request(
+        site_file, request(reader_id="exit-1", zone="bar")
+    )
+    assert not registration_result.reader_added
+    assert registration_result.site_file_changed
+    assert registration_result.reader.zone == "bar"
+
+
+@pytest.mark.parametrize("uplink", ["wifi", "serial"])
+def test_other_readers_port_rejected(tmp_path: Path, uplink: str) -> None:
+    device = tmp_path / "ttyUSB7"
+    device.touch()
+    link = tmp_path / "by-id-link"
+    link.symlink_to(device)
+    config = load_config(
+        write_site(
+            tmp_path,
+            extra='\n[[readers]]\nid = "exit-9"\nrole = "exit"\nuplink = "serial"\n'
+            f'serial_port = "{device}"\n',
+        )
+    )
+    with pytest.raises(ReaderArgumentError) as caught:
+        validate_request(request(port=str(link), uplink=uplink), config)
+    assert "already the uplink of reader exit-9" in str(caught.value)
+    assert "--id exit-9" in str(caught.value)
+    own = validate_request(request(port=str(link), reader_id="exit-9"), config)
+    assert own.id == "exit-9"
+
+
+def test_port_owner_compares_urls_as_text(tmp_path: Path) -> None:
+    config = load_config(
+        write_site(
+            tmp_path,
+            extra='\n[[readers]]\nid = "exit-9"\nrole = "exit"\nuplink = "serial"\n'
+            'serial_port = "rfc2217://127.0.0.1:4000"\n',
+        )
+    )
+    owner = port_owner(config, "rfc2217://127.0.0.1:4000")
+    assert owner is not None
+    assert owner.id == "exit-9"
+    assert port_owner(config, "rfc2217://127.0.0.1:4001") is None
+
+
+def write_password_file(config: SiteConfig, usernames: list[str]) -> Path:
+    """Write ``<data_dir>/run/mosquitto.passwd`` with only ``usernames`` in it.
+
+    The lines have the format of SiteCredentials.render_password_file, which
+    the box's mosquitto start writes for every account.
+    """
+    credentials = SiteCredentials(credentials_path(config))
+    path = config.data_dir / "run" / "mosquitto.passwd"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "".join(
+            f"{name}:{hash_password(credentials.account(name).password)}\n"
+            for name in usernames
+        )
+    )
+    return path
+
+
+def set_mtime(path: Path, seconds: float) -> None:
+    os.utime(path, (seconds, seconds))
+
+
+def test_box_has_reader_reads_password_file(site_file: Path) -> None:
+    registered = register_request(site_file, request())
+    config = registered.config
+    reader_id = registered.reader.id
+    assert not box_has_reader(site_file, config, reader_id)
+
+    with fake_box(config.data_dir):
+        lock = config.data_dir / "nightbox.lock"
+        now = time.time()
+        set_mtime(site_file, now - 30)
+        set_mtime(lock, now - 20)
+        passwords = write_password_file(config, ["reader-exit-1"])
+        set_mtime(passwords, now - 10)
+        assert not box_has_reader(site_file, config, reader_id)
+
+        passwords = write_password_file(config, ["reader-exit-1", "reader-exit-3"])
+        set_mtime(passwords, now - 10)
+        assert box_has_reader(site_file, config, reader_id)
+
+        # Written before the box's latest start: the embedded broker runs.
+        set_mtime(passwords, now - 25)
+        assert not box_has_reader(site_file, config, reader_id)
+
+        # The site file changed after the box's broker started.
+        set_mtime(passwords, now - 10)
+        set_mtime(site_file, now - 5)
+        assert not box_has_reader(site_file, config, reader_id)
+
+        # Another password than the credentials file's.
+        set_mtime(site_file, now - 30)
+        passwords.write_text("reader-exit-3:" + hash_password("old password") + "\n")
+        set_mtime(passwords, now - 10)
+        assert not box_has_reader(site_file, config, reader_id)
