@@ -196,10 +196,10 @@ class App:
     def close_batch(self, end_ticks=None):
         """Close the current interval into batches on the replay ring.
 
-        Returns the first batch. The interval becomes several batches, each
-        with its own ``seq``, when its sightings would not fit in one
-        payload of the uplink (``max_payload`` bytes; the serial line
-        carries at most 3072).
+        Returns the first batch. When the interval's sightings do not fit in
+        one payload of the uplink (``max_payload`` bytes), it becomes several
+        batches, each with its own ``seq``. The serial line carries at most
+        3072 bytes per payload.
         """
         self.process_scan()
         if end_ticks is None:

@@ -123,9 +123,9 @@ class _Offline:
 class KitStation:
     """The kit role: button, lights, requests and the offline rule.
 
-    ``machine`` is the ``machine`` module; ``send(channel, payload)``
-    publishes a request and raises OSError when the uplink is down;
-    ``poll()`` delivers waiting replies to ``on_reply`` and ``connected()``
+    ``machine`` is the ``machine`` module. ``send(channel, payload)``
+    publishes a request and raises OSError when the uplink is down.
+    ``poll()`` delivers waiting replies to ``on_reply``, and ``connected()``
     returns whether the uplink is up.
     """
 

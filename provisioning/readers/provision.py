@@ -187,7 +187,7 @@ def _check_port_not_served(config: SiteConfig, reader: ReaderConfig, port: str) 
 
     validate_request already rejects the port of another reader. The
     reader's own serial port is rejected only while a box runs, because the
-    box holds it open for that reader.
+    box keeps it open for that reader.
     """
     owner = port_owner(config, port)
     if owner is None or owner.id != reader.id:

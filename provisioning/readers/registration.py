@@ -132,7 +132,7 @@ def validate_request(request: ReaderRequest, config: SiteConfig) -> ReaderConfig
     serial_port = request.port if request.uplink == "serial" else None
     owner = port_owner(config, request.port)
     if owner is not None and owner.id != reader_id:
-        # The box holds this port open for that reader while it runs, so
+        # The box keeps this port open for that reader while it runs, so
         # probing or flashing here would write into that reader's line.
         raise ReaderArgumentError(
             f"serial port {request.port} is already the uplink of reader "
