@@ -15,6 +15,7 @@ import queue
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,6 +31,56 @@ from micropython_runner import (
 )
 
 _WAIT_S = 10.0
+
+
+SITE_UUID_HEX = "426c7565436861726d426561636f6e73"
+GREEN_PIN, RED_PIN, BUTTON_PIN = 25, 26, 0
+
+
+def reader_files(
+    reader: str, role: str, broker: tuple[str, int, str] | None = None
+) -> dict[str, str]:
+    """Return /reader.json and /contract.json for one reader of the test site.
+
+    ``broker`` is ``(host, port, password)`` for a Wi-Fi reader. Without it
+    the reader uses the serial uplink.
+    """
+    document: dict[str, Any] = {
+        "v": 1,
+        "site": "test",
+        "reader": reader,
+        "role": role,
+        "uplink": "serial" if broker is None else "wifi",
+        "bands": {"ibeacon_uuid": SITE_UUID_HEX, "eid": False},
+        "batch_ms": 500,
+    }
+    if broker is not None:
+        host, port, password = broker
+        document["wifi"] = {"ssid": "nightbox", "password": "wifi-secret"}
+        document["broker"] = {
+            "host": host,
+            "port": port,
+            "username": f"reader-{reader}",
+            "password": password,
+        }
+    if role == "kit":
+        document["kit"] = {
+            "button_pin": BUTTON_PIN,
+            "green_pin": GREEN_PIN,
+            "red_pin": RED_PIN,
+            "answer_ms": 1000,
+        }
+    contract = {
+        "role": role,
+        "limit_ms": 25000,
+        "button_pin": BUTTON_PIN,
+        "green_pin": GREEN_PIN,
+        "red_pin": RED_PIN,
+    }
+    return {
+        "/reader.json": json.dumps(document),
+        "/contract.json": json.dumps(contract),
+    }
 
 
 class _Session:
@@ -132,6 +183,32 @@ def run_relayed(
     AssertionError with the interpreter's output when it fails.
     """
     session = _Session()
+    try:
+        return run_with_relay(
+            name,
+            files,
+            stop,
+            lambda request: _answer(session, request),
+            timeout_s=timeout_s,
+        )
+    finally:
+        session.close()
+
+
+def run_with_relay(
+    name: str,
+    files: dict[str, str],
+    stop: threading.Event,
+    answer: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    timeout_s: float = 60.0,
+) -> Results:
+    """Run scenario ``name``, answering each relay request with ``answer``.
+
+    Every answer also carries ``stop``, which tells the scenario to finish.
+    Blocks until the interpreter exits; call it in a thread. Raises
+    AssertionError with the interpreter's output when it fails.
+    """
     lines: list[str] = []
     with scenario_spec(name, files, relay=True) as spec:
         process = subprocess.Popen(
@@ -152,12 +229,11 @@ def run_relayed(
                 if not line.startswith(RELAY_PREFIX):
                     lines.append(line)
                     continue
-                answer = _answer(session, json.loads(line[len(RELAY_PREFIX) :]))
-                answer["stop"] = stop.is_set()
-                process.stdin.write(json.dumps(answer) + "\n")
+                response = answer(json.loads(line[len(RELAY_PREFIX) :]))
+                response["stop"] = stop.is_set()
+                process.stdin.write(json.dumps(response) + "\n")
                 process.stdin.flush()
         finally:
-            session.close()
             if process.poll() is None:
                 process.kill()
             process.wait()

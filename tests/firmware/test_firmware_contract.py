@@ -22,12 +22,10 @@ from appliance.runtime import Box
 from conftest import make_site_config
 from provisioning import SiteCredentials
 
-from firmware_relay import run_relayed
+from firmware_relay import reader_files, run_relayed
 from micropython_runner import Results
 
-SITE_UUID_HEX = "426c7565436861726d426561636f6e73"
 TIMEOUT_S = 40.0
-GREEN_PIN, RED_PIN, BUTTON_PIN = 25, 26, 0
 
 
 @pytest.fixture
@@ -77,46 +75,6 @@ async def events(box: Box, make_client: Any) -> AsyncIterator[Events]:
         yield inbox
 
 
-def reader_files(
-    reader: str, role: str, host: str, port: int, password: str
-) -> dict[str, str]:
-    """Return /reader.json and /contract.json for one reader of the site."""
-    document: dict[str, Any] = {
-        "v": 1,
-        "site": "test",
-        "reader": reader,
-        "role": role,
-        "uplink": "wifi",
-        "wifi": {"ssid": "nightbox", "password": "wifi-secret"},
-        "broker": {
-            "host": host,
-            "port": port,
-            "username": f"reader-{reader}",
-            "password": password,
-        },
-        "bands": {"ibeacon_uuid": SITE_UUID_HEX, "eid": False},
-        "batch_ms": 500,
-    }
-    if role == "kit":
-        document["kit"] = {
-            "button_pin": BUTTON_PIN,
-            "green_pin": GREEN_PIN,
-            "red_pin": RED_PIN,
-            "answer_ms": 1000,
-        }
-    contract = {
-        "role": role,
-        "limit_ms": 25000,
-        "button_pin": BUTTON_PIN,
-        "green_pin": GREEN_PIN,
-        "red_pin": RED_PIN,
-    }
-    return {
-        "/reader.json": json.dumps(document),
-        "/contract.json": json.dumps(contract),
-    }
-
-
 async def run_reader(files: dict[str, str], stop: threading.Event) -> Results:
     return await asyncio.to_thread(run_relayed, "contract", files, stop, timeout_s=60)
 
@@ -125,7 +83,7 @@ async def test_contract_exit_checkout(
     box: Box, events: Events, credentials: SiteCredentials, mosquitto: Any
 ) -> None:
     password = credentials.account("reader-exit-1").password
-    files = reader_files("exit-1", "exit", mosquitto.host, mosquitto.port, password)
+    files = reader_files("exit-1", "exit", (mosquitto.host, mosquitto.port, password))
     stop = threading.Event()
     reader = asyncio.create_task(run_reader(files, stop))
     try:
@@ -144,7 +102,7 @@ async def test_contract_kit_green_then_red(
     box: Box, events: Events, credentials: SiteCredentials, mosquitto: Any
 ) -> None:
     password = credentials.account("reader-kit-1").password
-    files = reader_files("kit-1", "kit", mosquitto.host, mosquitto.port, password)
+    files = reader_files("kit-1", "kit", (mosquitto.host, mosquitto.port, password))
     stop = threading.Event()
     reader = asyncio.create_task(run_reader(files, stop))
     try:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,18 +23,10 @@ from appliance.config import ReaderConfig, SiteConfig
 from appliance.runtime import Box
 from conftest import make_site_config
 
-from micropython_runner import (
-    RELAY_PREFIX,
-    RUNNER,
-    Results,
-    node_binary,
-    parse_records,
-    scenario_spec,
-)
+from firmware_relay import reader_files, run_with_relay
+from micropython_runner import Results
 
-SITE_UUID_HEX = "426c7565436861726d426561636f6e73"
 TIMEOUT_S = 40.0
-GREEN_PIN, RED_PIN, BUTTON_PIN = 25, 26, 0
 
 
 class PtyLine:
@@ -98,37 +88,6 @@ def site_config(tmp_path: Path, lines: dict[str, PtyLine]) -> SiteConfig:
     return dataclasses.replace(config, readers=(*config.readers, *serial_readers))
 
 
-def reader_files(reader: str, role: str) -> dict[str, str]:
-    """Return /reader.json and /contract.json for a serial reader of the site."""
-    document: dict[str, Any] = {
-        "v": 1,
-        "site": "test",
-        "reader": reader,
-        "role": role,
-        "uplink": "serial",
-        "bands": {"ibeacon_uuid": SITE_UUID_HEX, "eid": False},
-        "batch_ms": 500,
-    }
-    if role == "kit":
-        document["kit"] = {
-            "button_pin": BUTTON_PIN,
-            "green_pin": GREEN_PIN,
-            "red_pin": RED_PIN,
-            "answer_ms": 1000,
-        }
-    contract = {
-        "role": role,
-        "limit_ms": 25000,
-        "button_pin": BUTTON_PIN,
-        "green_pin": GREEN_PIN,
-        "red_pin": RED_PIN,
-    }
-    return {
-        "/reader.json": json.dumps(document),
-        "/contract.json": json.dumps(contract),
-    }
-
-
 def run_on_line(
     files: dict[str, str], line: PtyLine, stop: threading.Event, timeout_s: float
 ) -> Results:
@@ -136,46 +95,14 @@ def run_on_line(
 
     Blocks until the interpreter exits; call it in a thread.
     """
-    output: list[str] = []
-    with scenario_spec("serial_contract", files, relay=True) as spec:
-        process = subprocess.Popen(
-            [node_binary(), str(RUNNER), str(spec)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        assert process.stdin is not None
-        assert process.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        try:
-            for text in process.stdout:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"the serial scenario ran over {timeout_s} s")
-                if not text.startswith(RELAY_PREFIX):
-                    output.append(text)
-                    continue
-                request = json.loads(text[len(RELAY_PREFIX) :])
-                answer: dict[str, Any] = {"stop": stop.is_set()}
-                if request["op"] == "write":
-                    line.write(request["data"])
-                else:
-                    answer["data"] = line.read()
-                process.stdin.write(json.dumps(answer) + "\n")
-                process.stdin.flush()
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            stderr = process.stderr.read() if process.stderr else ""
-    printed = "".join(output)
-    if process.returncode != 0:
-        raise AssertionError(
-            f"the serial scenario failed (exit status {process.returncode}):\n"
-            f"{stderr}\n{printed[-4000:]}"
-        )
-    return Results(parse_records(printed), printed + stderr)
+
+    def answer(request: dict[str, Any]) -> dict[str, Any]:
+        if request["op"] == "write":
+            line.write(request["data"])
+            return {}
+        return {"data": line.read()}
+
+    return run_with_relay("serial_contract", files, stop, answer, timeout_s=timeout_s)
 
 
 async def until(check: Callable[[], Any]) -> Any:
