@@ -15,7 +15,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from appliance import cli_collect, cli_economy, cli_fleet, cli_reader, cli_sync
+from appliance import (
+    cli_collect,
+    cli_console,
+    cli_economy,
+    cli_fleet,
+    cli_reader,
+    cli_sync,
+)
 from appliance._cli_arguments import STORE_NAME, whole_number
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError, NightboxError
@@ -109,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not stall an exit reader's scan for 20 s mid-night",
     )
+    demo.add_argument(
+        "--console-file",
+        type=Path,
+        help="once the box is up, write the terminal console's login (broker, "
+        "password and a random admin PIN) to this file with mode 0600, for "
+        "'nightbox tui'; removed when the demo ends",
+    )
 
     run = commands.add_parser(
         "run", help="run the box's services from a configuration file"
@@ -136,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_collect.add_commands(commands)
     cli_sync.add_commands(commands)
     cli_reader.add_commands(commands)
+    cli_console.add_commands(commands)
     return parser
 
 
@@ -214,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_sync.run(arguments)
         if arguments.command == "reader":
             return cli_reader.run(arguments)
+        if arguments.command == "console":
+            return cli_console.run(arguments)
         return _replay(arguments.file, arguments.config)
     except NightboxError as err:
         print(f"nightbox: {err}", file=sys.stderr)
@@ -228,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(arguments: argparse.Namespace) -> int:
+    from appliance.console.pin import generate_pin
     from appliance.sim.demo import DemoOptions, run_demo
 
     if arguments.data_dir is not None:
@@ -250,6 +268,8 @@ def _demo(arguments: argparse.Namespace) -> int:
         broker_mode=arguments.broker,
         data_dir=arguments.data_dir,
         stall=not arguments.no_stall,
+        console_file=arguments.console_file,
+        console_pin=None if arguments.console_file is None else generate_pin(),
     )
     terminated = False
 

@@ -104,6 +104,7 @@ class _Endpoint:
     scope: str | None
     readers: bool
     mutating: bool
+    stores_reply: bool
 
 
 @dataclass(slots=True)
@@ -181,6 +182,7 @@ class RequestServer:
         scope: str | None = None,
         readers: bool = False,
         mutating: bool = True,
+        stores_reply: bool = True,
     ) -> None:
         """Serve requests for ``api/<service>/<action>`` with ``handler``.
 
@@ -191,8 +193,21 @@ class RequestServer:
         already limits which readers may publish there. A ``mutating``
         endpoint needs an idempotency key and stores its reply. A query
         does neither.
+
+        ``stores_reply=False`` makes a mutating endpoint whose reply carries
+        a secret, such as a fresh token, that must not rest in the store. Its
+        replies are neither stored nor replayed, so a retry runs the handler
+        again; writes a refusal registers with :meth:`Refusal.also_commit`
+        still commit.
         """
-        endpoint = _Endpoint(f"{service}/{action}", handler, scope, readers, mutating)
+        endpoint = _Endpoint(
+            f"{service}/{action}",
+            handler,
+            scope,
+            readers,
+            mutating,
+            stores_reply=mutating and stores_reply,
+        )
         self._endpoints[endpoint.name] = endpoint
 
     async def start(self) -> None:
@@ -427,7 +442,7 @@ class RequestServer:
 
     def _run(self, transaction: Transaction, pending: _Pending) -> dict[str, Any]:
         endpoint, request = pending.endpoint, pending.request
-        if endpoint.mutating:
+        if endpoint.stores_reply:
             stored = transaction.execute(
                 "SELECT action, fingerprint, reply FROM requests"
                 " WHERE key = ? AND requester IN (?, '') ORDER BY requester DESC",
@@ -436,7 +451,7 @@ class RequestServer:
             if stored is not None:
                 return self._replay(endpoint.name, pending, stored)
         transaction.execute("SAVEPOINT handler")
-        store_reply = endpoint.mutating
+        store_reply = endpoint.stores_reply
         try:
             reply: dict[str, Any] = {
                 "ok": True,

@@ -19,6 +19,7 @@ from appliance.commerce._pricing import Pricing
 from appliance.commerce.figures import CreatorFigures
 from appliance.commerce.offers import PartnerOffers
 from appliance.config import SiteConfig
+from appliance.console.service import ConsoleService
 from appliance.drops.service import DropService
 from appliance.kits import KitService
 from appliance.outbox import OutboxPublisher
@@ -97,7 +98,7 @@ class Box:
     ) -> None:
         self.config = config
         self.clock = clock
-        self._broker_kind = broker_kind
+        self.broker_kind = broker_kind
         account = credentials.account(box_username(config.box_id))
         self.bus = Bus(
             BusSettings(
@@ -126,17 +127,15 @@ class Box:
         self.kits = KitService(
             self.requests, self.store, config, clock, bands, self.offers
         )
-        self._pricing = Pricing(config.commerce)
-        self.wallet = WalletService(
-            self.requests, config.commerce, self._pricing, clock
-        )
+        self.pricing = Pricing(config.commerce)
+        self.wallet = WalletService(self.requests, config.commerce, self.pricing, clock)
         self.drops = DropService(
             self.requests,
             self.store,
             config.commerce,
             config.box_id,
             clock,
-            self._pricing,
+            self.pricing,
             self.wallet,
         )
         self.figures = CreatorFigures(self.bus, self.store, config.commerce, clock)
@@ -154,6 +153,7 @@ class Box:
             if reader.uplink == "serial"
         ]
         self.management = RemoteManagement(self, config_path=config_path)
+        self.console = ConsoleService(self, bands, config_path)
         # Without [sync] the box stays offline and keeps its outbox.
         self.sync: SyncService | None = None
         if config.sync is not None:
@@ -166,10 +166,11 @@ class Box:
     async def __aenter__(self) -> Box:
         await self.checkouts.start()
         await self.kits.start()
-        self._pricing.seed(self.store)
+        self.pricing.seed(self.store)
         self.offers.start()
         self.wallet.start()
         self.drops.start()
+        self.console.start()
         await self.requests.start()
         await self.bus.__aenter__()
         await self.management.start()
@@ -197,6 +198,8 @@ class Box:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        # Jobs report their end on the bus and in the store, so they stop first.
+        await self.console.stop()
         if self.sync is not None:
             await self.sync.stop()
         await self.management.stop()
@@ -224,7 +227,7 @@ class Box:
             for reader in self.config.readers
         }
         return {
-            "broker": self._broker_kind,
+            "broker": self.broker_kind,
             "clock": {"trusted": self.clock.trusted, "source": str(self.clock.source)},
             "now": round(self.clock.now(), 3),
             "batches": stats.batches,

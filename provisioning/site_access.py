@@ -16,6 +16,8 @@ from provisioning.acl import Access, AccessPolicy, AclRule
 
 OBSERVER = "observer"
 DESK = "desk"
+# The terminal UI: on the box itself or on a laptop on the venue network.
+CONSOLE = "console"
 OPERATOR = "operator"
 HOMEASSISTANT = "homeassistant"
 # Home Assistant's default MQTT discovery prefix.
@@ -53,10 +55,11 @@ def site_policy(
 ) -> AccessPolicy:
     """Build the ACL of a site: one box, its readers, terminals, a desk, an observer.
 
-    The desk is always a terminal; ``terminals`` adds the site's other
-    terminals (POS phones, kit tablets, creator stations). The site also has
-    an operator account for remote management on the local network and a
-    Home Assistant account.
+    The desk and the console are always terminals; ``terminals`` adds the
+    site's other terminals (POS phones, kit tablets, creator stations). The
+    console also reads what the observer reads, the box's telemetry and its
+    console jobs. The site also has an operator account for remote
+    management on the local network and a Home Assistant account.
     """
     root = f"nightbox/{site}"
     box_root = f"{root}/box/{box_id}"
@@ -92,13 +95,22 @@ def site_policy(
             AclRule(Access.READ, f"{box_root}/availability"),
         ],
     }
-    for terminal in dict.fromkeys([DESK, *terminals]):
+    for terminal in dict.fromkeys([DESK, CONSOLE, *terminals]):
         # A terminal may send any request on its own topic; its edge token's
         # scopes decide which of them the box carries out.
         grants[terminal_username(terminal)] = [
             *_device_rules(root, "terminal", terminal),
             AclRule(Access.WRITE, f"{root}/terminal/{terminal}/api/+/+"),
         ]
+    # The console shows the live night, so it reads what the observer reads,
+    # but like the observer never another device's requests or replies.
+    grants[terminal_username(CONSOLE)].extend(
+        [
+            *grants[OBSERVER],
+            AclRule(Access.READ, f"{root}/box/+/tele/+"),
+            AclRule(Access.READ, f"{box_root}/console/#"),
+        ]
+    )
     for reader in readers:
         rules = _device_rules(root, "reader", reader.reader_id)
         rules.append(

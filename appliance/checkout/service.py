@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from appliance._tasks import cancel_and_wait
@@ -57,6 +58,7 @@ class CheckoutService:
         )
         self._health_interval_s = health_interval_s
         self._task: asyncio.Task[None] | None = None
+        self._batch_listeners: list[Callable[[str, bytes], None]] = []
 
     @property
     def stats(self) -> PipelineStats:
@@ -71,6 +73,14 @@ class CheckoutService:
     def last_batch(self, reader_id: str) -> float | None:
         """Time of a reader's last batch."""
         return self._health.last_batch(reader_id)
+
+    def add_batch_listener(self, listener: Callable[[str, bytes], None]) -> None:
+        """Call ``listener(reader_id, payload)`` with every accepted batch.
+
+        It runs on the sightings path, thousands of times a second, so it
+        must only keep the payload; parse it later, when it is needed.
+        """
+        self._batch_listeners.append(listener)
 
     async def start(self) -> None:
         """Subscribe and start the health watch."""
@@ -106,6 +116,8 @@ class CheckoutService:
             self.stats.rejected["reader-clock"] += 1
             return
         bands, _checkouts = self._pipeline.ingest(batch)
+        for listener in self._batch_listeners:
+            listener(reader_id, incoming.payload)
         activity = bands if batch.heard is None else batch.heard
         cleared = self._health.record_batch(reader_id, now, activity)
         if cleared:

@@ -2,6 +2,10 @@
 
 Discounts do not stack: a sale gets the larger of its promo code discount
 and its member tier's kit-bundle discount.
+
+Promo codes come from the site file or are created while the box runs (from
+the terminal console); a created code's terms live in the store's
+``added_promo_codes``.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ class Pricing:
         that is expired, used up or not valid for this use.
         """
         creator = self.creator_of_code(data) or default_creator
-        promo = self._promo(data.get("promo_code"), use, now)
+        promo = self._promo(transaction, data.get("promo_code"), use, now)
         promo_discount = 0
         if promo is not None:
             if promo.percent is not None:
@@ -120,10 +124,98 @@ class Pricing:
             return Price(list_amount, promo_discount, promo.code, creator)
         return Price(list_amount, tier_discount, None, creator)
 
-    def _promo(self, code: Any, use: str, now: float) -> PromoCode | None:
+    def find_promo(self, transaction: Transaction, code: str) -> PromoCode | None:
+        """Return the configured or created promo code ``code`` (upper case)."""
+        promo = self._promos.get(code)
+        if promo is not None:
+            return promo
+        row = transaction.execute(
+            "SELECT p.max_uses, a.percent, a.amount, a.expires_at, a.creator,"
+            " a.applies_to FROM added_promo_codes a"
+            " JOIN promo_codes p ON p.code = a.code WHERE a.code = ?",
+            (code,),
+        ).fetchone()
+        if row is None:
+            return None
+        max_uses, percent, amount, expires_at, creator, applies_to = row
+        return PromoCode(
+            code=code,
+            percent=percent,
+            amount=amount,
+            max_uses=max_uses,
+            expires_at=expires_at,
+            creator=creator,
+            applies_to=applies_to,
+        )
+
+    def all_promos(self, transaction: Transaction) -> list[PromoCode]:
+        """Return the configured promo codes, then the created ones."""
+        added = [
+            row[0]
+            for row in transaction.execute(
+                "SELECT code FROM added_promo_codes ORDER BY created_at, code"
+            ).fetchall()
+            if row[0] not in self._promos
+        ]
+        found = (self.find_promo(transaction, code) for code in added)
+        return [*self._promos.values(), *(p for p in found if p is not None)]
+
+    def create_promo(
+        self, transaction: Transaction, promo: PromoCode, *, by: str, now: float
+    ) -> None:
+        """Add a validated promo code in ``transaction``, with its event.
+
+        Raises Refusal ``promo-exists`` when the code exists.
+        """
+        if self.find_promo(transaction, promo.code) is not None:
+            raise Refusal(
+                "promo-exists",
+                f"promo code {promo.code} exists already; choose another code",
+                promo=promo.code,
+            )
+        transaction.execute(
+            "INSERT INTO promo_codes (code, max_uses) VALUES (?, ?)",
+            (promo.code, promo.max_uses),
+        )
+        transaction.execute(
+            "INSERT INTO added_promo_codes (code, percent, amount, expires_at,"
+            " creator, applies_to, created_at, created_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                promo.code,
+                promo.percent,
+                promo.amount,
+                promo.expires_at,
+                promo.creator,
+                promo.applies_to,
+                now,
+                by,
+            ),
+        )
+        transaction.emit(
+            "promo_created",
+            {
+                "code": promo.code,
+                "percent": promo.percent,
+                "amount": promo.amount,
+                "uses": promo.max_uses,
+                "expires_at": promo.expires_at,
+                "creator": promo.creator,
+                "applies_to": promo.applies_to,
+                "by": by,
+            },
+        )
+
+    def _promo(
+        self, transaction: Transaction, code: Any, use: str, now: float
+    ) -> PromoCode | None:
         if code is None:
             return None
-        promo = self._promos.get(code.upper()) if isinstance(code, str) else None
+        promo = (
+            self.find_promo(transaction, code.upper())
+            if isinstance(code, str) and len(code) <= 40
+            else None
+        )
         if promo is None:
             raise Refusal("promo-unknown", f"promo code {code!r:.30} does not exist")
         if promo.expires_at is not None and now >= promo.expires_at:

@@ -37,6 +37,8 @@ _BAND = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}\Z")
 MAX_AMOUNT = 1_000_000_000
 MAX_QUANTITY = 1_000_000
 _MAX_PARTNER_CODES = 100_000
+# Terminals that every site has, which [[terminals]] must not list again.
+_BUILT_IN_TERMINALS = {"desk": "the opt-in desk", "console": "the terminal console"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,8 +407,11 @@ def _span(source: dict[str, Any], key: str, timezone: str) -> tuple[float, float
     return starts_at, ends_at
 
 
-def _promo(entry: Any, index: int, context: _Context) -> PromoCode:
-    key = f"promo_codes[{index}]"
+def _promo(
+    entry: Any, index: int, context: _Context, *, key: str = "", uses: str = "max_uses"
+) -> PromoCode:
+    """Validate a promo code table; ``uses`` names its key for the use count."""
+    key = key or f"promo_codes[{index}]"
     source = _entry(
         entry,
         key,
@@ -414,7 +419,7 @@ def _promo(entry: Any, index: int, context: _Context) -> PromoCode:
             "code",
             "percent",
             "amount",
-            "max_uses",
+            uses,
             "expires_at",
             "creator",
             "applies_to",
@@ -429,7 +434,7 @@ def _promo(entry: Any, index: int, context: _Context) -> PromoCode:
         if has_percent
         else None,
         amount=None if has_percent else amount(source, f"{key}.amount", None),
-        max_uses=integer(source, f"{key}.max_uses", 1, minimum=1, maximum=MAX_QUANTITY),
+        max_uses=integer(source, f"{key}.{uses}", 1, minimum=1, maximum=MAX_QUANTITY),
         expires_at=_time(source, f"{key}.expires_at", context.timezone)
         if "expires_at" in source
         else None,
@@ -500,38 +505,42 @@ def _drop(
     context: _Context,
     catalogue: tuple[Item, ...],
     box_id: str,
+    *,
+    key: str = "",
+    quantity: str = "quantity",
+    allowed: frozenset[str] = frozenset(),
 ) -> DropConfig:
-    key = f"drops[{index}]"
+    """Validate a drop table; ``quantity`` names its key for the units.
+
+    ``allowed`` narrows the keys accepted besides the required ones.
+    """
+    key = key or f"drops[{index}]"
+    optional = {
+        "per_guest_limit",
+        "early_access_min",
+        "reservation_s",
+        "creator",
+        "quotas",
+    }
     source = _entry(
         entry,
         key,
-        {
-            "id",
-            "item",
-            "price",
-            "quantity",
-            "starts_at",
-            "ends_at",
-            "per_guest_limit",
-            "early_access_min",
-            "reservation_s",
-            "creator",
-            "quotas",
-        },
+        {"id", "item", "price", quantity, "starts_at", "ends_at"}
+        | (optional & allowed if allowed else optional),
     )
     item = identifier(source, f"{key}.item")
     if not any(known.id == item for known in catalogue):
         raise ConfigError(
             f"{key}.item = {item!r} is not in [[items]]; add it to the catalogue"
         )
-    quantity = integer(source, f"{key}.quantity", None, minimum=1, maximum=MAX_QUANTITY)
+    units = integer(source, f"{key}.{quantity}", None, minimum=1, maximum=MAX_QUANTITY)
     starts_at, ends_at = _span(source, key, context.timezone)
-    quotas = _quotas(source, key, quantity, box_id)
+    quotas = _quotas(source, key, units, box_id)
     return DropConfig(
         id=identifier(source, f"{key}.id"),
         item=item,
         price=amount(source, f"{key}.price", None, minimum=0),
-        quantity=quantity,
+        quantity=units,
         starts_at=starts_at,
         ends_at=ends_at,
         per_guest_limit=integer(
@@ -578,9 +587,55 @@ def _terminal(entry: Any, index: int) -> str:
     key = f"terminals[{index}]"
     source = _entry(entry, key, {"id"})
     terminal = identifier(source, f"{key}.id")
-    if terminal == "desk":
+    if terminal in _BUILT_IN_TERMINALS:
         raise ConfigError(
-            f"{key}.id = 'desk' is the opt-in desk, which every site has; "
-            "remove this entry or give the terminal another id"
+            f"{key}.id = {terminal!r} is {_BUILT_IN_TERMINALS[terminal]}, which "
+            "every site has; remove this entry or give the terminal another id"
         )
     return terminal
+
+
+def drop_from_request(
+    source: dict[str, Any], config: CommerceConfig, box_id: str
+) -> DropConfig:
+    """Validate a drop created while the box runs, with the ``[[drops]]`` rules.
+
+    ``source`` has the keys of a ``[[drops]]`` table, with ``quota`` in place
+    of ``quantity``, ``starts_at`` and ``ends_at`` as datetimes, and no
+    ``quotas``, because the drop is this box's own. Raises ConfigError whose
+    message names the field as ``data.<field>``.
+    """
+    return _drop(
+        source,
+        0,
+        _context_of(config),
+        config.items,
+        box_id,
+        key="data",
+        quantity="quota",
+        allowed=frozenset({"per_guest_limit", "creator"}),
+    )
+
+
+def promo_from_request(source: dict[str, Any], config: CommerceConfig) -> PromoCode:
+    """Validate a promo code created while the box runs, with the site file's rules.
+
+    ``source`` has the keys of a ``[[promo_codes]]`` table, with ``uses`` in
+    place of ``max_uses`` and ``expires_at`` as a datetime. Raises
+    ConfigError whose message names the field as ``data.<field>``.
+    """
+    promo = _promo(source, 0, _context_of(config), key="data", uses="uses")
+    if config.creator_by_code(promo.code) is not None:
+        raise ConfigError(
+            f"data.code = {promo.code!r} is a creator code; choose another code"
+        )
+    return promo
+
+
+def _context_of(config: CommerceConfig) -> _Context:
+    return _Context(
+        config.timezone,
+        {creator.id for creator in config.creators},
+        {tier.id for tier in config.tiers},
+        config.wallet,
+    )

@@ -9,6 +9,10 @@ counts each guest's units against the per-guest limit the same way.
 
 Each box sells only its own quota of a drop (``quotas`` in the site
 configuration), so several boxes selling one drop never coordinate online.
+
+Drops come from the site file, known at start, or are created while the box
+runs (from the terminal console); a created drop's definition lives in the
+store's ``added_drops`` and it is served like a configured one.
 """
 
 from __future__ import annotations
@@ -144,11 +148,111 @@ class DropService:
                 _LOGGER.warning("Could not expire drop reservations: %s", err)
             await asyncio.sleep(_SWEEP_INTERVAL_S)
 
+    def find(self, drop_id: str) -> DropConfig | None:
+        """Return the configured or created drop ``drop_id``, or None.
+
+        A created drop is read on the event loop's connection, so one created
+        earlier in the open transaction is found too.
+        """
+        drop = self._drops.get(drop_id)
+        if drop is not None:
+            return drop
+        row = self._store.query_one(
+            "SELECT d.item, d.price, d.quota, a.starts_at, a.ends_at,"
+            " a.per_guest_limit, a.reservation_s, a.creator"
+            " FROM added_drops a JOIN drops d ON d.id = a.id WHERE a.id = ?",
+            (drop_id,),
+        )
+        if row is None:
+            return None
+        item, price, quota, starts_at, ends_at, limit, reservation_s, creator = row
+        return DropConfig(
+            id=drop_id,
+            item=item,
+            price=price,
+            quantity=quota,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            per_guest_limit=limit,
+            reservation_s=reservation_s,
+            creator=creator,
+        )
+
+    def all_drops(self) -> list[DropConfig]:
+        """Return the configured drops, then the created ones in creation order."""
+        added = [
+            row[0]
+            for row in self._store.query(
+                "SELECT id FROM added_drops ORDER BY created_at, id"
+            )
+            if row[0] not in self._drops
+        ]
+        found = (self.find(drop_id) for drop_id in added)
+        return [*self._drops.values(), *(drop for drop in found if drop is not None)]
+
+    def create(
+        self, transaction: Transaction, drop: DropConfig, *, by: str
+    ) -> DropConfig:
+        """Add a validated drop for this box in ``transaction``, with its event.
+
+        Raises Refusal ``drop-exists`` when a drop with its id exists.
+        """
+        if self.find(drop.id) is not None:
+            raise Refusal(
+                "drop-exists",
+                f"drop {drop.id} exists already; choose another id",
+                drop=drop.id,
+            )
+        now = self._clock.now()
+        transaction.execute(
+            "INSERT INTO drops (id, item, price, currency, quota, available)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                drop.id,
+                drop.item,
+                drop.price,
+                self._config.wallet.currency,
+                drop.quantity,
+                drop.quantity,
+            ),
+        )
+        transaction.execute(
+            "INSERT INTO added_drops (id, starts_at, ends_at, per_guest_limit,"
+            " reservation_s, creator, created_at, created_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                drop.id,
+                drop.starts_at,
+                drop.ends_at,
+                drop.per_guest_limit,
+                drop.reservation_s,
+                drop.creator,
+                now,
+                by,
+            ),
+        )
+        transaction.emit(
+            "drop_created",
+            {
+                "drop": drop.id,
+                "item": drop.item,
+                "price": drop.price,
+                "quota": drop.quantity,
+                "starts_at": drop.starts_at,
+                "ends_at": drop.ends_at,
+                "per_guest_limit": drop.per_guest_limit,
+                "creator": drop.creator,
+                "by": by,
+            },
+        )
+        _LOGGER.info("Drop %s created by %s: %d units", drop.id, by, drop.quantity)
+        return drop
+
     def _drop(self, data: dict[str, Any]) -> DropConfig:
         drop_id = data.get("drop")
-        drop = self._drops.get(drop_id) if isinstance(drop_id, str) else None
+        drop = self.find(drop_id) if isinstance(drop_id, str) else None
         if drop is None:
-            known = ", ".join(sorted(self._drops)) or "none are configured"
+            known = ", ".join(d.id for d in self.all_drops()) or "none exist"
             raise PayloadError(
                 f"field 'drop' = {drop_id!r:.40} is not a drop of this site ({known})"
             )
@@ -288,7 +392,7 @@ class DropService:
         now: float,
     ) -> dict[str, Any]:
         drop_id, band, creator = self._reserved_claim(transaction, claim_id, now)
-        drop = self._drops[drop_id]
+        drop = self._drop({"drop": drop_id})
         price = self._pricing.price(
             transaction,
             band=band,

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +30,7 @@ from appliance.bus.broker import BrokerHandle, start_broker
 from appliance.bus.client import Bus, BusSettings, Incoming
 from appliance.clock import ManualClock
 from appliance.config import BrokerMode, SiteConfig
+from appliance.console.pin import PinFile, generate_pin, pin_path
 from appliance.errors import PayloadError, RequestError
 from appliance.remote.config import SyncConfig
 from appliance.runtime import Box
@@ -45,7 +48,9 @@ from appliance.sim._site import KIT_STATION, demo_config, exit_reader_id
 from appliance.sim._world import Guest, NightPlan
 from appliance.wallet._ledger import ledger_check
 from provisioning import SiteCredentials
+from provisioning.secret_file import write_secret_file
 from provisioning.site_access import (
+    CONSOLE,
     DESK,
     OBSERVER,
     ReaderGrant,
@@ -89,6 +94,10 @@ class DemoOptions:
     # Awaited with the box still running once the night is over, e.g. to
     # bring an upstream broker back and wait for the backlog to drain.
     after_night: Callable[[Box], Awaitable[None]] | None = None
+    # The terminal console's login file, written once the box is up, and
+    # its admin PIN; a random PIN when only the file is given.
+    console_file: Path | None = None
+    console_pin: str | None = None
 
 
 @dataclass
@@ -231,6 +240,10 @@ async def _run_night(
             name: Terminal(bus, box.tokens.issue(name, scopes[name], lifetime).token)
             for name, bus in ((DESK, desk), (BAR, bar), (MERCH, merch))
         }
+        if options.console_file is not None:
+            stack.enter_context(
+                _console_login(options, config, credentials, broker, progress)
+            )
         await _tick_loop(
             plan, box, clock, readers, kit_station, signed, tally, options, progress
         )
@@ -302,6 +315,43 @@ async def _tick_loop(
         if progress is not None and not options.headless and t >= next_report:
             next_report += 300.0
             _say(progress, _progress_line(plan, box, tally, t))
+
+
+@contextlib.contextmanager
+def _console_login(
+    options: DemoOptions,
+    config: SiteConfig,
+    credentials: SiteCredentials,
+    broker: BrokerHandle,
+    progress: TextIO | None,
+) -> Iterator[None]:
+    """Set the console PIN and write the console's login file until the night ends.
+
+    The file has the shape of ``nightbox console login-file`` plus ``pin``
+    and the demo's ``pid``, with mode 0600, written atomically.
+    """
+    path = options.console_file
+    if path is None:
+        yield
+        return
+    pin = options.console_pin or generate_pin()
+    PinFile(pin_path(config.data_dir)).set(pin)
+    login = {
+        "broker": f"mqtt://{broker.host}:{broker.port}",
+        "site": config.site_id,
+        "box": config.box_id,
+        "username": terminal_username(CONSOLE),
+        "password": credentials.account(terminal_username(CONSOLE)).password,
+        "pin": pin,
+        "pid": os.getpid(),
+    }
+    write_secret_file(path, json.dumps(login, indent=2).encode() + b"\n")
+    # The demo's PIN is a throwaway that the person running it needs.
+    _say(progress, f"Console login file: {path} (admin PIN {pin})")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _scheduled_actions(plan: NightPlan) -> list[tuple[float, str, Guest]]:

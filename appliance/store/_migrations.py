@@ -233,4 +233,45 @@ MIGRATIONS: tuple[str, ...] = (
         applied_at REAL NOT NULL
     );
     """,
+    # 7: the terminal console. Its PIN lock-out survives a restart (one
+    # row). Drops and promo codes created from the console while the box
+    # runs keep their definition here, because the site file lists only
+    # the ones known at start. The last message of each console job lets a
+    # console that reconnected, also after a restart, catch up.
+    """
+    CREATE TABLE console_lockout (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        failures INTEGER NOT NULL CHECK (failures >= 0),
+        lockouts INTEGER NOT NULL CHECK (lockouts >= 0),
+        locked_at REAL,
+        locked_s REAL
+    );
+    CREATE TABLE added_drops (
+        id TEXT PRIMARY KEY REFERENCES drops (id),
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL CHECK (ends_at > starts_at),
+        per_guest_limit INTEGER NOT NULL CHECK (per_guest_limit >= 1),
+        reservation_s REAL NOT NULL,
+        creator TEXT,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    CREATE TABLE added_promo_codes (
+        code TEXT PRIMARY KEY REFERENCES promo_codes (code),
+        percent INTEGER,
+        amount INTEGER,
+        expires_at REAL,
+        creator TEXT,
+        applies_to TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        CHECK ((percent IS NULL) != (amount IS NULL))
+    );
+    CREATE TABLE console_jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )

@@ -46,6 +46,8 @@ SCOPES: dict[str, str] = {
     "kits:issue": "hand out recovery kits",
     "optin:register": "record guests' follow-up opt-ins",
     "stream:publish": "publish the studio's stream",
+    "console:admin": "operate the box from its terminal UI: tokens, drops, "
+    "coupons, readers, system",
 }
 
 # The largest clock difference tolerated between the issuing and the
@@ -176,6 +178,28 @@ class EdgeTokens:
 
     def issue(self, subject: str, scopes: Iterable[str], ttl_s: float) -> IssuedToken:
         """Sign a token for ``subject`` and record its id; the store emits an event."""
+        with self._store.transaction() as transaction:
+            issued = self.issue_in(transaction, subject, scopes, ttl_s)
+        _LOGGER.info(
+            "Issued token %s to %s with scopes %s",
+            issued.claims.token_id,
+            subject,
+            " ".join(sorted(issued.claims.scopes)),
+        )
+        return issued
+
+    def issue_in(
+        self,
+        transaction: Transaction,
+        subject: str,
+        scopes: Iterable[str],
+        ttl_s: float,
+    ) -> IssuedToken:
+        """Sign a token and record it, with its event, in an open transaction.
+
+        Raises TokenError for an unknown scope, an invalid subject or a
+        lifetime out of range, before anything is written.
+        """
         scope_set = parse_scopes(scopes)
         if not _SUBJECT.match(subject):
             raise TokenError(
@@ -212,26 +236,19 @@ class EdgeTokens:
             "clk": "trusted" if self._clock.trusted else "untrusted",
         }
         token = jwt.encode(payload, self._key, algorithm=_ALGORITHM)
-        with self._store.transaction() as transaction:
-            transaction.execute(
-                "INSERT INTO edge_tokens (id, subject, scopes, issued_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (claims.token_id, subject, payload["scope"], now, claims.expires_at),
-            )
-            transaction.emit(
-                "token_issued",
-                {
-                    "token_id": claims.token_id,
-                    "subject": subject,
-                    "scopes": sorted(scope_set),
-                    "expires_at": claims.expires_at,
-                },
-            )
-        _LOGGER.info(
-            "Issued token %s to %s with scopes %s",
-            claims.token_id,
-            subject,
-            payload["scope"],
+        transaction.execute(
+            "INSERT INTO edge_tokens (id, subject, scopes, issued_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (claims.token_id, subject, payload["scope"], now, claims.expires_at),
+        )
+        transaction.emit(
+            "token_issued",
+            {
+                "token_id": claims.token_id,
+                "subject": subject,
+                "scopes": sorted(scope_set),
+                "expires_at": claims.expires_at,
+            },
         )
         return IssuedToken(token, claims)
 
