@@ -26,10 +26,11 @@ deps: $(STAMP)
 	@sh tests/ensure-mosquitto
 	@sh tests/ensure-postgresql
 	@sh tests/ensure-node
+	@sh tests/ensure-tmux
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check appliance hardware provisioning firmware bench tests
-	$(BIN)/ruff check appliance hardware provisioning firmware bench tests
+	$(BIN)/ruff format --check appliance hardware provisioning firmware tui bench tests
+	$(BIN)/ruff check appliance hardware provisioning firmware tui bench tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

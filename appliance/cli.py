@@ -26,6 +26,7 @@ from appliance import (
 from appliance._cli_arguments import STORE_NAME, whole_number
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError, NightboxError
+from tui import cli as cli_tui
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_sync.add_commands(commands)
     cli_reader.add_commands(commands)
     cli_console.add_commands(commands)
+    cli_tui.add_commands(commands)
     return parser
 
 
@@ -231,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_reader.run(arguments)
         if arguments.command == "console":
             return cli_console.run(arguments)
+        if arguments.command == "tui":
+            return cli_tui.run(arguments)
         return _replay(arguments.file, arguments.config)
     except NightboxError as err:
         print(f"nightbox: {err}", file=sys.stderr)
