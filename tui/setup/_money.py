@@ -1,0 +1,77 @@
+"""Amounts typed in major units ("15.00") turned into the wallet's minor units."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+# ISO 4217 currencies whose minor unit is not a hundredth (ISO 4217 list
+# one, "Minor unit" column); every other currency has two decimals.
+_MINOR_UNIT_DIGITS = {
+    **dict.fromkeys(
+        [
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "ISK",
+            "JPY",
+            "KMF",
+            "KRW",
+            "PYG",
+            "RWF",
+            "UGX",
+            "UYI",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ],
+        0,
+    ),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+    **dict.fromkeys(["CLF", "UYW"], 4),
+}
+_AMOUNT = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
+
+
+def minor_unit_digits(currency: str) -> int:
+    """Return how many decimals ``currency`` has (2 for EUR, 0 for JPY)."""
+    return _MINOR_UNIT_DIGITS.get(currency, 2)
+
+
+def to_minor_units(text: str, currency: str) -> int:
+    """Convert ``"15.00"`` to 1500 for EUR; raise ValueError naming the text.
+
+    The amount must be positive and have at most the currency's decimals.
+    """
+    digits = minor_unit_digits(currency)
+    cleaned = text.strip()
+    example = "15" if digits == 0 else "15." + "0" * digits
+    if not _AMOUNT.match(cleaned):
+        raise ValueError(
+            f"{text!r:.40} is not an amount; type a number such as {example!r}"
+        )
+    decimals = len(cleaned.partition(".")[2])
+    if decimals > digits:
+        raise ValueError(
+            f"{text!r:.40} has {decimals} decimals but {currency} has {digits}; "
+            f"type an amount such as {example!r}"
+        )
+    try:
+        minor = int(Decimal(cleaned).scaleb(digits))
+    except InvalidOperation as err:
+        raise ValueError(f"{text!r:.40} is not an amount") from err
+    if minor <= 0:
+        raise ValueError(f"{text!r:.40} is zero; type an amount above zero")
+    return minor
+
+
+def to_major_text(minor: int, currency: str) -> str:
+    """Format minor units as the organiser types them: 1500 EUR gives "15.00"."""
+    digits = minor_unit_digits(currency)
+    if digits == 0:
+        return str(minor)
+    whole, fraction = divmod(minor, 10**digits)
+    return f"{whole}.{fraction:0{digits}d}"
