@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from appliance.currency import minor_unit_digits
 from appliance.remote.telemetry import night_start
 from appliance.store import Transaction
 from provisioning.site_access import CONSOLE, DESK
@@ -19,12 +20,6 @@ if TYPE_CHECKING:
 
 MINUTES = 60
 TOP_ITEMS = 5
-# ISO 4217 currencies whose minor unit is not a hundredth of the major one.
-_MINOR_UNITS = {
-    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW"), 0),
-    **dict.fromkeys(("PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"), 0),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-}
 
 # Charges and refunds that a void did not cancel, by item. A charge refunded
 # in full sells no unit, so its quantity is left out; a partial refund only
@@ -61,7 +56,7 @@ def overview(box: Box, transaction: Transaction) -> dict[str, Any]:
             "box": config.box_id,
             "timezone": commerce.timezone,
             "currency": commerce.wallet.currency,
-            "minor_units": minor_units(commerce.wallet.currency),
+            "minor_units": minor_unit_digits(commerce.wallet.currency),
         },
         "exits_per_minute": exits_per_minute(transaction, now),
         "top_items": [
@@ -100,11 +95,6 @@ def overview(box: Box, transaction: Transaction) -> dict[str, Any]:
         "wallet": dataclasses.asdict(commerce.wallet),
         "stream": None,
     }
-
-
-def minor_units(currency: str) -> int:
-    """Return the digits after the decimal point of ``currency`` (ISO 4217)."""
-    return _MINOR_UNITS.get(currency, 2)
 
 
 def exits_per_minute(transaction: Transaction, now: float) -> list[list[int]]:

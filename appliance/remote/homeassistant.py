@@ -20,6 +20,7 @@ import orjson
 
 from appliance.bus.client import Bus, Incoming
 from appliance.config import SiteConfig
+from appliance.currency import minor_unit_digits
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -28,35 +29,6 @@ DISCOVERY_PREFIX = "homeassistant"
 STATUS_TOPIC = f"{DISCOVERY_PREFIX}/status"
 MANUFACTURER = "Nightbox"
 MODEL = "Nightbox edge box"
-
-# ISO 4217 currencies whose minor unit is not a hundredth. Every other
-# currency has two decimals.
-_CURRENCY_DECIMALS = {
-    **dict.fromkeys(
-        [
-            "BIF",
-            "CLP",
-            "DJF",
-            "GNF",
-            "ISK",
-            "JPY",
-            "KMF",
-            "KRW",
-            "PYG",
-            "RWF",
-            "UGX",
-            "UYI",
-            "VND",
-            "VUV",
-            "XAF",
-            "XOF",
-            "XPF",
-        ],
-        0,
-    ),
-    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
-    **dict.fromkeys(["CLF", "UYW"], 4),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +53,7 @@ def node_id(site_id: str, box_id: str) -> str:
 def sensors(config: SiteConfig) -> list[Sensor]:
     """Return the sensors of a box: counts, sales, drop stock, sync and readers."""
     currency = config.commerce.wallet.currency
-    decimals = _CURRENCY_DECIMALS.get(currency, 2)
+    decimals = minor_unit_digits(currency)
     sales = "value_json.data.sales_minor"
     if decimals:
         sales = f"({sales} / {10**decimals})"
