@@ -15,9 +15,11 @@ import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
+from textual.worker import WorkerFailed
 
 from tui.link import ConsoleLink, LinkSettings
 from tui.screens.dashboard import DashboardScreen
@@ -92,6 +94,10 @@ class NightboxApp(App[None]):
         self.link = link if isinstance(link, ConsoleLink) else ConsoleLink(link)
         self.session = AdminSession(self, self.link)
         self.demo_pin = demo_pin
+        # Requests not sent and screen workers that raised; see
+        # tui.widgets.count_action_error.
+        self.action_errors = 0
+        self._crash: BaseException | None = None
         installed = operation_screens() if screens is None else screens
         known = {name for _key, name, _label in SCREEN_KEYS}
         for name, factory in installed.items():
@@ -108,10 +114,12 @@ class NightboxApp(App[None]):
         self.link.watch(self._on_link_change)
         await self.link.start()
         if self.demo_pin is not None:
+            # The header keeps showing the PIN, so the note goes soon and
+            # leaves the screen's message line below it readable.
             self.notify(
                 f"demo PIN {self.demo_pin}: it unlocks the admin actions",
                 title="Demo night",
-                timeout=20,
+                timeout=6,
             )
 
     async def on_unmount(self) -> None:
@@ -125,6 +133,28 @@ class NightboxApp(App[None]):
         if self.session.unlocked:
             extras.append("admin")
         return extras
+
+    # Crashes. Textual's own report of an unhandled exception prints a
+    # traceback with every frame's local variables (textual 8.2, App._fatal_error),
+    # which could put the admin token on the terminal. These overrides of its
+    # two hooks log the traceback to the log file and print one line instead;
+    # Textual still sets return_code to 1.
+
+    def _handle_exception(self, error: Exception) -> None:
+        cause = error.error if isinstance(error, WorkerFailed) else error
+        _LOGGER.critical("The console stopped on an unexpected error", exc_info=cause)
+        self._crash = cause
+        super()._handle_exception(error)
+
+    def _fatal_error(self) -> None:
+        self.bell()
+        kind = type(self._crash).__name__ if self._crash is not None else "error"
+        self.panic(
+            Text(
+                f"nightbox tui stopped on an unexpected {kind}; "
+                f"the traceback is in {_log_file_text()}"
+            )
+        )
 
     def _on_link_change(self, source: str) -> None:
         if source == "session":
@@ -148,3 +178,11 @@ class NightboxApp(App[None]):
         """Forget the admin token."""
         self.session.lock()
         self.notify("Locked: the next admin action asks for the PIN again.")
+
+
+def _log_file_text() -> str:
+    """Name the file the root logger writes to, for the crash message."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return f"the log file {handler.baseFilename}"
+    return "the console's log (none is written: start it with --log FILE)"

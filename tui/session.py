@@ -2,10 +2,12 @@
 
 Actions that change the box (charges, tokens, drops, restocks, provisioning)
 need an edge token with scope ``console:admin``. The box issues one for 15
-minutes in reply to ``console/unlock`` with the right PIN, and enforces the
-lock-out after wrong PINs itself. :class:`AdminSession` keeps that token,
-asks for the PIN in a modal when there is none or it has under a minute
-left, and forgets it on :meth:`AdminSession.lock`.
+minutes of its own time in reply to ``console/unlock`` with the right PIN,
+and enforces the lock-out after wrong PINs itself. :class:`AdminSession`
+keeps that token, asks for the PIN in a modal when there is none or it has
+under a minute of the box's time left, and forgets it on
+:meth:`AdminSession.lock`. The box's clock is what counts: a demo night runs
+it faster than real time, so 15 minutes may pass in 30 real seconds.
 """
 
 from __future__ import annotations
@@ -43,21 +45,38 @@ class AdminSession:
         self._app = app
         self._link = link
         self._monotonic = monotonic
+        # The token lives only here, never in a screen's attributes.
         self._token: str | None = None
         self._token_id: str | None = None
-        self._expires: float = 0.0
+        # The token's expiry in the box's Unix time, from the unlock reply.
+        self._expires_at: float | None = None
+        # The expiry in this computer's monotonic time, used only while the
+        # box's time is not known (no box status received yet).
+        self._expires_monotonic: float = 0.0
         self._pending: asyncio.Future[str | None] | None = None
 
     @property
     def unlocked(self) -> bool:
-        """Whether a token with more than a minute left is held."""
+        """Whether a token with more than a minute of the box's time left is held."""
         return self._token is not None and self.remaining_s() > RENEW_BEFORE_S
 
+    @property
+    def token_id(self) -> str | None:
+        """The id of the held token (not a secret: the box lists it), or None."""
+        return self._token_id if self._token is not None else None
+
     def remaining_s(self) -> float:
-        """Return the seconds the held token has left (0 without one)."""
+        """Return the seconds of the box's time the held token has left.
+
+        0 without a token. Before the first box status the box's time is
+        unknown, and the token's lifetime is counted on this computer's clock.
+        """
         if self._token is None:
             return 0.0
-        return max(0.0, self._expires - self._monotonic())
+        box_now = self._link.state.box_time()
+        if box_now is not None and self._expires_at is not None:
+            return max(0.0, self._expires_at - box_now)
+        return max(0.0, self._expires_monotonic - self._monotonic())
 
     async def token(self) -> str | None:
         """Return a valid admin token, asking for the PIN when none is held.
@@ -97,7 +116,11 @@ class AdminSession:
         self._token = token
         token_id = reply.get("token_id")
         self._token_id = token_id if isinstance(token_id, str) else None
-        self._expires = self._monotonic() + float(ttl_s)
+        expires_at = reply.get("expires_at")
+        self._expires_at = (
+            float(expires_at) if isinstance(expires_at, int | float) else None
+        )
+        self._expires_monotonic = self._monotonic() + float(ttl_s)
         _LOGGER.info("Console unlocked with token %s", self._token_id)
         self._changed()
         return token
@@ -108,7 +131,8 @@ class AdminSession:
             _LOGGER.info("Console locked; token %s forgotten", self._token_id)
         self._token = None
         self._token_id = None
-        self._expires = 0.0
+        self._expires_at = None
+        self._expires_monotonic = 0.0
         self._changed()
 
     def _changed(self) -> None:

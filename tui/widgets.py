@@ -49,12 +49,24 @@ def minor_to_text(amount: int, currency: str, minor_units: int = 2) -> str:
     return f"{sign}{number} {currency}".rstrip()
 
 
-def clock_text(unix_s: float | None, timezone: datetime.tzinfo | None = None) -> str:
-    """Format a box time as ``HH:MM:SS`` (UTC unless ``timezone`` is given)."""
+def clock_text(
+    unix_s: float | None,
+    timezone: datetime.tzinfo | None = None,
+    *,
+    seconds: bool = True,
+) -> str:
+    """Format a box time as ``HH:MM:SS``, or ``HH:MM`` without ``seconds``.
+
+    UTC unless ``timezone`` is given; ``--`` for None or a time outside the
+    years a datetime holds.
+    """
     if unix_s is None:
         return NO_VALUE
-    moment = datetime.datetime.fromtimestamp(unix_s, timezone or datetime.UTC)
-    return moment.strftime("%H:%M:%S")
+    try:
+        moment = datetime.datetime.fromtimestamp(unix_s, timezone or datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return NO_VALUE
+    return moment.strftime("%H:%M:%S" if seconds else "%H:%M")
 
 
 def site_timezone(overview: dict[str, Any] | None) -> datetime.tzinfo:
@@ -79,6 +91,17 @@ def app_link(widget: Any) -> ConsoleLink:
 def app_session(widget: Any) -> AdminSession:
     """Return the admin session of the app ``widget`` belongs to."""
     return cast("AdminSession", widget.app.session)
+
+
+def count_action_error(widget: Any) -> int:
+    """Count an error of an action on the app ``widget`` belongs to; return the count.
+
+    The count is the app's ``action_errors``: requests that could not be sent
+    and exceptions that ended a screen's worker.
+    """
+    app = widget.app
+    app.action_errors = int(getattr(app, "action_errors", 0)) + 1
+    return int(app.action_errors)
 
 
 class Figure(Static):
@@ -234,7 +257,7 @@ class LinkHeader(Vertical):
         extras = getattr(self.app, "header_extras", None)
         if callable(extras):
             for extra in extras():
-                text.append(f"{extra}  ", style="bold yellow")
+                text.append(f"{extra} ", style="bold yellow")
         if state.box_status is None:
             text.append("box time unknown")
             return text

@@ -38,7 +38,12 @@ class Envelope:
 
 
 def encode(src: str, fields: dict[str, Any], *, message_id: str | None = None) -> bytes:
-    """Wrap ``fields`` in an envelope from ``src`` and return compact JSON bytes."""
+    """Wrap ``fields`` in an envelope from ``src`` and return compact JSON bytes.
+
+    Raises PayloadError naming the problem when a value has no JSON form
+    here: an integer beyond 64 bits, a key that is not a string, a string
+    with lone surrogates, or a type JSON has no value for.
+    """
     envelope = {
         "v": SCHEMA_VERSION,
         "id": message_id or str(uuid.uuid4()),
@@ -46,7 +51,13 @@ def encode(src: str, fields: dict[str, Any], *, message_id: str | None = None) -
         "src": src,
     }
     envelope.update(fields)
-    return orjson.dumps(envelope)
+    try:
+        return orjson.dumps(envelope)
+    except orjson.JSONEncodeError as err:
+        # orjson raises JSONEncodeError, a TypeError, with a message such as
+        # "Integer exceeds 64-bit range". Callers handle bad input as a
+        # ValueError, so the message is kept and the type changed.
+        raise PayloadError(f"message from {src} cannot be encoded: {err}") from err
 
 
 def decode(payload: bytes) -> Envelope:

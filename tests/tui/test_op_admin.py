@@ -83,8 +83,17 @@ async def test_issue_and_revoke_token(op_box: OpBox) -> None:
         token_id = message_of(app).split()[1]
         await wait_until(lambda: token_id in table_rows(tokens), "the new token")
         row = table_rows(tokens)[token_id]
-        assert row[1:3] == ["bar-1", "pos:charge"]
-        assert row[5] == "valid"
+        assert row[1:3] == ["bar-1", "valid"]
+        assert row[4] == "pos:charge"
+        assert row[0] == token_id[:7] + "\u2026"
+        detail = text_of(app.screen.query_one("#token-detail", Static))
+        tokens.move_cursor(row=tokens.get_row_index(token_id))
+        await wait_until(
+            lambda: text_of(app.screen.query_one("#token-detail", Static)).startswith(
+                f"{token_id} for bar-1, valid"
+            ),
+            f"the selected token's detail line, not {detail!r}",
+        )
 
         async with op_box.client("terminal-bar-1", "terminal", "bar-1") as bar:
             reply = await terminal_call(bar, token, "wallet", "balance", band="ib-1-9")
@@ -95,7 +104,7 @@ async def test_issue_and_revoke_token(op_box: OpBox) -> None:
             form_of(app)
             await pilot.press("f2")
             await wait_until(
-                lambda: table_rows(tokens)[token_id][5] == "revoked", "the revocation"
+                lambda: table_rows(tokens)[token_id][2] == "revoked", "the revocation"
             )
             assert message_of(app) == f"token {token_id} revoked"
             with pytest.raises(RequestError) as refused:
@@ -109,7 +118,7 @@ async def test_create_start_and_claim_drop(op_box: OpBox) -> None:
         await start_console(app, pilot, "o")
         drops = app.screen.query_one("#drops", DataTable)
         await wait_until(lambda: "tee-drop" in table_rows(drops), "the site's drop")
-        assert table_rows(drops)["tee-drop"][2:5] == ["35.00 EUR", "20", "20"]
+        assert table_rows(drops)["tee-drop"][2:4] == ["35.00 EUR", "20/20"]
 
         await pilot.press("n")
         form = form_of(app)
@@ -125,13 +134,12 @@ async def test_create_start_and_claim_drop(op_box: OpBox) -> None:
         await wait_until(lambda: "cap-drop" in table_rows(drops), "the new drop")
         assert message_of(app) == "drop cap-drop created: 5 units"
         row = table_rows(drops)["cap-drop"]
-        assert row[1:5] == ["tee", "30.00 EUR", "5", "5"]
-        assert row[7] == "scheduled"
+        assert row[1:5] == ["tee", "30.00 EUR", "5/5", "scheduled"]
 
         drops.move_cursor(row=drops.get_row_index("cap-drop"))
         await pilot.press("a")
         await wait_until(
-            lambda: table_rows(drops)["cap-drop"][7] == "live", "the drop to start"
+            lambda: table_rows(drops)["cap-drop"][4] == "live", "the drop to start"
         )
         assert message_of(app) == "drop cap-drop is now live"
 
@@ -142,13 +150,17 @@ async def test_create_start_and_claim_drop(op_box: OpBox) -> None:
             )
         assert claim["available"] == 4
         await wait_until(
-            lambda: table_rows(drops)["cap-drop"][3] == "4", "the stock after a claim"
+            lambda: table_rows(drops)["cap-drop"][3] == "4/5", "the stock after a claim"
         )
-        assert table_rows(drops)["cap-drop"][5] == "1"
+        detail = app.screen.query_one("#drop-detail", Static)
+        await wait_until(
+            lambda: "4 of 5 left, 1 reserved, 0 paid, 1 per guest" in text_of(detail),
+            "the selected drop's detail line",
+        )
 
         await pilot.press("x")
         await wait_until(
-            lambda: table_rows(drops)["cap-drop"][7] == "stopped", "the drop to stop"
+            lambda: table_rows(drops)["cap-drop"][4] == "stopped", "the drop to stop"
         )
 
 

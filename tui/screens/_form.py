@@ -20,8 +20,6 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, SelectionList, Static
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
 
 @dataclass(frozen=True)
 class Field:
@@ -83,6 +81,12 @@ class FormModal(ModalScreen[dict[str, Any] | None]):
                 )
                 yield Button("Cancel (Esc)", id="cancel")
 
+    def on_mount(self) -> None:
+        # The first field takes the keys at once, so typing and Enter work
+        # without a Tab first.
+        if self._fields:
+            self.query_one(f"#field-{self._fields[0].name}").focus()
+
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         if event.button.id == "submit":
@@ -140,38 +144,104 @@ def _field_widget(field: Field) -> Input | Select[str] | SelectionList[str]:
     )
 
 
-# Parsers shared by the forms; each raises ValueError naming the field.
+# Parsers shared by the forms; each raises ValueError naming the field and the
+# accepted range. Python's int() and the regex class \d also take the digits
+# of other scripts, full-width ones among them, so only ASCII digits match.
+
+_DIGITS = re.compile(r"[0-9]+")
+_DURATION = re.compile(r"(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+# Typed text is echoed in a message up to this many characters.
+_ECHO_CHARS = 24
+# The maximum offset that "+90m" adds to the box's time: a night and its set-up.
+MAX_OFFSET_S = 7 * 24 * 3600
 
 
-def parse_whole(name: str, text: str, *, minimum: int = 0) -> int:
-    """Return ``text`` as a whole number of at least ``minimum``."""
-    if not text.isdigit() or int(text) < minimum:
+def echo(text: str) -> str:
+    """Return ``text`` quoted for a message, cut to a screen-friendly length."""
+    if len(text) > _ECHO_CHARS:
+        text = text[: _ECHO_CHARS - 1] + "\u2026"
+    return repr(text)
+
+
+def parse_whole(name: str, text: str, *, minimum: int, maximum: int) -> int:
+    """Return ``text`` as a whole number from ``minimum`` to ``maximum``."""
+    # A digit string longer than the maximum's is above it; checking the
+    # length first also keeps int() away from strings of thousands of digits.
+    if (
+        not _DIGITS.fullmatch(text)
+        or len(text.lstrip("0")) > len(str(maximum))
+        or not minimum <= int(text) <= maximum
+    ):
         raise ValueError(
-            f"{name} {text!r} is invalid: give a whole number >= {minimum}"
+            f"{name} {echo(text)} is invalid: give a whole number from "
+            f"{minimum:,} to {maximum:,}"
         )
     return int(text)
 
 
-def parse_money(name: str, text: str, minor_units: int) -> int:
-    """Return a money amount typed in major units (``4.50``) as minor units (450)."""
-    pattern = rf"^\d+(?:\.\d{{1,{minor_units}}})?$" if minor_units else r"^\d+$"
-    if not re.match(pattern, text):
-        example = "4.50" if minor_units == 2 else "450"
-        raise ValueError(f"{name} {text!r} is invalid: give an amount like {example}")
+def parse_money(
+    name: str, text: str, minor_units: int, *, minimum: int = 0, maximum: int
+) -> int:
+    """Return a money amount typed in major units (``4.50``) as minor units (450).
+
+    ``minimum`` and ``maximum`` are in minor units.
+    """
+    pattern = rf"[0-9]+(?:\.[0-9]{{1,{minor_units}}})?" if minor_units else r"[0-9]+"
     whole, _, fraction = text.partition(".")
-    return int(whole) * 10**minor_units + int(fraction.ljust(minor_units, "0") or 0)
+    too_long = len(whole.lstrip("0")) > len(str(maximum))
+    if not re.fullmatch(pattern, text) or too_long:
+        amount = None
+    else:
+        amount = int(whole) * 10**minor_units + int(fraction.ljust(minor_units, "0"))
+    if amount is None or not minimum <= amount <= maximum:
+        raise ValueError(
+            f"{name} {echo(text)} is invalid: give an amount from "
+            f"{major_text(minimum, minor_units)} to {major_text(maximum, minor_units)}"
+        )
+    return amount
 
 
-def parse_duration_s(name: str, text: str) -> int:
-    """Return a duration like ``8h``, ``90m``, ``1h30m`` or ``45s`` in seconds."""
-    match = _DURATION.match(text.replace(" ", ""))
+def major_text(amount: int, minor_units: int) -> str:
+    """Format ``amount`` minor units in major units with separators: ``1,234.50``."""
+    if not minor_units:
+        return f"{amount:,}"
+    whole, fraction = divmod(amount, 10**minor_units)
+    return f"{whole:,}.{fraction:0{minor_units}d}"
+
+
+def parse_duration_s(name: str, text: str, *, maximum: int) -> int:
+    """Return a duration like ``8h``, ``90m``, ``1h30m`` or ``45s`` in seconds.
+
+    The duration must be from 1 s to ``maximum`` seconds.
+    """
+    match = _DURATION.fullmatch(text.replace(" ", ""))
+    limit = duration_text(maximum)
     if not text or match is None:
-        raise ValueError(f"{name} {text!r} is invalid: give a duration like 8h or 90m")
-    hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0:
-        raise ValueError(f"{name} {text!r} is invalid: give a duration above 0 s")
+        raise ValueError(
+            f"{name} {echo(text)} is invalid: give a duration like 8h or 90m, "
+            f"up to {limit}"
+        )
+    parts = [part or "0" for part in match.groups()]
+    # Each part is at most the maximum in seconds, so a longer digit string
+    # is out of range before int() sees it.
+    if any(len(part.lstrip("0")) > len(str(maximum)) for part in parts):
+        total = maximum + 1
+    else:
+        hours, minutes, seconds = (int(part) for part in parts)
+        total = hours * 3600 + minutes * 60 + seconds
+    if not 0 < total <= maximum:
+        raise ValueError(
+            f"{name} {echo(text)} is invalid: give a duration from 1s to {limit}"
+        )
     return total
+
+
+def duration_text(seconds: int) -> str:
+    """Format whole seconds as the forms take them: ``24h``, ``90m``, ``1h30m``."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{value}{unit}" for value, unit in parts if value) or "0s"
 
 
 def parse_box_time(name: str, text: str, box_now: float) -> float:
@@ -179,14 +249,15 @@ def parse_box_time(name: str, text: str, box_now: float) -> float:
     if text == "now":
         return round(box_now, 3)
     if text.startswith("+"):
-        return round(box_now + parse_duration_s(name, text[1:]), 3)
+        offset = parse_duration_s(name, text[1:], maximum=MAX_OFFSET_S)
+        return round(box_now + offset, 3)
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
         raise ValueError(
-            f"{name} {text!r} is invalid: give now, +90m, or a time with its "
+            f"{name} {echo(text)} is invalid: give now, +90m, or a time with its "
             "offset like 2026-05-28T23:00+02:00"
         )
     return moment.timestamp()

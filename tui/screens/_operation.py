@@ -5,20 +5,25 @@ link's live state when a source it shows changes. Requests go through
 :meth:`OperationScreen.send`, which fetches the admin token when the action
 needs one and turns the box's refusal into a message line on the screen
 (code and message), so no refusal ever reaches the user as a traceback.
+When the box refuses the admin token as expired or revoked, the screen asks
+for the PIN again and sends the request once more. Every worker the screen
+starts runs guarded: an unexpected exception is logged with its traceback,
+counted, and shown as one line, and the console goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import BindingType
+from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Footer, Input, Select, Static
 from textual.widgets.data_table import CellDoesNotExist
 
 from appliance.errors import RequestError
@@ -27,6 +32,7 @@ from tui.widgets import (
     app_link,
     app_session,
     clock_text,
+    count_action_error,
     minor_to_text,
     site_timezone,
 )
@@ -40,6 +46,9 @@ _LOGGER = logging.getLogger(__name__)
 # Refusals whose cause is the admin token itself: the session forgets the
 # token, so the next action asks for the PIN again.
 _TOKEN_REFUSALS = ("token-expired", "token-revoked", "token-forged", "token-malformed")
+# Refusals after which a new token is likely to succeed, so the request is
+# sent once more after the PIN.
+_RENEWABLE_REFUSALS = ("token-expired", "token-revoked")
 
 
 class OperationScreen(Screen[None]):
@@ -54,7 +63,11 @@ class OperationScreen(Screen[None]):
     # Sensitive as a whole: the PIN is asked for whenever the screen is shown.
     SENSITIVE: ClassVar[bool] = False
     POLL_S: ClassVar[float | None] = None
-    BINDINGS: ClassVar[list[BindingType]] = []
+    # Esc in a text field or a choice moves the focus to the screen's first
+    # table, where the letter keys of the screens work again.
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "leave_field", "Leave field"),
+    ]
 
     DEFAULT_CSS = """
     OperationScreen { layout: vertical; }
@@ -114,7 +127,7 @@ class OperationScreen(Screen[None]):
         # no new visit: asking for the PIN again would loop after a cancel.
         returning = self._covered
         self._covered = False
-        self.redraw("shown")
+        self._redraw_guarded("shown")
         if self.POLL_S is not None and self._poll_timer is None:
             self._poll_timer = self.set_interval(self.POLL_S, self._poll_tick)
             self._poll_tick()
@@ -134,12 +147,31 @@ class OperationScreen(Screen[None]):
     def _poll_tick(self) -> None:
         self.run_latest(self.poll, "poll")
 
+    # Focus.
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # The footer shows "Leave field" only while a field has the focus.
+        if action == "leave_field":
+            return isinstance(self.focused, Input | Select)
+        return True
+
+    def action_leave_field(self) -> None:
+        """Move the focus out of a field to the screen's first table."""
+        tables = self.query(DataTable)
+        if tables:
+            tables.first().focus()
+        else:
+            self.set_focus(None)
+
     async def poll(self) -> None:
         """Fetch what the screen polls for; runs every :attr:`POLL_S` while shown."""
 
     async def _unlock_on_show(self) -> None:
         try:
             token = await self.session.token()
+        except Exception:
+            self.report_unexpected("unlock")
+            return
         finally:
             self._unlocking = False
         if token is None:
@@ -155,7 +187,13 @@ class OperationScreen(Screen[None]):
 
     def _on_link_change(self, source: str) -> None:
         if self.is_attached:
+            self._redraw_guarded(source)
+
+    def _redraw_guarded(self, source: str) -> None:
+        try:
             self.redraw(source)
+        except Exception:
+            self.report_unexpected(f"redraw of {source}")
 
     def redraw(self, source: str) -> None:
         """Redraw the widgets that show ``source`` (``"shown"`` redraws everything)."""
@@ -166,9 +204,16 @@ class OperationScreen(Screen[None]):
         The worker calls ``work`` only when it starts, so a worker replaced
         before it started leaves no coroutine that was never awaited.
         """
+
+        async def guarded() -> None:
+            try:
+                await work()
+            except Exception:
+                self.report_unexpected(group)
+
         # mypy infers Never for run_worker's result from an async callable,
         # whose two matching union arms disagree, so the callable goes as Any.
-        self.run_worker(cast(Any, work), group=group, exclusive=True)
+        self.run_worker(cast(Any, guarded), group=group, exclusive=True)
 
     def start_action(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` (a change on the box) unless the last one is still running.
@@ -186,8 +231,28 @@ class OperationScreen(Screen[None]):
     async def _run_action(self, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
+        except Exception:
+            self.report_unexpected("action")
         finally:
             self._acting = False
+
+    def report_unexpected(self, what: str) -> None:
+        """Log the exception being handled with its traceback, count it, show a line.
+
+        The traceback goes to the log only: its frames may hold the admin
+        token or a guest's data, which the screen must not show.
+        """
+        _LOGGER.error(
+            "Unexpected error in %s of the %s screen", what, self.TITLE, exc_info=True
+        )
+        count = count_action_error(self)
+        error = sys.exc_info()[1]
+        kind = type(error).__name__ if error is not None else "error"
+        if self.is_attached:
+            self.show_error(
+                f"{what} failed with an unexpected {kind} (error {count} of this "
+                "session); the log file has the details, and the console goes on"
+            )
 
     # Messages and requests.
 
@@ -204,10 +269,27 @@ class OperationScreen(Screen[None]):
         message.update(Text(text))
 
     def show_refusal(self, action: str, err: RequestError) -> None:
-        """Show the box's refusal of ``action`` with its code and message."""
-        self.show_error(f"{action} refused: {err.code}: {err.message}")
+        """Show the box's refusal of ``action`` with its code and message.
+
+        A refusal of the admin token itself is shown in the console's words,
+        because the box's message tells a terminal to get a new token, which
+        here means giving the PIN again.
+        """
         if err.code in _TOKEN_REFUSALS:
             self.session.lock()
+            self.show_error(
+                f"{action} refused: {err.code}: the admin token is no longer "
+                "accepted; the console is locked, and the next action asks for "
+                "the PIN"
+            )
+            return
+        text = f"{action} refused: {err.code}: {err.message}"
+        note = self.refusal_note(err)
+        self.show_error(f"{text}\n{note}" if note else text)
+
+    def refusal_note(self, err: RequestError) -> str | None:
+        """Return a line that puts the refusal's figures in people's terms, or None."""
+        return None
 
     async def send(
         self,
@@ -225,29 +307,47 @@ class OperationScreen(Screen[None]):
         ``admin`` fetches the admin token first (asking for the PIN when none
         is held). A refusal is shown as the screen's message unless ``quiet``.
         """
-        token: str | None = None
-        if admin:
-            token = await self.session.token()
-            if token is None:
-                self.show_error(
-                    f"{service}/{action} not sent: it needs the admin PIN, "
-                    "which was cancelled or refused"
+        name = f"{service}/{action}"
+        renewed = False
+        while True:
+            token: str | None = None
+            if admin:
+                token = await self.session.token()
+                if token is None:
+                    self.show_error(
+                        f"{name} not sent: it needs the admin PIN, "
+                        "which was cancelled or refused"
+                    )
+                    return None
+            try:
+                return await self.link.request(
+                    service,
+                    action,
+                    data,
+                    token=token,
+                    mutating=mutating,
+                    timeout_s=timeout_s,
                 )
+            except RequestError as err:
+                if admin and not renewed and err.code in _RENEWABLE_REFUSALS:
+                    # The box refused the token before acting, so sending
+                    # again (with a new idempotency key) cannot act twice.
+                    _LOGGER.info("%s refused: %s; asking for the PIN", name, err.code)
+                    renewed = True
+                    self.session.lock()
+                    continue
+                _LOGGER.info("%s refused: %s", name, err.code)
+                if not quiet:
+                    self.show_refusal(name, err)
                 return None
-        try:
-            return await self.link.request(
-                service,
-                action,
-                data,
-                token=token,
-                mutating=mutating,
-                timeout_s=timeout_s,
-            )
-        except RequestError as err:
-            _LOGGER.info("%s/%s refused: %s", service, action, err.code)
-            if not quiet:
-                self.show_refusal(f"{service}/{action}", err)
-            return None
+            except ValueError as err:
+                # The request could not be encoded (a number beyond 64 bits,
+                # for one). PayloadError is a ValueError and names the value.
+                _LOGGER.warning("%s not sent: %s", name, err)
+                count_action_error(self)
+                if not quiet:
+                    self.show_error(f"{name} not sent: {err}")
+                return None
 
     # Shared views of the live state.
 
@@ -274,11 +374,12 @@ class OperationScreen(Screen[None]):
             amount, str(site.get("currency") or ""), self.minor_units()
         )
 
-    def time_text(self, unix_s: object) -> str:
-        """Format a box time as ``HH:MM:SS`` in the site's time zone."""
+    def time_text(self, unix_s: object, *, seconds: bool = True) -> str:
+        """Format a box time as ``HH:MM:SS`` (or ``HH:MM``) in the site's time zone."""
         if not isinstance(unix_s, int | float):
             return "--"
-        return clock_text(float(unix_s), site_timezone(self.overview()))
+        timezone = site_timezone(self.overview())
+        return clock_text(float(unix_s), timezone, seconds=seconds)
 
     def minor_units(self) -> int:
         """The digits after the decimal point of the site's currency."""

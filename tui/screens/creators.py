@@ -15,6 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
+from appliance.commerce.config import MAX_AMOUNT, MAX_QUANTITY
 from tui.screens._form import (
     Field,
     FormModal,
@@ -144,15 +145,23 @@ class CreatorsScreen(OperationScreen):
             raise ValueError("code is missing: give one like MAYA20")
         request: dict[str, Any] = {
             "code": values["code"],
-            "uses": parse_whole("uses", values["uses"], minimum=1),
+            "uses": parse_whole(
+                "uses", values["uses"], minimum=1, maximum=MAX_QUANTITY
+            ),
             "applies_to": values["applies_to"] or "all",
         }
         if values["kind"] == "amount":
             request["amount"] = parse_money(
-                "discount", values["value"], self.minor_units()
+                "discount",
+                values["value"],
+                self.minor_units(),
+                minimum=1,
+                maximum=MAX_AMOUNT,
             )
         else:
-            request["percent"] = parse_whole("discount", values["value"], minimum=1)
+            request["percent"] = parse_whole(
+                "discount", values["value"], minimum=1, maximum=100
+            )
         if values["expires_at"]:
             box_now = self.box_now()
             if box_now is None:

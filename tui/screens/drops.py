@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
+from appliance.commerce.config import MAX_AMOUNT, MAX_QUANTITY
 from tui.screens._form import (
     Field,
     FormModal,
@@ -24,19 +26,13 @@ from tui.screens._form import (
 )
 from tui.screens._operation import OperationScreen, fill_table, selected_key
 
-_COLUMNS = (
-    "drop",
-    "item",
-    "price",
-    "available",
-    "quota",
-    "reserved",
-    "paid",
-    "state",
-    "starts",
-    "ends",
-    "per guest",
-)
+# A drop's per_guest_limit is 1 to 100 under the [[drops]] rules of the site
+# file, which console/drop-create applies.
+MAX_PER_GUEST_LIMIT = 100
+
+# The columns fit 80 terminal columns; the selected drop's other figures
+# are in the detail line below the table.
+_COLUMNS = ("drop", "item", "price", "left", "state", "starts", "ends")
 
 
 class DropsScreen(OperationScreen):
@@ -51,17 +47,19 @@ class DropsScreen(OperationScreen):
 
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="drops", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="drop-detail")
 
     def redraw(self, source: str) -> None:
         if source in ("shown", "overview", "box_status", "link"):
             self._draw_drops()
 
     def _draw_drops(self) -> None:
-        stock = self.box_status().get("drops") or {}
         rows = []
         for drop in self.overview().get("drops") or []:
             drop_id = str(drop.get("id"))
-            live = stock.get(drop_id) or {}
+            live = self._live_stock(drop_id)
+            available = live.get("available", drop.get("available"))
+            quota = live.get("quota", drop.get("quota"))
             rows.append(
                 (
                     drop_id,
@@ -69,19 +67,53 @@ class DropsScreen(OperationScreen):
                         drop_id,
                         drop.get("item"),
                         self.money(drop.get("price")),
-                        live.get("available", drop.get("available")),
-                        live.get("quota", drop.get("quota")),
-                        live.get("reserved"),
-                        live.get("paid"),
+                        f"{_figure(available)}/{_figure(quota)}",
                         drop.get("state"),
-                        self.time_text(drop.get("starts_at")),
-                        self.time_text(drop.get("ends_at")),
-                        drop.get("per_guest_limit"),
+                        self.time_text(drop.get("starts_at"), seconds=False),
+                        self.time_text(drop.get("ends_at"), seconds=False),
                     ),
                 )
             )
         fill_table(self.query_one("#drops", DataTable), _COLUMNS, rows)
         self.mark_stale("drops", "box_status")
+        self._draw_detail()
+
+    def _live_stock(self, drop_id: str) -> dict[str, Any]:
+        stock = self.box_status().get("drops") or {}
+        live = stock.get(drop_id)
+        return live if isinstance(live, dict) else {}
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "drops":
+            self._draw_detail()
+
+    def _draw_detail(self) -> None:
+        detail = self.query_one("#drop-detail", Static)
+        drop_id = self.selected_drop()
+        drop = next(
+            (
+                entry
+                for entry in self.overview().get("drops") or []
+                if str(entry.get("id")) == drop_id
+            ),
+            None,
+        )
+        if drop is None:
+            detail.update("No drop selected." if drop_id is None else "")
+            return
+        live = self._live_stock(str(drop_id))
+        creator = f", creator {drop['creator']}" if drop.get("creator") else ""
+        detail.update(
+            Text(
+                f"{drop_id}: {_figure(live.get('available', drop.get('available')))}"
+                f" of {_figure(live.get('quota', drop.get('quota')))} left, "
+                f"{_figure(live.get('reserved'))} reserved, "
+                f"{_figure(live.get('paid'))} paid, "
+                f"{_figure(drop.get('per_guest_limit'))} per guest; "
+                f"{self.time_text(drop.get('starts_at'))} to "
+                f"{self.time_text(drop.get('ends_at'))}{creator}"
+            )
+        )
 
     def selected_drop(self) -> str | None:
         """The id of the drop under the cursor."""
@@ -145,8 +177,12 @@ class DropsScreen(OperationScreen):
         request: dict[str, Any] = {
             "id": values["id"],
             "item": values["item"],
-            "price": parse_money("price", values["price"], self.minor_units()),
-            "quota": parse_whole("quota", values["quota"], minimum=1),
+            "price": parse_money(
+                "price", values["price"], self.minor_units(), maximum=MAX_AMOUNT
+            ),
+            "quota": parse_whole(
+                "quota", values["quota"], minimum=1, maximum=MAX_QUANTITY
+            ),
             "starts_at": parse_box_time("starts", values["starts_at"], box_now),
             "ends_at": parse_box_time("ends", values["ends_at"], box_now),
         }
@@ -154,7 +190,10 @@ class DropsScreen(OperationScreen):
             raise ValueError("ends is not after starts: give a later end")
         if values["per_guest_limit"]:
             request["per_guest_limit"] = parse_whole(
-                "per guest", values["per_guest_limit"], minimum=1
+                "per guest",
+                values["per_guest_limit"],
+                minimum=1,
+                maximum=MAX_PER_GUEST_LIMIT,
             )
         if values["creator"]:
             request["creator"] = values["creator"]
@@ -172,3 +211,7 @@ class DropsScreen(OperationScreen):
             return
         self.show_ok(f"drop {reply.get('id')} created: {reply.get('quota')} units")
         await self.link.refresh_overview()
+
+
+def _figure(value: object) -> str:
+    return "--" if value is None else str(value)

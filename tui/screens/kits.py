@@ -16,6 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
+from appliance.console._admin import MAX_RESTOCK
 from tui.screens._form import Field, FormModal, parse_whole
 from tui.screens._operation import OperationScreen, fill_table
 
@@ -24,7 +25,6 @@ _OPTIN_COLUMNS = ("band", "contact", "at")
 _EVENT_COLUMNS = ("event", "station", "band", "detail")
 _KIT_EVENTS = ("kit_issued", "kit_offline_conflict", "kit_stock_low", "kit_restocked")
 _EVENTS_SHOWN = 20
-_RESTOCK_MAX = 10_000
 
 
 class KitsScreen(OperationScreen):
@@ -138,7 +138,7 @@ class KitsScreen(OperationScreen):
                 value=stations[0],
                 options=[(station, station) for station in stations],
             ),
-            Field("add", "kits to add", placeholder=f"1 to {_RESTOCK_MAX}"),
+            Field("add", "kits to add", placeholder=f"1 to {MAX_RESTOCK:,}"),
         )
         form = FormModal("Restock a kit station", fields, "Restock", _restock_request)
         self.app.push_screen(form, self._restock_chosen)
@@ -162,9 +162,7 @@ class KitsScreen(OperationScreen):
 def _restock_request(values: dict[str, Any]) -> dict[str, Any]:
     if not values["station"]:
         raise ValueError("station is missing: choose a kit station")
-    add = parse_whole("kits to add", values["add"], minimum=1)
-    if add > _RESTOCK_MAX:
-        raise ValueError(f"kits to add {add} is above {_RESTOCK_MAX}; add fewer")
+    add = parse_whole("kits to add", values["add"], minimum=1, maximum=MAX_RESTOCK)
     return {"station": values["station"], "add": add}
 
 

@@ -9,8 +9,9 @@ balance. A refund takes the receipt's transaction or a typed one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -18,6 +19,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Input, Label, Select, Static
 
+from appliance.commerce.config import MAX_AMOUNT
+from appliance.errors import RequestError
 from tui.screens._form import parse_money, parse_whole
 from tui.screens._operation import (
     OperationScreen,
@@ -27,6 +30,17 @@ from tui.screens._operation import (
 )
 
 _NEARBY_COLUMNS = ("band", "RSSI", "reader")
+# A row of a table: (row key, cells).
+_Row = TypeVar("_Row", bound=tuple[str, Sequence[object]])
+# wallet/charge accepts a quantity from 1 to 100 (appliance/wallet/_amounts.py).
+MAX_CHARGE_QUANTITY = 100
+# Figures a wallet refusal may carry, with the words that introduce them.
+_REFUSAL_FIGURES = (
+    ("balance", "balance"),
+    ("amount", "charge"),
+    ("limit", "limit"),
+    ("refundable", "left to refund"),
+)
 
 
 class PosScreen(OperationScreen):
@@ -115,7 +129,10 @@ class PosScreen(OperationScreen):
             )
             for band in reply.get("bands") or []
         ]
-        fill_table(self.query_one("#nearby", DataTable), _NEARBY_COLUMNS, rows)
+        table = self.query_one("#nearby", DataTable)
+        if table.has_focus:
+            rows = _keep_order(table, rows)
+        fill_table(table, _NEARBY_COLUMNS, rows)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "nearby" and event.row_key.value is not None:
@@ -151,14 +168,19 @@ class PosScreen(OperationScreen):
             raise ValueError("item is missing: choose one of the catalogue")
 
         quantity = parse_whole(
-            "quantity", self.query_one("#quantity", Input).value.strip(), minimum=1
+            "quantity",
+            self.query_one("#quantity", Input).value.strip(),
+            minimum=1,
+            maximum=MAX_CHARGE_QUANTITY,
         )
         amount_text = self.query_one("#amount", Input).value.strip()
         price = item.get("price")
         if isinstance(price, int):
             amount = price * quantity
         elif amount_text:
-            amount = parse_money("amount", amount_text, self.minor_units())
+            amount = parse_money(
+                "amount", amount_text, self.minor_units(), minimum=1, maximum=MAX_AMOUNT
+            )
         else:
             raise ValueError(f"item {item_id} has no price: type the amount")
 
@@ -208,7 +230,11 @@ class PosScreen(OperationScreen):
         if amount_text:
             try:
                 request["amount"] = parse_money(
-                    "refund amount", amount_text, self.minor_units()
+                    "refund amount",
+                    amount_text,
+                    self.minor_units(),
+                    minimum=1,
+                    maximum=MAX_AMOUNT,
                 )
             except ValueError as err:
                 self.show_error(str(err))
@@ -241,6 +267,16 @@ class PosScreen(OperationScreen):
             f"spent tonight {self.money(reply.get('spent_tonight'))}"
         )
 
+    def refusal_note(self, err: RequestError) -> str | None:
+        # The box sends money in minor units ("has 0 and the charge is
+        # 5400"); the note repeats the figures as money.
+        figures = [
+            f"{words} {self.money(err.details[key])}"
+            for key, words in _REFUSAL_FIGURES
+            if type(err.details.get(key)) is int
+        ]
+        return ", ".join(figures) or None
+
     def _show_receipt(self, kind: str, reply: dict[str, Any]) -> None:
         discount = reply.get("discount") or 0
         lines = [
@@ -259,6 +295,17 @@ class PosScreen(OperationScreen):
         lines.append(f"balance {self.money(reply.get('balance'))}")
         lines.append(f"box time {self.time_text(self.box_now())}")
         self.query_one("#receipt", Static).update(Text("\n".join(lines)))
+
+
+def _keep_order(table: DataTable[Any], rows: list[_Row]) -> list[_Row]:
+    """Order ``rows`` as ``table`` shows them now, with new bands after them.
+
+    While the person moves the cursor over the list, a band keeps its row
+    even when its RSSI changes, so the row aimed at stays put. Bands no
+    longer heard leave the list.
+    """
+    shown = {str(key.value): index for index, key in enumerate(table.rows)}
+    return sorted(rows, key=lambda row: shown.get(row[0], len(shown)))
 
 
 def _input(widget_id: str, placeholder: str, value: str = "") -> Input:

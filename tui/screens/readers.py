@@ -55,6 +55,8 @@ _READER_COLUMNS = (
     "faults",
 )
 _BAND_COLUMNS = ("band", "RSSI dBm", "battery", "temp", "adverts", "last heard")
+# console/reader-provision accepts a kit stock from 0 to 100,000.
+MAX_PROVISION_KIT_STOCK = 100_000
 _TABLE_SOURCES = ("shown", "overview", "box_status", "link")
 # Seconds of sightings that console/nearby looks back over.
 _NEARBY_WINDOW_S = 5
@@ -108,22 +110,30 @@ class ReadersScreen(OperationScreen):
             live = self.link.state.readers.get(reader_id)
             status: dict[str, Any] = dict(live.status or {}) if live else {}
             availability = live.availability if live else None
+            if status:
+                health: tuple[object, ...] = (
+                    status.get("fw"),
+                    format_age(status.get("uptime_s")),
+                    status.get("heap_free"),
+                    status.get("scan_per_min"),
+                    status.get("reconnects"),
+                    status.get("ring_used"),
+                    status.get("last_error"),
+                )
+            else:
+                # One note in place of a row of "--": the reader has not
+                # published its retained status (a simulated one never does).
+                health = (Text("no status yet", style="dim"), *("",) * 6)
             rows.append(
                 (
                     reader_id,
                     (
                         reader_id,
                         reader.get("role"),
-                        reader.get("zone"),
+                        reader.get("zone") or None,
                         reader.get("uplink"),
                         _availability_text(availability),
-                        status.get("fw"),
-                        format_age(status.get("uptime_s")) if status else None,
-                        status.get("heap_free"),
-                        status.get("scan_per_min"),
-                        status.get("reconnects"),
-                        status.get("ring_used"),
-                        status.get("last_error"),
+                        *health,
                         Text(", ".join(faults[reader_id]), style="bold red")
                         if reader_id in faults
                         else "",
@@ -255,7 +265,9 @@ def _provision_request(values: dict[str, Any]) -> dict[str, Any]:
     if values["kit_stock"]:
         if values["role"] != "kit":
             raise ValueError("kit stock is for kit readers only; clear it")
-        request["kit_stock"] = parse_whole("kit stock", values["kit_stock"], minimum=1)
+        request["kit_stock"] = parse_whole(
+            "kit stock", values["kit_stock"], minimum=1, maximum=MAX_PROVISION_KIT_STOCK
+        )
     return request
 
 

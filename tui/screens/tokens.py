@@ -17,12 +17,16 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
-from appliance.tokens import SCOPES
+from appliance.tokens import MAX_TTL_S, SCOPES
 from tui.qr import qr_text
 from tui.screens._form import Field, FormModal, parse_duration_s
 from tui.screens._operation import OperationScreen, fill_table, selected_key
 
-_COLUMNS = ("token id", "subject", "scopes", "issued", "expires", "state")
+# The columns fit 80 terminal columns: the token id is cut to its first
+# characters (the row key keeps it whole), and the detail line below the
+# table shows the selected token in full.
+_COLUMNS = ("token", "subject", "state", "expires", "scopes")
+_ID_CHARS = 8
 
 
 class TokensScreen(OperationScreen):
@@ -36,8 +40,14 @@ class TokensScreen(OperationScreen):
         Binding("g", "reload", "Refresh"),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        # The last tokens list by token id, for the detail line.
+        self._tokens: dict[str, dict[str, Any]] = {}
+
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="tokens", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="token-detail")
 
     async def unlocked(self) -> None:
         await self._load()
@@ -49,32 +59,60 @@ class TokensScreen(OperationScreen):
         reply = await self.send("console", "tokens", {}, admin=True)
         if reply is None or not self.is_attached:
             return
-        now = self.box_now()
         rows = []
+        self._tokens = {}
         for token in reply.get("tokens") or []:
-            expires_at = token.get("expires_at")
-            if token.get("revoked"):
-                state = Text("revoked", style="bold red")
-            elif now is not None and isinstance(expires_at, int | float):
-                state = (
-                    Text("expired", style="dim") if expires_at <= now else Text("valid")
-                )
-            else:
-                state = Text("valid")
+            token_id = str(token.get("token_id"))
+            self._tokens[token_id] = token
+            short_id = (
+                token_id
+                if len(token_id) <= _ID_CHARS
+                else token_id[: _ID_CHARS - 1] + "\u2026"
+            )
             rows.append(
                 (
-                    str(token.get("token_id")),
+                    token_id,
                     (
-                        token.get("token_id"),
+                        short_id,
                         token.get("subject"),
+                        self._state_text(token),
+                        self.time_text(token.get("expires_at"), seconds=False),
                         " ".join(token.get("scopes") or []),
-                        self.time_text(token.get("issued_at")),
-                        self.time_text(expires_at),
-                        state,
                     ),
                 )
             )
         fill_table(self.query_one("#tokens", DataTable), _COLUMNS, rows)
+        self._draw_detail()
+
+    def _state_text(self, token: dict[str, Any]) -> Text:
+        now = self.box_now()
+        expires_at = token.get("expires_at")
+        if token.get("revoked"):
+            return Text("revoked", style="bold red")
+        if now is not None and isinstance(expires_at, int | float):
+            return Text("expired", style="dim") if expires_at <= now else Text("valid")
+        return Text("valid")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "tokens":
+            self._draw_detail()
+
+    def _draw_detail(self) -> None:
+        token_id = selected_key(self.query_one("#tokens", DataTable))
+        token = self._tokens.get(token_id or "")
+        detail = self.query_one("#token-detail", Static)
+        if token is None:
+            detail.update("")
+            return
+        detail.update(
+            Text(
+                f"{token_id} for {token.get('subject')}, "
+                f"{self._state_text(token).plain}, issued "
+                f"{self.time_text(token.get('issued_at'))}, expires "
+                f"{self.time_text(token.get('expires_at'))}; scopes "
+                f"{' '.join(token.get('scopes') or []) or '--'}"
+            )
+        )
 
     def action_issue(self) -> None:
         terminals = [
@@ -151,7 +189,7 @@ def _issue_request(values: dict[str, Any]) -> dict[str, Any]:
     return {
         "subject": values["subject"],
         "scopes": values["scopes"],
-        "ttl_s": parse_duration_s("lifetime", values["ttl"]),
+        "ttl_s": parse_duration_s("lifetime", values["ttl"], maximum=int(MAX_TTL_S)),
     }
 
 
