@@ -218,6 +218,22 @@ async def test_forms_refuse_oversized_numbers(op_box: OpBox) -> None:
         assert app.action_errors == 0
 
 
+async def test_form_error_shows_markup_as_typed(op_box: OpBox) -> None:
+    app = op_box.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await start_console(app, pilot, "c")
+        await pilot.press("n")
+        error = await submit_form(
+            app,
+            pilot,
+            {"code": "BIG20", "value": "20", "uses": "5", "expires_at": "ZZ[/]"},
+        )
+
+        assert "'ZZ[/]'" in error
+        assert app.is_running
+        assert app.action_errors == 0
+
+
 async def test_unencodable_request_is_not_sent(
     op_box: OpBox, caplog: pytest.LogCaptureFixture
 ) -> None:

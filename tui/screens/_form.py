@@ -74,7 +74,7 @@ class FormModal(ModalScreen[dict[str, Any] | None]):
                 with Horizontal():
                     yield Label(field.label)
                     yield _field_widget(field)
-            yield Static("", id="form-error")
+            yield Static("", id="form-error", markup=False)
             with Horizontal():
                 yield Button(
                     f"{self._submit_label} (F2)", variant="primary", id="submit"

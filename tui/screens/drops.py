@@ -47,7 +47,7 @@ class DropsScreen(OperationScreen):
 
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="drops", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="drop-detail")
+        yield Static("", id="drop-detail", markup=False)
 
     def redraw(self, source: str) -> None:
         if source in ("shown", "overview", "box_status", "link"):

@@ -38,7 +38,7 @@ class KitsScreen(OperationScreen):
 
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="stock", cursor_type="row")
-        yield Static("Opt-ins: press g to load", id="optins-summary")
+        yield Static("Opt-ins: press g to load", id="optins-summary", markup=False)
         yield DataTable(id="optins", cursor_type="row")
         yield Static("Recent kit events", classes="title")
         yield DataTable(id="kit-events", cursor_type="row")

@@ -78,7 +78,7 @@ class ReadersScreen(OperationScreen):
 
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="readers", cursor_type="row", zebra_stripes=True)
-        yield Static("Bands heard", id="bands-title", classes="title")
+        yield Static("Bands heard", id="bands-title", classes="title", markup=False)
         yield DataTable(id="bands", cursor_type="row")
         with Vertical(id="job", classes="form"):
             yield ProgressBar(total=len(PROVISION_STAGES), id="job-progress")

@@ -39,7 +39,7 @@ class StreamScreen(OperationScreen):
     """
 
     def compose_body(self) -> ComposeResult:
-        yield Static(NO_STUDIO, id="stream-state")
+        yield Static(NO_STUDIO, id="stream-state", markup=False)
         with Horizontal(id="stream-buttons"):
             for action, label in _ACTIONS:
                 yield Button(label, id=f"stream-{action}", disabled=True)

@@ -47,7 +47,7 @@ class TokensScreen(OperationScreen):
 
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="tokens", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="token-detail")
+        yield Static("", id="token-detail", markup=False)
 
     async def unlocked(self) -> None:
         await self._load()
