@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance._tasks import cancel_and_wait
 from appliance.config import BrokerConfig
 from appliance.errors import BrokerUnavailableError
 from provisioning import AccessPolicy, SiteCredentials
@@ -36,6 +37,11 @@ _LOGGER = logging.getLogger(__name__)
 
 _MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 _READY_TIMEOUT_S = 10.0
+# How often a supervised mosquitto is checked, and the wait before another
+# try after a restart failed (doubled up to the maximum).
+_SUPERVISE_INTERVAL_S = 1.0
+_RESTART_RETRY_S = 1.0
+_RESTART_RETRY_MAX_S = 30.0
 # From <linux/prctl.h>.
 _PR_SET_PDEATHSIG = 1
 
@@ -85,6 +91,7 @@ class BrokerHandle:
     _embedded: EmbeddedBroker | None = None
     _config_path: Path | None = None
     _log_path: Path | None = None
+    _supervisor: asyncio.Task[None] | None = None
 
     @property
     def description(self) -> str:
@@ -92,8 +99,58 @@ class BrokerHandle:
         label = {"embedded": "embedded broker", "external": "external broker"}
         return f"{label.get(self.kind, self.kind)} on {self.host}:{self.port}"
 
+    def supervise(self) -> None:
+        """Restart the private mosquitto whenever it exits, until :meth:`stop`.
+
+        A broker that crashed or was killed would otherwise leave the site
+        without a bus until the box restarts. The new broker uses the same
+        port, configuration, passwords and ACL files, so clients reconnect
+        by themselves.
+        """
+        if self._process is None or self._supervisor is not None:
+            return
+        self._supervisor = asyncio.get_running_loop().create_task(
+            self._keep_running(), name=f"mosquitto-{self.port}"
+        )
+
+    async def _keep_running(self) -> None:
+        retry_s = _RESTART_RETRY_S
+        while True:
+            await asyncio.sleep(_SUPERVISE_INTERVAL_S)
+            process = self._process
+            if process is None or process.poll() is None or self._config_path is None:
+                continue
+            _LOGGER.error(
+                "mosquitto (pid %d) on %s:%d exited with code %s; restarting it "
+                "with %s",
+                process.pid,
+                self.host,
+                self.port,
+                process.returncode,
+                self._config_path,
+            )
+            try:
+                self._process = await _launch_mosquitto(
+                    self._config_path, self.host, self.port, self._log_path
+                )
+            except BrokerUnavailableError as err:
+                _LOGGER.error(
+                    "Restarting mosquitto on %s:%d failed: %s; trying again in %.0f s",
+                    self.host,
+                    self.port,
+                    err,
+                    retry_s,
+                )
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, _RESTART_RETRY_MAX_S)
+                continue
+            retry_s = _RESTART_RETRY_S
+
     async def stop(self) -> None:
         """Stop the broker if this process started it."""
+        if self._supervisor is not None:
+            await cancel_and_wait(self._supervisor)
+            self._supervisor = None
         if self._process is not None:
             self._process.terminate()
             try:
@@ -114,6 +171,7 @@ class BrokerHandle:
         self._process = await _launch_mosquitto(
             self._config_path, self.host, self.port, self._log_path
         )
+        self.supervise()
 
 
 async def start_broker(
@@ -152,9 +210,11 @@ async def start_broker(
         )
         log_path = runtime_dir / "mosquitto.log"
         process = await _launch_mosquitto(config_path, config.host, port, log_path)
-        return BrokerHandle(
+        handle = BrokerHandle(
             "mosquitto", config.host, port, process, None, config_path, log_path
         )
+        handle.supervise()
+        return handle
     from appliance.bus._embedded_broker import EmbeddedBroker
 
     passwords = {name: credentials.account(name).password for name in policy.usernames}
@@ -310,6 +370,19 @@ async def _launch_mosquitto(
         raise BrokerUnavailableError("mosquitto is not installed")
     log_path = log_path or config_path.with_suffix(".log")
     process = _spawn(binary, config_path, log_path)
+    try:
+        return await _wait_until_listening(process, host, port, log_path)
+    except BaseException:
+        # Cancelled or failed: no caller holds the process to stop it later.
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        raise
+
+
+async def _wait_until_listening(
+    process: subprocess.Popen[bytes], host: str, port: int, log_path: Path
+) -> subprocess.Popen[bytes]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _READY_TIMEOUT_S
     while loop.time() < deadline:
@@ -326,7 +399,6 @@ async def _launch_mosquitto(
             _LOGGER.info("Started mosquitto on %s:%d (pid %d)", host, port, process.pid)
             return process
         await asyncio.sleep(0.05)
-    process.kill()
     raise BrokerUnavailableError(
         f"mosquitto did not listen on {host}:{port} within {_READY_TIMEOUT_S} s"
     )
