@@ -104,6 +104,12 @@ def run(arguments: argparse.Namespace) -> int:
 def _read_pin(*, from_stdin: bool) -> str:
     if from_stdin:
         pin = sys.stdin.readline().strip()
+        if not pin:
+            raise NightboxError(
+                "no PIN on standard input; give the PIN as one line, e.g. "
+                "'nightbox console set-pin --config FILE --pin-stdin < pin.txt'; "
+                "nothing was changed"
+            )
         _check(pin)
         return pin
     pin = getpass.getpass("New console PIN: ")

@@ -1,23 +1,34 @@
-"""The box's last log lines in memory, for ``console/system``."""
+"""The box's last log lines in memory, for ``console/logs``."""
 
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
-import time
+from collections.abc import Callable
 
 MAX_LINES = 200
 
 
 class LogRing(logging.Handler):
-    """Keeps the last :data:`MAX_LINES` records as ``time level logger message``.
+    """Keeps the last :data:`MAX_LINES` records as ``HH:MM:SS level logger message``.
 
-    The box installs it on the root logger while it runs. Records are
+    The box installs it on the root logger while it runs. The time is the
+    box's clock (``now``, Unix seconds) in the site's time zone when the
+    record is emitted, so it matches the console's header even when the
+    box's clock differs from the computer's (a simulated night). Records are
     formatted when they are emitted, so a line never changes afterwards.
     """
 
-    def __init__(self, capacity: int = MAX_LINES) -> None:
+    def __init__(
+        self,
+        now: Callable[[], float],
+        timezone: datetime.tzinfo = datetime.UTC,
+        capacity: int = MAX_LINES,
+    ) -> None:
         super().__init__(logging.INFO)
+        self._now = now
+        self._timezone = timezone
         self._lines: collections.deque[str] = collections.deque(maxlen=capacity)
         self._root_level = logging.NOTSET
         self._lowered = False
@@ -29,7 +40,9 @@ class LogRing(logging.Handler):
             message = record.getMessage()
         except (TypeError, ValueError) as err:
             message = f"{record.msg!r} (unformattable arguments: {err})"
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        stamp = datetime.datetime.fromtimestamp(self._now(), self._timezone).strftime(
+            "%H:%M:%S"
+        )
         first_line = message.splitlines()[0] if message else ""
         self._lines.append(
             f"{stamp} {record.levelname} {record.name} {first_line[:500]}"

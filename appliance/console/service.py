@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import zoneinfo
 from typing import TYPE_CHECKING, Any
 
 from appliance.console import _admin, _lockout
@@ -73,7 +74,9 @@ class ConsoleService:
         self._bands = bands
         self._pins = PinFile(pin_path(box.config.data_dir))
         self.recent_batches = RecentBatches()
-        self.logs = LogRing()
+        self.logs = LogRing(
+            box.clock.now, zoneinfo.ZoneInfo(box.config.commerce.timezone)
+        )
         self.jobs = ConsoleJobs(box, config_path)
 
     def start(self) -> None:
@@ -108,6 +111,9 @@ class ConsoleService:
         admin_queries: dict[str, RequestHandler] = {
             "tokens": admin.tokens,
             "promos": admin.promos,
+            # Log lines name devices, token ids and errors, so they need the
+            # admin PIN; the facts of ``system`` do not.
+            "logs": self._logs,
         }
         for action, handler in admin_queries.items():
             serve(
@@ -258,8 +264,10 @@ class ConsoleService:
             "broker": box.broker_kind,
             "network": network_interfaces(),
             "updates": {"available": False, "note": _UPDATES_NOTE},
-            "logs": self.logs.lines(),
         }
+
+    def _logs(self, transaction: Transaction, request: Request) -> dict[str, Any]:
+        return {"now": round(self._box.clock.now(), 3), "lines": self.logs.lines()}
 
     def _jobs(self, transaction: Transaction, request: Request) -> dict[str, Any]:
         return {"jobs": self.jobs.recent()}

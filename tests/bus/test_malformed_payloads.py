@@ -369,6 +369,7 @@ CONSOLE_ENDPOINTS = [
         "jobs",
         "tokens",
         "promos",
+        "logs",
         "token-issue",
         "token-revoke",
         "drop-create",

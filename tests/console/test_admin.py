@@ -34,6 +34,7 @@ from tests.economy.economy_site import (  # noqa: F401
 ADMIN_ACTIONS = [
     ("tokens", False),
     ("promos", False),
+    ("logs", False),
     ("token-issue", True),
     ("token-revoke", True),
     ("drop-create", True),

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from appliance.config import load_config
 from appliance.console.pin import PinFile, pin_path
 from provisioning import SiteCredentials
@@ -47,6 +49,20 @@ def test_set_pin_rejects_weak_pin(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "straight run" in result.stderr
     assert "nothing was changed" in result.stderr
+    assert not PinFile(pin_path(load_config(site).data_dir)).exists()
+
+
+@pytest.mark.parametrize("stdin", ["", "\n", "   \n"])
+def test_set_pin_empty_stdin_named(tmp_path: Path, stdin: str) -> None:
+    site = write_site(tmp_path, network=False, extra=BROKER)
+    result = nightbox(
+        "console", "set-pin", "--config", str(site), "--pin-stdin", stdin=stdin
+    )
+
+    assert result.returncode == 2
+    assert "no PIN on standard input" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not PinFile(pin_path(load_config(site).data_dir)).exists()
 
 
