@@ -8,24 +8,56 @@ commands do not pay for it.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance._cli_arguments import whole_number
 from appliance.errors import ConfigError
 
 if TYPE_CHECKING:
+    from textual.app import App
+
     from tui.link import LinkSettings
 
 _LOGGER = logging.getLogger(__name__)
 
 CONSOLE_USERNAME = "terminal-console"
 MAX_DEMO_GUESTS = 5000
+# Stopping signals handled like the console's quit key: SIGTERM from a
+# service manager or kill, SIGHUP when the terminal closes.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class ConsoleStopped(BaseException):
+    """A stopping signal arrived while no console screen was running.
+
+    A BaseException like KeyboardInterrupt, so no ``except Exception`` on the
+    way swallows it and every ``finally`` (the demo's stop) still runs.
+    """
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+@dataclass
+class _SignalState:
+    """The console app the stopping signals should quit, once it runs."""
+
+    app: App[Any] | None = None
+    # The first stopping signal received; later ones are ignored, so they
+    # cannot interrupt the cleanup the first one started.
+    received: int | None = None
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,7 +89,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--setup",
         action="store_true",
-        help="run the setup wizard for --config first, even if the file exists",
+        help="run the setup wizard for --config first, even if the file exists "
+        "(it never overwrites a finished site file)",
     )
     parser.add_argument(
         "--guests",
@@ -91,31 +124,86 @@ def _speed(text: str) -> float:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    """Run ``nightbox tui``; return the exit code. Raises NightboxError on bad input."""
+    """Run ``nightbox tui``; return the exit code. Raises NightboxError on bad input.
+
+    SIGTERM and SIGHUP quit the console like its quit key: the screen is
+    restored, a demo night is stopped and its folder removed, and the exit
+    code is 128 plus the signal's number.
+    """
+    try:
+        with _quit_on_stop_signals() as signals:
+            return _run(arguments, signals)
+    except ConsoleStopped as stopped:
+        name = signal.Signals(stopped.signal_number).name
+        print(f"nightbox tui: stopped by {name}", file=sys.stderr)
+        return 128 + stopped.signal_number
+
+
+@contextlib.contextmanager
+def _quit_on_stop_signals() -> Iterator[_SignalState]:
+    """Handle STOP_SIGNALS for the ``with`` block, then restore the old handlers.
+
+    While the console's app runs, a signal asks it to exit on its event loop,
+    which restores the terminal. At any other moment, such as while the demo
+    starts, the handler raises ConsoleStopped.
+    """
+    state = _SignalState()
+
+    def on_signal(signal_number: int, _frame: object) -> None:
+        if state.received is not None:
+            return
+        state.received = signal_number
+        app = state.app
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if app is None or loop is None:
+            raise ConsoleStopped(signal_number)
+        _LOGGER.warning(
+            "Quitting the console on %s", signal.Signals(signal_number).name
+        )
+        loop.call_soon_threadsafe(lambda: app.exit(return_code=128 + signal_number))
+
+    if threading.current_thread() is not threading.main_thread():
+        # Python runs signal handlers only in the main thread.
+        yield state
+        return
+    previous = {number: signal.signal(number, on_signal) for number in STOP_SIGNALS}
+    try:
+        yield state
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _run(arguments: argparse.Namespace, signals: _SignalState) -> int:
     if not arguments.demo and (arguments.guests != 200 or arguments.speed is not None):
         raise ConfigError("--guests and --speed apply only with --demo")
     if arguments.setup and (arguments.demo or arguments.login is not None):
         raise ConfigError("--setup applies only to --config (the box on this machine)")
     if arguments.demo:
-        return _run_demo(arguments)
+        return _run_demo(arguments, signals)
     if arguments.login is not None:
         from tui.link import LinkSettings
 
-        return _run_console(LinkSettings.from_login_file(arguments.login), arguments)
+        settings = LinkSettings.from_login_file(arguments.login)
+        return _run_console(settings, arguments, signals)
     config_path = arguments.config or _env_config()
     if config_path is None:
         raise ConfigError(
             "no box given; pass --config FILE (or set NIGHTBOX_CONFIG) for the box "
             "on this machine, --login FILE for a remote box, or --demo"
         )
-    if not _run_setup_if_needed(Path(config_path), force=arguments.setup):
+    if not _run_setup_if_needed(Path(config_path), signals, force=arguments.setup):
         print(
             f"nightbox tui: setup of {config_path} is not finished; run "
             f"'nightbox tui --config {config_path}' again to continue it",
             file=sys.stderr,
         )
         return 1
-    return _run_console(local_link_settings(Path(config_path)), arguments)
+    settings = local_link_settings(Path(config_path))
+    return _run_console(settings, arguments, signals)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,7 +223,9 @@ def setup_progress_path(config_path: Path) -> Path:
     return config_path.with_name(config_path.name + ".setup.json")
 
 
-def _run_setup_if_needed(config_path: Path, *, force: bool) -> bool:
+def _run_setup_if_needed(
+    config_path: Path, signals: _SignalState, *, force: bool
+) -> bool:
     """Run the setup wizard when needed; return whether the file is ready to use."""
     needed = (
         force or not config_path.exists() or setup_progress_path(config_path).exists()
@@ -144,7 +234,14 @@ def _run_setup_if_needed(config_path: Path, *, force: bool) -> bool:
         return True
     from tui.setup import SetupApp
 
-    finished = SetupApp(config_path).run()
+    setup = SetupApp(config_path)
+    signals.app = setup
+    try:
+        finished = setup.run()
+    finally:
+        signals.app = None
+    if signals.received is not None:
+        raise ConsoleStopped(signals.received)
     return finished is True
 
 
@@ -175,6 +272,8 @@ def local_link_settings(config_path: Path) -> LinkSettings:
         box=config.box_id,
         username=CONSOLE_USERNAME,
         password=password,
+        login_fix=f"restart the box with 'nightbox run --config {config_path}'",
+        start_fix=f"start the box with 'nightbox run --config {config_path}'",
     )
 
 
@@ -207,7 +306,7 @@ def _console_password(secrets_path: Path, config_path: Path) -> str:
     return password
 
 
-def _run_demo(arguments: argparse.Namespace) -> int:
+def _run_demo(arguments: argparse.Namespace, signals: _SignalState) -> int:
     from tui.demo import DEFAULT_SPEED, start_demo
     from tui.link import LinkSettings
 
@@ -221,7 +320,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     night = start_demo(guests=arguments.guests, speed=speed)
     try:
         settings = LinkSettings.from_login_file(night.console_file)
-        return _run_console(settings, arguments, demo_pin=night.pin or None)
+        return _run_console(settings, arguments, signals, demo_pin=night.pin or None)
     finally:
         code = night.stop()
         _LOGGER.info("Demo night stopped with exit code %s", code)
@@ -230,6 +329,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
 def _run_console(
     settings: LinkSettings,
     arguments: argparse.Namespace,
+    signals: _SignalState,
     *,
     demo_pin: str | None = None,
 ) -> int:
@@ -237,11 +337,18 @@ def _run_console(
 
     log_path = arguments.log or default_log_path()
     handlers = _log_to_file(log_path)
+    app = NightboxApp(settings, demo_pin=demo_pin)
+    signals.app = app
     try:
-        NightboxApp(settings, demo_pin=demo_pin).run()
+        app.run()
     finally:
+        signals.app = None
         _restore_logging(handlers)
-    return 0
+    if signals.received is not None and app.return_code == 0:
+        # The signal arrived as the app was ending on its own.
+        return 128 + signals.received
+    # Textual sets return_code 1 when the app ended on an unexpected error.
+    return app.return_code or 0
 
 
 def default_log_path() -> Path:

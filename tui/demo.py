@@ -4,21 +4,25 @@
 child process with its files in a new temporary folder, and waits until the
 demo's box writes its console login file (broker, account, password and the
 demo's admin PIN). :meth:`DemoNight.stop` ends the child (SIGTERM, then
-SIGKILL after a grace period) and removes the folder.
+SIGKILL after a grace period) and removes the folder. On Linux the child
+also gets SIGTERM from the kernel when the process that started it dies,
+even by SIGKILL, so a crashed console leaves no demo night running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,9 @@ STARTUP_TIMEOUT_S = 60.0
 # it gets before SIGKILL.
 STOP_GRACE_S = 10.0
 _POLL_S = 0.1
+# prctl(2) option: the signal the kernel sends this process when its parent
+# thread exits.
+_PR_SET_PDEATHSIG = 1
 _STDERR_LINES_SHOWN = 12
 
 
@@ -115,6 +122,7 @@ def start_demo(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_stop_with_parent(),
         )
     except OSError as err:
         log.close()
@@ -130,6 +138,31 @@ def start_demo(
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return DemoNight(process, folder, console_file, login)
+
+
+def _stop_with_parent() -> Callable[[], None] | None:
+    """Return a ``preexec_fn`` that makes the child stop when this process dies.
+
+    The kernel sends the child SIGTERM (``PR_SET_PDEATHSIG``) when the thread
+    that started it exits, so :func:`start_demo` must be called from a thread
+    that lives as long as the demo, such as the main thread. Returns None
+    where prctl does not exist (not Linux); the demo then outlives a console
+    that is killed with SIGKILL.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    # Loaded before the fork: the child should only make the system calls.
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent_pid = os.getpid()
+
+    def stop_with_parent() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody
+        # would send the signal.
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return stop_with_parent
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """The terminal UI's connection to a box: its bus client and the live state it keeps.
 
 :class:`ConsoleLink` logs in to the box's broker as terminal ``console``,
-subscribes to what that account may read (events, statuses, availability,
-sightings, creator figures, health, telemetry and the box's console jobs) and
+subscribes to what the screens show (events, statuses, availability, creator
+figures, health, telemetry and the box's console jobs) and
 keeps the latest of each in :class:`LiveState`. Screens never talk to the
 broker themselves: they read ``link.state``, register with :meth:`watch` to
 hear what changed, and send requests with :meth:`ConsoleLink.request`.
@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
 from appliance._tasks import cancel_and_wait
+from appliance._toml_values import identifier
 from appliance.bus import envelope
 from appliance.bus.client import Bus, BusSettings, Incoming
 from appliance.bus.url import parse_broker_url
@@ -42,7 +45,19 @@ _STALE_PERIODS = 3
 # The overview holds the exits per minute and the top items, which no
 # message on the bus carries, so it is asked for again at this interval.
 OVERVIEW_REFRESH_S = 15.0
+# While the box does not answer, the overview is asked for this often, so the
+# console notices within seconds when the box starts.
+OVERVIEW_RETRY_S = 5.0
 _EVENTS_KEPT = 200
+# CONNACK reason codes of a refused login: MQTT 5 uses 134 (bad user name or
+# password) and 135 (not authorized), MQTT 3.1.1 uses 4 and 5.
+_LOGIN_REFUSALS = {
+    134: "bad username or password",
+    135: "not authorized",
+    4: "bad username or password",
+    5: "not authorized",
+}
+LOGIN_FILE_FIX = "make the login file again with 'nightbox console login-file'"
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,11 @@ class LinkSettings:
     username: str
     password: str = field(repr=False)
     device_id: str = CONSOLE_ID
+    # What to do when the broker refuses the login, for the console's message.
+    login_fix: str = LOGIN_FILE_FIX
+    # What to do while no broker answers and the console has never
+    # connected; None shows only the address it connects to.
+    start_fix: str | None = None
 
     @classmethod
     def from_login_file(cls, path: Path) -> LinkSettings:
@@ -88,6 +108,14 @@ class LinkSettings:
                     "'nightbox console login-file'"
                 )
             values[key] = value
+        for key in ("site", "box"):
+            try:
+                identifier(values, key)
+            except ConfigError as err:
+                raise ConfigError(
+                    f"login file {path}: {err}; create it again with "
+                    "'nightbox console login-file'"
+                ) from err
         try:
             url = parse_broker_url(values["broker"])
         except ConfigError as err:
@@ -133,8 +161,6 @@ class ReaderLive:
 
     status: dict[str, Any] | None = None
     availability: str | None = None
-    sightings: dict[str, Any] | None = None
-    sightings_received: float | None = None
 
 
 @dataclass
@@ -225,6 +251,9 @@ class ConsoleLink:
         self._watchers: list[Watcher] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        # Set while the box sends no reply to the overview request although the
+        # broker is connected, because the box is not running or is another one.
+        self._box_silent = False
         prefix = self._bus.topics.prefix
         self._prefix = prefix
         self._box_prefix = f"{prefix}/box/{settings.box}/"
@@ -240,6 +269,44 @@ class ConsoleLink:
         """``host:port`` of the broker, for messages."""
         return f"{self.settings.host}:{self.settings.port}"
 
+    @property
+    def login_refusal(self) -> str | None:
+        """The broker's reason for refusing the console's login, or None."""
+        error = self._bus.last_error
+        if self.online or not isinstance(error, aiomqtt.MqttCodeError):
+            return None
+        code = (
+            error.rc if isinstance(error.rc, int) else getattr(error.rc, "value", None)
+        )
+        return _LOGIN_REFUSALS.get(code) if isinstance(code, int) else None
+
+    @property
+    def problem(self) -> str | None:
+        """A one-line message saying why the console shows nothing live, or None.
+
+        Covers what a plain ``OFFLINE`` would hide: a broker that refuses the
+        login, a connected broker whose box does not answer, and (with
+        ``LinkSettings.start_fix``) a box that has not been started yet.
+        """
+        settings = self.settings
+        refusal = self.login_refusal
+        if refusal is not None:
+            return (
+                f"the broker refused the console's login: {refusal}; "
+                f"{settings.login_fix}"
+            )
+        if self.online:
+            if self._box_silent:
+                return (
+                    f"no reply from box {settings.box} of site {settings.site}; "
+                    "is it running?"
+                )
+            return None
+        never_connected = self.state.box_status is None
+        if never_connected and settings.start_fix is not None:
+            return f"no broker answers at {self.address}; {settings.start_fix}"
+        return None
+
     async def start(self) -> None:
         """Start connecting; return at once and keep reconnecting in the background."""
         if self._started:
@@ -251,7 +318,6 @@ class ConsoleLink:
             (topics.all_events, self._on_event),
             (f"{prefix}/+/+/status", self._on_status),
             (f"{prefix}/+/+/availability", self._on_availability),
-            (topics.all_sightings, self._on_sightings),
             (f"{prefix}/creators/+/figures", self._on_figures),
             (topics.health, self._on_health),
             (f"{prefix}/box/+/tele/+", self._on_telemetry),
@@ -280,10 +346,11 @@ class ConsoleLink:
         """Call ``callback(source)`` whenever something changes; return an unsubscribe.
 
         Sources: ``link``, ``box_status``, ``telemetry``, ``sync``, ``overview``,
-        ``health``, ``reader:<id>``, ``sightings:<reader>``, ``event:<type>``,
-        ``figures:<creator>`` and ``job:<job>``. Callbacks run on the event
-        loop and must not block. Sightings arrive several times a second, so
-        a screen that shows them should redraw on a timer, not per call.
+        ``health``, ``reader:<id>``, ``event:<type>``, ``figures:<creator>``
+        and ``job:<job>``. Callbacks run on the event loop and must not block.
+        Raw sightings batches are not followed: they arrive about a hundred
+        times a second in a busy night, and screens ask the box for the bands
+        it heard (``console/nearby``) instead.
         """
         self._watchers.append(callback)
 
@@ -331,8 +398,14 @@ class ConsoleLink:
             overview = await self.request("console", "overview", {})
         except RequestError as err:
             _LOGGER.warning("Could not get the console overview: %s", err)
+            if err.code == "timeout" and self.online and not self._box_silent:
+                self._box_silent = True
+                self.notify("link")
             return None
         self.state.overview = Stamped(overview, time.monotonic())
+        if self._box_silent:
+            self._box_silent = False
+            self.notify("link")
         self.notify("overview")
         return overview
 
@@ -365,23 +438,38 @@ class ConsoleLink:
         await self.refresh_jobs()
 
     async def _watch_connection(self) -> None:
-        """Follow the bus client's ``connected`` event into the live state."""
-        connected = self._bus.connected
+        """Follow the bus client's connection and login errors into the live state.
+
+        Bus offers no event for a lost connection or a refused login, so both
+        are polled.
+        """
+        online = False
+        shown_problem: str | None = None
         while True:
-            await connected.wait()
-            self.state.offline_since = None
-            _LOGGER.info("Console connected to the box's broker at %s", self.address)
-            self.notify("link")
-            # Bus offers no event for a lost connection, so it is polled.
-            while connected.is_set():  # noqa: ASYNC110
-                await asyncio.sleep(0.2)
-            self.state.offline_since = time.monotonic()
-            _LOGGER.warning("Console lost the box's broker at %s", self.address)
-            self.notify("link")
+            if self.online != online:
+                online = self.online
+                if online:
+                    self.state.offline_since = None
+                    self._box_silent = False
+                    _LOGGER.info(
+                        "Console connected to the box's broker at %s", self.address
+                    )
+                else:
+                    self.state.offline_since = time.monotonic()
+                    _LOGGER.warning("Console lost the box's broker at %s", self.address)
+                self.notify("link")
+            problem = self.problem
+            if problem != shown_problem:
+                shown_problem = problem
+                if problem is not None:
+                    _LOGGER.warning("Console: %s", problem)
+                self.notify("link")
+            await asyncio.sleep(0.2)
 
     async def _refresh_overview_forever(self) -> None:
         while True:
-            await asyncio.sleep(OVERVIEW_REFRESH_S)
+            silent = self._box_silent or self.state.overview is None
+            await asyncio.sleep(OVERVIEW_RETRY_S if silent else OVERVIEW_REFRESH_S)
             if self.online:
                 await self.refresh_overview()
 
@@ -440,16 +528,6 @@ class ConsoleLink:
         elif kind == "reader":
             self._reader(device_id).availability = text
             self.notify(f"reader:{device_id}")
-
-    async def _on_sightings(self, incoming: Incoming) -> None:
-        device = self._device(incoming.topic)
-        message = self._decode(incoming)
-        if device is None or message is None:
-            return
-        reader = self._reader(device[1])
-        reader.sightings = message.data
-        reader.sightings_received = time.monotonic()
-        self.notify(f"sightings:{device[1]}")
 
     async def _on_figures(self, incoming: Incoming) -> None:
         message = self._decode(incoming)

@@ -159,9 +159,11 @@ class StaleBanner(Static):
 
 def offline_text(link: ConsoleLink) -> str | None:
     """Return the offline message of ``link``, or None while it is live."""
+    if link.login_refusal is not None:
+        return "LOGIN REFUSED, retrying"
     state = link.state
     if state.offline_since is None:
-        return None
+        return "NO REPLY from the box" if link.problem else None
     since = state.box_time(state.offline_since)
     if since is None:
         return f"OFFLINE, connecting to {link.address}"

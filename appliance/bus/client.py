@@ -139,6 +139,10 @@ class Bus:
         # Set while no connection attempt is under way.
         self._attempt_over = asyncio.Event()
         self._attempt_over.set()
+        # The error that ended the last connection or connect attempt; None
+        # while connected. Read-only for callers, e.g. to tell a refused
+        # login (reason code 134 or 135) from an unreachable broker.
+        self.last_error: aiomqtt.MqttError | None = None
 
     async def __aenter__(self) -> Bus:
         self.subscribe(self._reply_topic, self._on_reply)
@@ -250,6 +254,7 @@ class Bus:
             except aiomqtt.MqttError as err:
                 self._client = None
                 self.connected.clear()
+                self.last_error = err
                 if self._closing:
                     break
                 self._log_limited(
@@ -276,6 +281,7 @@ class Bus:
                 self._availability_topic, b"online", qos=1, retain=True
             )
         self.stats.connects += 1
+        self.last_error = None
         self.connected.set()
         _LOGGER.info(
             "Bus client %s connected to %s:%s with %d subscriptions",

@@ -74,6 +74,16 @@ def test_missing_login_file_named(tmp_path: Path) -> None:
             '"username": "terminal-console", "password": "p"}',
             "must start with mqtts:// (TLS) or mqtt://",
         ),
+        (
+            '{"broker": "mqtt://127.0.0.1:1883", "site": "[bold red]X[/]", '
+            '"box": "b", "username": "terminal-console", "password": "p"}',
+            "site = '[bold red]X[/]' is invalid; use 1-32 lowercase letters",
+        ),
+        (
+            '{"broker": "mqtt://127.0.0.1:1883", "site": "s", "box": "box/#", '
+            '"username": "terminal-console", "password": "p"}',
+            "box = 'box/#' is invalid; use 1-32 lowercase letters",
+        ),
     ],
 )
 def test_invalid_login_file_named(tmp_path: Path, content: str, expected: str) -> None:
@@ -85,6 +95,26 @@ def test_invalid_login_file_named(tmp_path: Path, content: str, expected: str) -
 
     assert expected in str(caught.value)
     assert str(path) in str(caught.value)
+
+
+def test_login_file_bad_site_exits(tmp_path: Path) -> None:
+    path = tmp_path / "login.json"
+    login = {
+        "broker": "mqtt://127.0.0.1:1883",
+        "site": "club/+",
+        "box": "box-2",
+        "username": "terminal-console",
+        "password": "generated-secret",
+    }
+    path.write_text(json.dumps(login))
+
+    code, stderr = _nightbox_tui("--login", str(path))
+
+    assert code == 2
+    assert f"login file {path}: site = 'club/+' is invalid" in stderr
+    assert "nightbox console login-file" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert "Traceback" not in stderr
 
 
 def test_login_file_read(tmp_path: Path) -> None:
@@ -158,6 +188,9 @@ def test_local_settings_from_site_file(tmp_path: Path) -> None:
     assert (settings.site, settings.box) == ("sample", "box-1")
     assert settings.username == "terminal-console"
     assert settings.password == "console-secret"
+    assert (
+        settings.start_fix == f"start the box with 'nightbox run --config {site_file}'"
+    )
 
 
 def test_local_settings_without_console_account(tmp_path: Path) -> None:

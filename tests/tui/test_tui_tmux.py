@@ -7,14 +7,18 @@ box's screen would see it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tui_night import (
@@ -213,3 +217,103 @@ def test_demo_option_cleans_up(tmux: Tmux, tmp_path: Path) -> None:
     assert tmux.exit_status() == "0"
     assert "Traceback" not in final
     assert list(temporary.iterdir()) == []
+
+
+def _console_pid(tmux: Tmux) -> int:
+    """Return the pid of the console: the child of the pane's shell."""
+    shell = int(tmux.run("list-panes", "-t", "tui", "-F", "#{pane_pid}").split()[0])
+    children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+    assert len(children) == 1, f"the pane's shell has children {children}"
+    return int(children[0])
+
+
+def _running(pid: int) -> bool:
+    """Return whether ``pid`` runs; a zombie (ended, not yet reaped) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.2)
+
+
+def _start_demo_console(tmux: Tmux, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """Start ``nightbox tui --demo`` and return its temporary root and login file."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    command = [sys.executable, "-m", "appliance", "tui", "--demo", "--guests", "50"]
+    tmux.start(command, _environment(tmp_path))
+    _wait_for(tmux, lambda text: "demo PIN" in text and " live " in text, "the demo")
+    (login_file,) = temporary.glob("nightbox-tui-demo-*/console.json")
+    return temporary, json.loads(login_file.read_text())
+
+
+def _broker_answers(login: dict[str, Any]) -> bool:
+    port = int(login["broker"].rsplit(":", 1)[1])
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_demo_quits_on_sigterm(tmux: Tmux, tmp_path: Path) -> None:
+    temporary, login = _start_demo_console(tmux, tmp_path)
+    demo_pid = int(login["pid"])
+    assert _running(demo_pid)
+
+    os.kill(_console_pid(tmux), signal.SIGTERM)
+    final = _wait_for_exit(tmux)
+
+    assert tmux.exit_status() == str(128 + signal.SIGTERM)
+    assert "Traceback" not in final
+    # The console left its full-screen view, so the pane shows the shell's
+    # screen again, not the dashboard.
+    assert "Guests in" not in final
+    assert not _running(demo_pid)
+    assert not _broker_answers(login)
+    assert list(temporary.iterdir()) == []
+
+
+def test_demo_stops_when_terminal_closes(tmux: Tmux, tmp_path: Path) -> None:
+    temporary, login = _start_demo_console(tmux, tmp_path)
+    console_pid = _console_pid(tmux)
+    demo_pid = int(login["pid"])
+
+    # Killing the tmux server hangs up the pane's terminal: SIGHUP.
+    tmux.kill()
+
+    _wait_until(lambda: not _running(console_pid), "the console quits")
+    _wait_until(lambda: not _running(demo_pid), "the demo night stops")
+    assert not _broker_answers(login)
+    assert list(temporary.iterdir()) == []
+
+
+def test_demo_stops_when_console_killed(tmux: Tmux, tmp_path: Path) -> None:
+    _temporary, login = _start_demo_console(tmux, tmp_path)
+    demo_pid = int(login["pid"])
+
+    os.kill(_console_pid(tmux), signal.SIGKILL)
+
+    _wait_until(lambda: not _running(demo_pid), "the demo night stops")
+    assert not _broker_answers(login)
+
+
+def test_wizard_quits_on_sigterm(tmux: Tmux, tmp_path: Path) -> None:
+    (tmp_path / "tmp").mkdir()
+    site_file = tmp_path / "venue" / "site.toml"
+    command = [sys.executable, "-m", "appliance", "tui", "--config", str(site_file)]
+    tmux.start(command, _environment(tmp_path))
+    _wait_for(tmux, lambda text: "Nightbox setup, step 1" in text, "the wizard")
+
+    os.kill(_console_pid(tmux), signal.SIGTERM)
+    final = _wait_for_exit(tmux)
+
+    assert tmux.exit_status() == str(128 + signal.SIGTERM)
+    assert "Nightbox setup, step 1" not in final
+    assert "Traceback" not in final
+    assert not site_file.exists()
