@@ -115,8 +115,14 @@ async def run_whole_setup(pilot: Pilot[bool]) -> None:
     await next_step(pilot)
     await fill(pilot, "max-charge", "15.00")
     await fill(pilot, "night-limit", "250.50")
+    await fill(pilot, "items", "beer Craft Beer 4.50\nmerch Merch")
+    await fill(pilot, "terminals", "bar-1, merch-1")
     await next_step(pilot)
     assert "step 9 of 9" in step_title(pilot)
+    summary = str(pilot.app.screen.query_one("#review-summary").render())
+    assert "Kits in stock: k1 150; warning at 12 left" in summary
+    assert "Catalogue: Craft Beer 4.50, Merch (price typed at the terminal)" in summary
+    assert "Terminals: desk, console, bar-1, merch-1" in summary
     await next_step(pilot)  # Write
 
 
@@ -175,6 +181,12 @@ async def test_whole_setup_writes_site_that_box_runs(
     assert site_config.eddystone_namespace is not None
     assert len(site_config.eddystone_namespace) == 10
     assert site_config.altbeacon_prefix is None
+    items = {item.id: item for item in site_config.commerce.items}
+    assert set(items) == {"beer", "merch"}
+    assert items["beer"].name == "Craft Beer"
+    assert items["beer"].price == 450
+    assert items["merch"].price is None
+    assert site_config.commerce.terminals == ("bar-1", "merch-1")
     site_text = config_path.read_text()
     assert "\n[bands]\n" in site_text
     assert "# [[bands.registered]]" in site_text
@@ -323,6 +335,13 @@ async def test_reader_kit_and_wallet_steps_reject_bad_values(tmp_path: Path) -> 
 
         await expect_error(pilot, "stock-kit-1", "many", "'many'", "whole number")
         await expect_error(pilot, "stock-kit-1", "2000000", "2000000", "1000000")
+        await expect_error(
+            pilot,
+            "stock-kit-1",
+            "99999999999999999999999",
+            "99999999999999999999999 kits is above the maximum 1000000",
+        )
+        await expect_error(pilot, "low-stock", "12345678", "maximum 1000000")
         await fill(pilot, "stock-kit-1", "150", paste=True)
         await expect_error(pilot, "low-stock", "-1", "'-1'", "whole number")
         await fill(pilot, "low-stock", "10", paste=True)
@@ -343,9 +362,49 @@ async def test_reader_kit_and_wallet_steps_reject_bad_values(tmp_path: Path) -> 
         await expect_error(pilot, "max-charge", "15.5", "JPY has 0")
         await fill(pilot, "max-charge", "1500", paste=True)
         await fill(pilot, "night-limit", "20000", paste=True)
+        await expect_error(
+            pilot, "items", "beer Beer 4.5", "line 1: price", "JPY has 0"
+        )
+        await expect_error(
+            pilot, "items", "beer Beer 450\nBeer x 5", "line 2", "'Beer'"
+        )
+        await expect_error(pilot, "items", "beer A 1\nbeer B 2", "'beer'")
+        await fill(pilot, "items", "beer Beer 450", paste=True)
+        await expect_error(pilot, "terminals", "desk", "'desk'", "every site has")
+        await expect_error(pilot, "terminals", "Bar-1", "'Bar-1'", "lowercase")
+        await fill(pilot, "terminals", "bar-1", paste=True)
         await next_step(pilot)
         assert "step 9 of 9" in step_title(pilot)
     assert app.values.kit_stock == {"kit-1": "150"}
+
+
+async def test_readers_live_check_clears_stale_error(tmp_path: Path) -> None:
+    config_path = tmp_path / "site.toml"
+    saved_progress(config_path, "site", "network", "time")
+    app = SetupApp(config_path, network=SimulatedNetwork())
+    async with app.run_test(size=SIZE) as pilot:
+        await fill(pilot, "pin", PIN, paste=True)
+        await fill(pilot, "pin-again", PIN, paste=True)
+        await next_step(pilot)
+        assert "step 5 of 9" in step_title(pilot)
+        await fill(pilot, "exits", "exit-1 main -70")
+        assert "zone 'main' is not in the zones field" in error_text(pilot, "exits")
+
+        await fill(pilot, "zones", "main, bar")
+        assert error_text(pilot, "exits") == ""
+        assert error_text(pilot, "zones") == ""
+        await fill(pilot, "kit-stations", "kit-1 bar")
+        assert error_text(pilot, "exits") == ""
+        assert error_text(pilot, "kit-stations") == ""
+        assert error_text(pilot, "general") == ""
+
+        # A message about the whole file waits for Next.
+        await fill(pilot, "exits", "")
+        await fill(pilot, "kit-stations", "")
+        assert error_text(pilot, "exits") == ""
+        await next_step(pilot)
+        assert "no reader yet" in error_text(pilot, "exits")
+        assert "step 5 of 9" in step_title(pilot)
 
 
 def input_value(pilot: Pilot[bool], field: str) -> str:
@@ -436,6 +495,26 @@ async def choose_network(pilot: Pilot[bool], ssid: str) -> None:
         await pilot.press("down")
     await pilot.press("enter")
     await pilot.pause()
+
+
+async def test_wifi_list_enter_picks_first(tmp_path: Path) -> None:
+    config_path = tmp_path / "site.toml"
+    saved_progress(config_path, "site")
+    app = SetupApp(config_path, network=SimulatedNetwork())
+    async with app.run_test(size=SIZE) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        for _ in range(10):
+            if app.focused is not None and app.focused.id == "wifi-list":
+                break
+            await pilot.press("tab")
+        assert app.focused is not None and app.focused.id == "wifi-list"
+        await pilot.press("enter")
+        await pilot.pause()
+
+        status = str(app.screen.query_one("#network-status").render())
+        assert "Type the password of 'venue-staff', then Enter." in status
+        assert app.focused is not None and app.focused.id == "wifi-password"
 
 
 async def test_network_join_wrong_then_right_password(tmp_path: Path) -> None:

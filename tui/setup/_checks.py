@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.config import parse_config
+from appliance.config import MAX_KIT_STOCK, parse_config
 from appliance.console.pin import validate_pin
 from appliance.errors import ConfigError
 from tui.setup._document import (
     BAND_FIELDS,
     PLACEHOLDER_READER,
     build_document,
+    item_lines,
+    parse_item_lines,
     parse_reader_lines,
     reader_lines,
     zone_names,
@@ -37,7 +39,7 @@ STEP_FIELDS = {
     "readers": ("zones", "exits", "kit-stations"),
     "bands": ("ibeacon-uuid", "altbeacon-prefix", "eddystone-namespace"),
     "kits": ("low-stock",),
-    "wallet": ("currency", "max-charge", "night-limit"),
+    "wallet": ("currency", "max-charge", "night-limit", "items", "terminals"),
     "review": (),
 }
 # Keys of the site file and the field that contains each one.
@@ -64,6 +66,8 @@ _BAND_HINTS = {
     "eddystone-namespace": "Type 20 hex digits (10 bytes)",
 }
 _READER_KEY = re.compile(r"readers\[(\d+)\](\.kit_stock)?")
+_ITEM_KEY = re.compile(r"(?<![\w.])items\b(\[(\d+)\])?")
+_TERMINAL_KEY = re.compile(r"(?<![\w.])terminals\b")
 _WHOLE = re.compile(r"^[0-9]{1,18}\Z")
 # Field that shows an error the loader raises about no key of the wizard.
 GENERAL = "general"
@@ -124,7 +128,9 @@ def check_field(
     """Return the message for one field as it is typed, or "" when it is valid.
 
     The step's own checks of the field come first, then the loader, whose
-    message counts only when it names this field.
+    message counts only when it names a key of this field. A message about
+    the whole file (such as a site without readers) waits for Next, because
+    while a person types it is about what is not typed yet.
     """
     own = _own_checks(step, values, secrets)
     if field in own:
@@ -135,7 +141,7 @@ def check_field(
     error = loader_error(document, config_path)
     if error is None:
         return ""
-    mapped, message = field_for(error, document, values)
+    mapped, message = field_for(error, document, values, whole_file=False)
     return message if mapped == field else ""
 
 
@@ -149,19 +155,36 @@ def loader_error(document: dict[str, Any], config_path: Path) -> str | None:
 
 
 def field_for(
-    message: str, document: dict[str, Any], values: SetupValues
+    message: str,
+    document: dict[str, Any],
+    values: SetupValues,
+    *,
+    whole_file: bool = True,
 ) -> tuple[str, str]:
-    """Map a loader message to the field holding the key it names."""
+    """Map a loader message to the field holding the key it names.
+
+    A message that names no key goes to GENERAL, or with ``whole_file`` a
+    message about the readers as a whole goes to the exit readers' field.
+    """
     reader_key = _READER_KEY.search(message)
     if reader_key is not None:
         return _reader_field(message, reader_key, document, values)
+    item_key = _ITEM_KEY.search(message)
+    if item_key is not None:
+        lines = item_lines(values)
+        index = int(item_key.group(2) or len(lines))
+        if index < len(lines):
+            return "items", f"line {lines[index].line}: {message}"
+        return "items", message
+    if _TERMINAL_KEY.search(message):
+        return "terminals", message
     for key, field in _KEY_FIELDS:
         if re.search(rf"(?<![\w.]){re.escape(key)}\b", message):
             message = _money_context(field, values) + message
             if field in _BAND_HINTS:
                 message = f"{message}. {_BAND_HINTS[field]}."
             return field, message
-    if "readers" in message:
+    if whole_file and "readers" in message:
         return "exits", message
     return GENERAL, message
 
@@ -293,16 +316,26 @@ def kit_station_ids(values: SetupValues) -> list[str]:
 def _kit_checks(values: SetupValues) -> dict[str, str]:
     errors = {}
     for station in kit_station_ids(values):
-        text = values.kit_stock.get(station, "")
-        if not _WHOLE.match(text.strip()):
-            errors[f"stock-{station}"] = (
-                f"{text!r:.40} is not a whole number of kits; type 0 or more"
-            )
-    if not _WHOLE.match(values.low_stock.strip()):
-        errors["low-stock"] = (
-            f"{values.low_stock!r:.40} is not a whole number of kits; type 0 or more"
-        )
+        message = _kit_count_error(values.kit_stock.get(station, ""))
+        if message:
+            errors[f"stock-{station}"] = message
+    message = _kit_count_error(values.low_stock)
+    if message:
+        errors["low-stock"] = message
     return errors
+
+
+def _kit_count_error(text: str) -> str:
+    """Return why ``text`` is not a count of kits (0 to MAX_KIT_STOCK), or ""."""
+    count = text.strip()
+    if not count.isascii() or not count.isdigit():
+        return f"{text!r:.40} is not a whole number of kits; type 0 or more"
+    if len(count) > len(str(MAX_KIT_STOCK)) or int(count) > MAX_KIT_STOCK:
+        return (
+            f"{count:.40} kits is above the maximum {MAX_KIT_STOCK}; "
+            f"type 0 to {MAX_KIT_STOCK}"
+        )
+    return ""
 
 
 def _wallet_checks(values: SetupValues) -> dict[str, str]:
@@ -329,4 +362,8 @@ def _wallet_checks(values: SetupValues) -> dict[str, str]:
             f"{values.night_limit.strip()} {currency} is below the per-charge limit "
             f"{values.max_charge.strip()} {currency}; raise it or lower the other"
         )
+    try:
+        parse_item_lines(values.items, currency)
+    except ValueError as err:
+        errors["items"] = str(err)
     return errors

@@ -38,6 +38,49 @@ class ReaderLine:
     line: int
 
 
+@dataclass(frozen=True, slots=True)
+class ItemLine:
+    """One catalogue item as typed on a line of the wallet step (line counts from 1).
+
+    ``price`` is in minor units, or None when the terminal types the amount.
+    """
+
+    id: str
+    name: str
+    price: int | None
+    line: int
+
+
+def parse_item_lines(text: str, currency: str) -> list[ItemLine]:
+    """Parse ``id name [price]`` lines; the name may have spaces, the price is last.
+
+    Raises ValueError naming the line and the price that is wrong.
+    """
+    result = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split()
+        if not words:
+            continue
+        item_id, *rest = words
+        price: int | None = None
+        if rest and _NUMBER.match(rest[-1]):
+            try:
+                price = to_minor_units(rest[-1], currency)
+            except ValueError as err:
+                raise ValueError(f"line {number}: price {err}") from err
+            rest = rest[:-1]
+        result.append(ItemLine(item_id, " ".join(rest) or item_id, price, number))
+    return result
+
+
+def item_lines(values: SetupValues) -> list[ItemLine]:
+    """Return the catalogue typed in the wallet step; none while a line is wrong."""
+    try:
+        return parse_item_lines(values.items, values.currency.strip())
+    except ValueError:
+        return []
+
+
 def zone_names(text: str) -> list[str]:
     """Split the zones field: names separated by commas or spaces."""
     return [name for name in re.split(r"[,\s]+", text) if name]
@@ -118,7 +161,20 @@ def build_document(
     bands = band_table(values)
     if bands:
         document["bands"] = bands
+    terminals = zone_names(values.terminals)
+    if terminals:
+        document["terminals"] = [{"id": terminal} for terminal in terminals]
+    items = [_item_table(item) for item in item_lines(values)]
+    if items:
+        document["items"] = items
     return document
+
+
+def _item_table(item: ItemLine) -> dict[str, Any]:
+    table: dict[str, Any] = {"id": item.id, "name": item.name}
+    if item.price is not None:
+        table["price"] = item.price
+    return table
 
 
 def band_table(values: SetupValues) -> dict[str, str]:
@@ -227,8 +283,37 @@ def render_toml(document: dict[str, Any], zones: list[str]) -> str:
         f"max_charge = {_value(wallet['max_charge'])}",
         f"night_spend_limit = {_value(wallet['night_spend_limit'])}",
         "",
+        *_catalogue_lines(document),
     ]
     return "\n".join(lines)
+
+
+def _catalogue_lines(document: dict[str, Any]) -> list[str]:
+    lines = [
+        "# Point-of-sale terminals besides the built-in desk and console. Each",
+        "# one acts with an edge token: `nightbox token issue --subject <id>`.",
+    ]
+    for terminal in document.get("terminals", []):
+        lines += ["[[terminals]]", f"id = {_value(terminal['id'])}", ""]
+    if not document.get("terminals"):
+        lines += ["# [[terminals]]", '# id = "bar-1"', ""]
+    lines += [
+        "# What the terminals sell. price is in minor units; an item without a",
+        "# price has its amount typed at the terminal.",
+    ]
+    for item in document.get("items", []):
+        lines += ["[[items]]"]
+        lines += [f"{key} = {_value(value)}" for key, value in item.items()]
+        lines += [""]
+    if not document.get("items"):
+        lines += [
+            "# [[items]]",
+            '# id = "beer"',
+            '# name = "Beer"',
+            "# price = 450",
+            "",
+        ]
+    return lines
 
 
 # Comment above each band format in the site file.

@@ -218,7 +218,10 @@ class KitsStep(StepScreen):
 
 
 class WalletStep(StepScreen):
-    """Step 8: the currency and the wallet's limits, typed in major units."""
+    """Step 8: the currency, the wallet's limits and a first catalogue and terminals.
+
+    Amounts are typed in major units.
+    """
 
     step = "wallet"
 
@@ -241,9 +244,24 @@ class WalletStep(StepScreen):
             "Limit of a band's spending per night (wallet.night_spend_limit)",
             _input("night-limit", values.night_limit, "1000.00"),
         )
+        yield form_field(
+            "items",
+            "Catalogue ([[items]]), one per line: id name [price]",
+            _text_area("items", values.items),
+            "Example: beer Craft Beer 4.50. Without a price the terminal types "
+            "the amount. Optional; more items can be added to the site file.",
+        )
+        yield form_field(
+            "terminals",
+            "Sales terminals ([[terminals]]), optional",
+            _input("terminals", values.terminals, "bar-1, merch-1"),
+            "Ids separated by commas. The desk and this console always exist.",
+        )
 
     def store(self) -> None:
         values = self.setup.values
         values.currency = self.query_one("#currency", Input).value
         values.max_charge = self.query_one("#max-charge", Input).value
         values.night_limit = self.query_one("#night-limit", Input).value
+        values.items = self.query_one("#items", TextArea).text
+        values.terminals = self.query_one("#terminals", Input).value

@@ -94,6 +94,9 @@ class NetworkStep(StepScreen):
             wifi_list.add_option(
                 Option(Text(_network_line(network)), id=f"wifi-{index}")
             )
+        # Highlighted, the first network is picked by Enter as soon as the
+        # list has the focus; without it Enter does nothing until an arrow key.
+        wifi_list.highlighted = 0 if networks else None
         self._status(self._joined_text() + f" {len(networks)} Wi-Fi networks in range.")
 
     def _show_interfaces(self, interfaces: list[NetworkInterface]) -> None:

@@ -35,7 +35,7 @@ STEP_TITLES = {
     "readers": "Zones and exits",
     "bands": "Wristbands",
     "kits": "Kit stock",
-    "wallet": "Currency and wallet limits",
+    "wallet": "Currency, wallet limits and catalogue",
     "review": "Review",
 }
 # The PIN is kept only in memory, so a run that resumes asks for it again.
@@ -76,6 +76,8 @@ class SetupValues:
     currency: str = "EUR"
     max_charge: str = "200.00"
     night_limit: str = "1000.00"
+    items: str = ""
+    terminals: str = ""
     completed: list[str] = field(default_factory=list)
 
     @property

@@ -10,6 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
 from tui.setup._document import build_document
+from tui.setup._money import to_major_text
 from tui.setup._step import StepScreen
 from tui.setup._write import site_file_text
 
@@ -40,6 +41,24 @@ class ReviewStep(StepScreen):
             )
             or "none"
         )
+        stations = [r for r in document["readers"] if r.get("role") == "kit"]
+        kits = (
+            ", ".join(f"{r['id']} {r.get('kit_stock', 0)}" for r in stations)
+            or "no kit station"
+        )
+        items = (
+            ", ".join(
+                item["name"]
+                + (
+                    f" {to_major_text(item['price'], values.currency.strip())}"
+                    if "price" in item
+                    else " (price typed at the terminal)"
+                )
+                for item in document.get("items", [])
+            )
+            or "none"
+        )
+        terminals = ", ".join(t["id"] for t in document.get("terminals", []))
         summary = [
             f"Site: {values.site_id} ({values.site_name}), {values.timezone}, "
             f"night rollover at {values.rollover_hour.strip()}:00",
@@ -48,10 +67,13 @@ class ReviewStep(StepScreen):
             f"Network: {network}",
             "Admin PIN: set (stored as a hash)",
             f"Readers: {readers}",
+            f"Kits in stock: {kits}; warning at {values.low_stock.strip()} left",
             f"Wristbands: {bands}",
             f"Wallet: {values.currency.strip()}, one charge up to "
             f"{values.max_charge.strip()}, per night up to "
             f"{values.night_limit.strip()}",
+            f"Catalogue: {items}",
+            f"Terminals: desk, console{', ' + terminals if terminals else ''}",
             "",
             f"Write creates {self.setup.config_path}",
             f"and in {data_dir}: secrets/broker.json (broker passwords of every "

@@ -158,14 +158,28 @@ class StepScreen(Screen[None]):
         if not str(text).strip():
             self.show_error(field, "")
             return
-        message = check_field(
+        self.show_error(field, self._field_message(field))
+        # A change here can fix another field's error (a zone added for an
+        # exit reader); a shown error that no longer holds is cleared.
+        for other in self.field_ids():
+            if (
+                other not in (field, GENERAL)
+                and self._error_shown(other)
+                and not self._field_message(other)
+            ):
+                self.show_error(other, "")
+
+    def _field_message(self, field: str) -> str:
+        return check_field(
             self.step,
             field,
             self.setup.values,
             self.setup.config_path,
             self.setup.secrets,
         )
-        self.show_error(field, message)
+
+    def _error_shown(self, field: str) -> bool:
+        return self.query_one(f"#{field}-error", Static).has_class("-shown")
 
     @on(Input.Submitted)
     def _input_submitted(self, event: Input.Submitted) -> None:
