@@ -57,3 +57,17 @@ def test_pin_modal_snapshot(snap_compare: Any, scripted_box: ScriptedBox) -> Non
         app.screen.query_one("#pin-input", Input).cursor_blink = False
 
     assert snap_compare(app, terminal_size=SIZE, run_before=wrong_pin_entered)
+
+
+async def test_pin_field_visible_at_40x12(scripted_box: ScriptedBox) -> None:
+    app = scripted_box.app()
+    async with app.run_test(size=(40, 12)) as pilot:
+        await wait_until(lambda: app.link.state.overview is not None, "the overview")
+        app.run_worker(app.session.token())
+        await wait_until(lambda: "Admin PIN" in screen_text(app), "the PIN modal")
+        await pilot.press("4", "8", "2")
+        await pilot.pause()
+
+        # A password field shows one bullet per typed digit.
+        assert "•••" in screen_text(app)
+        assert app.screen.query_one("#pin-input", Input).has_focus

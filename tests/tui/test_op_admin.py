@@ -134,7 +134,7 @@ async def test_create_start_and_claim_drop(op_box: OpBox) -> None:
         await wait_until(lambda: "cap-drop" in table_rows(drops), "the new drop")
         assert message_of(app) == "drop cap-drop created: 5 units"
         row = table_rows(drops)["cap-drop"]
-        assert row[1:5] == ["tee", "30.00 EUR", "5/5", "scheduled"]
+        assert row[1:5] == ["tee", "30.00 EUR", "5/5", "upcoming"]
 
         drops.move_cursor(row=drops.get_row_index("cap-drop"))
         await pilot.press("a")
@@ -225,3 +225,8 @@ async def test_system_shows_logs_after_pin(op_box: OpBox) -> None:
         assert "version " in info
         sync = text_of(app.screen.query_one("#sync-info", Static))
         assert "no upstream broker configured" in sync
+
+        await pilot.press("l")
+        await wait_until(lambda: len(logs.lines) == 0, "the logs hidden on lock")
+        info = text_of(app.screen.query_one("#system-info", Static))
+        assert "locked" in info

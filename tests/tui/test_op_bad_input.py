@@ -53,6 +53,7 @@ from tui.app import NightboxApp
 from tui.demo import DemoNight
 from tui.link import LinkSettings
 from tui.screens._form import FormModal
+from tui.screens.drops import drop_state_text
 from tui.screens.pin import PinScreen
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -543,3 +544,14 @@ async def test_reader_without_status_row(op_box: OpBox) -> None:
         assert row[:4] == ["kit-1", "kit", "cloakroom", "wifi"]
         # One note where the health columns would each show "--".
         assert row[5:12] == ["no status yet", "", "", "", "", "", ""]
+
+
+def test_drop_state_follows_box_time() -> None:
+    drop = {"state": "scheduled", "starts_at": 1000, "ends_at": 2000}
+
+    assert drop_state_text(drop, 999.0) == "upcoming"
+    assert drop_state_text(drop, 1000.0) == "open"
+    assert drop_state_text(drop, 2000.0) == "ended"
+    assert drop_state_text(drop, None) == "scheduled"
+    assert drop_state_text({**drop, "state": "live"}, 999.0) == "live"
+    assert drop_state_text({**drop, "state": "stopped"}, 1500.0) == "stopped"

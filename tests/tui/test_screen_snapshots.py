@@ -5,7 +5,7 @@ whose box clock stops at the night's end, here with a live drop and a
 creator added to its site. Each test waits in ``run_before`` until the
 screen shows the box's data. Token ids are random, so the tokens snapshot
 shows each id cell as ``token-<n>`` and sorts the rows by terminal.
-The drop starts after the frozen end of the night, so it is scheduled.
+The drop starts after the frozen end of the night, so it is upcoming.
 Regenerate with ``pytest tests/tui/test_screen_snapshots.py
 --snapshot-update`` after a deliberate change of a screen, and look at the
 SVGs before keeping them.

@@ -25,6 +25,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from tui.link import ConsoleLink, LiveState
+from tui.screens.drops import drop_state_text
 from tui.widgets import (
     NO_VALUE,
     STALE_CLASS,
@@ -285,7 +286,9 @@ class DashboardScreen(Screen[None]):
         self._dirty = False
         link = app_link(self)
         state = link.state
-        self.query_one("#offline", StaleBanner).show_offline(offline_text(link))
+        problem = link.problem
+        banner = offline_text(link) if problem is None else problem
+        self.query_one("#offline", StaleBanner).show_offline(banner)
         overview = state.overview.value if state.overview else {}
         status = state.box_status.value if state.box_status else {}
         snapshot_stale = state.is_stale("overview") and state.is_stale("telemetry")
@@ -393,8 +396,11 @@ class DashboardScreen(Screen[None]):
     ) -> None:
         text = Text("Drops ", style="bold")
         live = as_dict(status.get("drops"))
+        # A scheduled drop opens by its times, so the box's time decides
+        # whether it is upcoming, open or ended.
+        now = app_link(self).state.box_time()
         states = {
-            drop.get("id"): drop.get("state")
+            drop.get("id"): drop_state_text(drop, now)
             for drop in overview.get("drops") or []
             if isinstance(drop, dict)
         }
@@ -437,8 +443,7 @@ class DashboardScreen(Screen[None]):
         clock = as_dict(status.get("clock"))
         text.append("\nClock ", style="bold")
         if clock:
-            trusted = "trusted" if clock.get("trusted") else "untrusted"
-            text.append(f"{trusted} ({clock.get('source', '?')})")
+            text.append(_clock_trust(clock))
         else:
             text.append(NO_VALUE)
         faults = as_list(status.get("faults"))
@@ -530,3 +535,10 @@ def _sync_figures(
         backlog if isinstance(backlog, int) else None,
         float(last) if isinstance(last, int | float) else None,
     )
+
+
+def _clock_trust(clock: dict[str, Any]) -> str:
+    """Return whether the box trusts its clock and which source vouched for it."""
+    if not clock.get("trusted"):
+        return "untrusted (no time source has set it)"
+    return f"trusted ({clock.get('source') or 'unknown source'})"

@@ -68,7 +68,7 @@ class DropsScreen(OperationScreen):
                         drop.get("item"),
                         self.money(drop.get("price")),
                         f"{_figure(available)}/{_figure(quota)}",
-                        drop.get("state"),
+                        drop_state_text(drop, self.box_now()),
                         self.time_text(drop.get("starts_at"), seconds=False),
                         self.time_text(drop.get("ends_at"), seconds=False),
                     ),
@@ -215,3 +215,21 @@ class DropsScreen(OperationScreen):
 
 def _figure(value: object) -> str:
     return "--" if value is None else str(value)
+
+
+def drop_state_text(drop: dict[str, Any], now: float | None) -> str:
+    """Return the state of ``drop`` as a guest meets it at the box's time ``now``.
+
+    A ``scheduled`` drop opens and closes by its own times, so it shows as
+    ``upcoming``, ``open`` or ``ended``; ``live`` (started early) and
+    ``stopped`` are shown as they are.
+    """
+    state = str(drop.get("state"))
+    starts, ends = drop.get("starts_at"), drop.get("ends_at")
+    if state != "scheduled" or now is None:
+        return state
+    if isinstance(starts, int | float) and now < starts:
+        return "upcoming"
+    if isinstance(ends, int | float) and now >= ends:
+        return "ended"
+    return "open"

@@ -9,12 +9,13 @@ this screen except in the unlock request, and is never logged.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
@@ -22,6 +23,8 @@ from appliance.errors import RequestError
 
 if TYPE_CHECKING:
     from tui.session import AdminSession
+
+_LOGGER = logging.getLogger(__name__)
 
 _MAX_PIN_DIGITS = 12
 
@@ -56,8 +59,8 @@ class PinScreen(ModalScreen[None]):
 
     DEFAULT_CSS = """
     PinScreen { align: center middle; }
-    PinScreen > Vertical {
-        width: 44; max-width: 100%; height: auto;
+    PinScreen > VerticalScroll {
+        width: 44; max-width: 100%; height: auto; max-height: 100%;
         border: thick $accent; background: $surface; padding: 0 1;
     }
     PinScreen #pin-title { text-style: bold; }
@@ -73,9 +76,10 @@ class PinScreen(ModalScreen[None]):
         self._result = result
 
     def compose(self) -> ComposeResult:
-        with Vertical():
+        # The field comes right after the title, so a small terminal that
+        # cuts the modal still shows it; the rest scrolls.
+        with VerticalScroll():
             yield Static("Admin PIN", id="pin-title")
-            yield Static("Enter the console PIN, then Enter. Esc cancels.")
             yield Input(
                 password=True,
                 restrict=r"[0-9]*",
@@ -84,6 +88,7 @@ class PinScreen(ModalScreen[None]):
                 id="pin-input",
             )
             yield Static("", id="pin-message")
+            yield Static("Type the console PIN (digits only), Enter. Esc cancels.")
 
     def on_mount(self) -> None:
         self.query_one("#pin-input", Input).focus()
@@ -93,7 +98,7 @@ class PinScreen(ModalScreen[None]):
         pin = event.value
         event.input.value = ""
         if not pin:
-            self._show("type the PIN first")
+            self._show("type the PIN's digits first")
             return
         self._show("checking...", busy=True)
         event.input.disabled = True
@@ -105,10 +110,16 @@ class PinScreen(ModalScreen[None]):
             token = await self._session.unlock(pin)
         except RequestError as err:
             self._show(refusal_text(err))
-            pin_input.disabled = False
-            pin_input.focus()
+        except Exception as err:
+            # A fault in the session must leave the modal usable, not crash
+            # the console.
+            _LOGGER.exception("Unlocking the console failed")
+            self._show(f"unlock failed: {err}")
+        else:
+            self._finish(token)
             return
-        self._finish(token)
+        pin_input.disabled = False
+        pin_input.focus()
 
     def action_cancel(self) -> None:
         self._finish(None)

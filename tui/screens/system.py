@@ -19,6 +19,8 @@ from textual.widgets import RichLog, Static
 
 from tui.screens._operation import OperationScreen, format_age
 
+_LOCKED = "System: locked until the admin PIN is given"
+
 
 class SystemScreen(OperationScreen):
     """The box's system facts, its sync state and its log."""
@@ -37,9 +39,7 @@ class SystemScreen(OperationScreen):
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="facts"):
-            yield Static(
-                "System: locked until the admin PIN is given", id="system-info"
-            )
+            yield Static(_LOCKED, id="system-info")
             yield Static("Sync: --", id="sync-info")
         yield RichLog(id="logs", max_lines=500, wrap=False, markup=False)
 
@@ -52,15 +52,22 @@ class SystemScreen(OperationScreen):
     def redraw(self, source: str) -> None:
         if source in ("shown", "sync", "telemetry", "link"):
             self._draw_sync()
+        if source == "session" and not self.session.unlocked:
+            # Locking hides what the PIN showed.
+            self.query_one("#system-info", Static).update(_LOCKED)
+            self.query_one("#logs", RichLog).clear()
 
     async def _load(self) -> None:
         reply = await self.send("console", "system", {}, admin=True)
         if reply is None or not self.is_attached:
             return
         self.query_one("#system-info", Static).update(self._system_text(reply))
+        reply = await self.send("console", "logs", {}, admin=True)
+        if reply is None or not self.is_attached:
+            return
         log = self.query_one("#logs", RichLog)
         log.clear()
-        lines = [str(line) for line in reply.get("logs") or []]
+        lines = [str(line) for line in reply.get("lines") or []]
         for line in lines:
             log.write(Text(line, style=_log_style(line)))
         self.show_ok(
