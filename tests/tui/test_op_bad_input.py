@@ -546,7 +546,7 @@ async def test_reader_without_status_row(op_box: OpBox) -> None:
         assert row[5:12] == ["no status yet", "", "", "", "", "", ""]
 
 
-def test_drop_state_follows_box_time() -> None:
+async def test_drop_state_follows_box_time() -> None:
     drop = {"state": "scheduled", "starts_at": 1000, "ends_at": 2000}
 
     assert drop_state_text(drop, 999.0) == "upcoming"

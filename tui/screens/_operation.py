@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Select, Static
@@ -208,6 +209,12 @@ class OperationScreen(Screen[None]):
         async def guarded() -> None:
             try:
                 await work()
+            except NoMatches:
+                # A reply that arrives while the screen is being taken down
+                # finds its widgets gone; there is nothing left to show it on.
+                _LOGGER.debug(
+                    "The %s screen lost its widgets during %s", self.TITLE, group
+                )
             except Exception:
                 self.report_unexpected(group)
 
@@ -258,15 +265,17 @@ class OperationScreen(Screen[None]):
 
     def show_error(self, text: str) -> None:
         """Show ``text`` as the screen's message, styled as an error."""
-        message = self.query_one("#message", Static)
-        message.set_classes("-error")
-        message.update(Text(text))
+        self._show_message(text, "-error")
 
     def show_ok(self, text: str) -> None:
         """Show ``text`` as the screen's message, styled as a success."""
-        message = self.query_one("#message", Static)
-        message.set_classes("-ok")
-        message.update(Text(text))
+        self._show_message(text, "-ok")
+
+    def _show_message(self, text: str, style: str) -> None:
+        # A screen that is being taken down has no message line any more.
+        for message in self.query("#message").results(Static):
+            message.set_classes(style)
+            message.update(Text(text))
 
     def show_refusal(self, action: str, err: RequestError) -> None:
         """Show the box's refusal of ``action`` with its code and message.
