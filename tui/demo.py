@@ -157,8 +157,8 @@ def _stop_with_parent() -> Callable[[], None] | None:
 
     def stop_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        # The parent may have died between fork and prctl: then nobody
-        # would send the signal.
+        # The parent may have died between fork and prctl, in which case
+        # the kernel never sends the signal.
         if os.getppid() != parent_pid:
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -157,7 +157,7 @@ class Stamped:
 
 @dataclass
 class ReaderLive:
-    """What the bus says about one reader."""
+    """The last status and availability of one reader on the bus."""
 
     status: dict[str, Any] | None = None
     availability: str | None = None
@@ -230,7 +230,7 @@ class LiveState:
         return float(now) + max(0.0, moment - status.received)
 
     def status_time(self) -> float | None:
-        """Return the ``now`` of the last box status: the box's time, as it said."""
+        """Return the ``now`` of the last box status: the box's own time."""
         status = self.box_status
         if status is None:
             return None

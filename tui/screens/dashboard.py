@@ -100,7 +100,11 @@ class ExitChart(Widget):
         top = max(bars, default=0)
         text = Text(no_wrap=True, overflow="crop")
         for row in range(CHART_ROWS - 1, -1, -1):
-            label = str(top) if row == CHART_ROWS - 1 else ("0" if row == 0 else "")
+            label = ""
+            if row == CHART_ROWS - 1:
+                label = str(top)
+            elif row == 0:
+                label = "0"
             text.append(label.rjust(scale_width - 1) + "|", style="dim")
             for value in bars:
                 eighths = 0 if top == 0 else round(value * CHART_ROWS * 8 / top)

@@ -51,7 +51,7 @@ def refusal_text(err: RequestError) -> str:
 
 
 class PinScreen(ModalScreen[None]):
-    """A modal that asks for the admin PIN and sends it to the box."""
+    """A modal that reads the admin PIN and sends it to the box."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel"),

@@ -253,7 +253,9 @@ def _provision_request(values: dict[str, Any]) -> dict[str, Any]:
     if not values["role"]:
         raise ValueError("role is missing: choose exit or kit")
     if not values["zone"]:
-        raise ValueError("zone is missing: name where the reader stands")
+        raise ValueError(
+            "zone is missing: type the zone the reader is placed in, such as main-door"
+        )
     request: dict[str, Any] = {
         "port": values["port"],
         "role": values["role"],

@@ -1,7 +1,7 @@
 """The stream screen: the camera studio's stream state, and its start, stop and clip.
 
 ``console/overview`` has ``stream: null`` on a box without a camera
-studio; the screen then says so and keeps its buttons disabled with that
+studio, so the screen shows that and keeps its buttons disabled with that
 reason. With a studio it shows each field of the stream state.
 """
 
@@ -76,8 +76,8 @@ class StreamScreen(OperationScreen):
         self.start_action(self._send(action))
 
     async def _send(self, action: str) -> None:
-        # NOTE: no box serves console/stream-* yet; the camera studio is to
-        # register these actions, and until then the box answers unknown-action.
+        # NOTE: no box serves console/stream-* yet. The camera studio is to
+        # register these actions, and until then the box replies unknown-action.
         reply = await self.send(
             "console", f"stream-{action}", {}, admin=True, mutating=True
         )
