@@ -27,6 +27,7 @@ deps: $(STAMP)
 	@sh tests/ensure-postgresql
 	@sh tests/ensure-node
 	@sh tests/ensure-tmux
+	@sh tests/ensure-ffmpeg
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check appliance hardware provisioning firmware tui bench tests
@@ -44,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.payments --json
 	$(BIN)/python -m bench.drops --json
 	$(BIN)/python -m bench.sync --json
+	$(BIN)/python -m bench.encode --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
