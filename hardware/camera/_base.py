@@ -17,8 +17,6 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from appliance.errors import HardwareError
-
 PacketKind = Literal["video", "audio"]
 
 # Video timestamps count in MPEG's 90 kHz clock, the clock that MPEG-TS and
@@ -32,8 +30,12 @@ VIDEO_TIME_BASE = Fraction(1, 90_000)
 Overlay = Callable[[npt.NDArray[np.uint8], float], None]
 
 
-class CameraError(HardwareError):
-    """A camera that cannot start, or that stopped delivering frames."""
+class CameraError(RuntimeError):
+    """A camera that cannot start, or that stopped delivering frames.
+
+    ``hardware`` imports nothing from ``appliance``; the box turns this
+    error into its own HardwareError where a camera is required.
+    """
 
 
 @dataclass(frozen=True)
