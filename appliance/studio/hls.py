@@ -1,0 +1,445 @@
+"""Local HLS: MPEG-TS segments, low-latency parts and the live playlist.
+
+The writer takes the camera's packets one by one and cuts a new segment at
+the first video key frame at least ``segment_s`` after the segment's start,
+and a new partial segment (part) before a frame that would make the part
+longer than ``part_s``. Parts are byte ranges of the segment being written
+(RFC 8216bis, section 4.4.4.9), served from memory; finished segments are
+also written as files. The playlist follows Apple's Low-Latency HLS
+profile: EXT-X-PART, EXT-X-PART-INF, EXT-X-SERVER-CONTROL with blocking
+reload, and EXT-X-PRELOAD-HINT for the part being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from fractions import Fraction
+from pathlib import Path
+
+from appliance.errors import NightboxError
+from appliance.studio._mpegts import TsMuxer
+from hardware.camera import EncodedPacket, StreamInfo
+
+_log = logging.getLogger(__name__)
+
+PLAYLIST_NAME = "live.m3u8"
+SEGMENT_SUFFIX = ".ts"
+# A client may ask for a segment at most two beyond the playlist's last
+# finished one (RFC 8216bis, section 6.2.5.2); further ahead is a bad request.
+_MAX_MSN_AHEAD = 2
+# Parts are listed for the segments in the last three target durations,
+# as RFC 8216bis, section 6.2.2 lets a server drop older ones.
+_PART_LISTING_TARGETS = 3
+_MIN_WINDOW = 3
+_LOG_EVERY_WRITE_ERRORS = 100
+
+
+class HlsError(NightboxError, RuntimeError):
+    """The HLS writer cannot do what was asked; the message gives the reason."""
+
+
+class HlsRequestError(HlsError, ValueError):
+    """A blocking playlist request that can never be answered (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class _Part:
+    offset: int
+    size: int
+    duration: Fraction
+    independent: bool
+
+
+@dataclass
+class _Segment:
+    msn: int
+    name: str
+    start: Fraction
+    program_date_time: float
+    discontinuity: bool
+    data: bytearray = field(default_factory=bytearray)
+    parts: list[_Part] = field(default_factory=list)
+    duration: Fraction = Fraction(0)
+    video_end: Fraction = Fraction(0)
+    # The part being written: where it starts and whether it has video yet.
+    part_offset: int = 0
+    part_start: Fraction = Fraction(0)
+    part_has_video: bool = False
+    part_independent: bool = False
+
+    @property
+    def end(self) -> Fraction:
+        return self.start + self.duration
+
+
+class HlsWriter:
+    """Writes the live HLS stream of one camera into ``folder``.
+
+    ``feed`` takes packets in capture order. The first segment starts at
+    the first video key frame; earlier packets are dropped and counted in
+    ``packets_dropped``. ``discontinuity`` ends the segment being written,
+    and the next one starts at the next key frame with EXT-X-DISCONTINUITY
+    (a switch between camera and slate). The newest ``window`` segments are
+    kept; older files are deleted. A failed file write is logged and
+    counted in ``write_errors`` and the stream goes on from memory.
+
+    EXT-X-TARGETDURATION is ``segment_s`` rounded up, and grows when key
+    frames are further apart than that, because a segment can only be cut
+    at a key frame. With a key frame interval that divides ``segment_s`` it
+    never changes. ``wall_clock`` gives the time (Unix seconds) written in
+    EXT-X-PROGRAM-DATE-TIME.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        info: StreamInfo,
+        *,
+        segment_s: float = 2.0,
+        part_s: float = 0.5,
+        window: int = 6,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not segment_s > 0:
+            raise ValueError(
+                f"invalid HLS segment length {segment_s!r} s: give seconds above 0"
+            )
+        if not 0 < part_s <= segment_s:
+            raise ValueError(
+                f"invalid HLS part length {part_s!r} s: give seconds above 0 and "
+                f"at most the segment length {segment_s} s"
+            )
+        if window < _MIN_WINDOW:
+            raise ValueError(
+                f"invalid HLS window {window!r}: keep at least {_MIN_WINDOW} segments"
+            )
+        self.folder = folder
+        self.info = info
+        self.segment_s = segment_s
+        self.part_s = part_s
+        self.window = window
+        self._wall_clock = wall_clock
+        self._segment_length = Fraction(segment_s)
+        self._part_length = Fraction(part_s)
+        self._target_s = math.ceil(segment_s)
+        # Segment names carry a per-writer prefix, so a player holding an
+        # old playlist never fetches another run's segment under its name.
+        self._name_prefix = f"segment-{secrets.token_hex(3)}-"
+        self._muxer = TsMuxer(info)
+        self._segments: deque[_Segment] = deque()
+        self._current: _Segment | None = None
+        self._next_msn = 0
+        self._completed_msn = -1
+        self._discontinuity_sequence = 0
+        self._pending_discontinuity = False
+        self._time_anchor: tuple[float, Fraction] | None = None
+        self._changed = asyncio.Event()
+        self._closed = False
+        self.segments_written = 0
+        self.packets_dropped = 0
+        self.write_errors = 0
+        folder.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_files()
+
+    def _remove_stale_files(self) -> None:
+        stale = [
+            *self.folder.glob(f"segment-*{SEGMENT_SUFFIX}"),
+            *self.folder.glob(".*.partial"),
+        ]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            _log.info("removed %d old HLS files from %s", len(stale), self.folder)
+
+    @property
+    def media_sequence(self) -> int:
+        """The media sequence number of the first segment in the playlist."""
+        if self._segments:
+            return self._segments[0].msn
+        if self._current is not None:
+            return self._current.msn
+        return self._next_msn
+
+    @property
+    def live_msn(self) -> int:
+        """The media sequence number of the segment being written (or next)."""
+        return self._current.msn if self._current is not None else self._next_msn
+
+    @property
+    def target_duration_s(self) -> int:
+        """The playlist's EXT-X-TARGETDURATION in seconds."""
+        return self._target_s
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` ended the stream."""
+        return self._closed
+
+    def feed(self, packet: EncodedPacket) -> None:
+        """Add the next packet of the stream."""
+        if self._closed:
+            raise HlsError(
+                f"the HLS writer of {self.folder} is closed: make a new one to "
+                "stream again"
+            )
+        if packet.kind == "video":
+            self._feed_video(packet)
+            return
+        if self._current is None:
+            self.packets_dropped += 1
+            return
+        self._current.data += self._muxer.mux(packet)
+
+    def _feed_video(self, packet: EncodedPacket) -> None:
+        start = Fraction(packet.pts) * packet.time_base
+        end = start + Fraction(packet.duration) * packet.time_base
+        segment = self._current
+        if (
+            segment is not None
+            and packet.keyframe
+            and start - segment.start >= self._segment_length
+        ):
+            self._finish_segment(segment, start)
+            segment = None
+        if segment is None:
+            if not packet.keyframe:
+                self.packets_dropped += 1
+                return
+            segment = self._open_segment(start)
+        elif segment.part_has_video and end - segment.part_start > self._part_length:
+            self._finish_part(segment, start)
+        if not segment.part_has_video:
+            segment.part_has_video = True
+            segment.part_independent = packet.keyframe
+        segment.data += self._muxer.mux(packet)
+        segment.video_end = end
+
+    def _open_segment(self, start: Fraction) -> _Segment:
+        if self._time_anchor is None:
+            self._time_anchor = (self._wall_clock(), start)
+        anchor_wall, anchor_media = self._time_anchor
+        segment = _Segment(
+            msn=self._next_msn,
+            name=f"{self._name_prefix}{self._next_msn:06d}{SEGMENT_SUFFIX}",
+            start=start,
+            program_date_time=anchor_wall + float(start - anchor_media),
+            discontinuity=self._pending_discontinuity,
+            part_start=start,
+        )
+        self._next_msn += 1
+        self._pending_discontinuity = False
+        self._current = segment
+        return segment
+
+    def _close_part(self, segment: _Segment, end: Fraction) -> None:
+        size = len(segment.data) - segment.part_offset
+        if size == 0 or not segment.part_has_video:
+            return
+        segment.parts.append(
+            _Part(
+                offset=segment.part_offset,
+                size=size,
+                duration=end - segment.part_start,
+                independent=segment.part_independent,
+            )
+        )
+        segment.part_offset = len(segment.data)
+        segment.part_start = end
+        segment.part_has_video = False
+        segment.part_independent = False
+
+    def _finish_part(self, segment: _Segment, end: Fraction) -> None:
+        self._close_part(segment, end)
+        self._publish()
+
+    def _finish_segment(self, segment: _Segment, end: Fraction) -> None:
+        self._close_part(segment, end)
+        segment.duration = end - segment.start
+        rounded = math.floor(segment.duration + Fraction(1, 2))
+        if rounded > self._target_s:
+            _log.warning(
+                "HLS segment %s lasts %.3f s, longer than the target duration "
+                "%d s: use a key frame interval that divides the segment length",
+                segment.name,
+                float(segment.duration),
+                self._target_s,
+            )
+            self._target_s = rounded
+        self._current = None
+        self._completed_msn = segment.msn
+        self._segments.append(segment)
+        self.segments_written += 1
+        self._write_file(self.folder / segment.name, bytes(segment.data))
+        while len(self._segments) > self.window:
+            removed = self._segments.popleft()
+            if removed.discontinuity:
+                self._discontinuity_sequence += 1
+            try:
+                (self.folder / removed.name).unlink(missing_ok=True)
+            except OSError as err:
+                self._count_write_error(f"deleting {removed.name}", err)
+        self._publish()
+
+    def discontinuity(self) -> None:
+        """End the segment being written; the next one starts a new timeline."""
+        segment = self._current
+        if segment is not None:
+            self._finish_segment(segment, segment.video_end)
+        self._pending_discontinuity = True
+        self._time_anchor = None
+
+    def close(self) -> None:
+        """Finish the last segment and end the playlist (EXT-X-ENDLIST)."""
+        if self._closed:
+            return
+        segment = self._current
+        if segment is not None:
+            self._finish_segment(segment, segment.video_end)
+        self._closed = True
+        self._publish()
+
+    def _publish(self) -> None:
+        self._write_file(self.folder / PLAYLIST_NAME, self.playlist().encode())
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        except OSError as err:
+            self._count_write_error(f"writing {path.name}", err)
+
+    def _count_write_error(self, action: str, err: OSError) -> None:
+        self.write_errors += 1
+        if self.write_errors % _LOG_EVERY_WRITE_ERRORS == 1:
+            _log.warning(
+                "HLS %s in %s failed (%d failures so far); serving from memory: %s",
+                action,
+                self.folder,
+                self.write_errors,
+                err,
+            )
+
+    def playlist(self) -> str:
+        """Return the live media playlist as it is now."""
+        part_target = f"{self.part_s:.5g}"
+        lines = [
+            "#EXTM3U",
+            "#EXT-X-VERSION:6",
+            f"#EXT-X-TARGETDURATION:{self._target_s}",
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
+            f"PART-HOLD-BACK={3 * self.part_s:.5g}",
+            f"#EXT-X-PART-INF:PART-TARGET={part_target}",
+            f"#EXT-X-MEDIA-SEQUENCE:{self.media_sequence}",
+            f"#EXT-X-DISCONTINUITY-SEQUENCE:{self._discontinuity_sequence}",
+        ]
+        segments = list(self._segments)
+        current = self._current
+        if current is not None:
+            segments.append(current)
+        live_end = max((s.end for s in self._segments), default=Fraction(0))
+        if current is not None:
+            live_end = current.part_start
+        parts_from = live_end - _PART_LISTING_TARGETS * self._target_s
+        for segment in segments:
+            if segment.discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
+            lines.append(
+                f"#EXT-X-PROGRAM-DATE-TIME:{_iso_time(segment.program_date_time)}"
+            )
+            if segment is current or segment.end > parts_from:
+                lines.extend(_part_line(segment.name, part) for part in segment.parts)
+            if segment is not current:
+                lines.append(f"#EXTINF:{float(segment.duration):.5f},")
+                lines.append(segment.name)
+        if current is not None:
+            lines.append(
+                f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{current.name}",'
+                f"BYTERANGE-START={current.part_offset}"
+            )
+        if self._closed:
+            lines.append("#EXT-X-ENDLIST")
+        return "\n".join(lines) + "\n"
+
+    def segment_bytes(self, name: str) -> bytes | None:
+        """Return the bytes of a segment in the window, None for an unknown name.
+
+        For the segment being written, the bytes written so far: its
+        finished parts and part of the next one.
+        """
+        current = self._current
+        if current is not None and current.name == name:
+            return bytes(current.data)
+        for segment in self._segments:
+            if segment.name == name:
+                return bytes(segment.data)
+        return None
+
+    def has(self, msn: int, part: int | None = None) -> bool:
+        """Whether the playlist contains segment ``msn`` (or its part ``part``).
+
+        A finished segment counts as containing every part index, because a
+        client that asks for a part past the segment's last one wants the
+        playlist that follows the segment's end.
+        """
+        if msn <= self._completed_msn:
+            return True
+        current = self._current
+        if part is None or current is None or current.msn != msn:
+            return False
+        return len(current.parts) > part
+
+    async def wait_for(self, msn: int, part: int | None, timeout_s: float) -> bool:
+        """Wait until the playlist contains segment ``msn`` (part ``part``).
+
+        Returns True once it does, False when ``timeout_s`` seconds pass
+        first or the stream ends without it. Raises HlsRequestError for a
+        request that can never be answered: a negative number, or a segment
+        more than two beyond the last finished one.
+        """
+        if msn < 0 or (part is not None and part < 0):
+            raise HlsRequestError(
+                f"invalid blocking request _HLS_msn={msn} _HLS_part={part}: "
+                "give numbers of 0 or more"
+            )
+        if msn > self._completed_msn + _MAX_MSN_AHEAD:
+            raise HlsRequestError(
+                f"_HLS_msn={msn} is more than {_MAX_MSN_AHEAD} segments beyond the "
+                f"last finished segment {self._completed_msn}: reload the playlist "
+                "without it"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.has(msn, part):
+            remaining = deadline - loop.time()
+            if self._closed or remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return self.has(msn, part)
+        return True
+
+
+def _part_line(name: str, part: _Part) -> str:
+    line = (
+        f'#EXT-X-PART:DURATION={float(part.duration):.5f},URI="{name}",'
+        f'BYTERANGE="{part.size}@{part.offset}"'
+    )
+    return line + ",INDEPENDENT=YES" if part.independent else line
+
+
+def _iso_time(unix_s: float) -> str:
+    moment = datetime.fromtimestamp(unix_s, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
