@@ -45,7 +45,9 @@ SCOPES: dict[str, str] = {
     "offers:redeem": "redeem partner offer codes",
     "kits:issue": "hand out recovery kits",
     "optin:register": "record guests' follow-up opt-ins",
-    "stream:publish": "publish the studio's stream",
+    "stream:view": "watch the studio's live stream over HTTP",
+    "stream:publish": "publish the studio's stream: start, stop, clips, overlays "
+    "and opening drops live (also allows watching)",
     "console:admin": "operate the box from its terminal UI: tokens, drops, "
     "coupons, readers, system",
 }
@@ -281,6 +283,33 @@ class EdgeTokens:
         ``holder`` is the terminal id that presented the token. Raises
         TokenError whose reason names the failed check.
         """
+        claims = self._verified_claims(token)
+        if claims.subject != holder:
+            raise TokenError(
+                "replayed",
+                f"token {claims.token_id} was issued to {claims.subject!r} but "
+                f"arrived from {holder!r}; a token works only for its own terminal",
+            )
+        self._check_scope_and_revocation(claims, (scope,))
+        return claims
+
+    def verify_bearer(self, token: Any, scopes: Iterable[str]) -> TokenClaims:
+        """Return the claims of a bearer ``token`` that has any one of ``scopes``.
+
+        A bearer token is presented where no device identity travels with the
+        request (an HTTP client on the venue network), so it is not tied to
+        the terminal it was issued to. Raises TokenError whose reason names
+        the failed check.
+        """
+        accepted = tuple(scopes)
+        if not accepted:
+            raise ValueError("verify_bearer needs at least one scope to check")
+        claims = self._verified_claims(token)
+        self._check_scope_and_revocation(claims, accepted)
+        return claims
+
+    def _verified_claims(self, token: Any) -> TokenClaims:
+        """Return the claims of a well-formed, correctly signed, current token."""
         if token is None:
             raise TokenError(
                 "missing", "the request carries no token; add the terminal's token"
@@ -296,16 +325,16 @@ class EdgeTokens:
                 self._verified.clear()
             self._verified[token] = claims
         self._check_time(claims)
-        if claims.subject != holder:
-            raise TokenError(
-                "replayed",
-                f"token {claims.token_id} was issued to {claims.subject!r} but "
-                f"arrived from {holder!r}; a token works only for its own terminal",
-            )
-        if scope not in claims.scopes:
+        return claims
+
+    def _check_scope_and_revocation(
+        self, claims: TokenClaims, scopes: tuple[str, ...]
+    ) -> None:
+        if claims.scopes.isdisjoint(scopes):
+            expected = " or ".join(repr(scope) for scope in scopes)
             raise TokenError(
                 "wrong-scope",
-                f"token {claims.token_id} lacks scope {scope!r} (it has "
+                f"token {claims.token_id} lacks scope {expected} (it has "
                 f"{', '.join(sorted(claims.scopes))}); issue one with that scope",
             )
         if self._store.query_one(
@@ -314,7 +343,6 @@ class EdgeTokens:
             raise TokenError(
                 "revoked", f"token {claims.token_id} was revoked; issue a new one"
             )
-        return claims
 
     def _verify_signature(self, token: str) -> TokenClaims:
         try:
