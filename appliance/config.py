@@ -56,6 +56,7 @@ from appliance.clock import SystemClock, TimeSource
 from appliance.commerce.config import COMMERCE_TABLES, CommerceConfig, parse_commerce
 from appliance.errors import ConfigError
 from appliance.remote.config import FleetConfig, SyncConfig, parse_fleet, parse_sync
+from appliance.studio.config import StudioConfig, parse_studio
 
 _BAND_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}\Z")
 # One label of a DNS host name: 1-63 letters, digits and '-', with no '-'
@@ -174,6 +175,8 @@ class SiteConfig:
     sync: SyncConfig | None = None
     fleet: FleetConfig = field(default_factory=FleetConfig)
     reader_network: ReaderNetwork | None = None
+    # The camera studio; None on a box without a camera.
+    studio: StudioConfig | None = None
 
     def system_clock(self) -> SystemClock:
         """Return the host's clock, vouched for when ``box.clock_trusted`` is set.
@@ -304,6 +307,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         reader_network=_reader_network(
             _table(raw, "reader_network", required=False), broker, base_dir
         ),
+        studio=parse_studio(raw),
     )
 
 
@@ -314,6 +318,7 @@ _MORE = {
     "coupons",
     "sync",
     "fleet",
+    "studio",
 } | COMMERCE_TABLES
 
 

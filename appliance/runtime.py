@@ -28,6 +28,8 @@ from appliance.remote.commands import RemoteManagement
 from appliance.remote.sync import SyncService
 from appliance.requests import RequestServer
 from appliance.store import Store
+from appliance.studio._bus_api import serve_studio
+from appliance.studio.service import Studio
 from appliance.tokens import box_tokens
 from appliance.wallet.service import WalletService
 from appliance.wristbands import EidResolver, SiteBands
@@ -153,6 +155,10 @@ class Box:
             if reader.uplink == "serial"
         ]
         self.management = RemoteManagement(self, config_path=config_path)
+        # Without [studio] the box has no camera.
+        self.studio: Studio | None = None
+        if config.studio is not None:
+            self.studio = Studio(self, config.studio)
         self.console = ConsoleService(self, bands, config_path)
         # Without [sync] the box stays offline and keeps its outbox.
         self.sync: SyncService | None = None
@@ -160,6 +166,8 @@ class Box:
             self.sync = SyncService(
                 config, self.store, self.bus, clock, management=self.management
             )
+            if self.studio is not None:
+                self.sync.attach_clip_uploads(self.studio.clips)
         self._status_task: asyncio.Task[None] | None = None
         self.bus.on_connect(self.publish_status)
 
@@ -171,6 +179,8 @@ class Box:
         self.wallet.start()
         self.drops.start()
         self.console.start()
+        if self.studio is not None:
+            serve_studio(self, self.studio)
         await self.requests.start()
         await self.bus.__aenter__()
         await self.management.start()
@@ -181,6 +191,8 @@ class Box:
         await self.clock_beacon.start()
         for bridge in self.serial_bridges:
             await bridge.start()
+        if self.studio is not None:
+            await self.studio.start()
         self._status_task = asyncio.create_task(
             self._publish_status_forever(), name="box-status"
         )
@@ -200,6 +212,8 @@ class Box:
     ) -> None:
         # Jobs report their end on the bus and in the store, so they stop first.
         await self.console.stop()
+        if self.studio is not None:
+            await self.studio.stop()
         if self.sync is not None:
             await self.sync.stop()
         await self.management.stop()
@@ -248,6 +262,7 @@ class Box:
             },
             "remote": self.management.status(),
             "sync": None if self.sync is None else self.sync.state(),
+            "stream": None if self.studio is None else self.studio.state(),
             "faults": [
                 {"reader": fault.reader_id, "kind": fault.kind, "since": fault.since}
                 for fault in self.checkouts.faults

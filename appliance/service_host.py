@@ -12,9 +12,10 @@ from pathlib import Path
 
 from appliance.bus.broker import start_broker
 from appliance.config import SiteConfig
-from appliance.errors import HardwareError, StoreError
+from appliance.errors import ConfigError, HardwareError, StoreError
 from appliance.runtime import Box, tune_garbage_collector
 from appliance.sightings import ScannerService
+from hardware.panel import PanelButton, PanelError, create_panel_button
 from hardware.scanner import ScannerError, create_scanner
 from provisioning import SiteCredentials
 from provisioning.site_access import ReaderGrant, site_policy
@@ -119,6 +120,7 @@ async def _serve(
                         f"the {config.scanner} scanner did not start: {err}; "
                         "set box.scanner to 'none' or 'simulator'"
                     ) from err
+            button = await _start_studio(box, announce)
             tune_garbage_collector()
             announce(
                 f"Box {config.box_id} of site {config.site_id} running; data "
@@ -129,11 +131,46 @@ async def _serve(
             await _first_set(stop, restart, *([reload] if reload else []))
             if scanner_service is not None:
                 await scanner_service.stop()
+            if button is not None:
+                button.close()
     finally:
         await broker.stop()
         announce("Stopped.")
     restarting = restart.is_set() or (reload is not None and reload.is_set())
     return restarting and not stop.is_set()
+
+
+async def _start_studio(
+    box: Box, announce: Callable[[str], None]
+) -> PanelButton | None:
+    """Serve the studio's stream over HTTP and wire its panel button.
+
+    Returns the button, or None without a studio or a configured pin.
+    Raises ConfigError when the HTTP port cannot be bound and
+    HardwareError when the button's pin cannot be used.
+    """
+    studio = box.studio
+    if studio is None:
+        return None
+    try:
+        http = await studio.serve_http()
+    except OSError as err:
+        raise ConfigError(str(err)) from err
+    announce(
+        f"Stream on http://{studio.config.http_host}:{http.port}/stream/live.m3u8 "
+        "(viewers need a token with scope stream:view: `nightbox token issue "
+        "--subject <viewer> --scope stream:view`)"
+    )
+    pin = studio.config.button_pin
+    try:
+        return create_panel_button(
+            pin, studio.on_button, loop=asyncio.get_running_loop()
+        )
+    except PanelError as err:
+        raise HardwareError(
+            f"the panel button on GPIO{pin} did not start: {err}; fix the wiring "
+            "or remove studio.button_pin"
+        ) from err
 
 
 async def _first_set(*events: asyncio.Event) -> None:

@@ -106,6 +106,10 @@ class Topics:
         """Return the topic of a box's retained sync backlog and last success."""
         return self.box_topic(box_id, "tele/sync")
 
+    def stream_state(self, box_id: str) -> str:
+        """Return the topic of a box's retained camera studio state."""
+        return self.box_topic(box_id, "tele/stream")
+
     def upstream_event(self, box_id: str, event_type: str) -> str:
         """Return the upstream topic of one box's outbox events of a type."""
         return self.box_topic(box_id, f"events/{event_type}")

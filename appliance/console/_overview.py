@@ -93,7 +93,7 @@ def overview(box: Box, transaction: Transaction) -> dict[str, Any]:
         ],
         "terminals": list(dict.fromkeys([DESK, CONSOLE, *commerce.terminals])),
         "wallet": dataclasses.asdict(commerce.wallet),
-        "stream": None,
+        "stream": None if box.studio is None else box.studio.state(),
     }
 
 

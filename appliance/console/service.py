@@ -26,6 +26,7 @@ from appliance.errors import PayloadError
 from appliance.remote.telemetry import software_version
 from appliance.requests import Refusal, Request, RequestHandler
 from appliance.store import Transaction
+from appliance.studio._bus_api import console_actions
 from appliance.tokens import TokenError
 from provisioning.readers import ReaderArgumentError, ReaderRequest
 from provisioning.readers.registration import validate_request
@@ -129,6 +130,8 @@ class ConsoleService:
             "promo-create": admin.promo_create,
             "kit-restock": admin.kit_restock,
             "reader-provision": self._reader_provision,
+            # The camera studio's stream, or a no-studio rejection.
+            **console_actions(self._box.studio),
         }
         for action, handler in admin_changes.items():
             serve("console", action, self._console_only(handler), scope=ADMIN_SCOPE)

@@ -46,6 +46,8 @@ from appliance.sim._economy import (
 )
 from appliance.sim._site import KIT_STATION, demo_config, exit_reader_id
 from appliance.sim._world import Guest, NightPlan
+from appliance.studio.config import StudioConfig
+from appliance.studio.service import Studio
 from appliance.wallet._ledger import ledger_check
 from provisioning import SiteCredentials
 from provisioning.secret_file import write_secret_file
@@ -71,6 +73,23 @@ _CONSENT_TEXT = (
 BATCH_INTERVAL_S = 0.5
 # One exit reader's scan stalls this long mid-night, to show the health fault.
 _STALL_S = 20.0
+# The demo's studio: the simulated camera at a size that a laptop encodes
+# in real time next to the night, served on loopback only, on a free port.
+DEMO_STUDIO = StudioConfig(
+    camera="simulator",
+    width=640,
+    height=360,
+    fps=15,
+    bitrate_kbps=800,
+    keyframe_interval_s=1.0,
+    preset="ultrafast",
+    audio="tone",
+    clip_seconds=10.0,
+    clips_keep=10,
+    http_host="127.0.0.1",
+    http_port=0,
+)
+DEMO_VIEWER = "demo-viewer"
 # How far the box may lag behind the simulated readers, in batches per
 # reader; well inside the silence timeout so lag never looks like silence.
 _MAX_LAG_BATCHES = 4
@@ -98,6 +117,8 @@ class DemoOptions:
     # its admin PIN; a random PIN when only the file is given.
     console_file: Path | None = None
     console_pin: str | None = None
+    # Run the camera studio with the simulated camera (DEMO_STUDIO).
+    studio: bool = True
 
 
 @dataclass
@@ -113,6 +134,7 @@ class _Tally:
     event_ids: set[str] = field(default_factory=set)
     faults_raised: int = 0
     economy: EconomyTally = field(default_factory=EconomyTally)
+    stream: dict[str, Any] | None = None
 
 
 def _settings(
@@ -153,6 +175,8 @@ async def run_demo(
         config = demo_config(plan, data_dir, options.broker_mode)
         if options.sync is not None:
             config = replace(config, sync=options.sync)
+        if options.studio:
+            config = replace(config, studio=DEMO_STUDIO)
         credentials = SiteCredentials(data_dir / "secrets" / "broker.json")
         policy = site_policy(
             config.site_id,
@@ -244,9 +268,13 @@ async def _run_night(
             stack.enter_context(
                 _console_login(options, config, credentials, broker, progress)
             )
+        if box.studio is not None:
+            await _announce_stream(box, box.studio, lifetime, progress)
         await _tick_loop(
             plan, box, clock, readers, kit_station, signed, tally, options, progress
         )
+        if box.studio is not None:
+            tally.stream = await _finish_stream(box.studio)
         await _drain(box, tally)
         if options.after_night is not None:
             await options.after_night(box)
@@ -352,6 +380,34 @@ def _console_login(
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+async def _announce_stream(
+    box: Box, studio: Studio, lifetime_s: float, progress: TextIO | None
+) -> None:
+    """Serve the stream on loopback and print its URL with a fresh viewer token."""
+    http = await studio.serve_http()
+    token = box.tokens.issue(DEMO_VIEWER, ["stream:view"], lifetime_s).token
+    # The viewer token is a throwaway for the person running the demo.
+    _say(
+        progress,
+        f"Stream: http://{studio.config.http_host}:{http.port}/stream/live.m3u8"
+        f"?token={token}",
+    )
+
+
+async def _finish_stream(studio: Studio) -> dict[str, Any]:
+    """Write the clip of the set that ended with the night; return stream figures."""
+    studio.check_set_end()
+    await studio.wait_for_clips()
+    state = studio.state()
+    latest = studio.clips.latest()
+    return {
+        "clips": state["clips"],
+        "set_end_clip": latest is not None and latest.trigger == "set-end",
+        "segments_written": state["segments_written"],
+        "source": state["source"],
+    }
 
 
 def _scheduled_actions(plan: NightPlan) -> list[tuple[float, str, Guest]]:
@@ -511,6 +567,7 @@ def _score(
         "ledger_ok": tally.economy.ledger_ok,
         "economy_refused_by_reason": dict(sorted(tally.economy.refused.items())),
         "broker": broker,
+        "stream": tally.stream,
         "seed": options.seed,
         "exits": options.exits,
         "speed": options.speed,

@@ -274,4 +274,25 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 8: the camera studio's clips. A clip's row is written with its file,
+    # and ``uploaded_at`` is set once the fleet acknowledged every chunk of
+    # it. ``removed_at`` is set when the file was deleted to keep the
+    # newest clips only.
+    """
+    CREATE TABLE clips (
+        id TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL CHECK (size > 0),
+        sha256 TEXT NOT NULL CHECK (length(sha256) = 64),
+        duration_s REAL NOT NULL CHECK (duration_s >= 0),
+        created_at REAL NOT NULL,
+        trigger TEXT NOT NULL,
+        set_id TEXT,
+        note TEXT,
+        uploaded_at REAL,
+        removed_at REAL
+    );
+    CREATE INDEX clips_to_upload ON clips (created_at)
+        WHERE uploaded_at IS NULL AND removed_at IS NULL;
+    """,
 )

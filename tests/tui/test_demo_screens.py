@@ -194,10 +194,11 @@ async def test_screens_show_demo_night(demo_night: DemoNight) -> None:
 
         await show(app, pilot, "v", StreamScreen)
         await wait_until(
-            lambda: "no camera studio" in screen_text(app), "the stream's state"
+            lambda: "showing camera" in screen_text(app), "the demo studio's stream"
         )
+        assert "simulator camera, 640x360" in screen_text(app)
         for button in app.screen.query(Button):
-            assert button.disabled
+            assert not button.disabled
 
         await show(app, pilot, "t", TokensScreen)
         await unlock(app, pilot, demo_night.pin)

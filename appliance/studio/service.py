@@ -1,0 +1,456 @@
+"""The camera studio: the stream, its overlays, clips, controls and telemetry.
+
+:class:`Studio` runs the configured camera with the overlays drawn in (the
+media path is :mod:`appliance.studio._stream`: HLS, the optional push, the
+slate and the clip buffer). Clips are written in a worker thread, recorded
+with their checksum and queued for upload through sync. The stream state
+is published, retained, on ``box/<box>/tele/stream`` every second, and a
+clip is written when a set ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import sqlite3
+import uuid
+import zoneinfo
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+
+from appliance._tasks import cancel_and_wait
+from appliance.commerce.config import SetSlot
+from appliance.studio._actions import StudioError, message_field, note_field, open_drop
+from appliance.studio._store import ClipRecord, ClipStore
+from appliance.studio._stream import StudioStream
+from appliance.studio.clips import ClipError, write_clip
+from appliance.studio.config import StudioConfig
+from appliance.studio.http import StudioHttp
+from appliance.studio.overlays import OverlayCompositor, read_overlay_state
+from hardware.camera import (
+    Camera,
+    CameraSettings,
+    EncodedPacket,
+    StreamInfo,
+    create_camera,
+)
+
+if TYPE_CHECKING:
+    from appliance.runtime import Box
+
+_LOGGER = logging.getLogger(__name__)
+
+TRIGGERS = ("button", "command", "console", "set-end", "request")
+STATE_INTERVAL_S = 1.0
+# Clips written at once at most; a further clip is rejected as busy until one
+# of them is stored.
+MAX_CLIPS_IN_FLIGHT = 3
+# The requester that a drop's event names when a creator station opens the
+# drop over HTTP.
+HTTP_REQUESTER = "studio-http"
+
+
+@dataclass(frozen=True, slots=True)
+class ClipJob:
+    """A clip being written: its id now, its record once ``task`` is done."""
+
+    id: str
+    trigger: str
+    task: asyncio.Task[ClipRecord]
+
+
+class Studio:
+    """The box's camera studio: stream, slate, overlays, clips and telemetry."""
+
+    def __init__(self, box: Box, config: StudioConfig) -> None:
+        self._box = box
+        self.config = config
+        self.settings = CameraSettings(
+            width=config.width,
+            height=config.height,
+            fps=config.fps,
+            bitrate_kbps=config.bitrate_kbps,
+            keyframe_interval_s=config.keyframe_interval_s,
+            preset=config.preset,
+            audio=config.audio,
+        )
+        folder = box.config.data_dir / "studio"
+        self.clips_folder = folder / "clips"
+        self.clips = ClipStore(box.store, box.clock, config.clips_keep)
+        self.compositor = OverlayCompositor(config.width, config.height)
+        camera = create_camera(config.camera, self.settings, self.compositor)
+        self.stream = StudioStream(
+            config, self.settings, camera, folder / "hls", box.clock
+        )
+        self.http: StudioHttp | None = None
+        self.message: str | None = None
+        self.counts: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self._state_task: asyncio.Task[None] | None = None
+        self._clip_tasks: set[asyncio.Task[ClipRecord]] = set()
+        self._control_tasks: set[asyncio.Task[None]] = set()
+        self._set: SetSlot | None = None
+        self._timezone = zoneinfo.ZoneInfo(box.config.commerce.timezone)
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        """Start the stream and the state publisher."""
+        self.stream.hls_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.clips_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._set = self._box.config.commerce.set_at(self._box.clock.now())
+        self._refresh_overlays()
+        await self.start_stream()
+        self._state_task = asyncio.create_task(
+            self._publish_state_forever(), name="studio-state"
+        )
+        _LOGGER.info(
+            "Studio started: %s camera at %dx%d, %d fps, %d kbit/s",
+            self.config.camera,
+            self.config.width,
+            self.config.height,
+            self.config.fps,
+            self.config.bitrate_kbps,
+        )
+
+    async def stop(self) -> None:
+        """Stop the stream, the HTTP server, the push and pending clip writes."""
+        await cancel_and_wait(self._state_task)
+        for task in list(self._control_tasks):
+            await cancel_and_wait(task)
+        await self.stream.close()
+        # A clip being written is finished, so its file is not left half done.
+        await self.wait_for_clips()
+        if self.http is not None:
+            await self.http.stop()
+        _LOGGER.info("Studio stopped")
+
+    async def serve_http(self) -> StudioHttp:
+        """Start serving the stream over HTTP on ``http_host``:``http_port``."""
+        if self.http is None:
+            box = self._box
+            self.http = StudioHttp(
+                lambda: self.stream.hls,
+                box.tokens,
+                box.clock,
+                self.config.http_host,
+                self.config.http_port,
+                control=self._http_controls(),
+            )
+            await self.http.start()
+            _LOGGER.info(
+                "Studio stream on http://%s:%d/stream/live.m3u8",
+                self.config.http_host,
+                self.http.port,
+            )
+        return self.http
+
+    @property
+    def camera(self) -> Camera:
+        """The studio's camera, which the stream retries while it is down."""
+        return self.stream.camera
+
+    @property
+    def source(self) -> str | None:
+        """``camera`` or ``slate`` while the stream runs, else None."""
+        return self.stream.source
+
+    @property
+    def running(self) -> bool:
+        """True while the stream runs (on the camera or on the slate)."""
+        return self.stream.running
+
+    async def start_stream(self) -> None:
+        """Start streaming; a stream already running is left as it is."""
+        self.stream.start()
+
+    async def stop_stream(self) -> None:
+        """Stop the camera or slate; HLS keeps its last segments."""
+        await self.stream.stop()
+
+    def schedule(self, action: Callable[[], Any], name: str) -> None:
+        """Run the coroutine that ``action`` returns in the background."""
+
+        async def run() -> None:
+            await action()
+
+        task = asyncio.create_task(run(), name=name)
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    def on_button(self) -> None:
+        """Cut a clip for a press of the panel button (on the event loop)."""
+        try:
+            self.begin_clip("button")
+        except StudioError as err:
+            _LOGGER.warning("Panel button clip rejected: %s", err.message)
+
+    # Clips.
+
+    def begin_clip(
+        self,
+        trigger: str,
+        note: str | None = None,
+        *,
+        set_id: str | None = None,
+    ) -> ClipJob:
+        """Snapshot the clip buffer and start writing the clip in the background.
+
+        Raises StudioError (counted and logged) when the stream is stopped,
+        the camera is down, the buffer has no video yet, or too many clips
+        are being written.
+        """
+        if trigger not in TRIGGERS:
+            raise ValueError(
+                f"clip trigger {trigger!r} is invalid; use one of {', '.join(TRIGGERS)}"
+            )
+        try:
+            packets, info = self._snapshot()
+        except StudioError as err:
+            self.counts[f"clip-{err.code}"] += 1
+            _LOGGER.warning("Clip (%s) rejected: %s", trigger, err.message)
+            raise
+        now = self._box.clock.now()
+        if set_id is None:
+            playing = self._box.config.commerce.set_at(now)
+            set_id = None if playing is None else playing.id
+        clip_id = uuid.uuid4().hex
+        task = asyncio.create_task(
+            self._write(clip_id, packets, info, now, trigger, set_id, note),
+            name=f"clip-{clip_id[:8]}",
+        )
+        self._clip_tasks.add(task)
+        task.add_done_callback(self._clip_done)
+        return ClipJob(clip_id, trigger, task)
+
+    async def wait_for_clips(self) -> None:
+        """Return once every clip being written is stored or has failed."""
+        if self._clip_tasks:
+            await asyncio.wait(list(self._clip_tasks))
+
+    async def clip(
+        self, trigger: str, note: str | None = None, *, set_id: str | None = None
+    ) -> ClipRecord:
+        """Write a clip of the buffer and return its record once it is stored."""
+        return await self.begin_clip(trigger, note, set_id=set_id).task
+
+    def _snapshot(self) -> tuple[list[EncodedPacket], StreamInfo]:
+        if not self.running:
+            raise StudioError(
+                "stream-stopped",
+                "the stream is stopped, so there is nothing to clip; start it first",
+            )
+        stream = self.stream
+        if stream.down_since is not None:
+            since = datetime.datetime.fromtimestamp(stream.down_since, self._timezone)
+            raise StudioError(
+                "camera-down",
+                f"the camera is down since {since:%H:%M:%S}; the clip would hold "
+                "only the slate, so try again once the camera is back "
+                f"({stream.last_error})",
+            )
+        if len(self._clip_tasks) >= MAX_CLIPS_IN_FLIGHT:
+            raise StudioError(
+                "busy",
+                f"{len(self._clip_tasks)} clips are being written; try again in "
+                "a few seconds",
+            )
+        packets = stream.ring.snapshot(None)
+        if not packets or stream.ring_info is None:
+            raise StudioError(
+                "no-video",
+                "the camera has sent no key frame yet, so there is nothing to clip; "
+                f"try again in {self.config.keyframe_interval_s:g} s",
+            )
+        return packets, stream.ring_info
+
+    async def _write(
+        self,
+        clip_id: str,
+        packets: list[EncodedPacket],
+        info: StreamInfo,
+        created_at: float,
+        trigger: str,
+        set_id: str | None,
+        note: str | None,
+    ) -> ClipRecord:
+        path = self.clips_folder / f"{clip_id}.mp4"
+        try:
+            written = await asyncio.to_thread(write_clip, packets, info, path)
+        except ClipError as err:
+            self.counts["clip-write-failed"] += 1
+            self.last_error = str(err)
+            _LOGGER.error("Clip %s (%s) failed: %s", clip_id, trigger, err)
+            raise StudioError("clip-failed", str(err)) from err
+        record = ClipRecord(
+            id=clip_id,
+            path=written.path,
+            size=written.size,
+            sha256=written.sha256,
+            created_at=created_at,
+            trigger=trigger,
+            set_id=set_id,
+            duration_s=written.duration_s,
+            note=note,
+        )
+        with self._box.store.transaction() as transaction:
+            self.clips.record(transaction, record)
+        self.clips.queued()
+        self.counts["clips"] += 1
+        _LOGGER.info(
+            "Clip %s written (%s, %.1f s, %d bytes)",
+            clip_id,
+            trigger,
+            record.duration_s,
+            record.size,
+        )
+        self._remove(self.clips.prune())
+        return record
+
+    def _clip_done(self, task: asyncio.Task[ClipRecord]) -> None:
+        self._clip_tasks.discard(task)
+        if not task.cancelled():
+            # Retrieved here so a clip nobody awaits logs no "never retrieved".
+            task.exception()
+
+    @staticmethod
+    def _remove(paths: list[Path]) -> None:
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:
+                _LOGGER.warning("Could not remove old clip %s: %s", path, err)
+
+    # The HTTP server's control actions, for creator stations on the venue network.
+
+    def _http_controls(
+        self,
+    ) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        return {
+            "start": self._control_start,
+            "stop": self._control_stop,
+            "clip": self._control_clip,
+            "drop-open": self._control_drop_open,
+            "overlay": self._control_overlay,
+        }
+
+    async def _control_start(self, data: dict[str, Any]) -> dict[str, Any]:
+        await self.start_stream()
+        return {"running": self.running}
+
+    async def _control_stop(self, data: dict[str, Any]) -> dict[str, Any]:
+        await self.stop_stream()
+        return {"running": self.running}
+
+    async def _control_clip(self, data: dict[str, Any]) -> dict[str, Any]:
+        record = await self.clip("request", note_field(data))
+        return public_clip(record)
+
+    async def _control_drop_open(self, data: dict[str, Any]) -> dict[str, Any]:
+        with self._box.store.transaction() as transaction:
+            return open_drop(self._box, transaction, data, by=HTTP_REQUESTER)
+
+    async def _control_overlay(self, data: dict[str, Any]) -> dict[str, Any]:
+        self.show_message(message_field(data))
+        return {"message": self.message}
+
+    # State and overlays.
+
+    def state(self) -> dict[str, Any]:
+        """Return the stream's state and counters, as published on ``tele/stream``."""
+        counts = self.clips.counts()
+        latest = self.clips.latest()
+        last_clip = None if latest is None else public_clip(latest)
+        stream = self.stream
+        hls = stream.hls
+        push = None
+        if stream.push is not None:
+            push = {"target": stream.push.target, **stream.push.state()}
+        http = self.http
+        playing = self._set
+        return {
+            "running": self.running,
+            "camera": self.config.camera,
+            "source": self.source,
+            "camera_down_since": stream.down_since,
+            "size": f"{self.config.width}x{self.config.height}",
+            **stream.figures(),
+            "segments_written": 0 if hls is None else hls.segments_written,
+            "segments_served": 0 if http is None else http.segments_served,
+            "viewers": 0 if http is None else http.viewers,
+            "http_port": None if http is None else http.port,
+            "clip_queue": counts["pending_upload"],
+            "clips": counts["written"],
+            "clips_on_disk": counts["on_disk"],
+            "last_clip": last_clip,
+            "push": push,
+            "set": None
+            if playing is None
+            else {"id": playing.id, "creator": playing.creator},
+            "message": self.message,
+            "last_error": self.last_error or stream.last_error,
+            "refused": {k: v for k, v in self.counts.items() if k.startswith("clip-")},
+        }
+
+    def show_message(self, message: str | None) -> None:
+        """Show ``message`` on the stream, or hide the message for None."""
+        self.message = message
+        self._refresh_overlays()
+
+    def _refresh_overlays(self) -> None:
+        try:
+            state = read_overlay_state(self._box, self.message)
+        except sqlite3.Error as err:
+            _LOGGER.warning("Could not read the overlay state: %s", err)
+            return
+        self.compositor.update(state)
+
+    def check_set_end(self) -> None:
+        """Write the clip of a set that has ended since the last check.
+
+        The state publisher calls it every second; a rejected clip is
+        logged and counted by :meth:`begin_clip`.
+        """
+        now = self._box.clock.now()
+        previous = self._set
+        current = self._box.config.commerce.set_at(now)
+        self._set = current
+        ended = (
+            previous is not None
+            and (current is None or current.id != previous.id)
+            and now >= previous.ends_at
+        )
+        if previous is None or not ended or not self.config.clip_on_set_end:
+            return
+        _LOGGER.info("Set %s ended; writing its clip", previous.id)
+        with contextlib.suppress(StudioError):
+            # begin_clip has logged and counted the reason.
+            self.begin_clip("set-end", f"end of set {previous.id}", set_id=previous.id)
+
+    async def _publish_state_forever(self) -> None:
+        bus = self._box.bus
+        topic = bus.topics.stream_state(self._box.config.box_id)
+        while True:
+            await asyncio.sleep(STATE_INTERVAL_S)
+            self.check_set_end()
+            self._refresh_overlays()
+            if not bus.connected.is_set():
+                continue
+            try:
+                await bus.publish_json(topic, {"data": self.state()}, retain=True)
+            except (aiomqtt.MqttError, TimeoutError) as err:
+                _LOGGER.warning("Could not publish the stream state: %s", err)
+
+
+def public_clip(record: ClipRecord) -> dict[str, Any]:
+    """Return a clip as replies and the stream state show it, without its path."""
+    summary = record.summary()
+    del summary["path"]
+    return summary

@@ -1,0 +1,362 @@
+"""The studio on a running box: stream, clips, requests, console actions, slate.
+
+One box streams the simulator at 320x180 for the whole module. Creator
+stations, the console and the operator talk to it over a real mosquitto;
+clips and HLS segments are checked with ffprobe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from ffprobe import decode_errors, probe, probe_bytes
+from studio_site import (
+    LATER_DROP,
+    OPEN_DROP,
+    OTHER_DROP,
+    STATION,
+    TIMEOUT_S,
+    StudioBox,
+    request,
+    studio_box_fixture,  # noqa: F401 - registers the studio_box fixture
+    wait_until,
+)
+
+from appliance.bus.client import Incoming
+from appliance.errors import RequestError
+from appliance.signed_documents import sign_document
+from appliance.studio._store import ClipRecord
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PUBLISH = "stream:publish"
+
+
+async def refused(
+    sb: StudioBox, service: str, action: str, data: dict[str, Any], token: str | None
+) -> RequestError:
+    """Send a station's request that must fail and return its error."""
+    async with sb.client(f"terminal-{STATION}", "terminal", STATION) as bus:
+        try:
+            reply = await request(bus, service, action, data, token)
+        except RequestError as err:
+            return err
+    raise AssertionError(f"{service}/{action} succeeded: {reply}")
+
+
+async def station_call(
+    sb: StudioBox, action: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Send ``api/studio/<action>`` from the creator station with its token."""
+    async with sb.client(f"terminal-{STATION}", "terminal", STATION) as bus:
+        return await request(bus, "studio", action, data, sb.token(STATION, PUBLISH))
+
+
+async def stored_clip(sb: StudioBox, clip_id: str) -> ClipRecord:
+    """Wait until clip ``clip_id`` is in the store and return it."""
+    await wait_until(lambda: sb.studio.clips.find(clip_id) is not None, "the clip")
+    record = sb.studio.clips.find(clip_id)
+    assert record is not None
+    return record
+
+
+async def camera_streaming(sb: StudioBox) -> None:
+    """Wait until the studio streams from the camera again."""
+    await wait_until(lambda: sb.studio.source == "camera", "the camera's stream")
+    await wait_until(
+        lambda: sb.studio.stream.ring.duration_s >= 1.0, "a second of camera video"
+    )
+
+
+async def test_stream_state_published(studio_box: StudioBox) -> None:
+    sb = studio_box
+    await camera_streaming(sb)
+    await wait_until(
+        lambda: sb.studio.state()["segments_written"] >= 2, "two HLS segments"
+    )
+    states: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_state(incoming: Incoming) -> None:
+        states.put_nowait(orjson.loads(incoming.payload)["data"])
+
+    async with sb.client("terminal-console", "terminal", "console") as console:
+        console.subscribe(console.topics.stream_state(sb.config.box_id), on_state)
+        state = await asyncio.wait_for(states.get(), TIMEOUT_S)
+
+    assert state["running"] is True
+    assert state["source"] == "camera"
+    assert state["size"] == "320x180"
+    assert state["fps"] > 0
+    assert state["bitrate_kbps"] > 0
+    assert state["set"] == {"id": "maya-live", "creator": "maya"}
+    assert sb.box.status()["stream"]["camera"] == "simulator"
+
+
+async def test_stream_served_over_http(studio_box: StudioBox) -> None:
+    sb = studio_box
+    await camera_streaming(sb)
+    http = sb.studio.http
+    assert http is not None
+    url = f"http://127.0.0.1:{http.port}/stream/live.m3u8"
+    viewer = sb.token("viewer-1", "stream:view")
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, params={"token": viewer}) as response:
+            playlist = await response.text()
+            status = response.status
+        async with session.get(url) as anonymous:
+            anonymous_status = anonymous.status
+
+    assert status == 200
+    assert playlist.startswith("#EXTM3U")
+    assert anonymous_status == 401
+
+
+async def test_clip_request_writes_clip(studio_box: StudioBox) -> None:
+    sb = studio_box
+    await camera_streaming(sb)
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_event(incoming: Incoming) -> None:
+        events.put_nowait(orjson.loads(incoming.payload)["data"])
+
+    async with sb.client("observer", "observer", "studio-test") as observer:
+        observer.subscribe(observer.topics.event("clip_written"), on_event)
+        reply = await station_call(sb, "clip", {"note": "encore"})
+        event = await asyncio.wait_for(events.get(), TIMEOUT_S)
+    record = await stored_clip(sb, reply["clip"])
+
+    assert reply["state"] == "writing"
+    assert record.trigger == "request"
+    assert record.note == "encore"
+    assert record.set_id == "maya-live"
+    assert hashlib.sha256(record.path.read_bytes()).hexdigest() == record.sha256
+    assert record.path.stat().st_size == record.size
+    assert event["id"] == record.id
+    assert event["sha256"] == record.sha256
+    assert "path" not in event
+    assert record in sb.studio.clips.pending_uploads()
+    clip = probe(record.path)
+    assert clip.has_stream("video")
+    assert clip.has_stream("audio")
+    assert clip.packets_of("video")[0]["keyframe"]
+    assert clip.duration_s >= 1.0
+    assert decode_errors(record.path) == ""
+
+
+async def test_uploaded_clip_leaves_queue(studio_box: StudioBox) -> None:
+    sb = studio_box
+    await camera_streaming(sb)
+    record = await sb.studio.clip("console")
+
+    assert sb.studio.clips.mark_uploaded(record.id) is True
+    assert record.id not in {clip.id for clip in sb.studio.clips.pending_uploads()}
+    assert sb.studio.clips.mark_uploaded("no-such-clip") is False
+
+
+async def test_old_clips_removed(studio_box: StudioBox) -> None:
+    sb = studio_box
+    await camera_streaming(sb)
+    keep = sb.config.studio.clips_keep if sb.config.studio else 0
+    records = [await sb.studio.clip("command") for _ in range(keep + 1)]
+    counts = sb.studio.clips.counts()
+
+    assert counts["on_disk"] == keep
+    assert not records[0].path.exists()
+    assert all(record.path.exists() for record in records[1:])
+    pending = {clip.id for clip in sb.studio.clips.pending_uploads()}
+    assert records[0].id not in pending
+    assert sb.studio.clips.removed_before_upload >= 1
+
+
+async def test_clip_request_needs_publish_scope(studio_box: StudioBox) -> None:
+    sb = studio_box
+    without = await refused(sb, "studio", "clip", {}, None)
+    viewer = await refused(sb, "studio", "clip", {}, sb.token(STATION, "stream:view"))
+
+    assert without.code == "token-missing"
+    assert viewer.code == "token-wrong-scope"
+
+
+async def test_clip_note_invalid(studio_box: StudioBox) -> None:
+    token = studio_box.token(STATION, PUBLISH)
+    error = await refused(studio_box, "studio", "clip", {"note": 7}, token)
+
+    assert error.code == "invalid-request"
+    assert "field 'note'" in error.message
+
+
+async def test_overlay_request(studio_box: StudioBox) -> None:
+    sb = studio_box
+    shown = await station_call(sb, "overlay", {"message": "Last call at the bar"})
+    message_while_shown = sb.studio.message
+    hidden = await station_call(sb, "overlay", {"hide": True})
+    token = sb.token(STATION, PUBLISH)
+    control = await refused(sb, "studio", "overlay", {"message": "a\x1bb"}, token)
+
+    assert shown == {"message": "Last call at the bar"}
+    assert message_while_shown == "Last call at the bar"
+    assert hidden == {"message": None}
+    assert sb.studio.message is None
+    assert control.code == "invalid-request"
+    assert "U+001B" in control.message
+
+
+async def test_drop_open_request(studio_box: StudioBox) -> None:
+    sb = studio_box
+    token = sb.token(STATION, PUBLISH)
+    opened = await station_call(sb, "drop-open", {"drop": LATER_DROP})
+    state = sb.box.store.query_one(
+        "SELECT state FROM drops WHERE id = ?", (LATER_DROP,)
+    )
+    again = await refused(sb, "studio", "drop-open", {"drop": LATER_DROP}, token)
+    scheduled_open = await refused(
+        sb, "studio", "drop-open", {"drop": OPEN_DROP}, token
+    )
+    other = await refused(sb, "studio", "drop-open", {"drop": OTHER_DROP}, token)
+    unknown = await refused(sb, "studio", "drop-open", {"drop": "nope"}, token)
+
+    assert opened == {"drop": LATER_DROP, "state": "live"}
+    assert state == ("live",)
+    assert again.code == "already-open"
+    assert scheduled_open.code == "already-open"
+    assert other.code == "not-set-creator"
+    assert "leo" in other.message
+    assert unknown.code == "invalid-request"
+    assert "'nope'" in unknown.message
+
+
+async def test_console_stream_actions(studio_box: StudioBox) -> None:
+    sb = studio_box
+    await camera_streaming(sb)
+    admin = sb.box.tokens.issue("console", ["console:admin"], 600.0).token
+    async with sb.client("terminal-console", "terminal", "console") as console:
+        stopping = await request(console, "console", "stream-stop", {}, admin)
+        await wait_until(lambda: not sb.studio.running, "the stream to stop")
+        try:
+            await request(console, "console", "stream-clip", {}, admin)
+        except RequestError as err:
+            stopped_clip = err
+        starting = await request(console, "console", "stream-start", {}, admin)
+        await camera_streaming(sb)
+        clip = await request(console, "console", "stream-clip", {}, admin)
+    record = await stored_clip(sb, clip["clip"])
+
+    assert stopping["state"] == "stopping"
+    assert stopped_clip.code == "stream-stopped"
+    assert starting["state"] == "starting"
+    assert record.trigger == "console"
+
+
+async def test_clip_command_signed(studio_box: StudioBox) -> None:
+    sb = studio_box
+    await camera_streaming(sb)
+    results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_result(incoming: Incoming) -> None:
+        results.put_nowait(orjson.loads(incoming.payload)["data"])
+
+    def command(body: dict[str, Any]) -> bytes:
+        document = sign_document(
+            sb.operator_key,
+            kind="command",
+            document_type="clip",
+            site=sb.config.site_id,
+            body={**body, "box": sb.config.box_id},
+            issued_at=time.time(),
+            validity_s=300.0,
+        )
+        return orjson.dumps(document)
+
+    async with sb.client("operator", "operator", "ops") as operator:
+        operator.subscribe(operator.topics.command_result(sb.config.box_id), on_result)
+        await asyncio.sleep(0.2)
+        topic = operator.topics.command(sb.config.box_id, "clip")
+        await operator.publish(topic, command({"note": "from the fleet"}))
+        done = await asyncio.wait_for(results.get(), TIMEOUT_S)
+        await operator.publish(topic, command({"length": 5}))
+        rejected = await asyncio.wait_for(results.get(), TIMEOUT_S)
+
+    assert done["ok"] is True, done
+    clip = done["result"]
+    record = await stored_clip(sb, clip["id"])
+    assert record.trigger == "command"
+    assert clip["note"] == "from the fleet"
+    assert clip["sha256"] == record.sha256
+    assert "path" not in clip
+    assert rejected["ok"] is False
+    assert rejected["reason"] == "invalid-argument"
+    assert "'length'" in rejected["message"]
+
+
+async def test_camera_failure_shows_slate(studio_box: StudioBox) -> None:
+    sb = studio_box
+    studio = sb.studio
+    await camera_streaming(sb)
+    token = sb.token(STATION, PUBLISH)
+
+    studio.camera.fail("lens cap on")
+    await wait_until(lambda: studio.source == "slate", "the slate")
+    segments = studio.state()["segments_written"]
+    await wait_until(
+        lambda: studio.state()["segments_written"] >= segments + 2,
+        "segments of the slate",
+    )
+    down = await refused(sb, "studio", "clip", {}, token)
+    state_while_down = studio.state()
+    studio.camera.recover()
+    await camera_streaming(sb)
+    playlist = studio.stream.hls.playlist() if studio.stream.hls is not None else ""
+    recovered = await station_call(sb, "clip", {})
+    record = await stored_clip(sb, recovered["clip"])
+
+    assert down.code == "camera-down"
+    assert "the camera is down since" in down.message
+    assert "lens cap on" in down.message
+    assert state_while_down["source"] == "slate"
+    assert state_while_down["camera_down_since"] is not None
+    assert state_while_down["refused"]["clip-camera-down"] >= 1
+    assert "#EXT-X-DISCONTINUITY" in playlist
+    assert decode_errors(record.path) == ""
+
+
+async def test_segments_keep_one_timeline(studio_box: StudioBox) -> None:
+    sb = studio_box
+    studio = sb.studio
+    await camera_streaming(sb)
+    studio.camera.fail("cable pulled")
+    await wait_until(lambda: studio.source == "slate", "the slate")
+    studio.camera.recover()
+    await camera_streaming(sb)
+    await wait_until(
+        lambda: (
+            studio.stream.hls is not None
+            and studio.stream.hls.playlist().count("#EXTINF") >= 3
+            and "#EXT-X-DISCONTINUITY" in studio.stream.hls.playlist()
+        ),
+        "a playlist across the switch",
+    )
+    assert studio.stream.hls is not None
+    names = [
+        line
+        for line in studio.stream.hls.playlist().splitlines()
+        if line and not line.startswith("#")
+    ]
+    # Read every segment at once, before the window drops the oldest.
+    segments = {name: studio.stream.hls.segment_bytes(name) for name in names}
+    starts = []
+    for name, data in segments.items():
+        assert data is not None, name
+        video = probe_bytes(data, ".ts").packets_of("video")
+        starts.append(video[0]["pts_time"])
+        times = [packet["pts_time"] for packet in video]
+        assert times == sorted(times), name
+
+    assert starts == sorted(starts)
+    assert len(set(starts)) == len(starts)
