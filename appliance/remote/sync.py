@@ -11,7 +11,9 @@ repeats by that id.
 
 The same connection carries signed commands and bundles from the fleet to
 the box's remote management and their results back, the box's retained
-availability with a last will, its telemetry, and its sync state.
+availability with a last will, its telemetry, and its sync state. With
+:meth:`SyncService.attach_clip_uploads` it also uploads the studio's clips
+(``_clip_upload.py``), only while no event waits to go.
 
 The connection is an aiomqtt client of its own, not a :class:`Bus`: the
 service reports why the upstream broker turned it away (TLS, login, ACL)
@@ -46,6 +48,12 @@ from appliance.clock import Clock
 from appliance.config import SiteConfig
 from appliance.errors import ConfigError, NightboxError
 from appliance.outbox import event_payload
+from appliance.remote._clip_upload import (
+    ClipRejectedError,
+    ClipToUpload,
+    ClipUploader,
+    ClipUploads,
+)
 from appliance.remote._sync_inbound import (
     Inbound,
     InboundQueue,
@@ -60,7 +68,13 @@ from appliance.remote._sync_login import UpstreamLogin, read_login
 from appliance.store import OutboxEvent, Store
 from provisioning.fleet_access import upstream_box_username
 
-__all__ = ["Management", "SyncService", "effective_window"]
+__all__ = [
+    "ClipToUpload",
+    "ClipUploads",
+    "Management",
+    "SyncService",
+    "effective_window",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -195,6 +209,11 @@ class SyncService:
         self._attempt_over = asyncio.Event()
         self._attempt_over.set()
         self._last_logged: tuple[str, float] = ("", 0.0)
+        self._clip_uploader: ClipUploader | None = None
+        # Set while the drain has no event in flight or waiting: clip chunks
+        # go only then.
+        self._events_idle = asyncio.Event()
+        self._clips_attached = asyncio.Event()
 
         self.connected = False
         # Events in flight at once: sync.window, or less when the broker's
@@ -216,7 +235,7 @@ class SyncService:
         ``last_success`` the box's time of the last acknowledgement, and
         ``counts`` what happened since the service started, by name.
         """
-        return {
+        state: dict[str, Any] = {
             "connected": self.connected,
             "backlog": self._store.unsynced_count(),
             "sent": self.sent,
@@ -225,6 +244,21 @@ class SyncService:
             "broker": str(self._sync.broker),
             "counts": {name: self.counts[name] for name in _STATE_COUNTS},
         }
+        if self._clip_uploader is not None:
+            state["clips"] = self._clip_uploader.state()
+        return state
+
+    def attach_clip_uploads(self, source: ClipUploads) -> None:
+        """Upload the clips that ``source`` queues, after the events.
+
+        Call it once, before or after :meth:`start`.
+        """
+        if self._clip_uploader is not None:
+            raise RuntimeError("clip uploads are attached to the sync service already")
+        self._clip_uploader = ClipUploader(
+            source, self._topics, self._box_id, self._src
+        )
+        self._clips_attached.set()
 
     async def start(self) -> None:
         """Connect upstream in the background, so the box runs on while it cannot."""
@@ -293,7 +327,7 @@ class SyncService:
                 )
                 await self._session(login, tls)
                 message = f"the connection to {self._sync.broker} ended"
-            except (ConfigError, PublishRejectedError) as err:
+            except (ConfigError, PublishRejectedError, ClipRejectedError) as err:
                 message = str(err)
             except aiomqtt.MqttError as err:
                 lost = self.counts["connects"] > connects
@@ -396,6 +430,7 @@ class SyncService:
             self._client = None
             self._event_mids.clear()
             self._rejected.clear()
+            self._events_idle.clear()
             # aiomqtt keeps why the connection ended in a future that only
             # its message iterator reads. Reading it here stops asyncio from
             # logging "Future exception was never retrieved" when the drain
@@ -447,6 +482,7 @@ class SyncService:
             tasks.append(
                 asyncio.create_task(self._send_telemetry(client), name="sync-telemetry")
             )
+        tasks.append(asyncio.create_task(self._upload_clips(client), name="sync-clips"))
         try:
             done, _pending = await asyncio.wait(
                 tasks, return_when=asyncio.FIRST_COMPLETED
@@ -503,6 +539,8 @@ class SyncService:
             waiter = self._waiters.pop(mid, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(reason_code)
+            if self._clip_uploader is not None:
+                self._clip_uploader.acknowledge(mid, reason_code)
             forward(paho_client, userdata, mid, reason_code, properties)
             ready.set()
 
@@ -540,7 +578,9 @@ class SyncService:
                     "Sync of box %s is sending events again that were marked unsynced",
                     self._box_id,
                 )
-            room = 0 if rewind else window - len(inflight)
+            # Clip chunks in flight share the window, so events and chunks
+            # together stay under the broker's Receive Maximum.
+            room = 0 if rewind else window - len(inflight) - self._chunks_in_flight()
             if room > 0:
                 events = self._store.unsynced(room, after_seq)
                 for event in events:
@@ -559,8 +599,22 @@ class SyncService:
                     inflight.append((event, info))
                 if events:
                     after_seq = events[-1].seq
+            if room > 0 and not inflight:
+                self._events_idle.set()
+            else:
+                self._events_idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ready.wait(), _RESEND_CHECK_S)
+
+    async def _upload_clips(self, client: aiomqtt.Client) -> None:
+        await self._clips_attached.wait()
+        uploader = self._clip_uploader
+        if uploader is not None:
+            await uploader.run(client._client, self._events_idle, self.window)
+
+    def _chunks_in_flight(self) -> int:
+        uploader = self._clip_uploader
+        return 0 if uploader is None else uploader.inflight
 
     def _unsynced_below(
         self, inflight: deque[tuple[OutboxEvent, mqtt.MQTTMessageInfo]], after_seq: int
