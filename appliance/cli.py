@@ -21,6 +21,7 @@ from appliance import (
     cli_economy,
     cli_fleet,
     cli_reader,
+    cli_rehearse,
     cli_sync,
 )
 from appliance._cli_arguments import STORE_NAME, whole_number
@@ -152,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_sync.add_commands(commands)
     cli_reader.add_commands(commands)
     cli_console.add_commands(commands)
+    cli_rehearse.add_commands(commands)
     cli_tui.add_commands(commands)
     return parser
 
@@ -235,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_console.run(arguments)
         if arguments.command == "tui":
             return cli_tui.run(arguments)
+        if arguments.command == "rehearse":
+            return cli_rehearse.run(arguments)
         return _replay(arguments.file, arguments.config)
     except NightboxError as err:
         print(f"nightbox: {err}", file=sys.stderr)
