@@ -4,20 +4,30 @@ The push runs FFmpeg's muxer (through PyAV) in a thread of its own with a
 bounded queue in front, so a slow or broken link never holds up the
 camera: ``feed`` only queues, packets that do not fit are dropped (and
 counted) until the next key frame, and the thread reconnects with an
-exponential backoff. URLs carry stream keys, so the push logs and reports
-only ``scheme://host:port`` and never the URL itself.
+exponential backoff. URLs carry stream keys and SRT passphrases, so the
+push logs and reports only ``scheme://host:port`` and never the URL itself.
+
+The FFmpeg libraries that PyAV bundles may lack a protocol (PyAV 18's
+build has no ``srt``). For ``srt://`` the push then muxes MPEG-TS in this
+process and pipes it to an ``ffmpeg`` child process, which sends it on:
+Debian's ffmpeg links libsrt.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
+import re
+import select
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from typing import IO, Any
+from urllib.parse import parse_qsl, urlsplit
 
 import av
 import av.container
@@ -35,7 +45,28 @@ PUSH_FORMATS = {
     "tcp": "mpegts",
     "udp": "mpegts",
 }
+# Schemes an ffmpeg child process sends when PyAV's FFmpeg lacks the protocol.
+FFMPEG_RELAY_SCHEMES = ("srt",)
+FFMPEG = "/usr/bin/ffmpeg"
 _STOP = None
+# ffmpeg analyses this much of its input (in microseconds) before it opens
+# the output. Its default of 5 s would hold back every connection that long.
+_RELAY_ANALYZE_US = 500_000
+# How long the ffmpeg child may take to exit after its input is closed,
+# and again after it is killed.
+_RELAY_EXIT_GRACE_S = 1.0
+# How often a blocked write to the child checks whether the push is closing.
+_RELAY_WRITE_POLL_S = 0.1
+# Error lines logged per ffmpeg child; the rest are only counted.
+_RELAY_LOGGED_LINES = 20
+# The prefix of an ffmpeg or libsrt message: a log context with an address,
+# or a clock time with the SRT thread's name.
+_LOG_PREFIX = re.compile(r"^(\[[\w-]+ @ 0x[0-9a-f]+\] |[\d:.]+/SRT:\S+ )")
+# Query parameters of an srt:// URL that carry secrets.
+_SECRET_QUERY_KEYS = ("passphrase", "streamid", "srt_streamid")
+_SECRET_MIN_CHARS = 4
+# A URL inside a message, without the punctuation that may follow it.
+_URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*[^\s'\":,.;]", re.IGNORECASE)
 
 
 @dataclass
@@ -45,6 +76,17 @@ class _Counters:
     dropped: int = 0
     reconnects: int = 0
     last_error: str | None = None
+    # Packets written to an ffmpeg child that has not yet reported its
+    # connection: they count as sent once it does, as dropped if it fails.
+    unconfirmed: int = 0
+
+
+class _PushUnsupportedError(Exception):
+    """A push URL that neither PyAV's FFmpeg nor the ffmpeg program can send to."""
+
+
+class _RelayFailedError(Exception):
+    """The ffmpeg child of a push stopped sending, for the reason in the message."""
 
 
 class StreamPush:
@@ -55,9 +97,12 @@ class StreamPush:
     ``queue_packets`` bounds the packets waiting to be sent; ``io_timeout_s``
     bounds a connect or a blocked write, after which the push reconnects,
     waiting ``retry_s`` and then twice as long each time up to
-    ``max_retry_s``. A URL whose protocol the bundled FFmpeg lacks is not
-    retried. A connection is opened when the first packet is there to
-    send. ``close`` stops the thread.
+    ``max_retry_s``. When PyAV's FFmpeg lacks the ``srt`` protocol, the
+    ``ffmpeg`` program at ``ffmpeg`` sends the stream instead, and libsrt
+    bounds its connect (3 s unless the URL sets ``connect_timeout`` in
+    milliseconds). A URL that neither can send to is not retried. A
+    connection is opened when the first packet is there to send. ``close``
+    stops the thread.
     """
 
     def __init__(
@@ -69,6 +114,7 @@ class StreamPush:
         io_timeout_s: float = 5.0,
         retry_s: float = 1.0,
         max_retry_s: float = 30.0,
+        ffmpeg: str = FFMPEG,
     ) -> None:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -81,6 +127,14 @@ class StreamPush:
         self.target = _redact(url)
         self.info = info
         self._url = url
+        self._scheme = scheme
+        self._secrets = _query_secrets(parts.query)
+        self._ffmpeg = ffmpeg
+        # Set once PyAV's FFmpeg has reported that it lacks the protocol.
+        self._through_ffmpeg = False
+        # The packet whose mux found the protocol missing, to send it first
+        # through ffmpeg. Only the push thread uses it.
+        self._packet_to_resend: EncodedPacket | None = None
         self._framer = (
             AdtsFramer.from_config(info.audio.extradata) if info.audio else None
         )
@@ -131,12 +185,18 @@ class StreamPush:
             }
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Stop sending and wait for the thread (blocks; call it off the loop)."""
+        """Stop sending and wait for the thread (blocks; call it off the loop).
+
+        An ffmpeg child gets its input closed, so it can end the connection
+        cleanly, and is killed when it has not exited within a second.
+        """
         self._stopping.set()
         # When the queue is full, the thread checks the stop flag between packets.
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_STOP)
-        self._thread.join(self._io_timeout_s + 1 if timeout_s is None else timeout_s)
+        if timeout_s is None:
+            timeout_s = self._io_timeout_s + 2 * _RELAY_EXIT_GRACE_S + 1
+        self._thread.join(timeout_s)
         if self._thread.is_alive():
             _log.warning("push to %s did not stop in time", self.target)
 
@@ -150,14 +210,12 @@ class StreamPush:
             sent_before = self.state()["sent"]
             try:
                 self._connect_and_send()
-            except av.ProtocolNotFoundError as err:
-                self._fail(
-                    f"this FFmpeg build cannot send to {self.target} "
-                    f"({err.strerror}): use one of {', '.join(PUSH_FORMATS)}",
-                    retry=False,
-                )
+            except _PushUnsupportedError as err:
+                self._fail(str(err), retry=False)
                 self._discard_until(None)
                 return
+            except _RelayFailedError as err:
+                self._fail(str(err), retry=True)
             except (av.FFmpegError, OSError, AacConfigError) as err:
                 self._fail(_describe(err), retry=True)
             if self._stopping.is_set():
@@ -198,20 +256,110 @@ class StreamPush:
             _log.error("push to %s stopped: %s", self.target, reason)
 
     def _connect_and_send(self) -> None:
-        container = av.open(
-            self._url, "w", format=self.format, timeout=self._io_timeout_s
+        if not self._through_ffmpeg:
+            container = av.open(
+                self._url, "w", format=self.format, timeout=self._io_timeout_s
+            )
+            try:
+                # The muxer opens the URL when it writes the first packet.
+                self._send_and_close(container, None)
+                return
+            except av.ProtocolNotFoundError as err:
+                self._switch_to_ffmpeg(err)
+        self._send_through_ffmpeg()
+
+    def _switch_to_ffmpeg(self, err: av.ProtocolNotFoundError) -> None:
+        """Send through the ffmpeg program from now on, or raise why it cannot."""
+        if self._scheme not in FFMPEG_RELAY_SCHEMES:
+            raise _PushUnsupportedError(
+                f"this FFmpeg build cannot send to {self.target} "
+                f"({err.strerror}): use one of {', '.join(PUSH_FORMATS)}"
+            ) from err
+        problem = _ffmpeg_protocol_problem(self._ffmpeg, self._scheme)
+        if problem is not None:
+            raise _PushUnsupportedError(
+                f"cannot send to {self.target}: the FFmpeg {av.ffmpeg_version_info} "
+                f"bundled with PyAV has no {self._scheme} protocol and {problem}. "
+                f"Install FFmpeg with {self._scheme} support at {self._ffmpeg} "
+                "(Debian and Raspberry Pi OS: sudo apt-get install ffmpeg), "
+                "then restart the box"
+            ) from err
+        self._through_ffmpeg = True
+        _log.info(
+            "push to %s: PyAV's FFmpeg has no %s protocol, so %s sends the stream",
+            self.target,
+            self._scheme,
+            self._ffmpeg,
         )
+
+    def _send_through_ffmpeg(self) -> None:
+        """Mux MPEG-TS into a pipe to an ffmpeg child that sends it to the URL."""
+        relay = _FfmpegRelay(
+            self._ffmpeg,
+            self._url,
+            self.format,
+            target=self.target,
+            scrub=self._scrub,
+            on_connected=self._relay_connected,
+            stopping=self._stopping,
+            io_timeout_s=self._io_timeout_s,
+        )
+        error: Exception | None = None
         try:
-            self._send(container)
+            container = av.open(relay.writer, "w", format="mpegts")
+            self._send_and_close(container, relay)
+        except (av.FFmpegError, OSError) as err:
+            error = err
+        finally:
+            relay.stop()
+            with self._lock:
+                # The progress reader may have reported the connection late.
+                self._counters.connected = False
+                self._counters.dropped += self._counters.unconfirmed
+                self._counters.unconfirmed = 0
+        if not self._stopping.is_set():
+            raise _RelayFailedError(relay.failure_reason(error))
+
+    def _relay_connected(self) -> None:
+        with self._lock:
+            self._counters.connected = True
+            self._counters.sent += self._counters.unconfirmed
+            self._counters.unconfirmed = 0
+        _log.info("push to %s: connected through %s", self.target, self._ffmpeg)
+
+    def _scrub(self, text: str) -> str:
+        """Return ``text`` with URLs cut to scheme, host and port, and no secrets."""
+        text = _URL_IN_TEXT.sub(lambda match: _redact(match.group(0)), text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _send_and_close(
+        self, container: av.container.OutputContainer, relay: _FfmpegRelay | None
+    ) -> None:
+        try:
+            self._send(container, relay)
         finally:
             with self._lock:
                 self._counters.connected = False
             try:
                 container.close()
             except (av.FFmpegError, OSError) as err:
-                _log.info("push to %s: closing failed: %s", self.target, _describe(err))
+                # After the ffmpeg child exits, the close cannot flush to it,
+                # and the reason for the exit is reported instead.
+                if relay is None or not relay.exited():
+                    _log.info(
+                        "push to %s: closing failed: %s", self.target, _describe(err)
+                    )
 
-    def _send(self, container: av.container.OutputContainer) -> None:
+    def _send(
+        self, container: av.container.OutputContainer, relay: _FfmpegRelay | None
+    ) -> None:
+        """Mux queued packets into ``container`` until the push closes.
+
+        With a ``relay``, the connection is up only once the ffmpeg child
+        reports it, and the loop ends when the child exits.
+        """
         video = container.add_mux_stream(
             self.info.video.codec,
             rate=self.info.video.fps,
@@ -228,8 +376,10 @@ class StreamPush:
         started = False
         while not self._stopping.is_set():
             try:
-                packet = self._queue.get(timeout=0.5)
+                packet = self._next_packet()
             except queue.Empty:
+                if relay is not None and relay.exited():
+                    return
                 continue
             if packet is _STOP:
                 return
@@ -252,12 +402,265 @@ class StreamPush:
             av_packet.time_base = packet.time_base
             av_packet.is_keyframe = packet.keyframe
             av_packet.stream = stream
-            container.mux(av_packet)
-            with self._lock:
-                if not self._counters.connected:
-                    _log.info("push to %s: connected", self.target)
-                self._counters.connected = True
-                self._counters.sent += 1
+            try:
+                container.mux(av_packet)
+            except av.ProtocolNotFoundError:
+                self._packet_to_resend = packet
+                raise
+            self._count_sent(linked=relay is None)
+
+    def _next_packet(self) -> EncodedPacket | None:
+        """Return the held packet or else the next queued one (queue.Empty: none)."""
+        if self._packet_to_resend is not None:
+            packet, self._packet_to_resend = self._packet_to_resend, None
+            return packet
+        return self._queue.get(timeout=0.5)
+
+    def _count_sent(self, *, linked: bool) -> None:
+        """Count one muxed packet; ``linked``: the mux itself proves the link."""
+        with self._lock:
+            counters = self._counters
+            if linked and not counters.connected:
+                _log.info("push to %s: connected", self.target)
+                counters.connected = True
+            if counters.connected:
+                counters.sent += 1
+            else:
+                counters.unconfirmed += 1
+
+
+class _PipeWriter:
+    """The ffmpeg child's standard input as a file object for PyAV.
+
+    A write that cannot finish within ``timeout_s`` raises TimeoutError, so
+    a stalled child ends the connection like a stalled socket does. Once
+    the push is closing, data that does not fit into the pipe is discarded.
+    """
+
+    def __init__(
+        self, pipe: IO[bytes], timeout_s: float, stopping: threading.Event
+    ) -> None:
+        self._fd = pipe.fileno()
+        os.set_blocking(self._fd, False)
+        self._timeout_s = timeout_s
+        self._stopping = stopping
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            with contextlib.suppress(BlockingIOError):
+                view = view[os.write(self._fd, view) :]
+            if not view or self._stopping.is_set():
+                return len(data)
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise TimeoutError(
+                    f"ffmpeg took no data for {self._timeout_s:.1f} s, so the link "
+                    "is taken as stalled"
+                )
+            select.select([], [self._fd], [], min(remaining_s, _RELAY_WRITE_POLL_S))
+
+
+class _FfmpegRelay:
+    """An ffmpeg child that reads MPEG-TS on its standard input and sends it on.
+
+    ffmpeg writes progress reports to a pipe of its own once the output is
+    open. For SRT that is after the handshake with the peer, so the first
+    report calls ``on_connected``. Error lines on its standard error are
+    logged with ``scrub`` applied, and the first and last are kept.
+    """
+
+    def __init__(
+        self,
+        ffmpeg: str,
+        url: str,
+        output_format: str,
+        *,
+        target: str,
+        scrub: Callable[[str], str],
+        on_connected: Callable[[], None],
+        stopping: threading.Event,
+        io_timeout_s: float,
+    ) -> None:
+        self.target = target
+        # ffmpeg's first error line names the cause, later ones what failed
+        # because of it (for a rejected passphrase: the connection).
+        self.first_error: str | None = None
+        self.last_error: str | None = None
+        self.killed = False
+        self._scrub = scrub
+        self._on_connected = on_connected
+        self._logged_lines = 0
+        self._unlogged_lines = 0
+        progress_read, progress_write = os.pipe()
+        # NOTE: the URL, passphrase included, is in the child's argument list,
+        # which local users of the box can read (ps, /proc) while it runs,
+        # because ffmpeg 5.1 takes an output URL and its options only there.
+        argv = [
+            ffmpeg,
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-progress",
+            f"pipe:{progress_write}",
+            "-analyzeduration",
+            str(_RELAY_ANALYZE_US),
+            "-f",
+            "mpegts",
+            "-i",
+            "pipe:0",
+            "-c",
+            "copy",
+            "-f",
+            output_format,
+            url,
+        ]
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=(progress_write,),
+            )
+        except OSError:
+            os.close(progress_read)
+            raise
+        finally:
+            os.close(progress_write)
+        assert self.process.stdin is not None and self.process.stderr is not None
+        self.writer = _PipeWriter(self.process.stdin, io_timeout_s, stopping)
+        self._readers = (
+            threading.Thread(
+                target=self._read_errors,
+                args=(self.process.stderr,),
+                name=f"push {target} ffmpeg errors",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._read_progress,
+                args=(os.fdopen(progress_read, "rb"),),
+                name=f"push {target} ffmpeg progress",
+                daemon=True,
+            ),
+        )
+        for reader in self._readers:
+            reader.start()
+        _log.info("push to %s: started ffmpeg (pid %d)", target, self.process.pid)
+
+    def exited(self) -> bool:
+        """Return whether the child has exited."""
+        return self.process.poll() is not None
+
+    def stop(self) -> None:
+        """Close the child's input, kill it if it does not exit, and reap it."""
+        assert self.process.stdin is not None
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(_RELAY_EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.killed = True
+            self.process.kill()
+            self.process.wait(_RELAY_EXIT_GRACE_S)
+        for reader in self._readers:
+            reader.join(_RELAY_EXIT_GRACE_S)
+        if self._unlogged_lines:
+            _log.warning(
+                "push to %s: ffmpeg wrote %d more error lines",
+                self.target,
+                self._unlogged_lines,
+            )
+
+    def failure_reason(self, error: Exception | None) -> str:
+        """Return why the child stopped sending, ``error`` being what our side saw."""
+        if isinstance(error, TimeoutError):
+            return str(error)
+        if self.killed:
+            return _describe(error) if error is not None else "ffmpeg did not exit"
+        status = self.process.returncode
+        if self.first_error is None or self.last_error is None:
+            return f"ffmpeg exited with status {status} and wrote no error message"
+        detail = _LOG_PREFIX.sub("", self.first_error)
+        if self.last_error != self.first_error:
+            detail += f" (last error: {_LOG_PREFIX.sub('', self.last_error)})"
+        return f"ffmpeg exited with status {status}: {detail}"
+
+    def _read_errors(self, stream: IO[bytes]) -> None:
+        with stream:
+            for raw_line in stream:
+                line = self._scrub(raw_line.decode("utf-8", "replace").strip())
+                if not line:
+                    continue
+                if self.first_error is None:
+                    self.first_error = line
+                self.last_error = line
+                if self._logged_lines >= _RELAY_LOGGED_LINES:
+                    self._unlogged_lines += 1
+                    continue
+                self._logged_lines += 1
+                _log.warning("push to %s: ffmpeg: %s", self.target, line)
+
+    def _read_progress(self, stream: IO[bytes]) -> None:
+        reported = False
+        with stream:
+            for raw_line in stream:
+                if not reported and raw_line.startswith(b"progress="):
+                    reported = True
+                    self._on_connected()
+
+
+def _ffmpeg_protocol_problem(ffmpeg: str, scheme: str) -> str | None:
+    """Return why ``ffmpeg`` cannot send to ``scheme``, or None when it can."""
+    try:
+        result = subprocess.run(
+            [ffmpeg, "-hide_banner", "-protocols"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except FileNotFoundError:
+        return f"{ffmpeg} was not found"
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"running {ffmpeg} -protocols failed ({_describe(err)})"
+    if scheme in _output_protocols(result.stdout):
+        return None
+    return f"{ffmpeg} -protocols lists no {scheme} output protocol"
+
+
+def _output_protocols(listing: str) -> set[str]:
+    """Return the names under ``Output:`` in what ``ffmpeg -protocols`` prints."""
+    protocols = set()
+    in_output = False
+    for line in listing.splitlines():
+        name = line.strip()
+        if name.endswith(":"):
+            in_output = name == "Output:"
+        elif in_output and name:
+            protocols.add(name)
+    return protocols
+
+
+def _query_secrets(query: str) -> tuple[str, ...]:
+    """Return the secret values in a URL query, both as written and decoded.
+
+    Values shorter than ``_SECRET_MIN_CHARS`` are left out, because
+    replacing them would garble every message (SRT passphrases have at
+    least 10 characters).
+    """
+    pairs = list(parse_qsl(query))
+    pairs += [field.partition("=")[::2] for field in query.split("&")]
+    secrets = {
+        value
+        for key, value in pairs
+        if key.lower() in _SECRET_QUERY_KEYS and len(value) >= _SECRET_MIN_CHARS
+    }
+    # Longer values first, so that replacing a shorter secret that is part of
+    # a longer one leaves nothing of the longer one.
+    return tuple(sorted(secrets, key=len, reverse=True))
 
 
 def _redact(url: str) -> str:
