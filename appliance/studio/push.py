@@ -9,30 +9,32 @@ push logs and reports only ``scheme://host:port`` and never the URL itself.
 
 The FFmpeg libraries that PyAV bundles may lack a protocol (PyAV 18's
 build has no ``srt``). For ``srt://`` the push then muxes MPEG-TS in this
-process and pipes it to an ``ffmpeg`` child process, which sends it on:
-Debian's ffmpeg links libsrt.
+process and pipes it to an ``ffmpeg`` child process, which sends it on
+(Debian's ffmpeg links libsrt): see ``_ffmpeg_relay``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
-import re
-import select
-import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import av
 import av.container
 
 from appliance.studio._aac import AacConfigError, AdtsFramer
+from appliance.studio._ffmpeg_relay import (
+    RELAY_EXIT_GRACE_S,
+    FfmpegRelay,
+    describe_error,
+    ffmpeg_protocol_problem,
+    redact_url,
+)
 from hardware.camera import EncodedPacket, StreamInfo
 
 _log = logging.getLogger(__name__)
@@ -49,24 +51,6 @@ PUSH_FORMATS = {
 FFMPEG_RELAY_SCHEMES = ("srt",)
 FFMPEG = "/usr/bin/ffmpeg"
 _STOP = None
-# ffmpeg analyses this much of its input (in microseconds) before it opens
-# the output. Its default of 5 s would hold back every connection that long.
-_RELAY_ANALYZE_US = 500_000
-# How long the ffmpeg child may take to exit after its input is closed,
-# and again after it is killed.
-_RELAY_EXIT_GRACE_S = 1.0
-# How often a blocked write to the child checks whether the push is closing.
-_RELAY_WRITE_POLL_S = 0.1
-# Error lines logged per ffmpeg child; the rest are only counted.
-_RELAY_LOGGED_LINES = 20
-# The prefix of an ffmpeg or libsrt message: a log context with an address,
-# or a clock time with the SRT thread's name.
-_LOG_PREFIX = re.compile(r"^(\[[\w-]+ @ 0x[0-9a-f]+\] |[\d:.]+/SRT:\S+ )")
-# Query parameters of an srt:// URL that carry secrets.
-_SECRET_QUERY_KEYS = ("passphrase", "streamid", "srt_streamid")
-_SECRET_MIN_CHARS = 4
-# A URL inside a message, without the punctuation that may follow it.
-_URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*[^\s'\":,.;]", re.IGNORECASE)
 
 
 @dataclass
@@ -120,15 +104,14 @@ class StreamPush:
         scheme = parts.scheme.lower()
         if scheme not in PUSH_FORMATS or not parts.hostname:
             raise ValueError(
-                f"invalid push URL {_redact(url)!r}: give "
+                f"invalid push URL {redact_url(url)!r}: give "
                 f"{', '.join(f'{s}://host:port/...' for s in PUSH_FORMATS)}"
             )
         self.format = PUSH_FORMATS[scheme]
-        self.target = _redact(url)
+        self.target = redact_url(url)
         self.info = info
         self._url = url
         self._scheme = scheme
-        self._secrets = _query_secrets(parts.query)
         self._ffmpeg = ffmpeg
         # Set once PyAV's FFmpeg has reported that it lacks the protocol.
         self._through_ffmpeg = False
@@ -195,7 +178,7 @@ class StreamPush:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_STOP)
         if timeout_s is None:
-            timeout_s = self._io_timeout_s + 2 * _RELAY_EXIT_GRACE_S + 1
+            timeout_s = self._io_timeout_s + 2 * RELAY_EXIT_GRACE_S + 1
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             _log.warning("push to %s did not stop in time", self.target)
@@ -217,7 +200,7 @@ class StreamPush:
             except _RelayFailedError as err:
                 self._fail(str(err), retry=True)
             except (av.FFmpegError, OSError, AacConfigError) as err:
-                self._fail(_describe(err), retry=True)
+                self._fail(describe_error(err), retry=True)
             if self._stopping.is_set():
                 return
             if self.state()["sent"] > sent_before:
@@ -275,7 +258,7 @@ class StreamPush:
                 f"this FFmpeg build cannot send to {self.target} "
                 f"({err.strerror}): use one of {', '.join(PUSH_FORMATS)}"
             ) from err
-        problem = _ffmpeg_protocol_problem(self._ffmpeg, self._scheme)
+        problem = ffmpeg_protocol_problem(self._ffmpeg, self._scheme)
         if problem is not None:
             raise _PushUnsupportedError(
                 f"cannot send to {self.target}: the FFmpeg {av.ffmpeg_version_info} "
@@ -294,12 +277,11 @@ class StreamPush:
 
     def _send_through_ffmpeg(self) -> None:
         """Mux MPEG-TS into a pipe to an ffmpeg child that sends it to the URL."""
-        relay = _FfmpegRelay(
+        relay = FfmpegRelay(
             self._ffmpeg,
             self._url,
             self.format,
             target=self.target,
-            scrub=self._scrub,
             on_connected=self._relay_connected,
             stopping=self._stopping,
             io_timeout_s=self._io_timeout_s,
@@ -327,15 +309,8 @@ class StreamPush:
             self._counters.unconfirmed = 0
         _log.info("push to %s: connected through %s", self.target, self._ffmpeg)
 
-    def _scrub(self, text: str) -> str:
-        """Return ``text`` with URLs cut to scheme, host and port, and no secrets."""
-        text = _URL_IN_TEXT.sub(lambda match: _redact(match.group(0)), text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
     def _send_and_close(
-        self, container: av.container.OutputContainer, relay: _FfmpegRelay | None
+        self, container: av.container.OutputContainer, relay: FfmpegRelay | None
     ) -> None:
         try:
             self._send(container, relay)
@@ -349,11 +324,13 @@ class StreamPush:
                 # and the reason for the exit is reported instead.
                 if relay is None or not relay.exited():
                     _log.info(
-                        "push to %s: closing failed: %s", self.target, _describe(err)
+                        "push to %s: closing failed: %s",
+                        self.target,
+                        describe_error(err),
                     )
 
     def _send(
-        self, container: av.container.OutputContainer, relay: _FfmpegRelay | None
+        self, container: av.container.OutputContainer, relay: FfmpegRelay | None
     ) -> None:
         """Mux queued packets into ``container`` until the push closes.
 
@@ -427,255 +404,3 @@ class StreamPush:
                 counters.sent += 1
             else:
                 counters.unconfirmed += 1
-
-
-class _PipeWriter:
-    """The ffmpeg child's standard input as a file object for PyAV.
-
-    A write that cannot finish within ``timeout_s`` raises TimeoutError, so
-    a stalled child ends the connection like a stalled socket does. Once
-    the push is closing, data that does not fit into the pipe is discarded.
-    """
-
-    def __init__(
-        self, pipe: IO[bytes], timeout_s: float, stopping: threading.Event
-    ) -> None:
-        self._fd = pipe.fileno()
-        os.set_blocking(self._fd, False)
-        self._timeout_s = timeout_s
-        self._stopping = stopping
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        deadline = time.monotonic() + self._timeout_s
-        while True:
-            with contextlib.suppress(BlockingIOError):
-                view = view[os.write(self._fd, view) :]
-            if not view or self._stopping.is_set():
-                return len(data)
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise TimeoutError(
-                    f"ffmpeg took no data for {self._timeout_s:.1f} s, so the link "
-                    "is taken as stalled"
-                )
-            select.select([], [self._fd], [], min(remaining_s, _RELAY_WRITE_POLL_S))
-
-
-class _FfmpegRelay:
-    """An ffmpeg child that reads MPEG-TS on its standard input and sends it on.
-
-    ffmpeg writes progress reports to a pipe of its own once the output is
-    open. For SRT that is after the handshake with the peer, so the first
-    report calls ``on_connected``. Error lines on its standard error are
-    logged with ``scrub`` applied, and the first and last are kept.
-    """
-
-    def __init__(
-        self,
-        ffmpeg: str,
-        url: str,
-        output_format: str,
-        *,
-        target: str,
-        scrub: Callable[[str], str],
-        on_connected: Callable[[], None],
-        stopping: threading.Event,
-        io_timeout_s: float,
-    ) -> None:
-        self.target = target
-        # ffmpeg's first error line names the cause, later ones what failed
-        # because of it (for a rejected passphrase: the connection).
-        self.first_error: str | None = None
-        self.last_error: str | None = None
-        self.killed = False
-        self._scrub = scrub
-        self._on_connected = on_connected
-        self._logged_lines = 0
-        self._unlogged_lines = 0
-        progress_read, progress_write = os.pipe()
-        # NOTE: the URL, passphrase included, is in the child's argument list,
-        # which local users of the box can read (ps, /proc) while it runs,
-        # because ffmpeg 5.1 takes an output URL and its options only there.
-        argv = [
-            ffmpeg,
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-progress",
-            f"pipe:{progress_write}",
-            "-analyzeduration",
-            str(_RELAY_ANALYZE_US),
-            "-f",
-            "mpegts",
-            "-i",
-            "pipe:0",
-            "-c",
-            "copy",
-            "-f",
-            output_format,
-            url,
-        ]
-        try:
-            self.process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                pass_fds=(progress_write,),
-            )
-        except OSError:
-            os.close(progress_read)
-            raise
-        finally:
-            os.close(progress_write)
-        assert self.process.stdin is not None and self.process.stderr is not None
-        self.writer = _PipeWriter(self.process.stdin, io_timeout_s, stopping)
-        self._readers = (
-            threading.Thread(
-                target=self._read_errors,
-                args=(self.process.stderr,),
-                name=f"push {target} ffmpeg errors",
-                daemon=True,
-            ),
-            threading.Thread(
-                target=self._read_progress,
-                args=(os.fdopen(progress_read, "rb"),),
-                name=f"push {target} ffmpeg progress",
-                daemon=True,
-            ),
-        )
-        for reader in self._readers:
-            reader.start()
-        _log.info("push to %s: started ffmpeg (pid %d)", target, self.process.pid)
-
-    def exited(self) -> bool:
-        """Return whether the child has exited."""
-        return self.process.poll() is not None
-
-    def stop(self) -> None:
-        """Close the child's input, kill it if it does not exit, and reap it."""
-        assert self.process.stdin is not None
-        with contextlib.suppress(OSError):
-            self.process.stdin.close()
-        try:
-            self.process.wait(_RELAY_EXIT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.killed = True
-            self.process.kill()
-            self.process.wait(_RELAY_EXIT_GRACE_S)
-        for reader in self._readers:
-            reader.join(_RELAY_EXIT_GRACE_S)
-        if self._unlogged_lines:
-            _log.warning(
-                "push to %s: ffmpeg wrote %d more error lines",
-                self.target,
-                self._unlogged_lines,
-            )
-
-    def failure_reason(self, error: Exception | None) -> str:
-        """Return why the child stopped sending, ``error`` being what our side saw."""
-        if isinstance(error, TimeoutError):
-            return str(error)
-        if self.killed:
-            return _describe(error) if error is not None else "ffmpeg did not exit"
-        status = self.process.returncode
-        if self.first_error is None or self.last_error is None:
-            return f"ffmpeg exited with status {status} and wrote no error message"
-        detail = _LOG_PREFIX.sub("", self.first_error)
-        if self.last_error != self.first_error:
-            detail += f" (last error: {_LOG_PREFIX.sub('', self.last_error)})"
-        return f"ffmpeg exited with status {status}: {detail}"
-
-    def _read_errors(self, stream: IO[bytes]) -> None:
-        with stream:
-            for raw_line in stream:
-                line = self._scrub(raw_line.decode("utf-8", "replace").strip())
-                if not line:
-                    continue
-                if self.first_error is None:
-                    self.first_error = line
-                self.last_error = line
-                if self._logged_lines >= _RELAY_LOGGED_LINES:
-                    self._unlogged_lines += 1
-                    continue
-                self._logged_lines += 1
-                _log.warning("push to %s: ffmpeg: %s", self.target, line)
-
-    def _read_progress(self, stream: IO[bytes]) -> None:
-        reported = False
-        with stream:
-            for raw_line in stream:
-                if not reported and raw_line.startswith(b"progress="):
-                    reported = True
-                    self._on_connected()
-
-
-def _ffmpeg_protocol_problem(ffmpeg: str, scheme: str) -> str | None:
-    """Return why ``ffmpeg`` cannot send to ``scheme``, or None when it can."""
-    try:
-        result = subprocess.run(
-            [ffmpeg, "-hide_banner", "-protocols"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except FileNotFoundError:
-        return f"{ffmpeg} was not found"
-    except (OSError, subprocess.SubprocessError) as err:
-        return f"running {ffmpeg} -protocols failed ({_describe(err)})"
-    if scheme in _output_protocols(result.stdout):
-        return None
-    return f"{ffmpeg} -protocols lists no {scheme} output protocol"
-
-
-def _output_protocols(listing: str) -> set[str]:
-    """Return the names under ``Output:`` in what ``ffmpeg -protocols`` prints."""
-    protocols = set()
-    in_output = False
-    for line in listing.splitlines():
-        name = line.strip()
-        if name.endswith(":"):
-            in_output = name == "Output:"
-        elif in_output and name:
-            protocols.add(name)
-    return protocols
-
-
-def _query_secrets(query: str) -> tuple[str, ...]:
-    """Return the secret values in a URL query, both as written and decoded.
-
-    Values shorter than ``_SECRET_MIN_CHARS`` are left out, because
-    replacing them would garble every message (SRT passphrases have at
-    least 10 characters).
-    """
-    pairs = list(parse_qsl(query))
-    pairs += [field.partition("=")[::2] for field in query.split("&")]
-    secrets = {
-        value
-        for key, value in pairs
-        if key.lower() in _SECRET_QUERY_KEYS and len(value) >= _SECRET_MIN_CHARS
-    }
-    # Longer values first, so that replacing a shorter secret that is part of
-    # a longer one leaves nothing of the longer one.
-    return tuple(sorted(secrets, key=len, reverse=True))
-
-
-def _redact(url: str) -> str:
-    """Return ``scheme://host:port`` of ``url``, without path, query or login."""
-    parts = urlsplit(url)
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}"
-
-
-def _describe(err: BaseException) -> str:
-    # str() of an OSError appends its file name, which for a push would be
-    # the URL with its stream key, so only the error's own text is kept.
-    if isinstance(err, OSError) and err.strerror:
-        return f"{type(err).__name__}: {err.strerror}"
-    return f"{type(err).__name__}: {err}"
