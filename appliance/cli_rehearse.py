@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import signal
 import sys
+import tempfile
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from appliance._cli_arguments import add_config_option, load_site_config
+from appliance.errors import NightboxError
 
 if TYPE_CHECKING:
     from appliance.rehearse import Report, Target
@@ -107,7 +110,7 @@ def run(arguments: argparse.Namespace) -> int:
 
     try:
         if arguments.demo:
-            report = asyncio.run(_stoppable(against_demo()))
+            report = _run_demo(against_demo(), verbose=arguments.verbose > 0)
         else:
             config = load_site_config(arguments.config)
             target = running_box(config, arguments.config)
@@ -120,6 +123,37 @@ def run(arguments: argparse.Namespace) -> int:
         return EXIT_SIGTERM
     print(report.to_json() if arguments.json else report.to_text())
     return report.exit_code
+
+
+def _run_demo(work: Coroutine[Any, Any, Report], *, verbose: bool) -> Report:
+    """Run a rehearsal of the demo box with the box's log lines in a file.
+
+    The terminal then shows the report, errors and the rehearsal's own log
+    lines. The file is kept and named when a required check failed. With
+    ``--verbose`` every line goes to the terminal, as against a running box.
+    """
+    from appliance.rehearse import demo_log
+
+    if verbose:
+        return asyncio.run(_stoppable(work))
+    with contextlib.ExitStack() as stack:
+        try:
+            log = stack.enter_context(demo_log())
+        except OSError as err:
+            work.close()
+            raise NightboxError(
+                "cannot create the demo box's log file in "
+                f"{tempfile.gettempdir()}: {err.strerror}; set TMPDIR to a "
+                "writable folder"
+            ) from err
+        report = asyncio.run(_stoppable(work))
+        log.keep = not report.passed
+    if log.keep:
+        print(
+            f"nightbox rehearse: the demo box's log lines are in {log.path}",
+            file=sys.stderr,
+        )
+    return report
 
 
 class _Terminated(Exception):

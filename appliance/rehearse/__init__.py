@@ -6,6 +6,7 @@ with its reason. See ``docs/rehearse.md``.
 """
 
 from appliance.rehearse._demo import FAULTS, DemoFaults, demo_box
+from appliance.rehearse._demo_log import DemoLog, demo_log
 from appliance.rehearse._report import (
     EXIT_FAILED,
     EXIT_PASSED,
@@ -25,9 +26,11 @@ __all__ = [
     "FAULTS",
     "CheckResult",
     "DemoFaults",
+    "DemoLog",
     "Report",
     "Target",
     "demo_box",
+    "demo_log",
     "rehearse",
     "running_box",
 ]

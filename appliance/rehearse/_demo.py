@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import tempfile
@@ -46,24 +47,15 @@ _BANDS = 12
 _FAR_RSSI_DBM = -88
 _CONNECT_TIMEOUT_S = 15.0
 
-# A small stream, so the demo's encode fits beside the box on two cores.
-DEMO_STUDIO = StudioConfig(
-    camera="simulator",
-    width=320,
-    height=180,
-    fps=15,
-    bitrate_kbps=400,
-    keyframe_interval_s=1.0,
-    preset="ultrafast",
-    audio="none",
-    clip_seconds=4.0,
-    clips_keep=5,
-    segment_s=1.0,
-    part_s=0.5,
-    hls_window=4,
+# The studio as a venue box runs it: the product's default camera, encoder,
+# HLS and clip settings, the simulator in real time, and the simulator's test
+# tone standing in for a venue's microphone. Only the HTTP server differs: it
+# listens on loopback at a free port.
+DEMO_STUDIO = dataclasses.replace(
+    StudioConfig(camera="simulator"),
+    audio="tone",
     http_host="127.0.0.1",
     http_port=0,
-    slate_after_s=1.0,
 )
 
 FAULTS = ("reader-silent", "scan-stalled", "camera", "acl-open", "clock-untrusted")
