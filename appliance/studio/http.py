@@ -236,6 +236,15 @@ class StudioHttp:
         return self._port
 
     @property
+    def bound_port(self) -> int | None:
+        """The TCP port the server listens on, or None before start() and after stop().
+
+        Status reports read this one, because they may run while the server
+        is starting or stopping.
+        """
+        return self._port
+
+    @property
     def viewers(self) -> int:
         """The number of distinct tokens that fetched the stream in the last 30 s."""
         self._forget_old_viewers()

@@ -90,6 +90,7 @@ class Studio:
             config, self.settings, camera, folder / "hls", box.clock
         )
         self.http: StudioHttp | None = None
+        self._http_lock = asyncio.Lock()
         self.message: str | None = None
         self.counts: Counter[str] = Counter()
         self.last_error: str | None = None
@@ -128,29 +129,39 @@ class Studio:
         await self.stream.close()
         # A clip being written is finished, so its file is not left half done.
         await self.wait_for_clips()
-        if self.http is not None:
-            await self.http.stop()
+        # The lock waits for a server that is starting, so it is stopped too.
+        async with self._http_lock:
+            if self.http is not None:
+                await self.http.stop()
         _LOGGER.info("Studio stopped")
 
     async def serve_http(self) -> StudioHttp:
-        """Start serving the stream over HTTP on ``http_host``:``http_port``."""
-        if self.http is None:
-            box = self._box
-            self.http = StudioHttp(
-                lambda: self.stream.hls,
-                box.tokens,
-                box.clock,
-                self.config.http_host,
-                self.config.http_port,
-                control=self._http_controls(),
-            )
-            await self.http.start()
-            _LOGGER.info(
-                "Studio stream on http://%s:%d/stream/live.m3u8",
-                self.config.http_host,
-                self.http.port,
-            )
-        return self.http
+        """Start serving the stream over HTTP on ``http_host``:``http_port``.
+
+        Raises OSError naming the address when it cannot be bound; a later
+        call tries again.
+        """
+        async with self._http_lock:
+            if self.http is None:
+                box = self._box
+                http = StudioHttp(
+                    lambda: self.stream.hls,
+                    box.tokens,
+                    box.clock,
+                    self.config.http_host,
+                    self.config.http_port,
+                    control=self._http_controls(),
+                )
+                await http.start()
+                # Set only once the port is bound, so state() never reports a
+                # server that is still starting or failed to start.
+                self.http = http
+                _LOGGER.info(
+                    "Studio stream on http://%s:%d/stream/live.m3u8",
+                    self.config.http_host,
+                    http.port,
+                )
+            return self.http
 
     @property
     def camera(self) -> Camera:
@@ -385,7 +396,7 @@ class Studio:
             "segments_written": 0 if hls is None else hls.segments_written,
             "segments_served": 0 if http is None else http.segments_served,
             "viewers": 0 if http is None else http.viewers,
-            "http_port": None if http is None else http.port,
+            "http_port": None if http is None else http.bound_port,
             "clip_queue": counts["pending_upload"],
             "clips": counts["written"],
             "clips_on_disk": counts["on_disk"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -510,3 +511,51 @@ def test_unknown_control_action_rejected(store: Store) -> None:
             0,
             control=control_handlers([], ("pause",)),
         )
+
+
+def edge_tokens(store: Store) -> EdgeTokens:
+    return EdgeTokens(
+        Ed25519PrivateKey.generate(),
+        store,
+        ManualClock(START_S),
+        issuer="nightbox:club:box-1",
+        audience="club",
+    )
+
+
+async def test_bound_port_none_until_started(store: Store) -> None:
+    http = StudioHttp(
+        lambda: None, edge_tokens(store), ManualClock(START_S), "127.0.0.1", 0
+    )
+    before = http.bound_port
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = http.port
+    await http.start()
+    listening = http.bound_port
+    port = http.port
+    await http.stop()
+
+    assert before is None
+    assert listening == port
+    assert port > 0
+    assert http.bound_port is None
+    assert http.state()["port"] is None
+
+
+async def test_port_in_use_rejected(store: Store) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy_port = taken.getsockname()[1]
+        http = StudioHttp(
+            lambda: None,
+            edge_tokens(store),
+            ManualClock(START_S),
+            "127.0.0.1",
+            busy_port,
+        )
+        with pytest.raises(OSError, match="set \\[studio\\] http_port") as raised:
+            await http.start()
+
+    assert f"127.0.0.1:{busy_port}" in str(raised.value)
+    assert http.bound_port is None
