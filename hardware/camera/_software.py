@@ -74,7 +74,8 @@ class SoftwareCamera(Camera):
 
     ``packets`` may run in one task at a time. ``fail`` makes it raise
     CameraError at the next frame, and ``start`` keeps raising it until
-    ``recover`` is called.
+    ``recover`` is called. ``stall`` makes it deliver nothing while it keeps
+    running, until ``resume`` is called.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class SoftwareCamera(Camera):
         # encoder under it.
         self._encode_lock = threading.Lock()
         self._failure: str | None = None
+        self._stalled = False
         self._started_at = 0.0
         self._next_frame = 0
         self._interleaver = Interleaver(audio=settings.audio != "none")
@@ -167,12 +169,37 @@ class SoftwareCamera(Camera):
         """Clear an injected failure, so the next ``start`` works."""
         self._failure = None
 
+    def stall(self) -> None:
+        """Stop delivering frames without an error, as a hung capture pipeline does.
+
+        ``start`` and ``stop`` keep working, and ``packets`` waits without
+        yielding until ``resume``. In real time the frames due meanwhile are
+        skipped and counted as dropped; otherwise the next frame follows on.
+        """
+        _log.warning("%s camera stall injected", self.name)
+        self._stalled = True
+
+    def resume(self) -> None:
+        """End an injected stall, so ``packets`` delivers frames again."""
+        if self._stalled:
+            _log.info("%s camera stall ended", self.name)
+        self._stalled = False
+
+    @property
+    def stalled(self) -> bool:
+        """True between ``stall`` and ``resume``."""
+        return self._stalled
+
     async def packets(self) -> AsyncIterator[EncodedPacket]:
         while self._encoders is not None:
             if self._failure is not None:
                 raise CameraError(f"the {self.name} camera failed: {self._failure}")
+            if self._stalled:
+                # A hung pipeline: the camera runs, but no frame arrives.
+                await asyncio.sleep(1 / self.settings.fps)
+                continue
             index = await self._wait_for_frame()
-            if self._failure is not None:
+            if self._failure is not None or self._stalled:
                 continue
             for packet in await asyncio.to_thread(self._produce, index):
                 yield packet

@@ -159,6 +159,83 @@ async def test_fail_raises_until_recover():
     assert video_of(packets)[0].keyframe
 
 
+async def resume_later(camera: SimulatedCamera, delay_s: float) -> int:
+    """Resume ``camera`` after ``delay_s``; return the frames encoded meanwhile."""
+    frames = camera.stats.frames
+    await asyncio.sleep(delay_s)
+    encoded = camera.stats.frames - frames
+    camera.resume()
+    return encoded
+
+
+async def test_stall_delivers_nothing_until_resume():
+    camera = SimulatedCamera(SMALL, realtime=False)
+    await camera.start()
+    video: list[EncodedPacket] = []
+    resumer: asyncio.Task[int] | None = None
+    running_while_stalled = False
+    try:
+        async for packet in camera.packets():
+            if packet.kind == "video":
+                video.append(packet)
+            if len(video) == 3 and resumer is None:
+                camera.stall()
+                running_while_stalled = camera.running and camera.stalled
+                resumer = asyncio.create_task(resume_later(camera, 0.3))
+            if len(video) == 8:
+                break
+    finally:
+        await camera.stop()
+    assert resumer is not None
+    encoded_while_stalled = await resumer
+
+    assert running_while_stalled
+    assert encoded_while_stalled == 0
+    assert not camera.stalled
+    step = VIDEO_TIME_BASE.denominator // SMALL.fps
+    assert [packet.pts for packet in video] == [i * step for i in range(8)]
+
+
+async def test_stall_outlasts_restart():
+    camera = SimulatedCamera(SMALL, realtime=False)
+    camera.stall()
+    await camera.start()
+    started_while_stalled = camera.running
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(camera.packets()), 0.3)
+    encoded_while_stalled = camera.stats.frames
+    await camera.stop()
+    camera.resume()
+    packets, _info = await collect(camera, 2)
+
+    assert started_while_stalled
+    assert encoded_while_stalled == 0
+    assert video_of(packets)[0].pts == 0
+    assert video_of(packets)[0].keyframe
+
+
+async def test_realtime_stall_drops_frames():
+    settings = dataclasses.replace(SMALL, fps=30, audio="none")
+    camera = SimulatedCamera(settings)
+    await camera.start()
+    video: list[EncodedPacket] = []
+    try:
+        async for packet in camera.packets():
+            video.append(packet)
+            if len(video) == 2:
+                camera.stall()
+                asyncio.get_running_loop().call_later(0.3, camera.resume)
+            if len(video) == 4:
+                break
+    finally:
+        await camera.stop()
+
+    step = VIDEO_TIME_BASE.denominator // settings.fps
+    gap_frames = (video[2].pts - video[1].pts) // step - 1
+    assert gap_frames > 0
+    assert camera.stats.dropped_frames >= gap_frames
+
+
 async def test_stop_ends_packets():
     camera = SimulatedCamera(SMALL, realtime=False)
     await camera.start()

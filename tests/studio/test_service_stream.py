@@ -8,8 +8,11 @@ clips and HLS segments are checked with ffprobe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -360,3 +363,160 @@ async def test_segments_keep_one_timeline(studio_box: StudioBox) -> None:
 
     assert starts == sorted(starts)
     assert len(set(starts)) == len(starts)
+
+
+@dataclass
+class ServedSegment:
+    """A segment as a viewer fetched it, with its duration and discontinuity flag."""
+
+    uri: str
+    duration_s: float
+    discontinuity: bool
+    data: bytes
+
+
+@dataclass
+class ViewerRecording:
+    """Every segment a viewer fetched over HTTP while it polled the playlist."""
+
+    segments: list[ServedSegment] = field(default_factory=list)
+
+    def switches(self) -> int:
+        """Return how many segments began after an EXT-X-DISCONTINUITY."""
+        return sum(segment.discontinuity for segment in self.segments)
+
+    def since_switch(self) -> int:
+        """Return how many segments were fetched since the last discontinuity."""
+        count = 0
+        for segment in reversed(self.segments):
+            count += 1
+            if segment.discontinuity:
+                return count
+        return count
+
+    def vod_playlist(self) -> str:
+        """Return a finished playlist of the recorded segments, as served."""
+        longest = max(segment.duration_s for segment in self.segments)
+        lines = [
+            "#EXTM3U",
+            "#EXT-X-VERSION:3",
+            f"#EXT-X-TARGETDURATION:{int(longest) + 1}",
+            "#EXT-X-PLAYLIST-TYPE:VOD",
+        ]
+        for segment in self.segments:
+            if segment.discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
+            lines += [f"#EXTINF:{segment.duration_s:.3f},", segment.uri]
+        lines.append("#EXT-X-ENDLIST")
+        return "\n".join(lines) + "\n"
+
+
+def media_uris(playlist: str) -> list[str]:
+    """Return the segment URIs of a media playlist, in order."""
+    return [line for line in playlist.splitlines() if line and not line.startswith("#")]
+
+
+async def record_viewer(sb: StudioBox, recording: ViewerRecording) -> None:
+    """Poll the live playlist with a viewer's token and fetch each new segment.
+
+    The viewer starts at the last two segments of the first playlist, as a
+    player starts near the live edge, because the oldest segment may leave
+    the window before it is fetched.
+    """
+    http = sb.studio.http
+    assert http is not None
+    base = f"http://127.0.0.1:{http.port}/stream"
+    headers = {"Authorization": f"Bearer {sb.token('viewer-2', 'stream:view')}"}
+    fetched: set[str] | None = None
+    async with aiohttp.ClientSession(headers=headers) as session:
+        while True:
+            async with session.get(f"{base}/live.m3u8") as response:
+                assert response.status == 200, await response.text()
+                playlist = await response.text()
+            if fetched is None:
+                fetched = set(media_uris(playlist)[:-2])
+            duration_s = 0.0
+            discontinuity = False
+            for line in playlist.splitlines():
+                if line == "#EXT-X-DISCONTINUITY":
+                    discontinuity = True
+                elif line.startswith("#EXTINF:"):
+                    duration_s = float(line.removeprefix("#EXTINF:").split(",")[0])
+                elif line and not line.startswith("#"):
+                    if line not in fetched:
+                        async with session.get(f"{base}/{line}") as response:
+                            assert response.status == 200, line
+                            data = await response.read()
+                        fetched.add(line)
+                        recording.segments.append(
+                            ServedSegment(line, duration_s, discontinuity, data)
+                        )
+                    discontinuity = False
+            await asyncio.sleep(0.2)
+
+
+async def test_camera_stall_shows_slate(studio_box: StudioBox, tmp_path: Path) -> None:
+    sb = studio_box
+    studio = sb.studio
+    slate_after_s = sb.config.studio.slate_after_s if sb.config.studio else 0.0
+    await camera_streaming(sb)
+    token = sb.token(STATION, PUBLISH)
+    recording = ViewerRecording()
+    viewer = asyncio.create_task(record_viewer(sb, recording))
+
+    def viewer_fetched(count: int) -> bool:
+        if viewer.done():
+            viewer.result()  # raises what failed in the viewer
+        return len(recording.segments) >= count
+
+    def viewer_saw(switches: int, segments: int) -> bool:
+        return (
+            viewer_fetched(0)
+            and recording.switches() == switches
+            and recording.since_switch() >= segments
+        )
+
+    await wait_until(lambda: viewer_fetched(2), "two camera segments")
+    # The window may still list a switch of an earlier test.
+    earlier = recording.switches()
+
+    studio.camera.stall()
+    await wait_until(lambda: studio.source == "slate", "the slate")
+    await wait_until(lambda: viewer_saw(earlier + 1, 2), "two segments of the slate")
+    down = await refused(sb, "studio", "clip", {}, token)
+    state_while_down = studio.state()
+    studio.camera.resume()
+    await camera_streaming(sb)
+    await wait_until(
+        lambda: viewer_saw(earlier + 2, 2), "two camera segments after the stall"
+    )
+    viewer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await viewer
+    recovered = await studio.clip("console")
+
+    assert down.code == "camera-down"
+    assert f"no frame from the camera for {slate_after_s:g} s" in down.message
+    assert state_while_down["source"] == "slate"
+    assert state_while_down["camera_down_since"] is not None
+    assert state_while_down["refused"]["clip-camera-down"] >= 1
+    assert studio.state()["camera_down_since"] is None
+    assert decode_errors(recovered.path) == ""
+    video_packets = 0
+    for segment in recording.segments:
+        video = probe_bytes(segment.data, ".ts").packets_of("video")
+        assert video[0]["keyframe"], segment.uri
+        video_packets += len(video)
+    # The whole recording, camera to slate to camera, plays as one stream.
+    folder = tmp_path / "viewer"
+    folder.mkdir()
+    for segment in recording.segments:
+        (folder / segment.uri).write_bytes(segment.data)
+    playlist = folder / "recorded.m3u8"
+    playlist.write_text(recording.vod_playlist())
+    played = probe(playlist)
+    times = [packet["pts_time"] for packet in played.packets_of("video")]
+    assert len(times) == video_packets
+    assert times == sorted(times)
+    assert played.has_stream("audio")
+    assert decode_errors(playlist) == ""
