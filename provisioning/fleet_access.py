@@ -1,11 +1,12 @@
 """The accounts and topic grants of a fleet's upstream broker.
 
 Every box logs in with its own account and may publish only under its own
-``nightbox/<site>/box/<box>/`` (events, telemetry, results, availability)
-and read only the commands and bundles meant for it. Collectors read the
-boxes' events, availability and telemetry, not command results, which may
-carry a box's configuration. Operators send commands and bundles and read
-everything the boxes publish, results included.
+``nightbox/<site>/box/<box>/`` (events, telemetry, results, availability,
+clips) and read only the commands and bundles meant for it. Collectors
+read the boxes' events, availability and telemetry, not command results,
+which may carry a box's configuration, and not clips, which they do not
+store. Operators send commands and bundles and read everything the boxes
+publish, results and clips included.
 Deny by default, as on the box's own broker.
 """
 
@@ -51,6 +52,8 @@ def fleet_policy(
             AclRule(Access.WRITE, f"{base}/availability"),
             AclRule(Access.WRITE, f"{base}/tele/+"),
             AclRule(Access.WRITE, f"{base}/stat/+"),
+            # Clip chunks and manifests uploaded through sync.
+            AclRule(Access.WRITE, f"{base}/clips/+"),
             AclRule(Access.READ, f"{base}/cmnd/+"),
             AclRule(Access.READ, f"{base}/bundle/+"),
             AclRule(Access.READ, f"nightbox/{box.site}/bundle/+"),
@@ -66,6 +69,7 @@ def fleet_policy(
         grants[operator_username(name)] = [
             *(AclRule(Access.READ, topic) for topic in collected),
             AclRule(Access.READ, "nightbox/+/box/+/stat/+"),
+            AclRule(Access.READ, "nightbox/+/box/+/clips/+"),
             AclRule(Access.WRITE, "nightbox/+/box/+/cmnd/+"),
             AclRule(Access.WRITE, "nightbox/+/box/+/bundle/+"),
             AclRule(Access.WRITE, "nightbox/+/bundle/+"),

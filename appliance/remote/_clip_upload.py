@@ -3,12 +3,12 @@
 The studio records each clip it writes in its store and queues it for
 upload. While sync is connected and has no event waiting,
 :class:`ClipUploader` sends the oldest queued clip in chunks of 128 KiB at
-QoS 1 on the box's ``stat/clip-chunk`` topic. A manifest with the clip's
-size, SHA-256 and chunk count follows on ``stat/clip``. The clip is marked
-uploaded only after the broker acknowledged every one of those messages.
-The fleet ACL lets a box write only under its own
-``nightbox/<site>/box/<box>/``, and collectors read ``events/#`` and
-``tele/+``, so clips use ``stat/+``, which only operators read.
+QoS 1 on the box's ``clips/chunk`` topic. A manifest with the clip's
+size, SHA-256 and chunk count follows on ``clips/manifest``. The clip is
+marked uploaded only after the broker acknowledged every one of those
+messages. The fleet ACL (``provisioning/fleet_access.py``) lets each box
+write its own ``nightbox/<site>/box/<box>/clips/+`` and operators read
+every box's; collectors do not read clips.
 
 Each chunk carries MQTT 5 user properties that place it in its clip:
 ``clip`` (the id), ``chunk`` (from 0), ``chunks``, ``offset`` and ``size``
@@ -40,6 +40,8 @@ from appliance.errors import NightboxError
 
 __all__ = [
     "CHUNK_BYTES",
+    "CHUNK_TOPIC",
+    "MANIFEST_TOPIC",
     "ClipRejectedError",
     "ClipToUpload",
     "ClipUploader",
@@ -49,6 +51,9 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 CHUNK_BYTES = 128 * 1024
+# Topics under the box's own nightbox/<site>/box/<box>/.
+CHUNK_TOPIC = "clips/chunk"
+MANIFEST_TOPIC = "clips/manifest"
 # Chunks waiting for their PUBACK at once, at most (and never more than the
 # sync window, which keeps every message in flight under the broker's
 # Receive Maximum).
@@ -135,8 +140,8 @@ class ClipUploader:
         self._box_id = box_id
         self._src = src
         self._chunk_bytes = chunk_bytes
-        self._chunk_topic = topics.box_topic(box_id, "stat/clip-chunk")
-        self._manifest_topic = topics.box_topic(box_id, "stat/clip")
+        self._chunk_topic = topics.box_topic(box_id, CHUNK_TOPIC)
+        self._manifest_topic = topics.box_topic(box_id, MANIFEST_TOPIC)
         # Chunks acknowledged so far per clip: where an upload resumes.
         self._acknowledged_chunks: dict[str, int] = {}
         # Clips whose file cannot be sent, with the reason; skipped until

@@ -38,6 +38,17 @@ FLEET_GRANTS = [
     (OPERATOR, f"{CLUB_BOX}/cmnd/status", W, True),
     (OPERATOR, "nightbox/club/bundle/members", W, True),
     (OPERATOR, f"{CLUB_BOX}/events/checkout", W, False),
+    # Clips: each box writes its own, operators read every box's, and the
+    # collector, which does not store clips, reads none.
+    (BOX, f"{CLUB_BOX}/clips/chunk", W, True),
+    (BOX, f"{CLUB_BOX}/clips/manifest", W, True),
+    (BOX, f"{ANNEX_BOX}/clips/chunk", W, False),
+    (BOX, f"{CLUB_BOX}/clips/chunk", R, False),
+    (OPERATOR, f"{ANNEX_BOX}/clips/chunk", R, True),
+    (OPERATOR, f"{CLUB_BOX}/clips/manifest", R, True),
+    (OPERATOR, f"{CLUB_BOX}/clips/chunk", W, False),
+    (COLLECTOR, f"{CLUB_BOX}/clips/chunk", R, False),
+    (COLLECTOR, f"{CLUB_BOX}/clips/manifest", R, False),
 ]
 
 

@@ -48,8 +48,8 @@ from appliance.studio._store import ClipRecord, ClipStore
 SITE = "club"
 BOX = "box-1"
 TOPICS = Topics(SITE)
-CHUNK_TOPIC = TOPICS.box_topic(BOX, "stat/clip-chunk")
-MANIFEST_TOPIC = TOPICS.box_topic(BOX, "stat/clip")
+CHUNK_TOPIC = TOPICS.box_topic(BOX, "clips/chunk")
+MANIFEST_TOPIC = TOPICS.box_topic(BOX, "clips/manifest")
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ class Receiver:
                     properties=properties,
                     tls_context=client_tls_context(self._upstream.ca.ca_certificate),
                 ) as client:
-                    await client.subscribe(TOPICS.box_topic(BOX, "stat/+"), qos=1)
+                    await client.subscribe(TOPICS.box_topic(BOX, "clips/+"), qos=1)
                     await client.subscribe(TOPICS.box_topic(BOX, "events/#"), qos=1)
                     self.connected.set()
                     async for message in client.messages:
