@@ -105,7 +105,7 @@ class TsMuxer:
         """Return a PAT and a PMT, each in one transport packet."""
         pat = bytes(
             (
-                0x00, 0x00, 0x01,  # transport_stream_id
+                0x00, 0x01,  # transport_stream_id
                 0xC1, 0x00, 0x00,  # version 0, current; section 0 of 0
                 0x00, _PROGRAM_NUMBER,
                 0xE0 | (_PMT_PID >> 8), _PMT_PID & 0xFF,
