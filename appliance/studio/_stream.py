@@ -84,6 +84,9 @@ class StudioStream:
         """Start streaming; a stream already running is left as it is."""
         if self.running:
             return
+        # Video from before a stop is not clipped as if it were live.
+        self.ring = PacketRing(self.config.clip_seconds)
+        self.ring_info = None
         self._task = asyncio.create_task(self._run(), name="studio-stream")
         _LOGGER.info("Stream started")
 
@@ -200,6 +203,7 @@ class StudioStream:
                 segment_s=self.config.segment_s,
                 part_s=self.config.part_s,
                 window=self.config.hls_window,
+                keyframe_interval_s=self.config.keyframe_interval_s,
             )
         else:
             self.hls.discontinuity()

@@ -41,6 +41,12 @@ _MAX_MSN_AHEAD = 2
 _PART_LISTING_TARGETS = 3
 _MIN_WINDOW = 3
 _LOG_EVERY_WRITE_ERRORS = 100
+# EXT-X-TARGETDURATION allows a second beyond the longest segment the key
+# frame grid gives, for key frames that come a few frames late.
+_TARGET_HEADROOM_S = 1
+# A gap in the video this long is a stall rather than a few skipped frames.
+_STALL_GAP_S = Fraction(1, 2)
+_LONG_SEGMENT_LOG_INTERVAL_S = 60.0
 
 
 class HlsError(NightboxError, RuntimeError):
@@ -70,6 +76,12 @@ class _Segment:
     parts: list[_Part] = field(default_factory=list)
     duration: Fraction = Fraction(0)
     video_end: Fraction = Fraction(0)
+    # What delayed the segment's end, for the warning about a long segment:
+    # the longest gap between two video frames, the frame time missing in
+    # all, and the start of the newest key frame.
+    longest_gap: Fraction = Fraction(0)
+    missing: Fraction = Fraction(0)
+    last_key: Fraction = Fraction(0)
     # The part being written: where it starts and whether it has video yet.
     part_offset: int = 0
     part_start: Fraction = Fraction(0)
@@ -92,10 +104,16 @@ class HlsWriter:
     kept; older files are deleted. A failed file write is logged and
     counted in ``write_errors`` and the stream goes on from memory.
 
-    EXT-X-TARGETDURATION is ``segment_s`` rounded up, and grows when key
-    frames are further apart than that, because a segment can only be cut
-    at a key frame. With a key frame interval that divides ``segment_s`` it
-    never changes. ``wall_clock`` gives the time (Unix seconds) written in
+    A segment ends at the first video key frame at least ``segment_s``
+    after its start. ``keyframe_interval_s`` is the camera's key frame
+    interval when known; with one that does not divide ``segment_s``,
+    segments run to the next multiple of it. EXT-X-TARGETDURATION is set
+    here, once, from the longest such segment rounded up plus a second of
+    headroom, because a live playlist must never change it (RFC 8216,
+    section 4.3.3.1). A segment that still runs longer, because the camera
+    stalled or skipped frames and its next key frame came late, is cut at
+    that key frame, counted in ``long_segments`` and logged with the cause.
+    ``wall_clock`` gives the time (Unix seconds) written in
     EXT-X-PROGRAM-DATE-TIME.
     """
 
@@ -107,6 +125,7 @@ class HlsWriter:
         segment_s: float = 2.0,
         part_s: float = 0.5,
         window: int = 6,
+        keyframe_interval_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not segment_s > 0:
@@ -117,6 +136,11 @@ class HlsWriter:
             raise ValueError(
                 f"invalid HLS part length {part_s!r} s: give seconds above 0 and "
                 f"at most the segment length {segment_s} s"
+            )
+        if keyframe_interval_s is not None and not keyframe_interval_s > 0:
+            raise ValueError(
+                f"invalid key frame interval {keyframe_interval_s!r} s: give seconds "
+                "above 0, or None when it is not known"
             )
         if window < _MIN_WINDOW:
             raise ValueError(
@@ -130,7 +154,7 @@ class HlsWriter:
         self._wall_clock = wall_clock
         self._segment_length = Fraction(segment_s)
         self._part_length = Fraction(part_s)
-        self._target_s = math.ceil(segment_s)
+        self._target_s = _target_duration_s(segment_s, keyframe_interval_s)
         # Segment names carry a per-writer prefix, so a player holding an
         # old playlist never fetches another run's segment under its name.
         self._name_prefix = f"segment-{secrets.token_hex(3)}-"
@@ -147,6 +171,8 @@ class HlsWriter:
         self.segments_written = 0
         self.packets_dropped = 0
         self.write_errors = 0
+        self.long_segments = 0
+        self._long_segment_logged_at = -math.inf
         folder.mkdir(parents=True, exist_ok=True)
         self._remove_stale_files()
 
@@ -201,8 +227,14 @@ class HlsWriter:
 
     def _feed_video(self, packet: EncodedPacket) -> None:
         start = Fraction(packet.pts) * packet.time_base
-        end = start + Fraction(packet.duration) * packet.time_base
+        frame = Fraction(packet.duration) * packet.time_base
+        end = start + frame
         segment = self._current
+        if segment is not None and start - segment.video_end > frame / 2:
+            # Frames are missing before this one: skipped, or a stall.
+            gap = start - segment.video_end
+            segment.longest_gap = max(segment.longest_gap, gap)
+            segment.missing += gap
         if (
             segment is not None
             and packet.keyframe
@@ -220,6 +252,8 @@ class HlsWriter:
         if not segment.part_has_video:
             segment.part_has_video = True
             segment.part_independent = packet.keyframe
+        if packet.keyframe:
+            segment.last_key = start
         segment.data += self._muxer.mux(packet)
         segment.video_end = end
 
@@ -233,7 +267,9 @@ class HlsWriter:
             start=start,
             program_date_time=anchor_wall + float(start - anchor_media),
             discontinuity=self._pending_discontinuity,
+            video_end=start,
             part_start=start,
+            last_key=start,
         )
         self._next_msn += 1
         self._pending_discontinuity = False
@@ -264,16 +300,8 @@ class HlsWriter:
     def _finish_segment(self, segment: _Segment, end: Fraction) -> None:
         self._close_part(segment, end)
         segment.duration = end - segment.start
-        rounded = math.floor(segment.duration + Fraction(1, 2))
-        if rounded > self._target_s:
-            _log.warning(
-                "HLS segment %s lasts %.3f s, longer than the target duration "
-                "%d s: use a key frame interval that divides the segment length",
-                segment.name,
-                float(segment.duration),
-                self._target_s,
-            )
-            self._target_s = rounded
+        if math.floor(segment.duration + Fraction(1, 2)) > self._target_s:
+            self._report_long_segment(segment, end)
         self._current = None
         self._completed_msn = segment.msn
         self._segments.append(segment)
@@ -288,6 +316,38 @@ class HlsWriter:
             except OSError as err:
                 self._count_write_error(f"deleting {removed.name}", err)
         self._publish()
+
+    def _report_long_segment(self, segment: _Segment, end: Fraction) -> None:
+        # The target duration stays as it is: a live playlist must not change
+        # it, and the settings are not at fault when the camera fell behind.
+        self.long_segments += 1
+        now = time.monotonic()
+        if now - self._long_segment_logged_at < _LONG_SEGMENT_LOG_INTERVAL_S:
+            return
+        self._long_segment_logged_at = now
+        if segment.longest_gap >= _STALL_GAP_S:
+            cause = (
+                f"the camera stalled: no video for {float(segment.longest_gap):.3f} s"
+            )
+        elif segment.missing > 0:
+            cause = (
+                "the camera skipped frames it was late for "
+                f"({float(segment.missing):.3f} s of video missing), so its next "
+                "key frame came late; the box may be overloaded"
+            )
+        else:
+            without_key = float(end - segment.last_key)
+            cause = f"the camera sent no key frame for {without_key:.3f} s"
+        _log.warning(
+            "HLS segment %s lasts %.3f s, beyond the target duration of %d s, "
+            "because %s; it ends at the next key frame and the stream goes on "
+            "(%d long segments so far)",
+            segment.name,
+            float(segment.duration),
+            self._target_s,
+            cause,
+            self.long_segments,
+        )
 
     def discontinuity(self) -> None:
         """End the segment being written; the next one starts a new timeline."""
@@ -378,13 +438,72 @@ class HlsWriter:
         For the segment being written, the bytes written so far: its
         finished parts and part of the next one.
         """
+        segment = self._find(name)
+        return bytes(segment.data) if segment is not None else None
+
+    def _find(self, name: str) -> _Segment | None:
         current = self._current
         if current is not None and current.name == name:
-            return bytes(current.data)
+            return current
         for segment in self._segments:
             if segment.name == name:
-                return bytes(segment.data)
+                return segment
         return None
+
+    def part_end(self, name: str, offset: int) -> int | None:
+        """Return where the finished part containing byte ``offset`` of ``name`` ends.
+
+        The end is a byte offset into the segment, one past the part's last
+        byte. None while that part is still being written, and for a byte
+        the segment does not contain: an unknown segment, or an offset past
+        the end of a finished one.
+        """
+        segment = self._find(name)
+        if segment is None or offset < 0:
+            return None
+        for part in segment.parts:
+            if part.offset <= offset < part.offset + part.size:
+                return part.offset + part.size
+        if segment is not self._current and offset < len(segment.data):
+            return len(segment.data)
+        return None
+
+    async def wait_for_part(
+        self, name: str, offset: int, timeout_s: float
+    ) -> int | None:
+        """Wait until the part containing byte ``offset`` of ``name`` is finished.
+
+        Returns the part's end as ``part_end`` gives it, so a request for
+        a preload hint (``offset`` is its BYTERANGE-START) or for a byte
+        range not written yet can be served as whole parts. Returns
+        None when ``timeout_s`` seconds pass first, when ``name`` is not a
+        segment in the window or the one being written, when the segment
+        ended before ``offset``, or when the stream ends. Raises
+        HlsRequestError for a negative offset.
+        """
+        if offset < 0:
+            raise HlsRequestError(
+                f"invalid byte offset {offset} in segment {name!r}: give 0 or more"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            end = self.part_end(name, offset)
+            if end is not None:
+                return end
+            segment = self._find(name)
+            remaining = deadline - loop.time()
+            if (
+                segment is None
+                or segment is not self._current
+                or self._closed
+                or remaining <= 0
+            ):
+                return None
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return self.part_end(name, offset)
 
     def has(self, msn: int, part: int | None = None) -> bool:
         """Whether the playlist contains segment ``msn`` (or its part ``part``).
@@ -430,6 +549,16 @@ class HlsWriter:
             except TimeoutError:
                 return self.has(msn, part)
         return True
+
+
+def _target_duration_s(segment_s: float, keyframe_interval_s: float | None) -> int:
+    # Decimal text keeps a setting such as 0.1 s exact.
+    longest = Fraction(repr(segment_s))
+    if keyframe_interval_s is not None:
+        # The cut waits for the first key frame at or after segment_s.
+        interval = Fraction(repr(keyframe_interval_s))
+        longest = math.ceil(longest / interval) * interval
+    return math.ceil(longest) + _TARGET_HEADROOM_S
 
 
 def _part_line(name: str, part: _Part) -> str:

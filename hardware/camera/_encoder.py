@@ -7,12 +7,14 @@ FFmpeg's libx264 and native AAC encoder.
 
 from __future__ import annotations
 
+import math
 import time
 from fractions import Fraction
 
 import av
 import numpy as np
 import numpy.typing as npt
+from av.video.frame import PictureType
 
 from hardware.camera._base import (
     VIDEO_TIME_BASE,
@@ -70,16 +72,24 @@ class H264Encoder:
     """libx264 through PyAV, set up for live streaming.
 
     ``tune=zerolatency`` and no B-frames give one packet per frame straight
-    away, with ``dts == pts``. Key frames come every ``gop_frames`` frames
-    and nowhere else (scene-cut detection is off), each preceded by its SPS
-    and PPS, so any key frame can start a segment or a clip. Timestamps of
-    the packets count the 90 kHz clock from frame 0.
+    away, with ``dts == pts``. Key frames follow presentation time, not the
+    count of encoded frames: the first frame at or after each multiple of
+    ``keyframe_interval_s`` is an IDR frame, so a camera that skips frames
+    it is late for, or stalls, still starts a new group of pictures every
+    interval. Scene-cut detection is off and x264's ``keyint`` only bounds
+    the group length, so no key frame comes anywhere else. Each key frame
+    is preceded by its SPS and PPS, so any key frame can start a segment or
+    a clip. Timestamps of the packets count the 90 kHz clock from frame 0.
     """
 
     def __init__(self, settings: CameraSettings):
         self.settings = settings
         self._frame_ticks = Fraction(VIDEO_TIME_BASE.denominator, settings.fps)
         self._captured_at: dict[int, float] = {}
+        # Key frames fall on a grid of the interval in frame time; Fraction
+        # of the decimal text keeps 0.1 s exact, so the grid never drifts.
+        self._key_interval = Fraction(repr(settings.keyframe_interval_s))
+        self._next_key_slot = 0
         context = av.CodecContext.create("libx264", "w")
         context.width = settings.width
         context.height = settings.height
@@ -87,15 +97,21 @@ class H264Encoder:
         context.time_base = Fraction(1, settings.fps)
         context.framerate = Fraction(settings.fps)
         context.bit_rate = settings.bitrate_kbps * 1000
-        context.gop_size = settings.gop_frames
+        # The longest group the grid can give: x264 counts encoded frames,
+        # which never run ahead of frame time, so this bound never puts a
+        # key frame between two grid points.
+        gop = max(1, math.ceil(settings.fps * self._key_interval))
+        context.gop_size = gop
         context.max_b_frames = 0
         # The global header fills ``extradata`` at open time; repeat-headers
         # still puts the SPS and PPS in band before every key frame.
         context.flags |= av.codec.context.Flags.global_header
-        gop = settings.gop_frames
         context.options = {
             "preset": settings.preset,
             "tune": "zerolatency",
+            # A frame marked as I becomes an IDR frame, not an open-GOP
+            # I frame, so a segment or clip can start on it.
+            "forced-idr": "1",
             "x264-params": (
                 f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1"
             ),
@@ -122,9 +138,18 @@ class H264Encoder:
     def encode(
         self, frame: npt.NDArray[np.uint8], index: int, captured_at: float
     ) -> list[EncodedPacket]:
-        """Encode one I420 frame, frame number ``index`` of the stream."""
+        """Encode one I420 frame, frame number ``index`` of the stream.
+
+        ``index`` counts frame periods from the start, so frames that were
+        skipped leave a gap in it; the frame is a key frame when a multiple
+        of the key frame interval falls in that gap or on the frame itself.
+        """
         video_frame = av.VideoFrame.from_ndarray(frame, format="yuv420p")
         video_frame.pts = index
+        slot = math.floor(Fraction(index, self.settings.fps) / self._key_interval)
+        if slot >= self._next_key_slot:
+            video_frame.pict_type = PictureType.I
+            self._next_key_slot = slot + 1
         self._captured_at[index] = captured_at
         return self._packets(self._context.encode(video_frame))
 

@@ -75,7 +75,9 @@ class SoftwareCamera(Camera):
     ``packets`` may run in one task at a time. ``fail`` makes it raise
     CameraError at the next frame, and ``start`` keeps raising it until
     ``recover`` is called. ``stall`` makes it deliver nothing while it keeps
-    running, until ``resume`` is called.
+    running, until ``resume`` is called. ``skip_frames`` leaves frames out
+    of the stream, as a camera that was late for them does, also when not
+    in real time.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class SoftwareCamera(Camera):
         self._encode_lock = threading.Lock()
         self._failure: str | None = None
         self._stalled = False
+        self._frames_to_skip = 0
         self._started_at = 0.0
         self._next_frame = 0
         self._interleaver = Interleaver(audio=settings.audio != "none")
@@ -123,7 +126,8 @@ class SoftwareCamera(Camera):
         if self._failure is not None:
             raise CameraError(
                 f"the {self.name} camera has failed: {self._failure};"
-                " it starts again after recover()"
+                " the failure was injected for a test or rehearsal and lasts"
+                " until it is cleared"
             )
         if self._encoders is not None:
             return
@@ -185,6 +189,16 @@ class SoftwareCamera(Camera):
             _log.info("%s camera stall ended", self.name)
         self._stalled = False
 
+    def skip_frames(self, count: int) -> None:
+        """Leave the next ``count`` frames out, counted as dropped.
+
+        The stream goes on from the frame after them, with a gap in its
+        timestamps and its sound covering the gap, as after a short stall.
+        """
+        if count < 0:
+            raise ValueError(f"cannot skip {count} frames: give 0 or more")
+        self._frames_to_skip += count
+
     @property
     def stalled(self) -> bool:
         """True between ``stall`` and ``resume``."""
@@ -206,7 +220,9 @@ class SoftwareCamera(Camera):
 
     async def _wait_for_frame(self) -> int:
         """Return the next frame number to capture, in real time if set."""
-        index = self._next_frame
+        index = self._next_frame + self._frames_to_skip
+        self.stats.dropped_frames += self._frames_to_skip
+        self._frames_to_skip = 0
         if self.realtime:
             due = self._started_at + index / self.settings.fps
             delay = due - time.monotonic()

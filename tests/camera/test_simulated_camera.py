@@ -151,8 +151,10 @@ async def test_fail_raises_until_recover():
             if seen == 3:
                 camera.fail("lens cap on")
     await camera.stop()
-    with pytest.raises(CameraError, match="lens cap on"):
+    with pytest.raises(CameraError, match="lens cap on") as refused:
         await camera.start()
+    assert "injected for a test or rehearsal" in str(refused.value)
+    assert "()" not in str(refused.value)
     camera.recover()
     packets, _info = await collect(camera, 2)
     assert video_of(packets)[0].pts == 0

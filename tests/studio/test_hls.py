@@ -113,7 +113,8 @@ def test_playlist_has_low_latency_tags(fed: HlsWriter):
     assert text == fed.playlist()
     tags, entries = parse_playlist(text)
     assert tags["#EXT-X-VERSION"] == "6"
-    assert tags["#EXT-X-TARGETDURATION"] == "2"
+    # The 2 s segments plus a second of headroom for late key frames.
+    assert tags["#EXT-X-TARGETDURATION"] == "3"
     assert tags["#EXT-X-SERVER-CONTROL"] == "CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5"
     assert tags["#EXT-X-PART-INF"] == "PART-TARGET=0.5"
     assert fed.segments_written == 6
@@ -359,6 +360,7 @@ def test_writer_removes_stale_segments(stream, tmp_path: Path):
         ({"part_s": 3.0}, "invalid HLS part length 3.0"),
         ({"part_s": -1}, "invalid HLS part length -1"),
         ({"window": 2}, "invalid HLS window 2"),
+        ({"keyframe_interval_s": 0}, "invalid key frame interval 0"),
     ],
 )
 def test_writer_rejects_invalid_settings(stream, tmp_path: Path, changes, message):
