@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from provisioning import SiteCredentials
 from provisioning.site_access import ReaderGrant, site_policy
 
 _LOGGER = logging.getLogger(__name__)
+
+# The open file limit the box requests at start-up, when the hard limit
+# allows it. Every stream viewer, broker client, clip and SQLite file takes a
+# file descriptor, and a service's usual soft limit of 1024 is soon reached.
+OPEN_FILE_LIMIT = 65536
 
 
 def credentials_for(config: SiteConfig) -> SiteCredentials:
@@ -46,8 +52,35 @@ async def serve_box(
     folder, BrokerUnavailableError when the broker cannot start, and
     HardwareError when the configured scanner cannot start.
     """
+    raise_open_file_limit()
     with _locked(config.data_dir):
         return await _serve(config, stop, announce, config_path, reload)
+
+
+def raise_open_file_limit(wanted: int = OPEN_FILE_LIMIT) -> int:
+    """Raise the soft open file limit toward ``wanted``; return the new soft limit.
+
+    The soft limit never goes above the hard limit, and a soft limit that
+    is already higher stays as it is. A refusal by the system is logged,
+    and the box runs with the limit it has.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as err:
+        _LOGGER.warning(
+            "Cannot raise the open file limit from %d to %d: %s; the box may run "
+            "out of file descriptors with many stream viewers",
+            soft,
+            target,
+            err,
+        )
+        return soft
+    _LOGGER.info("Raised the open file limit from %d to %d", soft, target)
+    return target
 
 
 @contextlib.contextmanager

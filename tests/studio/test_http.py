@@ -262,8 +262,9 @@ async def test_part_served_as_byte_range(server: StreamServer) -> None:
     headers = {**bearer(token), "Range": f"bytes={offset}-{offset + size - 1}"}
     async with server.session.get(f"{server.url}/{uri}", headers=headers) as response:
         assert response.status == 206
+        # The segment is still being written, so its full length is unknown.
         assert response.headers["Content-Range"] == (
-            f"bytes {offset}-{offset + size - 1}/{len(whole)}"
+            f"bytes {offset}-{offset + size - 1}/*"
         )
         data = await response.read()
     assert data == whole[offset : offset + size]
@@ -341,7 +342,7 @@ async def test_blocking_reload_listed_segment_at_once(server: StreamServer) -> N
         ({"_HLS_msn": "\u00b2"}, "is invalid"),
         ({"_HLS_msn": "1", "_HLS_part": "x"}, "_HLS_part='x' is invalid"),
         ({"_HLS_part": "1"}, "_HLS_part needs _HLS_msn"),
-        ({"_HLS_msn": "99"}, "more than 2 segments ahead"),
+        ({"_HLS_msn": "99"}, "_HLS_msn=99 is more than 2 segments beyond"),
     ],
 )
 async def test_blocking_reload_invalid_request(
@@ -559,3 +560,145 @@ async def test_port_in_use_rejected(store: Store) -> None:
 
     assert f"127.0.0.1:{busy_port}" in str(raised.value)
     assert http.bound_port is None
+
+
+def preload_hint(playlist: str) -> tuple[str, int]:
+    """Return the URI and BYTERANGE-START of a playlist's EXT-X-PRELOAD-HINT."""
+    match = re.search(
+        r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="([^"?]+)[^"]*",BYTERANGE-START=(\d+)',
+        playlist,
+    )
+    assert match is not None, playlist
+    return match[1], int(match[2])
+
+
+async def test_preload_hint_held_until_part_done(server: StreamServer) -> None:
+    token = server.token("stream:view")
+    writer = server.stream.writer
+    uri, start = preload_hint(writer.playlist())
+    request = asyncio.create_task(
+        server.session.get(
+            f"{server.url}/{uri}", headers={**bearer(token), "Range": f"bytes={start}-"}
+        )
+    )
+    # The hinted part is not finished, so the request is held.
+    done, _pending = await asyncio.wait({request}, timeout=0.5)
+    assert not done
+
+    server.stream.feed_until(server.stream.fed_until_s + PART_S * 2)
+    response = await asyncio.wait_for(request, 30)
+    async with response:
+        assert response.status == 206
+        content_range = response.headers["Content-Range"]
+        data = await response.read()
+
+    # Once the segment is finished, the bytes served are exactly one part.
+    server.stream.feed_until(server.stream.fed_until_s + SEGMENT_S * 2)
+    finished = writer.segment_bytes(uri)
+    assert finished is not None
+    assert uri in media_uris(writer.playlist())
+    assert data == finished[start : start + len(data)]
+    assert (uri, start, len(data)) in part_ranges(writer.playlist())
+    assert content_range.startswith(f"bytes {start}-{start + len(data) - 1}/")
+
+
+async def test_open_segment_held_until_finished(server: StreamServer) -> None:
+    token = server.token("stream:view")
+    writer = server.stream.writer
+    uri, _start = preload_hint(writer.playlist())
+    request = asyncio.create_task(
+        server.session.get(f"{server.url}/{uri}", headers=bearer(token))
+    )
+    done, _pending = await asyncio.wait({request}, timeout=0.5)
+    assert not done
+
+    server.stream.feed_until(server.stream.fed_until_s + SEGMENT_S * 2)
+    response = await asyncio.wait_for(request, 30)
+    async with response:
+        assert response.status == 200
+        data = await response.read()
+    assert uri in media_uris(writer.playlist())
+    assert data == writer.segment_bytes(uri)
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status"),
+    [
+        ("bytes=-0", 416),
+        ("bytes=20-10", 416),
+        ("bytes=abc", 416),
+        ("bytes=0-9,20-29", 200),
+        ("bytes=-100", 206),
+    ],
+)
+async def test_finished_segment_ranges(
+    server: StreamServer, range_header: str, status: int
+) -> None:
+    token = server.token("stream:view")
+    uri = media_uris(server.stream.writer.playlist())[0]
+    whole = server.stream.writer.segment_bytes(uri)
+    assert whole is not None
+    headers = {**bearer(token), "Range": range_header}
+    async with server.session.get(f"{server.url}/{uri}", headers=headers) as response:
+        assert response.status == status
+        data = await response.read()
+    if status == 416:
+        assert server.http.bad_requests == {"invalid-range": 1}
+    elif status == 200:
+        # Several ranges get the whole segment (RFC 9110, section 14.2).
+        assert data == whole
+    else:
+        assert data == whole[-100:]
+
+
+async def test_blocking_reload_part_too_far(server: StreamServer) -> None:
+    token = server.token("stream:view")
+    live = server.stream.writer.live_msn
+    for query in (
+        {"_HLS_msn": str(live), "_HLS_part": "999999"},
+        {"_HLS_msn": str(live + 1), "_HLS_part": "50"},
+    ):
+        async with server.session.get(
+            f"{server.url}/live.m3u8", params=query, headers=bearer(token)
+        ) as response:
+            assert response.status == 400
+            body = await response.json()
+        assert body["error"] == "invalid"
+        assert f"_HLS_part={query['_HLS_part']} is more than" in body["message"]
+    assert server.http.bad_requests == {"invalid": 2}
+
+
+async def test_blocking_reload_one_ahead_rule(server: StreamServer) -> None:
+    token = server.token("stream:view")
+    live = server.stream.writer.live_msn
+    # The segment after the live one is two beyond the last finished one.
+    async with server.session.get(
+        f"{server.url}/live.m3u8",
+        params={"_HLS_msn": str(live + 2)},
+        headers=bearer(token),
+    ) as response:
+        assert response.status == 400
+        body = await response.json()
+    assert f"_HLS_msn={live + 2} is more than 2 segments beyond" in body["message"]
+
+
+async def test_control_deeply_nested_json(
+    server: StreamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = server.token("stream:publish", subject="creator-1")
+    nested = "[" * 5000 + "]" * 5000
+    for _ in range(2):
+        async with server.session.post(
+            f"{server.url}/control/clip",
+            data=nested,
+            headers={**bearer(token), "Content-Type": "application/json"},
+        ) as response:
+            assert response.status == 400
+            body = await response.json()
+        assert body["error"] == "invalid"
+        assert "nests arrays or objects too deeply" in body["message"]
+    assert server.control_calls == []
+    assert server.http.bad_requests == {"invalid": 2}
+    logged = [r for r in caplog.records if "too deeply" in r.getMessage()]
+    assert len(logged) == 1
+    assert all(record.exc_info is None for record in caplog.records)
