@@ -29,6 +29,36 @@ class StudioError(NightboxError, RuntimeError):
         self.message = message
 
 
+# The fields each action takes. A request on the bus also carries its
+# ``idempotency_key``, which the request server reads.
+ACTION_FIELDS: dict[str, frozenset[str]] = {
+    "start": frozenset(),
+    "stop": frozenset(),
+    "clip": frozenset({"note"}),
+    "drop-open": frozenset({"drop"}),
+    "overlay": frozenset({"message", "hide"}),
+}
+REQUEST_KEY_FIELD = "idempotency_key"
+
+
+def check_fields(
+    data: dict[str, Any], action: str, *, also: frozenset[str] = frozenset()
+) -> None:
+    """Raise PayloadError naming a field of ``data`` that ``action`` does not take.
+
+    ``also`` lists fields the caller's channel adds, such as the bus's
+    idempotency key.
+    """
+    known = ACTION_FIELDS[action] | also
+    unknown = sorted(set(data) - known)
+    if unknown:
+        takes = ", ".join(sorted(ACTION_FIELDS[action])) or "no fields"
+        raise PayloadError(
+            f"field {unknown[0]!r:.40} is not known for {action}; "
+            f"{action} takes {takes}"
+        )
+
+
 def note_field(data: dict[str, Any]) -> str | None:
     """Return the optional ``note`` of a clip request."""
     return _text_field(data, "note", MAX_NOTE_CHARS)
@@ -38,12 +68,18 @@ def message_field(data: dict[str, Any]) -> str | None:
     """Return the overlay ``message`` to show, or None to hide it.
 
     ``{"message": "..."}`` shows a line; ``{"message": null}`` or
-    ``{"hide": true}`` hides it.
+    ``{"hide": true}`` hides it. A line to show together with
+    ``"hide": true`` is contradictory and rejected.
     """
     hide = data.get("hide", False)
     if not isinstance(hide, bool):
         raise PayloadError(f"field 'hide' must be true or false, not {hide!r:.20}")
     if hide:
+        if data.get("message") is not None:
+            raise PayloadError(
+                "fields 'message' and 'hide' = true contradict each other; "
+                "send the message to show it, or hide = true alone to hide it"
+            )
         return None
     if "message" not in data:
         raise PayloadError(

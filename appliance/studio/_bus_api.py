@@ -19,7 +19,9 @@ from appliance.errors import PayloadError
 from appliance.remote.commands import CommandError, CommandHandler
 from appliance.requests import Refusal, Request, RequestHandler
 from appliance.studio._actions import (
+    REQUEST_KEY_FIELD,
     StudioError,
+    check_fields,
     message_field,
     note_field,
     open_drop,
@@ -34,6 +36,7 @@ _LOGGER = logging.getLogger(__name__)
 
 PUBLISH_SCOPE = "stream:publish"
 _COMMAND_ARGUMENTS = {"note"}
+_BUS_FIELDS = frozenset({REQUEST_KEY_FIELD})
 
 
 def serve_studio(box: Box, studio: Studio) -> None:
@@ -54,14 +57,17 @@ def console_actions(studio: Studio | None) -> dict[str, RequestHandler]:
         }
 
     def start(transaction: Transaction, request: Request) -> dict[str, Any]:
+        check_fields(request.data, "start", also=_BUS_FIELDS)
         studio.schedule(studio.start_stream, "stream-start")
         return {"running": True, "state": "starting"}
 
     def stop(transaction: Transaction, request: Request) -> dict[str, Any]:
+        check_fields(request.data, "stop", also=_BUS_FIELDS)
         studio.schedule(studio.stop_stream, "stream-stop")
         return {"running": False, "state": "stopping"}
 
     def clip(transaction: Transaction, request: Request) -> dict[str, Any]:
+        check_fields(request.data, "clip", also=_BUS_FIELDS)
         return _begin_clip(studio, "console", note_field(request.data))
 
     return {"stream-start": start, "stream-stop": stop, "stream-clip": clip}
@@ -89,6 +95,7 @@ def _begin_clip(studio: Studio, trigger: str, note: str | None) -> dict[str, Any
 
 def _clip_request(studio: Studio) -> RequestHandler:
     def handle(transaction: Transaction, request: Request) -> dict[str, Any]:
+        check_fields(request.data, "clip", also=_BUS_FIELDS)
         return _begin_clip(studio, "request", note_field(request.data))
 
     return handle
@@ -96,6 +103,7 @@ def _clip_request(studio: Studio) -> RequestHandler:
 
 def _drop_open_request(box: Box) -> RequestHandler:
     def handle(transaction: Transaction, request: Request) -> dict[str, Any]:
+        check_fields(request.data, "drop-open", also=_BUS_FIELDS)
         try:
             return open_drop(box, transaction, request.data, by=request.requester)
         except StudioError as err:
@@ -106,14 +114,10 @@ def _drop_open_request(box: Box) -> RequestHandler:
 
 def _overlay_request(studio: Studio) -> RequestHandler:
     def handle(transaction: Transaction, request: Request) -> dict[str, Any]:
-        message = message_field(request.data)
-        studio.show_message(message)
-        _LOGGER.info(
-            "Overlay message %s by %s",
-            "set" if message else "hidden",
-            request.requester,
-        )
-        return {"message": message}
+        check_fields(request.data, "overlay", also=_BUS_FIELDS)
+        reply = studio.show_message(message_field(request.data))
+        _LOGGER.info("Overlay message %s by %s", reply["display"], request.requester)
+        return reply
 
     return handle
 

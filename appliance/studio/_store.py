@@ -3,8 +3,15 @@
 A clip's row and its ``clip_written`` event commit in one transaction once
 the clip file is complete, so every row names a whole file. The sync
 service reads :meth:`ClipStore.pending_uploads` and marks each clip
-uploaded once the fleet acknowledged all of it. Only the newest
-``keep`` files stay on disk.
+uploaded once the fleet acknowledged all of it.
+
+Retention keeps the newest ``keep`` set-end clips and the newest ``keep``
+other clips on disk. It removes an older clip only once it is uploaded, so
+a clip the fleet does not have is never deleted for a newer one. Set-end
+clips are counted apart, so clips cut on request never push them out.
+Clips that wait for their upload may exceed ``keep`` up to
+:attr:`ClipStore.limit`. At that many, the studio rejects new clips other
+than set-end clips.
 """
 
 from __future__ import annotations
@@ -22,6 +29,13 @@ from appliance.store import Store, Transaction
 _LOGGER = logging.getLogger(__name__)
 
 _COLUMNS = "id, path, size, sha256, created_at, trigger, set_id, duration_s, note"
+SET_END = "set-end"
+# The trigger of a whole clip file found without its row at start-up: the
+# box stopped after the file was finished and before its row committed.
+RECOVERED = "recovered"
+# Clips other than set-end clips allowed on disk, as a multiple of ``keep``,
+# while the oldest of them wait for their upload.
+LIMIT_PER_KEEP = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +43,8 @@ class ClipRecord:
     """A written clip file: its checksum, its length and why it was cut.
 
     ``created_at`` is box time (Unix seconds); ``trigger`` is ``button``,
-    ``command``, ``console``, ``set-end`` or ``request``; ``set_id`` is the
-    set that was playing, if any.
+    ``command``, ``console``, ``set-end``, ``request`` or ``recovered``;
+    ``set_id`` is the set that was playing, if any.
     """
 
     id: str
@@ -73,14 +87,16 @@ class ClipStore:
 
     ``wake`` is set on the event loop whenever a clip is queued for upload;
     the uploader clears it before it reads :meth:`pending_uploads` again.
+    ``limit`` is the most clips other than set-end clips that may wait for
+    their upload on disk.
     """
 
     def __init__(self, store: Store, clock: Clock, keep: int) -> None:
         self._store = store
         self._clock = clock
         self._keep = keep
+        self.limit = keep * LIMIT_PER_KEEP
         self.wake = asyncio.Event()
-        self.removed_before_upload = 0
 
     def record(self, transaction: Transaction, clip: ClipRecord) -> None:
         """Insert ``clip`` and its ``clip_written`` event in ``transaction``."""
@@ -157,32 +173,48 @@ class ClipStore:
         written, pending, kept = row if row is not None else (0, 0, 0)
         return {"written": written, "pending_upload": pending, "on_disk": kept}
 
-    def prune(self) -> list[Path]:
-        """Mark every clip beyond the newest ``keep`` removed; return their files.
+    def on_disk(self, *, set_end: bool, waiting: bool = False) -> int:
+        """Return how many set-end clips (or other clips) have their file kept.
 
-        The caller deletes the files after this commit. A clip removed
-        before its upload is logged, because the fleet never receives it.
+        With ``waiting``, count only those whose upload is still to come.
         """
-        rows = self._store.query(
-            "SELECT id, path, uploaded_at FROM clips WHERE removed_at IS NULL"
-            " ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?",
-            (self._keep,),
+        row = self._store.query_one(
+            "SELECT COUNT(*) FROM clips WHERE removed_at IS NULL"
+            " AND (trigger = ?) = ? AND (uploaded_at IS NULL OR NOT ?)",
+            (SET_END, set_end, waiting),
         )
-        if not rows:
-            return []
+        return 0 if row is None else int(row[0])
+
+    def files(self) -> dict[str, bool]:
+        """Return every clip id with True when its file is kept, False if removed."""
+        rows = self._store.query("SELECT id, removed_at IS NULL FROM clips")
+        return {clip_id: bool(kept) for clip_id, kept in rows}
+
+    def mark_removed(self, clip_ids: list[str]) -> None:
+        """Record that the files of ``clip_ids`` are gone from disk."""
         now = self._clock.now()
         with self._store.transaction() as transaction:
             transaction.execute_many(
-                "UPDATE clips SET removed_at = ? WHERE id = ?",
-                [(now, clip_id) for clip_id, _path, _uploaded in rows],
+                "UPDATE clips SET removed_at = ? WHERE id = ? AND removed_at IS NULL",
+                [(now, clip_id) for clip_id in clip_ids],
             )
-        for clip_id, _path, uploaded_at in rows:
-            if uploaded_at is None:
-                self.removed_before_upload += 1
-                _LOGGER.warning(
-                    "Clip %s removed before its upload to keep the newest %d "
-                    "clips; raise studio.clips_keep or connect [sync]",
-                    clip_id,
-                    self._keep,
-                )
+
+    def prune(self) -> list[Path]:
+        """Mark uploaded clips beyond the newest ``keep`` removed; return their files.
+
+        Set-end clips and other clips are counted apart, so clips cut on
+        request never push a set's clip out. A clip still waiting for its
+        upload is kept. The caller deletes the files after this commit.
+        """
+        rows = self._store.query(
+            "SELECT id, path, uploaded_at FROM ("
+            " SELECT id, path, uploaded_at, ROW_NUMBER() OVER ("
+            "  PARTITION BY trigger = ? ORDER BY created_at DESC, rowid DESC"
+            " ) AS newest FROM clips WHERE removed_at IS NULL"
+            ") WHERE newest > ? AND uploaded_at IS NOT NULL",
+            (SET_END, self._keep),
+        )
+        if not rows:
+            return []
+        self.mark_removed([clip_id for clip_id, _path, _uploaded in rows])
         return [Path(path) for _id, path, _uploaded in rows]

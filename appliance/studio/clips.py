@@ -2,7 +2,7 @@
 
 ``write_clip`` runs in a worker thread (it blocks on the file system) and
 writes the file under a temporary name first, so a clip either exists
-whole or not at all.
+whole or not at all. ``inspect_clip`` reads back a clip file found on disk.
 """
 
 from __future__ import annotations
@@ -87,6 +87,37 @@ def write_clip(
         size=size,
         sha256=digest,
         started_at_s=first_video.seconds,
+    )
+
+
+def inspect_clip(path: Path) -> ClipFile:
+    """Check that ``path`` is a whole clip and return its figures.
+
+    Reads the file's packets with PyAV without decoding them, so it is
+    quick, and checks that every video frame its index lists is there.
+    Raises ClipError when the file is empty, cannot be read, contains no
+    video or ends early.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise ClipError(f"the clip {path} is empty")
+        with av.open(str(path)) as container:
+            video = next(iter(container.streams.video), None)
+            if video is None or video.duration is None or video.time_base is None:
+                raise ClipError(f"the clip {path} is invalid: it contains no video")
+            listed = video.frames
+            duration = float(video.duration * video.time_base)
+            present = sum(1 for packet in container.demux(video) if packet.size)
+        if present < listed:
+            raise ClipError(
+                f"the clip {path} is truncated: it contains {present} of its "
+                f"{listed} video frames"
+            )
+        digest, size = _sha256(path)
+    except (av.FFmpegError, OSError) as err:
+        raise ClipError(f"the clip {path} cannot be read: {err}") from err
+    return ClipFile(
+        path=path, duration_s=duration, size=size, sha256=digest, started_at_s=0.0
     )
 
 

@@ -117,6 +117,13 @@ class PacketRing:
         return float(self._video_end - self._gops[0].start)
 
     @property
+    def end_s(self) -> float | None:
+        """The end of the newest video packet held, in seconds; None when empty."""
+        if not self._gops or self._video_end is None:
+            return None
+        return float(self._video_end)
+
+    @property
     def bytes(self) -> int:
         """The encoded bytes held."""
         return self._bytes

@@ -6,6 +6,17 @@ slate and the clip buffer). Clips are written in a worker thread, recorded
 with their checksum and queued for upload through sync. The stream state
 is published, retained, on ``box/<box>/tele/stream`` every second, and a
 clip is written when a set ends.
+
+A clip needs at least one key frame interval of camera video in the
+buffer (``no-video`` before that, also after each switch back from the
+slate). Each trigger cuts at most one clip per key frame interval of
+buffer movement. A repeat is rejected as ``too-soon``, and the rejection
+names the clip just cut, which contains the same video. Clips other than
+set-end clips are rejected as ``clips-full`` while twice ``clips_keep`` of
+them wait for their upload. A set-end clip is rejected only when the
+stream is stopped, the camera is down or the buffer contains too little
+video. At start-up the clips folder is checked against the clips table,
+because an abrupt stop of the box can leave files behind.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import re
 import sqlite3
 import uuid
 import zoneinfo
@@ -27,13 +39,30 @@ import aiomqtt
 
 from appliance._tasks import cancel_and_wait
 from appliance.commerce.config import SetSlot
-from appliance.studio._actions import StudioError, message_field, note_field, open_drop
-from appliance.studio._store import ClipRecord, ClipStore
+from appliance.remote._sync_inbound import LimitedLog
+from appliance.studio._actions import (
+    StudioError,
+    check_fields,
+    message_field,
+    note_field,
+    open_drop,
+)
+from appliance.studio._store import (
+    LIMIT_PER_KEEP,
+    RECOVERED,
+    SET_END,
+    ClipRecord,
+    ClipStore,
+)
 from appliance.studio._stream import StudioStream
-from appliance.studio.clips import ClipError, write_clip
+from appliance.studio.clips import ClipError, ClipFile, inspect_clip, write_clip
 from appliance.studio.config import StudioConfig
 from appliance.studio.http import StudioHttp
-from appliance.studio.overlays import OverlayCompositor, read_overlay_state
+from appliance.studio.overlays import (
+    OverlayCompositor,
+    fit_message,
+    read_overlay_state,
+)
 from hardware.camera import (
     Camera,
     CameraSettings,
@@ -55,6 +84,19 @@ MAX_CLIPS_IN_FLIGHT = 3
 # The requester that a drop's event names when a creator station opens the
 # drop over HTTP.
 HTTP_REQUESTER = "studio-http"
+# Clip rejections of one reason are logged at most once in this many seconds,
+# so a stuck button or a request loop cannot flood the log. Each one is counted.
+REJECTION_LOG_INTERVAL_S = 5.0
+# The file name of a clip: its id, 32 hex digits, and ``.mp4``.
+CLIP_FILE = re.compile(r"[0-9a-f]{32}\.mp4")
+
+
+@dataclass(frozen=True, slots=True)
+class LastClip:
+    """The clip a trigger cut last and the buffer's end when it was cut."""
+
+    id: str
+    end_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +137,10 @@ class Studio:
         self.counts: Counter[str] = Counter()
         self.last_error: str | None = None
         self._state_task: asyncio.Task[None] | None = None
-        self._clip_tasks: set[asyncio.Task[ClipRecord]] = set()
+        # The clips being written and their triggers.
+        self._clip_tasks: dict[asyncio.Task[ClipRecord], str] = {}
+        self._last_clips: dict[str, LastClip] = {}
+        self._rejection_log = LimitedLog(_LOGGER, REJECTION_LOG_INTERVAL_S)
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._set: SetSlot | None = None
         self._timezone = zoneinfo.ZoneInfo(box.config.commerce.timezone)
@@ -106,6 +151,7 @@ class Studio:
         """Start the stream and the state publisher."""
         self.stream.hls_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.clips_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await self._check_clips_folder()
         self._set = self._box.config.commerce.set_at(self._box.clock.now())
         self._refresh_overlays()
         await self.start_stream()
@@ -214,19 +260,23 @@ class Studio:
     ) -> ClipJob:
         """Snapshot the clip buffer and start writing the clip in the background.
 
-        Raises StudioError (counted and logged) when the stream is stopped,
-        the camera is down, the buffer has no video yet, or too many clips
-        are being written.
+        Raises StudioError (counted, and logged at most once per reason every
+        few seconds) when the stream is stopped, the camera is down, the
+        buffer contains less than a key frame interval of video, the same
+        trigger cut a clip of this buffer moments ago, too many clips are
+        being written, or the most clips allowed wait for their upload.
         """
         if trigger not in TRIGGERS:
             raise ValueError(
                 f"clip trigger {trigger!r} is invalid; use one of {', '.join(TRIGGERS)}"
             )
         try:
-            packets, info = self._snapshot()
+            packets, info, end_s = self._snapshot(trigger)
         except StudioError as err:
             self.counts[f"clip-{err.code}"] += 1
-            _LOGGER.warning("Clip (%s) rejected: %s", trigger, err.message)
+            self._rejection_log.warning(
+                err.code, "Clip (%s) rejected: %s", trigger, err.message
+            )
             raise
         now = self._box.clock.now()
         if set_id is None:
@@ -237,8 +287,9 @@ class Studio:
             self._write(clip_id, packets, info, now, trigger, set_id, note),
             name=f"clip-{clip_id[:8]}",
         )
-        self._clip_tasks.add(task)
+        self._clip_tasks[task] = trigger
         task.add_done_callback(self._clip_done)
+        self._last_clips[trigger] = LastClip(clip_id, end_s)
         return ClipJob(clip_id, trigger, task)
 
     async def wait_for_clips(self) -> None:
@@ -252,7 +303,8 @@ class Studio:
         """Write a clip of the buffer and return its record once it is stored."""
         return await self.begin_clip(trigger, note, set_id=set_id).task
 
-    def _snapshot(self) -> tuple[list[EncodedPacket], StreamInfo]:
+    def _snapshot(self, trigger: str) -> tuple[list[EncodedPacket], StreamInfo, float]:
+        """Return the buffer's packets, their stream and the buffer's end."""
         if not self.running:
             raise StudioError(
                 "stream-stopped",
@@ -267,20 +319,58 @@ class Studio:
                 "only the slate, so try again once the camera is back "
                 f"({stream.last_error})",
             )
-        if len(self._clip_tasks) >= MAX_CLIPS_IN_FLIGHT:
-            raise StudioError(
-                "busy",
-                f"{len(self._clip_tasks)} clips are being written; try again in "
-                "a few seconds",
-            )
-        packets = stream.ring.snapshot(None)
-        if not packets or stream.ring_info is None:
+        ring = stream.ring
+        least_s = self.config.keyframe_interval_s
+        packets = ring.snapshot(None)
+        if (
+            not packets
+            or stream.ring_info is None
+            or ring.end_s is None
+            or ring.duration_s < least_s
+        ):
             raise StudioError(
                 "no-video",
-                "the camera has sent no key frame yet, so there is nothing to clip; "
-                f"try again in {self.config.keyframe_interval_s:g} s",
+                f"the buffer contains {ring.duration_s:.2f} s of camera video, less "
+                f"than one key frame interval ({least_s:g} s), because the camera "
+                f"has just started or come back; try again in {least_s:g} s",
             )
-        return packets, stream.ring_info
+        if trigger != SET_END:
+            self._check_too_soon(trigger, ring.end_s)
+            self._check_room()
+        return packets, stream.ring_info, ring.end_s
+
+    def _check_too_soon(self, trigger: str, end_s: float) -> None:
+        last = self._last_clips.get(trigger)
+        if last is None:
+            return
+        moved_s = end_s - last.end_s
+        interval_s = self.config.keyframe_interval_s
+        # A buffer that went back belongs to a new timeline, so it has moved on.
+        if 0 <= moved_s < interval_s:
+            raise StudioError(
+                "too-soon",
+                f"clip {last.id} was cut by {trigger} {moved_s:.2f} s of video ago "
+                "and contains the same video; use that clip, or try again in "
+                f"{interval_s - moved_s:.2f} s",
+            )
+
+    def _check_room(self) -> None:
+        writing = [t for t in self._clip_tasks.values() if t != SET_END]
+        if len(writing) >= MAX_CLIPS_IN_FLIGHT:
+            raise StudioError(
+                "busy",
+                f"{len(writing)} clips are being written; try again in a few seconds",
+            )
+        waiting = self.clips.on_disk(set_end=False, waiting=True) + len(writing)
+        limit = self.clips.limit
+        if waiting >= limit:
+            raise StudioError(
+                "clips-full",
+                f"{waiting} clips wait for their upload on the box, the most it "
+                f"keeps ({LIMIT_PER_KEEP} x studio.clips_keep = {limit}), and a "
+                "clip is removed only once it is uploaded; connect the box's "
+                "[sync] link so the clips upload, or raise studio.clips_keep",
+            )
 
     async def _write(
         self,
@@ -299,6 +389,10 @@ class Studio:
             self.counts["clip-write-failed"] += 1
             self.last_error = str(err)
             _LOGGER.error("Clip %s (%s) failed: %s", clip_id, trigger, err)
+            last = self._last_clips.get(trigger)
+            if last is not None and last.id == clip_id:
+                # No clip contains this video, so the trigger may cut it again.
+                del self._last_clips[trigger]
             raise StudioError("clip-failed", str(err)) from err
         record = ClipRecord(
             id=clip_id,
@@ -326,7 +420,7 @@ class Studio:
         return record
 
     def _clip_done(self, task: asyncio.Task[ClipRecord]) -> None:
-        self._clip_tasks.discard(task)
+        self._clip_tasks.pop(task, None)
         if not task.cancelled():
             # Retrieved here so a clip nobody awaits logs no "never retrieved".
             task.exception()
@@ -338,6 +432,102 @@ class Studio:
                 path.unlink(missing_ok=True)
             except OSError as err:
                 _LOGGER.warning("Could not remove old clip %s: %s", path, err)
+
+    async def _check_clips_folder(self) -> None:
+        """Match the clips folder to the clips table after an abrupt stop.
+
+        A clip file is renamed into place only once it is whole, and its row
+        commits after that, so a box killed in between leaves a whole file
+        without a row: it is checked and recorded, so it is uploaded.
+        Half-written ``.partial`` files are deleted, as are files recorded
+        as removed and files that do not read as a clip. A row whose file
+        is gone is marked removed. Each is logged and counted.
+        """
+        folder = self.clips_folder
+        for partial in sorted(folder.glob(".*.partial")):
+            self._discard(partial, "folder-partial", "half written")
+        files = self.clips.files()
+        found: set[str] = set()
+        for path in sorted(folder.glob("*.mp4")):
+            clip_id = path.stem
+            found.add(clip_id)
+            stored = files.get(clip_id)
+            if stored is False:
+                self._discard(path, "folder-removed", "recorded as removed")
+            elif stored is None and not CLIP_FILE.fullmatch(path.name):
+                self.counts["folder-foreign"] += 1
+                _LOGGER.warning(
+                    "Clip folder: %s is not named as a clip; left as it is", path
+                )
+            elif stored is None:
+                await self._recover(path)
+        missing = sorted(
+            i for i, on_disk in files.items() if on_disk and i not in found
+        )
+        if missing:
+            self.clips.mark_removed(missing)
+            self.counts["folder-missing"] += len(missing)
+            for clip_id in missing:
+                _LOGGER.warning(
+                    "Clip %s is in the store but its file is gone from %s; "
+                    "recorded as removed",
+                    clip_id,
+                    folder,
+                )
+        checked = self._folder_counts()
+        if checked:
+            _LOGGER.info(
+                "Clip folder checked after an abrupt stop: %s",
+                ", ".join(f"{count} {what}" for what, count in checked.items()),
+            )
+
+    def _folder_counts(self) -> dict[str, int]:
+        """Return what the start-up check of the clips folder found, by kind."""
+        return {
+            key.removeprefix("folder-"): count
+            for key, count in self.counts.items()
+            if key.startswith("folder-")
+        }
+
+    async def _recover(self, path: Path) -> None:
+        try:
+            found, created_at = await asyncio.to_thread(_clip_and_time, path)
+        except (ClipError, OSError) as err:
+            self._discard(path, "folder-unreadable", f"unreadable: {err}")
+            return
+        playing = self._box.config.commerce.set_at(created_at)
+        record = ClipRecord(
+            id=path.stem,
+            path=path,
+            size=found.size,
+            sha256=found.sha256,
+            created_at=created_at,
+            trigger=RECOVERED,
+            set_id=None if playing is None else playing.id,
+            duration_s=found.duration_s,
+        )
+        with self._box.store.transaction() as transaction:
+            self.clips.record(transaction, record)
+        self.clips.queued()
+        self.counts["folder-recovered"] += 1
+        _LOGGER.warning(
+            "Clip %s was whole on disk without its row (the box stopped while "
+            "storing it); recorded (%.1f s, %d bytes) and queued for upload",
+            record.id,
+            record.duration_s,
+            record.size,
+        )
+
+    def _discard(self, path: Path, count: str, reason: str) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            _LOGGER.warning(
+                "Clip folder: could not remove %s (%s): %s", path, reason, err
+            )
+            return
+        self.counts[count] += 1
+        _LOGGER.warning("Clip folder: removed %s, %s", path.name, reason)
 
     # The HTTP server's control actions, for creator stations on the venue network.
 
@@ -353,24 +543,28 @@ class Studio:
         }
 
     async def _control_start(self, data: dict[str, Any]) -> dict[str, Any]:
+        check_fields(data, "start")
         await self.start_stream()
         return {"running": self.running}
 
     async def _control_stop(self, data: dict[str, Any]) -> dict[str, Any]:
+        check_fields(data, "stop")
         await self.stop_stream()
         return {"running": self.running}
 
     async def _control_clip(self, data: dict[str, Any]) -> dict[str, Any]:
+        check_fields(data, "clip")
         record = await self.clip("request", note_field(data))
         return public_clip(record)
 
     async def _control_drop_open(self, data: dict[str, Any]) -> dict[str, Any]:
+        check_fields(data, "drop-open")
         with self._box.store.transaction() as transaction:
             return open_drop(self._box, transaction, data, by=HTTP_REQUESTER)
 
     async def _control_overlay(self, data: dict[str, Any]) -> dict[str, Any]:
-        self.show_message(message_field(data))
-        return {"message": self.message}
+        check_fields(data, "overlay")
+        return self.show_message(message_field(data))
 
     # State and overlays.
 
@@ -408,12 +602,22 @@ class Studio:
             "message": self.message,
             "last_error": self.last_error or stream.last_error,
             "refused": {k: v for k, v in self.counts.items() if k.startswith("clip-")},
+            "clips_folder": self._folder_counts(),
         }
 
-    def show_message(self, message: str | None) -> None:
-        """Show ``message`` on the stream, or hide the message for None."""
+    def show_message(self, message: str | None) -> dict[str, Any]:
+        """Show ``message`` on the stream, or hide the message for None.
+
+        Returns the reply to the creator station: the message, whether the
+        frame shows it whole (``shown``), cut (``shortened``) or not at all
+        (``hidden``), and the lines drawn.
+        """
         self.message = message
         self._refresh_overlays()
+        if message is None:
+            return {"message": None, "display": "hidden", "lines": []}
+        fit = fit_message(message, self.config.width, self.config.height)
+        return {"message": message, "display": fit.display, "lines": list(fit.lines)}
 
     def _refresh_overlays(self) -> None:
         try:
@@ -458,6 +662,11 @@ class Studio:
                 await bus.publish_json(topic, {"data": self.state()}, retain=True)
             except (aiomqtt.MqttError, TimeoutError) as err:
                 _LOGGER.warning("Could not publish the stream state: %s", err)
+
+
+def _clip_and_time(path: Path) -> tuple[ClipFile, float]:
+    """Return the clip file at ``path`` and when it was last written."""
+    return inspect_clip(path), path.stat().st_mtime
 
 
 def public_clip(record: ClipRecord) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 
 from appliance.errors import NightboxError
 from appliance.studio import ClipError, PacketRing, write_clip
+from appliance.studio.clips import inspect_clip
 from hardware.camera import EncodedPacket, StreamInfo
 from tests.studio.ffprobe import Probe, decode_errors, probe
 from tests.studio.packets import stream_packets
@@ -137,3 +138,30 @@ def test_clip_replaces_existing_file_whole(stream, tmp_path: Path):
     assert clip.size == target.stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
     assert decode_errors(target) == ""
+
+
+def test_inspect_reads_back_written_clip(stream, tmp_path: Path):
+    info, packets = stream
+    written = write_clip(packets[:60], info, tmp_path / "clip.mp4")
+    inspected = inspect_clip(written.path)
+    assert inspected.size == written.size
+    assert inspected.sha256 == written.sha256
+    assert inspected.duration_s == pytest.approx(written.duration_s, abs=FRAME_S)
+
+
+@pytest.mark.parametrize("kept", [0.0, 0.5, 0.9])
+def test_inspect_rejects_cut_short_file(stream, tmp_path: Path, kept: float):
+    info, packets = stream
+    written = write_clip(packets[:60], info, tmp_path / "clip.mp4")
+    data = written.path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(ClipError, match=r"cut\.mp4"):
+        inspect_clip(cut)
+
+
+def test_inspect_rejects_file_without_video(tmp_path: Path):
+    text = tmp_path / "notes.mp4"
+    text.write_bytes(b"not a clip at all\n" * 100)
+    with pytest.raises(ClipError, match=r"notes\.mp4"):
+        inspect_clip(text)

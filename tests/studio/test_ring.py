@@ -153,3 +153,13 @@ def test_ring_time_uses_packet_time_base(stream):
         Fraction(p.duration) * p.time_base for p in held if p.kind == "video"
     )
     assert ring.duration_s == pytest.approx(float(expected))
+
+
+def test_end_follows_newest_video(stream):
+    _, packets = stream
+    ring = PacketRing(3.0)
+    assert ring.end_s is None
+    for packet in packets[:40]:
+        ring.append(packet)
+    newest = max(p.end_seconds for p in packets[:40] if p.kind == "video")
+    assert ring.end_s == pytest.approx(newest)

@@ -163,21 +163,6 @@ async def test_uploaded_clip_leaves_queue(studio_box: StudioBox) -> None:
     assert sb.studio.clips.mark_uploaded("no-such-clip") is False
 
 
-async def test_old_clips_removed(studio_box: StudioBox) -> None:
-    sb = studio_box
-    await camera_streaming(sb)
-    keep = sb.config.studio.clips_keep if sb.config.studio else 0
-    records = [await sb.studio.clip("command") for _ in range(keep + 1)]
-    counts = sb.studio.clips.counts()
-
-    assert counts["on_disk"] == keep
-    assert not records[0].path.exists()
-    assert all(record.path.exists() for record in records[1:])
-    pending = {clip.id for clip in sb.studio.clips.pending_uploads()}
-    assert records[0].id not in pending
-    assert sb.studio.clips.removed_before_upload >= 1
-
-
 async def test_clip_request_needs_publish_scope(studio_box: StudioBox) -> None:
     sb = studio_box
     without = await refused(sb, "studio", "clip", {}, None)
@@ -203,12 +188,29 @@ async def test_overlay_request(studio_box: StudioBox) -> None:
     token = sb.token(STATION, PUBLISH)
     control = await refused(sb, "studio", "overlay", {"message": "a\x1bb"}, token)
 
-    assert shown == {"message": "Last call at the bar"}
+    assert shown == {
+        "message": "Last call at the bar",
+        "display": "shown",
+        "lines": ["Last call at the bar"],
+    }
     assert message_while_shown == "Last call at the bar"
-    assert hidden == {"message": None}
+    assert hidden == {"message": None, "display": "hidden", "lines": []}
     assert sb.studio.message is None
     assert control.code == "invalid-request"
     assert "U+001B" in control.message
+
+
+async def test_overlay_reply_says_when_the_frame_cuts_the_message(
+    studio_box: StudioBox,
+) -> None:
+    message = "W" * 120
+    reply = await station_call(studio_box, "overlay", {"message": message})
+
+    assert reply["message"] == message
+    assert reply["display"] == "shortened"
+    assert 1 <= len(reply["lines"]) <= 2
+    assert reply["lines"][-1].endswith("\u2026")
+    assert len("".join(reply["lines"])) < len(message)
 
 
 async def test_drop_open_request(studio_box: StudioBox) -> None:
