@@ -327,6 +327,10 @@ def _summary(results: dict[str, object]) -> str:
         f"{results['economy_refused_by_reason']}; ledger balanced: "
         f"{results['ledger_ok']}.",
     ]
+    from appliance.sim.demo import stream_summary
+
+    stream = results.get("stream")
+    lines.append(stream_summary(stream if isinstance(stream, dict) else None))
     return "\n".join(lines)
 
 

@@ -410,6 +410,21 @@ async def _finish_stream(studio: Studio) -> dict[str, Any]:
     }
 
 
+def stream_summary(stream: dict[str, Any] | None) -> str:
+    """Return the studio's line of the demo's plain-text summary.
+
+    ``stream`` is the ``stream`` entry of the demo's results, None when the
+    night ran without a studio.
+    """
+    if stream is None:
+        return "Studio: not run."
+    set_end = "written" if stream["set_end_clip"] else "not written"
+    return (
+        f"Studio: HLS segments written {stream['segments_written']}, "
+        f"clips {stream['clips']}; set-end clip {set_end}."
+    )
+
+
 def _scheduled_actions(plan: NightPlan) -> list[tuple[float, str, Guest]]:
     actions: list[tuple[float, str, Guest]] = []
     for guest in plan.guests:

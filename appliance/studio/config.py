@@ -7,8 +7,10 @@ instead of surfacing as an encoder error in the middle of a night.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -60,6 +62,8 @@ X264_PRESETS = (
     "veryslow",
 )
 PUSH_SCHEMES = ("rtmp", "rtmps", "srt", "tcp", "udp")
+# Ports suggested in messages: the usual RTMP and RTMPS ports, any for the rest.
+_EXAMPLE_PORTS = {"rtmp": 1935, "rtmps": 443}
 # The Raspberry Pi's H.264 encoder and its camera modes stop at 1080p.
 MAX_WIDTH = 1920
 MAX_HEIGHT = 1080
@@ -67,6 +71,11 @@ MAX_HEIGHT = 1080
 MAX_BCM_PIN = 27
 _ALSA_DEVICE = re.compile(r"^[A-Za-z0-9_:,.=-]{1,64}\Z")
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+# Binding fails with these when http_host is not an address of this machine
+# or a name that does not resolve (the EAI_* codes of getaddrinfo).
+_HOST_ERRNOS = frozenset(
+    {errno.EADDRNOTAVAIL, socket.EAI_NONAME, socket.EAI_AGAIN, socket.EAI_FAIL}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,9 +254,8 @@ def _push_url(section: dict[str, Any]) -> str | None:
     # The URL may carry a stream key, so messages show its scheme and host only.
     try:
         parts = urlsplit(value)
-        port = parts.port
     except ValueError:
-        parts, port = None, None
+        parts = None
     if parts is None or parts.scheme not in PUSH_SCHEMES or not parts.hostname:
         scheme = value.split("://", 1)[0] if "://" in value else "no scheme"
         raise ConfigError(
@@ -255,12 +263,43 @@ def _push_url(section: dict[str, Any]) -> str | None:
             f"{', '.join(f'{s}://' for s in PUSH_SCHEMES)} followed by a host, "
             "such as rtmp://live.example.com/app/<stream key>"
         )
+    target = f"{parts.scheme}://{parts.hostname}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        port_text = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ConfigError(
+            f"studio.push_url ({target}) has the invalid port {port_text!r:.20}; "
+            "use a number from 1 to 65535, such as "
+            f"{target}:{_EXAMPLE_PORTS.get(parts.scheme, 9000)}"
+        )
     if parts.scheme in ("srt", "tcp", "udp") and port is None:
         raise ConfigError(
-            f"studio.push_url ({parts.scheme}://{parts.hostname}) has no port; "
+            f"studio.push_url ({target}) has no port; "
             f"{parts.scheme} needs one, such as {parts.scheme}://host:9000"
         )
     return value
+
+
+def listen_failure_advice(error_number: int | None) -> str:
+    """Return what to change in ``[studio]`` when the stream's address cannot be bound.
+
+    ``error_number`` is the ``errno`` of the OSError raised by the bind or
+    by the name lookup before it.
+    """
+    if error_number in _HOST_ERRNOS:
+        return (
+            "set [studio] http_host to 0.0.0.0 (every network of the box), "
+            "127.0.0.1 (this machine only) or one of the box's own addresses"
+        )
+    if error_number == errno.EACCES:
+        return (
+            "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability, "
+            "so set [studio] http_port to 1024 or above, or 0 to pick a free port"
+        )
+    return "set [studio] http_port to a free port, or 0 to pick one"
 
 
 def _button_pin(section: dict[str, Any]) -> int | None:

@@ -3,14 +3,18 @@
 The event loop reads the night's state once a second (:func:`read_overlay_state`)
 and hands it to :meth:`OverlayCompositor.update`, which renders each text
 line and the QR code into a small luma bitmap, cached until its content
-changes. The camera calls the compositor on every raw I420 frame from its
-own thread. That call only copies the prepared bitmaps into numpy slices of
-the luma plane and sets the chroma under them to neutral grey, so a frame
-costs a few slice copies, whatever the text.
+changes. Text wider than the frame is wrapped, set in a smaller font or cut
+with an ellipsis (:func:`fit_message`), so part of it always shows. The
+camera calls the compositor on every raw I420 frame from its own thread.
+That call only copies the prepared bitmaps into numpy slices of the luma
+plane and sets the chroma under them to neutral grey, so a frame costs a
+few slice copies, whatever the text.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from appliance.currency import minor_unit_digits
 if TYPE_CHECKING:
     from appliance.runtime import Box
 
+_LOGGER = logging.getLogger(__name__)
 
 # Studio-range luma (ITU-R BT.601): 16 is black and 235 white.
 LUMA_BLACK = 16
@@ -36,7 +41,11 @@ CHROMA_NEUTRAL = 128
 QR_QUIET_ZONE_MODULES = 4
 # Rendered bitmaps kept for reuse; a countdown renders one new line a second.
 _MAX_CACHED_BITMAPS = 64
-_MAX_MESSAGE_CHARS = 120
+# A message too wide for one line wraps onto two, in a font down to two
+# thirds of the normal size, before its end is cut.
+_MAX_MESSAGE_LINES = 2
+_MIN_FONT_PX = 8
+ELLIPSIS = "\u2026"
 
 Bitmap = npt.NDArray[np.uint8]
 
@@ -71,7 +80,28 @@ class OverlayState:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageFit:
+    """The layout of a custom message on the frame.
+
+    ``lines`` are what the frame shows. ``shortened`` is True when the end of
+    the message was cut, and the last line then ends with an ellipsis.
+    Wrapping and a smaller font keep the whole message.
+    """
+
+    lines: tuple[str, ...]
+    font_px: int
+    shortened: bool
+
+    @property
+    def display(self) -> str:
+        """``shown`` for the whole message, ``shortened`` when its end was cut."""
+        return "shortened" if self.shortened else "shown"
+
+
+@dataclass(frozen=True, slots=True)
 class _Placed:
+    # The overlay the bitmap draws, named in log lines.
+    name: str
     # Top-left corner in the frame, both even so that the chroma planes,
     # which have half the resolution, line up with the luma.
     y: int
@@ -103,18 +133,21 @@ class OverlayCompositor:
 
     :meth:`update` runs on the event loop; calling the compositor with a
     frame runs on the camera's thread. The two share one immutable list of
-    placed bitmaps, replaced as a whole under a lock.
+    placed bitmaps, replaced as a whole under a lock. ``message_fit`` is the
+    layout of the message on screen, None without a message.
     """
 
     def __init__(self, width: int, height: int) -> None:
         self.width = width
         self.height = height
-        self.font_px = max(10, height // 22)
-        self._font = ImageFont.load_default(size=self.font_px)
-        self._margin = _even(max(4, height // 40))
-        self._cache: dict[tuple[str, str], Bitmap] = {}
+        self.font_px = base_font_px(height)
+        self._margin = frame_margin(height)
+        self._cache: dict[tuple[str, str, int], Bitmap] = {}
         self._lock = threading.Lock()
         self._placed: tuple[_Placed, ...] = ()
+        self.message_fit: MessageFit | None = None
+        self._logged_message: str | None = None
+        self._left_out: tuple[str, ...] = ()
         self.renders = 0
         self.frames_drawn = 0
         self.frames_skipped = 0
@@ -122,24 +155,42 @@ class OverlayCompositor:
     def update(self, state: OverlayState) -> None:
         """Prepare the bitmaps for ``state``; frames drawn afterwards show it."""
         placed: list[_Placed] = []
-        lines = overlay_lines(state)
         bottom = self.height - self._margin
+        panel_right = self.width - self._margin
         if state.drop is not None:
-            qr = self._bitmap("qr", state.drop.claim_url)
+            qr = self._bitmap("qr", state.drop.claim_url, 0)
             if qr.shape[0] <= self.height // 2 and qr.shape[1] <= self.width // 3:
                 y = _even(bottom - qr.shape[0])
                 x = _even(self.width - self._margin - qr.shape[1])
-                placed.append(_Placed(y, x, qr))
+                placed.append(_Placed("QR code", y, x, qr))
+                panel_right = x - self._margin
+
+        # Each panel line is cut to the room left of the QR code.
+        panel_width = panel_right - self._margin
+        lines = [
+            shown
+            for line in overlay_lines(state)
+            for shown in _layout(line, self.font_px, panel_width, 1, cut=True) or ()
+        ]
         if lines:
-            panel = self._bitmap("panel", "\n".join(lines))
-            placed.append(_Placed(_even(bottom - panel.shape[0]), self._margin, panel))
+            panel = self._bitmap("text", "\n".join(lines), self.font_px)
+            y = _even(bottom - panel.shape[0])
+            placed.append(_Placed("panel", y, self._margin, panel))
+
+        fit = None
         if state.message:
-            banner = self._bitmap("panel", state.message[:_MAX_MESSAGE_CHARS])
-            x = _even(max(0, (self.width - banner.shape[1]) // 2))
-            placed.append(_Placed(self._margin, x, banner))
+            fit = fit_message(state.message, self.width, self.height)
+            if fit.lines:
+                banner = self._bitmap("text", "\n".join(fit.lines), fit.font_px)
+                x = _even(max(0, (self.width - banner.shape[1]) // 2))
+                placed.append(_Placed("message", self._margin, x, banner))
+
+        self._log_shortened(state.message, fit)
         fitting = tuple(item for item in placed if self._fits(item))
+        self._log_left_out(placed, fitting)
         with self._lock:
             self._placed = fitting
+        self.message_fit = fit
 
     def __call__(self, frame: npt.NDArray[np.uint8], t: float) -> None:
         """Draw the prepared bitmaps onto ``frame``, an I420 array, in place."""
@@ -162,6 +213,35 @@ class OverlayCompositor:
             v_plane[y : y + rows // 2, x : x + columns // 2] = CHROMA_NEUTRAL
         self.frames_drawn += 1
 
+    def _log_shortened(self, message: str | None, fit: MessageFit | None) -> None:
+        # update() runs every second, so each new message is logged once.
+        if message == self._logged_message:
+            return
+        self._logged_message = message
+        if message is not None and fit is not None and fit.shortened:
+            shown = sum(len(line) for line in fit.lines) - len(fit.lines)
+            _LOGGER.info(
+                "Overlay message shortened to fit the %dx%d frame: %d of its %d "
+                "characters show",
+                self.width,
+                self.height,
+                max(0, shown),
+                len(message),
+            )
+
+    def _log_left_out(
+        self, placed: list[_Placed], fitting: tuple[_Placed, ...]
+    ) -> None:
+        left_out = tuple(item.name for item in placed if item not in fitting)
+        if left_out and left_out != self._left_out:
+            _LOGGER.warning(
+                "Overlay %s left out: it does not fit the %dx%d frame",
+                " and ".join(left_out),
+                self.width,
+                self.height,
+            )
+        self._left_out = left_out
+
     def _fits(self, item: _Placed) -> bool:
         rows, columns = item.bitmap.shape
         return (
@@ -171,41 +251,20 @@ class OverlayCompositor:
             and item.x + columns <= self.width
         )
 
-    def _bitmap(self, kind: str, content: str) -> Bitmap:
-        key = (kind, content)
+    def _bitmap(self, kind: str, content: str, font_px: int) -> Bitmap:
+        key = (kind, content, font_px)
         bitmap = self._cache.get(key)
         if bitmap is not None:
             return bitmap
         if len(self._cache) >= _MAX_CACHED_BITMAPS:
             self._cache.clear()
-        bitmap = self._render_qr(content) if kind == "qr" else self._render(content)
+        if kind == "qr":
+            bitmap = self._render_qr(content)
+        else:
+            bitmap = render_text(content, font_px)
         self._cache[key] = bitmap
         self.renders += 1
         return bitmap
-
-    def _render(self, text: str) -> Bitmap:
-        """Render white text on a black panel; the luma values are final."""
-        padding = max(2, self.font_px // 3)
-        probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-        left, top, right, bottom = probe.multiline_textbbox(
-            (0, 0), text, font=self._font, spacing=padding
-        )
-        size = (
-            _even(math.ceil(right - left) + 2 * padding + 1),
-            _even(math.ceil(bottom - top) + 2 * padding + 1),
-        )
-        image = Image.new("L", size, 0)
-        ImageDraw.Draw(image).multiline_text(
-            (padding - left, padding - top),
-            text,
-            fill=255,
-            font=self._font,
-            spacing=padding,
-        )
-        coverage = np.asarray(image, dtype=np.uint16)
-        # Anti-aliased edges map the 0-255 coverage onto the luma range.
-        scaled = LUMA_BLACK + coverage * (LUMA_WHITE - LUMA_BLACK) // 255
-        return scaled.astype(np.uint8)
 
     def _render_qr(self, url: str) -> Bitmap:
         modules = qr_modules(url)
@@ -217,6 +276,128 @@ class OverlayCompositor:
         return np.pad(
             bitmap, ((0, rows % 2), (0, columns % 2)), constant_values=LUMA_WHITE
         )
+
+
+def base_font_px(height: int) -> int:
+    """Return the overlays' normal font size in pixels for frames ``height`` tall."""
+    return max(10, height // 22)
+
+
+def frame_margin(height: int) -> int:
+    """Return the even margin in pixels between the overlays and the frame's edges."""
+    return _even(max(4, height // 40))
+
+
+@functools.lru_cache(maxsize=64)
+def fit_message(text: str, width: int, height: int) -> MessageFit:
+    """Lay ``text`` out in the banner at the top of a ``width`` x ``height`` frame.
+
+    The banner is at most the frame's width less its margins and a quarter
+    of its height. The text goes on one line, or wraps onto two, at the
+    normal font size and then at smaller sizes. When it does not fit even
+    in the smallest size, its end is cut and an ellipsis added.
+    """
+    max_width = width - 2 * frame_margin(height)
+    max_height = height // 4
+    normal = base_font_px(height)
+    smallest = max(_MIN_FONT_PX, normal * 2 // 3)
+    for font_px in range(normal, smallest - 1, -1):
+        lines = _layout(text, font_px, max_width, _MAX_MESSAGE_LINES, cut=False)
+        if lines and text_size("\n".join(lines), font_px)[1] <= max_height:
+            return MessageFit(lines, font_px, shortened=False)
+    for line_count in range(_MAX_MESSAGE_LINES, 0, -1):
+        lines = _layout(text, smallest, max_width, line_count, cut=True)
+        if lines and text_size("\n".join(lines), smallest)[1] <= max_height:
+            return MessageFit(lines, smallest, shortened=True)
+    return MessageFit((), smallest, shortened=True)
+
+
+def text_size(text: str, font_px: int) -> tuple[int, int]:
+    """Return the width and height of the bitmap :func:`render_text` makes."""
+    padding = _padding(font_px)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    left, top, right, bottom = probe.multiline_textbbox(
+        (0, 0), text, font=_font(font_px), spacing=padding
+    )
+    return (
+        _even(math.ceil(right - left) + 2 * padding + 1),
+        _even(math.ceil(bottom - top) + 2 * padding + 1),
+    )
+
+
+def render_text(text: str, font_px: int) -> Bitmap:
+    """Render white text on a black panel; the luma values are final."""
+    padding = _padding(font_px)
+    font = _font(font_px)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    left, top, _, _ = probe.multiline_textbbox((0, 0), text, font=font, spacing=padding)
+    image = Image.new("L", text_size(text, font_px), 0)
+    ImageDraw.Draw(image).multiline_text(
+        (padding - left, padding - top), text, fill=255, font=font, spacing=padding
+    )
+    coverage = np.asarray(image, dtype=np.uint16)
+    # Anti-aliased edges map the 0-255 coverage onto the luma range.
+    scaled = LUMA_BLACK + coverage * (LUMA_WHITE - LUMA_BLACK) // 255
+    return scaled.astype(np.uint8)
+
+
+def _layout(
+    text: str, font_px: int, max_width: int, max_lines: int, *, cut: bool
+) -> tuple[str, ...] | None:
+    """Break ``text`` into at most ``max_lines`` lines no wider than ``max_width``.
+
+    Lines break after a word where one fits. Returns None when the text
+    needs more lines, unless ``cut``: then the last line ends with an
+    ellipsis where the text stops.
+    """
+    lines: list[str] = []
+    rest = text
+    while rest and len(lines) < max_lines:
+        length = _longest_prefix(rest, font_px, max_width, "")
+        if length >= len(rest):
+            lines.append(rest)
+            return tuple(lines)
+        if len(lines) == max_lines - 1:
+            break
+        space = rest.rfind(" ", 0, length + 1)
+        if space > 0:
+            length = space
+        if length == 0:
+            break
+        lines.append(rest[:length].rstrip())
+        rest = rest[length:].lstrip()
+    if not cut:
+        return None
+    length = _longest_prefix(rest, font_px, max_width, ELLIPSIS)
+    if length >= 0:
+        lines.append(rest[:length].rstrip() + ELLIPSIS)
+    return tuple(lines)
+
+
+def _longest_prefix(text: str, font_px: int, max_width: int, suffix: str) -> int:
+    """Return the maximum number of characters of ``text`` that fit with ``suffix``.
+
+    Returns -1 when not even ``suffix`` alone fits.
+    """
+    if text_size(suffix, font_px)[0] > max_width:
+        return -1
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if text_size(text[:middle] + suffix, font_px)[0] <= max_width:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _padding(font_px: int) -> int:
+    return max(2, font_px // 3)
+
+
+@functools.lru_cache(maxsize=16)
+def _font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size_px)
 
 
 def qr_modules(url: str) -> npt.NDArray[np.bool_]:

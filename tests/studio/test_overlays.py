@@ -174,11 +174,16 @@ def test_wrong_frame_size_skipped() -> None:
     assert compositor.frames_drawn == 0
 
 
-def test_small_frame_leaves_out_what_does_not_fit() -> None:
+def test_small_frame_shows_message_shortened() -> None:
     compositor = OverlayCompositor(160, 90)
     compositor.update(state(message="x" * 120))
     data = frame(160, 90)
     compositor(data, 0.0)
+    fit = compositor.message_fit
 
     assert compositor.frames_drawn == 1
     assert data.shape == (135, 160)
+    assert fit is not None
+    assert fit.display == "shortened"
+    # The banner sits in the top quarter; anti-aliasing keeps small glyphs grey.
+    assert (data[: 90 // 4] > GREY + 60).any()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,11 @@ import pytest
 
 from appliance.config import parse_config
 from appliance.errors import ConfigError
-from appliance.studio.config import StudioConfig, parse_studio
+from appliance.studio.config import (
+    StudioConfig,
+    listen_failure_advice,
+    parse_studio,
+)
 
 SAMPLE = Path(__file__).parents[2] / "appliance" / "samples" / "site.toml"
 
@@ -107,3 +113,61 @@ def test_push_url_key_not_in_message() -> None:
         parse_studio(studio(push_url="ftp://example.com/app/secret-key"))
 
     assert "secret-key" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("rtmp://127.0.0.1:notaport/app/KEY", "notaport"),
+        ("rtmps://live.example.com:99999/app/KEY", "99999"),
+        ("srt://ingest.example.com:0", "0"),
+    ],
+)
+def test_push_url_bad_port_named(url: str, port: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_studio(studio(push_url=url))
+    message = str(raised.value)
+
+    assert f"has the invalid port {port!r}" in message
+    assert "scheme" not in message
+    assert "KEY" not in message
+
+
+def test_push_url_bad_port_hides_credentials() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_studio(studio(push_url="rtmp://user:hunter2@127.0.0.1:x/app/KEY"))
+    message = str(raised.value)
+
+    assert "rtmp://127.0.0.1" in message
+    assert "hunter2" not in message
+    assert "user" not in message
+
+
+def test_listen_advice_port_in_use() -> None:
+    with socket.socket() as taken, socket.socket() as second:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError) as raised:
+            second.bind(taken.getsockname())
+    advice = listen_failure_advice(raised.value.errno)
+
+    assert raised.value.errno == errno.EADDRINUSE
+    assert "http_port" in advice
+    assert "http_host" not in advice
+
+
+@pytest.mark.parametrize("error_number", [errno.EADDRNOTAVAIL, socket.EAI_NONAME])
+def test_listen_advice_address_not_local(error_number: int) -> None:
+    advice = listen_failure_advice(error_number)
+
+    assert "http_host" in advice
+    assert "http_port" not in advice
+    assert "0.0.0.0" in advice
+    assert "127.0.0.1" in advice
+    assert "the box's own addresses" in advice
+
+
+def test_listen_advice_privileged_port() -> None:
+    advice = listen_failure_advice(errno.EACCES)
+
+    assert "http_port to 1024 or above" in advice

@@ -1,0 +1,122 @@
+"""Overlay text that is wider than the frame: wrapped, shrunk or cut, never lost."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from appliance.studio.overlays import (
+    ELLIPSIS,
+    OverlayCompositor,
+    OverlayState,
+    base_font_px,
+    fit_message,
+    text_size,
+)
+
+GREY = 90
+# Small fonts are anti-aliased, so few pixels of a glyph reach full white.
+BRIGHT = 180
+
+
+def frame(width: int, height: int) -> npt.NDArray[np.uint8]:
+    return np.full((height * 3 // 2, width), GREY, dtype=np.uint8)
+
+
+def draw_message(
+    message: str, width: int, height: int
+) -> tuple[OverlayCompositor, npt.NDArray[np.uint8]]:
+    """Draw only ``message`` onto a grey frame; return the compositor and luma."""
+    compositor = OverlayCompositor(width, height)
+    compositor.update(OverlayState(now=0.0, message=message))
+    data = frame(width, height)
+    compositor(data, 0.0)
+    return compositor, data[:height]
+
+
+def test_fullwidth_message_wraps_and_shows() -> None:
+    message = "\uff37" * 120
+    compositor, luma = draw_message(message, 640, 360)
+    fit = compositor.message_fit
+
+    assert fit is not None
+    assert fit.display == "shown"
+    assert len(fit.lines) == 2
+    assert "".join(fit.lines) == message
+    assert (luma[: 360 // 4] >= BRIGHT).any()
+    assert (luma[360 // 2 :] == GREY).all()
+
+
+def test_long_ascii_message_keeps_words() -> None:
+    message = " ".join(["encore"] * 17)
+    fit = fit_message(message, 640, 360)
+
+    assert len(message) > 100
+    assert fit.display == "shown"
+    assert fit.font_px == base_font_px(360)
+    assert " ".join(fit.lines) == message
+    assert all(not line.endswith(" ") for line in fit.lines)
+
+
+def test_wide_message_shrinks_font() -> None:
+    message = "W" * 100
+    fit = fit_message(message, 640, 360)
+
+    assert fit.display == "shown"
+    assert fit.font_px < base_font_px(360)
+    assert "".join(fit.lines) == message
+
+
+@pytest.mark.parametrize(("width", "height"), [(320, 180), (160, 90)])
+def test_too_long_message_cut_with_ellipsis(width: int, height: int) -> None:
+    message = "W" * 120
+    compositor, luma = draw_message(message, width, height)
+    fit = compositor.message_fit
+
+    assert fit is not None
+    assert fit.display == "shortened"
+    assert fit.shortened
+    assert fit.lines
+    assert fit.lines[-1].endswith(ELLIPSIS)
+    assert message.startswith("".join(fit.lines).removesuffix(ELLIPSIS))
+    banner_width, banner_height = text_size("\n".join(fit.lines), fit.font_px)
+    assert banner_width <= width
+    assert banner_height <= height // 4
+    assert (luma[: height // 4] >= BRIGHT).any()
+
+
+def test_shortened_message_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    compositor = OverlayCompositor(320, 180)
+    message_state = OverlayState(now=0.0, message="W" * 120)
+    with caplog.at_level(logging.INFO, logger="appliance.studio.overlays"):
+        compositor.update(message_state)
+        compositor.update(message_state)
+        compositor.update(OverlayState(now=1.0, message="Last call"))
+    shortened = [r for r in caplog.records if "shortened" in r.getMessage()]
+
+    assert len(shortened) == 1
+    assert "320x180" in shortened[0].getMessage()
+    assert compositor.message_fit is not None
+    assert compositor.message_fit.display == "shown"
+
+
+def test_hidden_message_has_no_fit() -> None:
+    compositor = OverlayCompositor(320, 180)
+    compositor.update(OverlayState(now=0.0, message="Last call"))
+    compositor.update(OverlayState(now=1.0, message=None))
+
+    assert compositor.message_fit is None
+
+
+def test_long_creator_name_panel_cut() -> None:
+    compositor = OverlayCompositor(320, 180)
+    compositor.update(OverlayState(now=0.0, creator_name="M" * 200))
+    data = frame(320, 180)
+    compositor(data, 0.0)
+    luma = data[:180]
+
+    assert (luma[180 * 3 // 4 :] >= BRIGHT).any()
+    assert (luma[: 180 // 2] == GREY).all()
