@@ -376,6 +376,9 @@ CONSOLE_ENDPOINTS = [
         "promo-create",
         "kit-restock",
         "reader-provision",
+        "stream-start",
+        "stream-stop",
+        "stream-clip",
     )
 ]
 # Queries take no idempotency key, but every other endpoint requires one.

@@ -41,6 +41,9 @@ ADMIN_ACTIONS = [
     ("promo-create", True),
     ("kit-restock", True),
     ("reader-provision", True),
+    ("stream-start", True),
+    ("stream-stop", True),
+    ("stream-clip", True),
 ]
 
 
@@ -93,6 +96,30 @@ async def test_admin_action_needs_admin_scope(
 
     assert error.code == "token-wrong-scope"
     assert "console:admin" in error.message
+
+
+@pytest.mark.parametrize("action", ["stream-start", "stream-stop", "stream-clip"])
+async def test_stream_action_without_studio(
+    box: Box, site_config: SiteConfig, make_client: ClientFactory, action: str
+) -> None:
+    set_pin(site_config)
+    async with console_client(make_client) as console:
+        admin = await unlock(console)
+        error = await refused(console, action, {}, token=admin, mutating=True)
+
+    assert error.code == "no-studio"
+    assert "[studio]" in error.message
+
+
+@pytest.mark.parametrize("action", ["stream-start", "stream-clip"])
+async def test_stream_action_from_desk_token(
+    box: Box, make_client: ClientFactory, action: str
+) -> None:
+    token = box.tokens.issue("desk", ["console:admin"], 600).token
+    async with make_client("terminal-desk", "terminal", "desk") as desk:
+        error = await refused(desk, action, {}, token=token, mutating=True)
+
+    assert error.code == "not-console"
 
 
 async def test_token_issue_reply_keeps_no_token(
