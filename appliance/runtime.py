@@ -39,6 +39,8 @@ from provisioning.site_access import box_username
 _LOGGER = logging.getLogger(__name__)
 
 _STATUS_INTERVAL_S = 1.0
+# A status that cannot be built is logged at most this often, in seconds.
+_STATUS_ERROR_LOG_INTERVAL_S = 60.0
 
 
 def tune_garbage_collector() -> None:
@@ -275,10 +277,27 @@ class Box:
         await self.bus.publish_json(topic, {"data": self.status()}, retain=True)
 
     async def _publish_status_forever(self) -> None:
+        failures = 0
+        logged_at: float | None = None
         while True:
             await asyncio.sleep(_STATUS_INTERVAL_S)
-            if self.bus.connected.is_set():
-                try:
-                    await self.publish_status()
-                except (aiomqtt.MqttError, TimeoutError) as err:
-                    _LOGGER.warning("Could not publish box status: %s", err)
+            if not self.bus.connected.is_set():
+                continue
+            try:
+                await self.publish_status()
+            except (aiomqtt.MqttError, TimeoutError) as err:
+                _LOGGER.warning("Could not publish box status: %s", err)
+            except Exception as err:  # a bug in one part must not freeze the status
+                failures += 1
+                now = asyncio.get_running_loop().time()
+                if logged_at is None:
+                    _LOGGER.exception("Could not build the box status: %s", err)
+                    logged_at = now
+                elif now - logged_at >= _STATUS_ERROR_LOG_INTERVAL_S:
+                    _LOGGER.error(
+                        "Could not build the box status: %s (%d failures so far; "
+                        "the first was logged with its traceback)",
+                        err,
+                        failures,
+                    )
+                    logged_at = now

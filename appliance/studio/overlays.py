@@ -17,7 +17,9 @@ import functools
 import logging
 import math
 import threading
+import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,6 +48,16 @@ _MAX_CACHED_BITMAPS = 64
 _MAX_MESSAGE_LINES = 2
 _MIN_FONT_PX = 8
 ELLIPSIS = "\u2026"
+# Debian's fonts-dejavu-core, which FFmpeg's packages pull in and the box's
+# image installs: Latin with its accents, Greek and Cyrillic. Without it the
+# overlay falls back to the small font bundled with Pillow.
+DEJAVU_SANS = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+# Zero width (non-)joiners: they draw nothing, so they are never reported.
+_JOINERS = "\u200c\u200d"
+# A private-use code point that neither font maps, so it renders
+# as the font's .notdef glyph, the box drawn for missing characters.
+_UNMAPPED = "\U000ffffd"
+_PROBE_FONT_PX = 48
 
 Bitmap = npt.NDArray[np.uint8]
 
@@ -297,6 +309,7 @@ def fit_message(text: str, width: int, height: int) -> MessageFit:
     normal font size and then at smaller sizes. When it does not fit even
     in the smallest size, its end is cut and an ellipsis added.
     """
+    text = _drawn_text(text)
     max_width = width - 2 * frame_margin(height)
     max_height = height // 4
     normal = base_font_px(height)
@@ -310,6 +323,59 @@ def fit_message(text: str, width: int, height: int) -> MessageFit:
         if lines and text_size("\n".join(lines), smallest)[1] <= max_height:
             return MessageFit(lines, smallest, shortened=True)
     return MessageFit((), smallest, shortened=True)
+
+
+def undrawable_character(text: str) -> str | None:
+    """Return the first character of ``text`` the overlay font has no glyph for.
+
+    The font would draw such a character as a box. Spaces and the zero
+    width (non-)joiners are never reported, because they draw nothing.
+    """
+    for character in text:
+        if character == " " or character in _JOINERS:
+            continue
+        if not _has_glyph(character):
+            return character
+    return None
+
+
+def drawable_substitute(character: str) -> str | None:
+    """Return ``character`` without its accents when the font draws that form.
+
+    For example ``"e"`` for ``"\u00e9"`` and ``"W"`` for the full-width
+    ``"\uff37"``. Returns None when no such form exists.
+    """
+    decomposed = unicodedata.normalize("NFKD", character)
+    base = "".join(c for c in decomposed if not unicodedata.combining(c))
+    if not base.strip() or undrawable_character(base) is not None:
+        return None
+    return base
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(character: str) -> bool:
+    # Pillow exposes no character map, so the glyph is compared with the
+    # .notdef glyph that a character without one renders as.
+    font = _font(_PROBE_FONT_PX)
+    return _glyph_mask(font, character) != _glyph_mask(font, _UNMAPPED)
+
+
+def _glyph_mask(
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont, character: str
+) -> tuple[tuple[int, int], bytes]:
+    mask = font.getmask(character)
+    return mask.size, bytes(mask)
+
+
+def _drawn_text(text: str) -> str:
+    """Return ``text`` without its joiners.
+
+    Without libraqm's shaping a joiner changes nothing on screen, and the
+    bundled fallback font would draw it as a box.
+    """
+    for joiner in _JOINERS:
+        text = text.replace(joiner, "")
+    return text
 
 
 def text_size(text: str, font_px: int) -> tuple[int, int]:
@@ -395,8 +461,42 @@ def _padding(font_px: int) -> int:
     return max(2, font_px // 3)
 
 
+def drawable_text() -> str:
+    """Say which characters the overlay font draws, for error messages."""
+    if _dejavu_installed():
+        return (
+            "the overlay font (DejaVu Sans) draws Latin letters with their "
+            "accents, Greek, Cyrillic and common symbols, left to right"
+        )
+    return (
+        "the overlay font draws English letters, digits and ASCII punctuation, "
+        "plus a few symbols such as \u2026 \u00a9 \u2122 \u00b0 and curly "
+        "quotes; install fonts-dejavu-core for accented letters"
+    )
+
+
+def right_to_left_character(text: str) -> str | None:
+    """Return the first character of a right-to-left script in ``text``.
+
+    Pillow lays text out left to right unless it was built with libraqm,
+    which its wheels are not, so Hebrew or Arabic would be drawn backwards
+    and unjoined even where the font has the glyphs.
+    """
+    for character in text:
+        if unicodedata.bidirectional(character) in ("R", "AL"):
+            return character
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _dejavu_installed() -> bool:
+    return DEJAVU_SANS.is_file()
+
+
 @functools.lru_cache(maxsize=16)
 def _font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    if _dejavu_installed():
+        return ImageFont.truetype(str(DEJAVU_SANS), size_px)
     return ImageFont.load_default(size=size_px)
 
 

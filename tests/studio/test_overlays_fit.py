@@ -13,8 +13,12 @@ from appliance.studio.overlays import (
     OverlayCompositor,
     OverlayState,
     base_font_px,
+    drawable_substitute,
     fit_message,
+    render_text,
+    right_to_left_character,
     text_size,
+    undrawable_character,
 )
 
 GREY = 90
@@ -37,8 +41,8 @@ def draw_message(
     return compositor, data[:height]
 
 
-def test_fullwidth_message_wraps_and_shows() -> None:
-    message = "\uff37" * 120
+def test_wide_message_wraps_and_shows() -> None:
+    message = "@" * 120
     compositor, luma = draw_message(message, 640, 360)
     fit = compositor.message_fit
 
@@ -101,6 +105,48 @@ def test_shortened_message_logged_once(caplog: pytest.LogCaptureFixture) -> None
     assert "320x180" in shortened[0].getMessage()
     assert compositor.message_fit is not None
     assert compositor.message_fit.display == "shown"
+
+
+def test_joiners_left_out_of_drawn_lines() -> None:
+    plain = fit_message("Mixed up!", 320, 180)
+    joined = fit_message("Mi\u200cxed up\u200d!", 320, 180)
+
+    assert joined.lines == plain.lines
+    assert render_text("\n".join(joined.lines), joined.font_px).shape == (
+        render_text("\n".join(plain.lines), plain.font_px).shape
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("Drop at 10 \u2026 \u201cgo\u201d \u00a9", None),
+        ("Tokyo \u6771\u4eac", "\u6771"),
+        ("\U0001f469\u200d\U0001f4bb", "\U0001f469"),
+        ("Caf\u00e9 Zo\u00eb 5 \u20ac \u041f\u0440\u0438\u0432\u0435\u0442", None),
+        ("a\u200db\u200cc", None),
+    ],
+)
+def test_undrawable_character_found(text: str, first: str | None) -> None:
+    assert undrawable_character(text) == first
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("\u05e9\u05dc\u05d5\u05dd", "\u05e9"),
+        ("Drop \u0645\u0631\u062d\u0628\u0627", "\u0645"),
+        ("Caf\u00e9 \u0395\u03bb\u03bb\u03ac\u03b4\u03b1", None),
+    ],
+)
+def test_right_to_left_character_found(text: str, first: str | None) -> None:
+    assert right_to_left_character(text) == first
+
+
+def test_drawable_substitute_drops_accents() -> None:
+    assert drawable_substitute("\u00e9") == "e"
+    assert drawable_substitute("\uff37") == "W"
+    assert drawable_substitute("\u6771") is None
 
 
 def test_hidden_message_has_no_fit() -> None:
