@@ -50,7 +50,8 @@ async def serve_box(
     While it runs, ``<data_dir>/nightbox.lock`` contains this process's
     pid. Raises StoreError when another Nightbox process uses the data
     folder, BrokerUnavailableError when the broker cannot start, and
-    HardwareError when the configured scanner cannot start.
+    HardwareError when the configured scanner cannot start. A studio panel
+    button that cannot start is logged, and the box runs without it.
     """
     raise_open_file_limit()
     with _locked(config.data_dir):
@@ -178,9 +179,11 @@ async def _start_studio(
 ) -> PanelButton | None:
     """Serve the studio's stream over HTTP and wire its panel button.
 
-    Returns the button, or None without a studio or a configured pin.
-    Raises ConfigError when the HTTP port cannot be bound and
-    HardwareError when the button's pin cannot be used.
+    Returns the button, or None without a studio, a configured pin or a
+    button that could start. A button that cannot start does not stop the
+    box, because the stream matters more than one way to cut clips: the
+    cause is logged once and shown as the studio's ``last_error``.
+    Raises ConfigError when the HTTP port cannot be bound.
     """
     studio = box.studio
     if studio is None:
@@ -189,21 +192,26 @@ async def _start_studio(
         http = await studio.serve_http()
     except OSError as err:
         raise ConfigError(str(err)) from err
+    button = None
+    try:
+        button = create_panel_button(
+            studio.config.button_pin,
+            studio.on_button,
+            loop=asyncio.get_running_loop(),
+        )
+    except PanelError as err:
+        studio.last_error = str(err)
+        _LOGGER.error(
+            "%s. The box runs without the button; clips can still be cut from"
+            " the console and creator stations",
+            err,
+        )
     announce(
         f"Stream on http://{studio.config.http_host}:{http.port}/stream/live.m3u8 "
         "(viewers need a token with scope stream:view: `nightbox token issue "
         "--subject <viewer> --scope stream:view`)"
     )
-    pin = studio.config.button_pin
-    try:
-        return create_panel_button(
-            pin, studio.on_button, loop=asyncio.get_running_loop()
-        )
-    except PanelError as err:
-        raise HardwareError(
-            f"the panel button on GPIO{pin} did not start: {err}; fix the wiring "
-            "or remove studio.button_pin"
-        ) from err
+    return button
 
 
 async def _first_set(*events: asyncio.Event) -> None:

@@ -67,7 +67,7 @@ class Picamera2Backend:
 
 
 def load_picamera2() -> Picamera2Backend:
-    """Import picamera2; raise CameraError when it is not installed."""
+    """Import picamera2; raise CameraError when it cannot be imported."""
     try:
         import picamera2
         import picamera2.encoders
@@ -77,10 +77,7 @@ def load_picamera2() -> Picamera2Backend:
             get_platform,
         )
     except ImportError as error:
-        raise CameraError(
-            f"picamera2 cannot be imported ({error}); install python3-picamera2 from"
-            " Raspberry Pi OS, or set the studio camera to 'simulator'"
-        ) from error
+        raise CameraError(_missing_picamera2_message(error)) from error
     hardware_encoder = None
     if get_platform() == Platform.VC4:
         from picamera2.encoders.h264_encoder import (
@@ -94,6 +91,24 @@ def load_picamera2() -> Picamera2Backend:
         output=picamera2.outputs.Output,
         libav_encoder=picamera2.encoders.LibavH264Encoder,
         hardware_encoder=hardware_encoder,
+    )
+
+
+def _missing_picamera2_message(error: ImportError) -> str:
+    # pip installs picamera2 itself but not libcamera's Python bindings,
+    # which only Raspberry Pi OS's python3-libcamera provides (a dependency
+    # of python3-picamera2), built for the system's python3.
+    missing = "picamera2" if error.name is None else error.name.split(".")[0]
+    if missing == "picamera2":
+        cause = f"picamera2 cannot be imported ({error})"
+    else:
+        cause = f"picamera2 cannot import {missing} ({error})"
+    return (
+        f"{cause}; on Raspberry Pi OS run `sudo apt install python3-picamera2`"
+        " and create the box's venv with `python3 -m venv"
+        " --system-site-packages .venv` so that it sees the package (pip cannot"
+        " install libcamera's Python bindings), or set studio.camera to"
+        " 'simulator'. The camera stays off until the box restarts"
     )
 
 
@@ -142,7 +157,16 @@ def store_i420(
 
 
 class Picamera2Camera(Camera):
-    """The Raspberry Pi camera module, encoded on the board."""
+    """The Raspberry Pi camera module, encoded on the board.
+
+    A camera that fails to start raises CameraError from each ``start``,
+    so a caller that retries keeps trying. A picamera2 that cannot be
+    imported cannot appear before the process restarts: the first
+    ``start`` raises CameraError, and the next one waits, without
+    returning, until it is cancelled. A caller that retries thus keeps
+    its fallback and reports the cause once. The ``start`` after a
+    cancelled wait raises again.
+    """
 
     name = "picamera2"
 
@@ -171,6 +195,8 @@ class Picamera2Camera(Camera):
         self._first_keyframe = threading.Event()
         self._audio: AlsaCapture | None = None
         self._started_at = 0.0
+        self._import_error: CameraError | None = None
+        self._import_error_reported = False
         self.stats.extra["overlay_errors"] = 0
 
     @property
@@ -182,7 +208,7 @@ class Picamera2Camera(Camera):
     async def start(self) -> None:
         if self._camera is not None:
             return
-        backend = self.backend or load_picamera2()
+        backend = self.backend or await self._load_backend()
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue(QUEUE_PACKETS)
         self._first_keyframe.clear()
@@ -228,6 +254,24 @@ class Picamera2Camera(Camera):
             "hardware" if backend.hardware_encoder is not None else "libx264",
             self.settings.audio,
         )
+
+    async def _load_backend(self) -> Picamera2Backend:
+        if self._import_error is None:
+            try:
+                return load_picamera2()
+            except CameraError as error:
+                self._import_error = error
+        if not self._import_error_reported:
+            self._import_error_reported = True
+            raise self._import_error
+        # Nothing sets this event: only cancellation ends the wait, and the
+        # next start reports the error again.
+        never_set = asyncio.Event()
+        try:
+            await never_set.wait()
+        finally:
+            self._import_error_reported = False
+        raise self._import_error
 
     def _open_audio(self, input_format: str) -> AlsaCapture | None:
         if self.settings.audio == "none":

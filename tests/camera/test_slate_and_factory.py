@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import numpy as np
@@ -75,5 +76,26 @@ async def test_picamera2_without_library_raises():
     # picamera2 cannot be installed off Raspberry Pi OS, so start() reports
     # the missing library as a CameraError with what to do.
     camera = create_camera("picamera2", dataclasses.replace(SMALL, audio="none"))
+    with pytest.raises(CameraError, match="picamera2 cannot be imported") as raised:
+        await camera.start()
+    message = str(raised.value)
+    assert "sudo apt install python3-picamera2" in message
+    assert "--system-site-packages" in message
+    assert "until the box restarts" in message
+
+
+async def test_picamera2_without_library_waits_after_report():
+    camera = create_camera("picamera2", dataclasses.replace(SMALL, audio="none"))
+    with pytest.raises(CameraError, match="picamera2 cannot be imported"):
+        await camera.start()
+    # No retry can import it before a restart: the next start waits until
+    # it is cancelled instead of failing again.
+    waiting = asyncio.create_task(camera.start())
+    done, _ = await asyncio.wait({waiting}, timeout=0.2)
+    assert done == set()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    # A start after the cancelled wait (the stream restarted) reports again.
     with pytest.raises(CameraError, match="picamera2 cannot be imported"):
         await camera.start()

@@ -1,15 +1,24 @@
-"""PanelButton: mock pins press it; bounce and handler errors are absorbed."""
+"""PanelButton: mock pins press it; bounce and handler errors are absorbed.
+
+Without a pin factory the button loads gpiozero's default one, as on the
+box: on this machine, which has no GPIO, that fails with the cause named.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from gpiozero import Device
+from gpiozero.exc import PinWarning
 from gpiozero.pins.mock import MockFactory
 
 from hardware.panel import PanelButton, PanelError, create_panel_button
+from hardware.panel._button import PIN_FACTORY_VARIABLE
 
 PIN = 17
 
@@ -86,7 +95,55 @@ def test_invalid_pin_rejected(factory):
 
 def test_pin_in_use_raises(factory):
     first = PanelButton(PIN, lambda: None, pin_factory=factory)
-    with pytest.raises(PanelError, match="GPIO17"):
+    with pytest.raises(PanelError, match="GPIO17") as raised:
         PanelButton(PIN, lambda: None, pin_factory=factory)
+    assert "the pin is in use" in str(raised.value)
+    assert "studio.button_pin" in str(raised.value)
     first.close()
     first.close()
+
+
+@pytest.fixture
+def default_pins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """gpiozero with no pin factory loaded yet, as in a fresh box process."""
+    monkeypatch.delenv(PIN_FACTORY_VARIABLE, raising=False)
+    previous = Device.pin_factory
+    Device.pin_factory = None
+    yield
+    if Device.pin_factory is not None:
+        Device.pin_factory.close()
+    Device.pin_factory = previous
+
+
+def test_default_pins_name_cause(default_pins):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(PanelError, match="GPIO17 cannot start") as raised:
+            PanelButton(PIN, lambda: None)
+    message = str(raised.value)
+    if any(Path("/dev").glob("gpiochip*")):
+        assert "gpiozero loaded no pin library" in message
+        assert "python3-lgpio" in message
+    else:
+        assert "no GPIO on this machine" in message
+        assert "remove studio.button_pin" in message
+        assert f"{PIN_FACTORY_VARIABLE}=mock" in message
+    # gpiozero's fallback warnings are folded into the message, not printed.
+    assert [w for w in caught if issubclass(w.category, PinWarning)] == []
+
+
+def test_unknown_pin_factory_named(default_pins, monkeypatch):
+    monkeypatch.setenv(PIN_FACTORY_VARIABLE, "no-such-factory")
+    with pytest.raises(PanelError, match="'no-such-factory'") as raised:
+        PanelButton(PIN, lambda: None)
+    assert "or unset it" in str(raised.value)
+
+
+def test_mock_pin_factory_from_environment(default_pins, monkeypatch):
+    monkeypatch.setenv(PIN_FACTORY_VARIABLE, "mock")
+    pressed = []
+    button = PanelButton(PIN, lambda: pressed.append(True))
+    assert isinstance(Device.pin_factory, MockFactory)
+    press(Device.pin_factory)
+    assert pressed == [True]
+    button.close()
