@@ -1,9 +1,13 @@
 """Checks of the studio: the camera's encode, the HLS stream over HTTP, a clip.
 
 They use the box's own interfaces. The studio's state comes from the box's
-retained status. The stream comes from the studio's HTTP server, with an
-edge token that the rehearsal issues itself and revokes afterwards. A clip
-is written through the HTTP control endpoint and read back with ffprobe.
+retained status, which must change while it is sampled. The stream comes
+from the studio's HTTP server, with an edge token that the rehearsal
+issues itself and revokes afterwards. The check waits, with a blocking
+playlist reload, for a segment finished after its request, so a stopped
+or stalled stream fails even though its last segments are still served.
+A clip is written through the HTTP control endpoint and read back with
+ffprobe.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import asyncio
 import hashlib
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,17 @@ import aiohttp
 from appliance.rehearse import _ffprobe
 from appliance.rehearse._checks import Context, Outcome, failed, passed
 from appliance.rehearse._edge_checks import wait_for_box_status
+from appliance.studio._http_playlist import (
+    BLOCK_TARGET_DURATIONS,
+    playlist_ended,
+    playlist_position,
+)
 
 # The camera must deliver at least this share of its configured rate.
 MIN_FPS_SHARE = 0.9
-# Samples of the studio's measured rate, one every _SAMPLE_INTERVAL_S.
-_SAMPLES = 6
+# Samples of the studio's measured rate, one every _SAMPLE_INTERVAL_S. They
+# span three seconds, in which the box publishes its status about three times.
+_SAMPLES = 7
 _SAMPLE_INTERVAL_S = 0.5
 _HTTP_TIMEOUT_S = 10.0
 _TOKEN_TTL_S = 300.0
@@ -61,15 +70,19 @@ async def check_camera(context: Context) -> Outcome:
         return _no_studio()
     wanted = float(studio.fps) * MIN_FPS_SHARE
     states: list[dict[str, Any]] = []
-    for _ in range(_SAMPLES):
-        state = await studio_state(context)
-        if state is None:
+    box_times: list[object] = []
+    for sample in range(_SAMPLES):
+        if sample:
+            await asyncio.sleep(_SAMPLE_INTERVAL_S)
+        status = await wait_for_box_status(context)
+        state = None if status is None else status.get("stream")
+        if status is None or not isinstance(state, dict):
             return failed(
                 "the site has a [studio] table but the box reports no studio; "
                 "restart the box with this site file"
             )
         states.append(state)
-        await asyncio.sleep(_SAMPLE_INTERVAL_S)
+        box_times.append(status.get("now"))
     state = states[-1]
     samples = [float(sample.get("fps") or 0.0) for sample in states]
     sources = [str(sample.get("source")) for sample in states]
@@ -84,6 +97,14 @@ async def check_camera(context: Context) -> Outcome:
         "dropped_frames": state.get("dropped_frames"),
         "encoder_latency_ms": state.get("encoder_latency_ms"),
     }
+    sampled_s = (_SAMPLES - 1) * _SAMPLE_INTERVAL_S
+    if len(set(box_times)) == 1:
+        return failed(
+            f"the box's status did not change in {sampled_s:g} s (its time stays "
+            f"at {box_times[0]}), so the studio's state in it is old; the box "
+            "stopped publishing its status: check the box's log and restart it",
+            **facts,
+        )
     if state.get("running") is not True:
         return failed(
             "the studio is not running; start it from the console's stream screen",
@@ -144,27 +165,67 @@ def _last_segment(playlist: str) -> str | None:
 async def _fetch_segment(
     session: aiohttp.ClientSession, base: str, headers: dict[str, str]
 ) -> tuple[str, bytes]:
-    """Return the newest complete segment's name and bytes, waiting for one."""
-    deadline = time.monotonic() + _HTTP_TIMEOUT_S
-    while True:
-        async with session.get(f"{base}/stream/live.m3u8", headers=headers) as reply:
-            text = await reply.text()
-            if reply.status != 200:
-                raise _HttpRefusal(reply.status, text)
-        name = _last_segment(text)
-        if name is not None:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"the playlist listed no segment within {_HTTP_TIMEOUT_S:.0f} s"
+    """Return the name and bytes of a segment finished after this call began.
+
+    A blocking playlist reload requests the segment after the playlist's
+    last one, so the segment proves that the stream is live. Raises
+    _StreamNotLive when the playlist ends (the stream is stopped) or the
+    segment does not come (the stream is stalled).
+    """
+    url = f"{base}/stream/live.m3u8"
+    text = await _playlist(session, url, headers, _HTTP_TIMEOUT_S)
+    position = playlist_position(text)
+    wait_s = BLOCK_TARGET_DURATIONS * position.target_duration_s
+    if not playlist_ended(text):
+        try:
+            text = await _playlist(
+                session,
+                f"{url}?_HLS_msn={position.open_msn}",
+                headers,
+                wait_s + _HTTP_TIMEOUT_S,
             )
-        await asyncio.sleep(0.5)
+        except _HttpRefusal as err:
+            if err.status != 503:
+                raise
+            raise _StreamNotLive(
+                f"no new segment after segment {position.open_msn - 1} within "
+                f"{wait_s:g} s ({err}): the stream is stalled; check the camera "
+                "and the box's log"
+            ) from err
+    name = _last_segment(text)
+    if playlist_ended(text):
+        raise _StreamNotLive(
+            f"the stream is stopped: its playlist ends (EXT-X-ENDLIST) after "
+            f"{name or 'no segment'}; start it from the console's stream screen "
+            "or a creator station"
+        )
+    if name is None:
+        raise _StreamNotLive(
+            f"the playlist lists no segment after a wait of {wait_s:g} s; check "
+            "the camera and the box's log"
+        )
     async with session.get(f"{base}/stream/{name}", headers=headers) as reply:
         body = await reply.read()
         if reply.status != 200:
             raise _HttpRefusal(reply.status, body.decode("utf-8", "replace"))
     # Only the file name is kept, so a crafted URI cannot leave the scratch folder.
     return Path(name.split("?")[0]).name, body
+
+
+async def _playlist(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], wait_s: float
+) -> str:
+    """Return the playlist at ``url``; raise _HttpRefusal for an error status."""
+    timeout = aiohttp.ClientTimeout(total=wait_s)
+    async with session.get(url, headers=headers, timeout=timeout) as reply:
+        text = await reply.text()
+        if reply.status != 200:
+            raise _HttpRefusal(reply.status, text)
+    return text
+
+
+class _StreamNotLive(Exception):
+    """A stopped or stalled stream, with the reason and the fix in its message."""
 
 
 class _HttpRefusal(Exception):
@@ -195,6 +256,8 @@ async def check_hls(context: Context) -> Outcome:
         name, body, after_revoke = await _fetch_and_revoke(context, base)
     except _HttpRefusal as err:
         return failed(f"the studio rejected the stream request: {err}", **facts)
+    except _StreamNotLive as err:
+        return failed(str(err), **facts)
     except aiohttp.ClientError as err:
         return failed(
             f"cannot fetch {base}/stream/live.m3u8: {err}; check that the studio's "

@@ -23,6 +23,7 @@ __all__ = [
     "blocking_request",
     "finished_segments",
     "part_too_far_ahead",
+    "playlist_ended",
     "playlist_position",
     "with_token",
 ]
@@ -105,6 +106,11 @@ def playlist_position(text: str) -> PlaylistPosition:
     return PlaylistPosition(
         media_sequence + segments, parts, target_duration_s, part_target_s
     )
+
+
+def playlist_ended(text: str) -> bool:
+    """Whether a media playlist ends (EXT-X-ENDLIST): the stream is stopped."""
+    return "#EXT-X-ENDLIST" in text.splitlines()
 
 
 def finished_segments(text: str) -> set[str]:

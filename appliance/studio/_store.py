@@ -11,7 +11,9 @@ a clip the fleet does not have is never deleted for a newer one. Set-end
 clips are counted apart, so clips cut on request never push them out.
 Clips that wait for their upload may exceed ``keep`` up to
 :attr:`ClipStore.limit`. At that many, the studio rejects new clips other
-than set-end clips.
+than set-end clips. Clips cut on request by creator stations have a share
+of their own, :attr:`ClipStore.request_limit`, so stations cannot use up
+the room of the panel button, the console and the fleet.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ _LOGGER = logging.getLogger(__name__)
 
 _COLUMNS = "id, path, size, sha256, created_at, trigger, set_id, duration_s, note"
 SET_END = "set-end"
+# The trigger of a clip that a creator station requested.
+REQUEST = "request"
 # The trigger of a whole clip file found without its row at start-up: the
 # box stopped after the file was finished and before its row committed.
 RECOVERED = "recovered"
@@ -88,7 +92,8 @@ class ClipStore:
     ``wake`` is set on the event loop whenever a clip is queued for upload;
     the uploader clears it before it reads :meth:`pending_uploads` again.
     ``limit`` is the most clips other than set-end clips that may wait for
-    their upload on disk.
+    their upload on disk, and ``request_limit`` the most of them cut on
+    request: ``keep``, half of ``limit``.
     """
 
     def __init__(self, store: Store, clock: Clock, keep: int) -> None:
@@ -96,6 +101,7 @@ class ClipStore:
         self._clock = clock
         self._keep = keep
         self.limit = keep * LIMIT_PER_KEEP
+        self.request_limit = keep
         self.wake = asyncio.Event()
 
     def record(self, transaction: Transaction, clip: ClipRecord) -> None:
@@ -182,6 +188,15 @@ class ClipStore:
             "SELECT COUNT(*) FROM clips WHERE removed_at IS NULL"
             " AND (trigger = ?) = ? AND (uploaded_at IS NULL OR NOT ?)",
             (SET_END, set_end, waiting),
+        )
+        return 0 if row is None else int(row[0])
+
+    def waiting(self, trigger: str) -> int:
+        """Return how many clips cut by ``trigger`` have their upload still to come."""
+        row = self._store.query_one(
+            "SELECT COUNT(*) FROM clips WHERE removed_at IS NULL"
+            " AND uploaded_at IS NULL AND trigger = ?",
+            (trigger,),
         )
         return 0 if row is None else int(row[0])
 

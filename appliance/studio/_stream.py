@@ -38,6 +38,9 @@ _LOGGER = logging.getLogger(__name__)
 # The camera is retried after this wait, doubled after each failed try.
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
+# A stop waits this long for the camera to close (an encoder thread finishes
+# its frame, the encoder is flushed) before cancelling again.
+STOP_WAIT_S = 5.0
 SLATE_MESSAGE = "Stream will be back"
 
 
@@ -91,12 +94,20 @@ class StudioStream:
         _LOGGER.info("Stream started")
 
     async def stop(self) -> None:
-        """Stop the camera or slate; HLS keeps its last segments."""
-        if self._task is None:
+        """Stop the camera or slate and end the HLS playlist.
+
+        The playlist keeps its last segments and ends with EXT-X-ENDLIST,
+        so players stop waiting for more; a new start goes on after a
+        discontinuity.
+        """
+        task = self._task
+        if task is None:
             return
-        await cancel_and_wait(self._task)
+        await _stop_task(task)
         self._task = None
         await self._stop_slate()
+        if self.hls is not None:
+            self.hls.end()
         self._rates.clear()
         self.source = None
         self.down_since = None
@@ -157,7 +168,11 @@ class StudioStream:
     ) -> EncodedPacket:
         limit = self.config.slate_after_s
         try:
-            return await asyncio.wait_for(anext(packets), limit)
+            # asyncio.timeout, not wait_for: with Python 3.11, wait_for drops
+            # a cancellation that arrives as the packet does, so a stop of
+            # the stream was ignored while packets kept coming.
+            async with asyncio.timeout(limit):
+                return await anext(packets)
         except StopAsyncIteration:
             raise CameraError("the camera stopped delivering frames") from None
         except TimeoutError:
@@ -192,7 +207,7 @@ class StudioStream:
             await slate.stop()
 
     async def _stop_slate(self) -> None:
-        await cancel_and_wait(self._slate_task)
+        await _stop_task(self._slate_task)
         self._slate_task = None
 
     def _begin_run(self, source: str, info: StreamInfo) -> None:
@@ -229,6 +244,18 @@ class StudioStream:
         if self.push is not None:
             self.push.feed(placed)
         self._rates.record(placed)
+
+
+async def _stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel the task of a camera or the slate and wait until it has finished."""
+    if task is None:
+        return
+    task.cancel()
+    # Closing a camera takes a moment (an encoder thread finishes its frame,
+    # the encoder is flushed), which is normal, so it is awaited first; the
+    # repeated cancel, which warns, is for a cancellation that was lost.
+    await asyncio.wait([task], timeout=STOP_WAIT_S)
+    await cancel_and_wait(task)
 
 
 async def _close(packets: AsyncIterator[EncodedPacket]) -> None:

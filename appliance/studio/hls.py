@@ -8,6 +8,14 @@ longer than ``part_s``. Parts are byte ranges of the segment being written
 also written as files. The playlist follows Apple's Low-Latency HLS
 profile: EXT-X-PART, EXT-X-PART-INF, EXT-X-SERVER-CONTROL with blocking
 reload, and EXT-X-PRELOAD-HINT for the part being written.
+
+When the stream stops, :meth:`HlsWriter.end` finishes the segment being
+written and ends the playlist with EXT-X-ENDLIST, so players stop waiting
+for more. When it starts again, the next segment follows after
+EXT-X-DISCONTINUITY and the tag goes away: media sequence numbers go on
+rising and earlier segments leave the window as usual (RFC 8216, section
+6.2.2), so a player that reloads sees a valid live playlist and a new one
+joins at its live end.
 """
 
 from __future__ import annotations
@@ -103,6 +111,8 @@ class HlsWriter:
     (a switch between camera and slate). The newest ``window`` segments are
     kept; older files are deleted. A failed file write is logged and
     counted in ``write_errors`` and the stream goes on from memory.
+    ``end`` ends the playlist while the stream is stopped; the next key
+    frame fed starts a new segment after a discontinuity.
 
     A segment ends at the first video key frame at least ``segment_s``
     after its start. ``keyframe_interval_s`` is the camera's key frame
@@ -167,6 +177,7 @@ class HlsWriter:
         self._pending_discontinuity = False
         self._time_anchor: tuple[float, Fraction] | None = None
         self._changed = asyncio.Event()
+        self._ended = False
         self._closed = False
         self.segments_written = 0
         self.packets_dropped = 0
@@ -209,6 +220,11 @@ class HlsWriter:
     def closed(self) -> bool:
         """Whether ``close`` ended the stream."""
         return self._closed
+
+    @property
+    def ended(self) -> bool:
+        """Whether the playlist ends (EXT-X-ENDLIST): stopped or closed."""
+        return self._ended or self._closed
 
     def feed(self, packet: EncodedPacket) -> None:
         """Add the next packet of the stream."""
@@ -273,6 +289,8 @@ class HlsWriter:
         )
         self._next_msn += 1
         self._pending_discontinuity = False
+        # New video after a stop: the playlist is live again.
+        self._ended = False
         self._current = segment
         return segment
 
@@ -357,6 +375,19 @@ class HlsWriter:
         self._pending_discontinuity = True
         self._time_anchor = None
 
+    def end(self) -> None:
+        """End the playlist for a stop of the stream (EXT-X-ENDLIST).
+
+        The segment being written is finished, so the playlist's last entry
+        is a whole segment and its preload hint goes away. The next key
+        frame fed starts a new segment after EXT-X-DISCONTINUITY.
+        """
+        if self.ended:
+            return
+        self.discontinuity()
+        self._ended = True
+        self._publish()
+
     def close(self) -> None:
         """Finish the last segment and end the playlist (EXT-X-ENDLIST)."""
         if self._closed:
@@ -428,7 +459,7 @@ class HlsWriter:
                 f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{current.name}",'
                 f"BYTERANGE-START={current.part_offset}"
             )
-        if self._closed:
+        if self.ended:
             lines.append("#EXT-X-ENDLIST")
         return "\n".join(lines) + "\n"
 
@@ -478,7 +509,7 @@ class HlsWriter:
         range not written yet can be served as whole parts. Returns
         None when ``timeout_s`` seconds pass first, when ``name`` is not a
         segment in the window or the one being written, when the segment
-        ended before ``offset``, or when the stream ends. Raises
+        ended before ``offset``, or when the playlist ends. Raises
         HlsRequestError for a negative offset.
         """
         if offset < 0:
@@ -496,12 +527,13 @@ class HlsWriter:
             if (
                 segment is None
                 or segment is not self._current
-                or self._closed
+                or self.ended
                 or remaining <= 0
             ):
                 return None
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
             except TimeoutError:
                 return self.part_end(name, offset)
 
@@ -523,7 +555,7 @@ class HlsWriter:
         """Wait until the playlist contains segment ``msn`` (part ``part``).
 
         Returns True once it does, False when ``timeout_s`` seconds pass
-        first or the stream ends without it. Raises HlsRequestError for a
+        first or the playlist ends without it. Raises HlsRequestError for a
         request that can never be answered: a negative number, or a segment
         more than two beyond the last finished one.
         """
@@ -542,10 +574,11 @@ class HlsWriter:
         deadline = loop.time() + timeout_s
         while not self.has(msn, part):
             remaining = deadline - loop.time()
-            if self._closed or remaining <= 0:
+            if self.ended or remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
             except TimeoutError:
                 return self.has(msn, part)
         return True

@@ -67,6 +67,7 @@ from appliance.studio._http_playlist import (
     HlsSource,
     blocking_request,
     part_too_far_ahead,
+    playlist_ended,
     playlist_position,
     with_token,
 )
@@ -343,9 +344,11 @@ class StudioHttp:
 
     async def _health(self, request: web.Request) -> web.Response:
         writer = self._writer_provider()
-        if writer is None:
+        text = "" if writer is None else writer.playlist()
+        # A stopped stream's playlist ends, so players stop waiting for more.
+        if writer is None or playlist_ended(text):
             return web.json_response({"ok": False, "reason": "stopped"}, status=503)
-        if playlist_position(writer.playlist()).open_msn == 0:
+        if playlist_position(text).open_msn == 0:
             return web.json_response({"ok": False, "reason": "starting"}, status=503)
         return web.json_response({"ok": True})
 
@@ -361,7 +364,9 @@ class StudioHttp:
             return _stopped()
 
         text = writer.playlist()
-        if blocking is not None:
+        # An ended playlist gets no more segments, so a blocking reload gets
+        # it at once and the player learns that the stream stopped.
+        if blocking is not None and not playlist_ended(text):
             msn, part = blocking
             position = playlist_position(text)
             too_far = part_too_far_ahead(position, msn, part)
@@ -374,7 +379,9 @@ class StudioHttp:
                 except ValueError as err:
                     return self._gate.invalid(request, 400, "invalid", str(err))
                 text = writer.playlist()
-                if not playlist_position(text).contains(msn, part):
+                if not (
+                    playlist_position(text).contains(msn, part) or playlist_ended(text)
+                ):
                     return error_response(
                         503,
                         "timeout",

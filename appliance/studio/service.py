@@ -13,10 +13,13 @@ slate). Each trigger cuts at most one clip per key frame interval of
 buffer movement. A repeat is rejected as ``too-soon``, and the rejection
 names the clip just cut, which contains the same video. Clips other than
 set-end clips are rejected as ``clips-full`` while twice ``clips_keep`` of
-them wait for their upload. A set-end clip is rejected only when the
-stream is stopped, the camera is down or the buffer contains too little
-video. At start-up the clips folder is checked against the clips table,
-because an abrupt stop of the box can leave files behind.
+them wait for their upload. Clips that creator stations ask for (trigger
+``request``) have a share of ``clips_keep`` of those, so the panel button,
+the console and the fleet can still cut clips once stations have used
+theirs. A set-end clip is rejected only when the stream is stopped, the
+camera is down or the buffer contains too little video. At start-up the
+clips folder is checked against the clips table, because an abrupt stop of
+the box can leave files behind.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import datetime
 import logging
 import re
 import sqlite3
+import time
 import uuid
 import zoneinfo
 from collections import Counter
@@ -50,6 +54,7 @@ from appliance.studio._actions import (
 from appliance.studio._store import (
     LIMIT_PER_KEEP,
     RECOVERED,
+    REQUEST,
     SET_END,
     ClipRecord,
     ClipStore,
@@ -87,6 +92,9 @@ HTTP_REQUESTER = "studio-http"
 # Clip rejections of one reason are logged at most once in this many seconds,
 # so a stuck button or a request loop cannot flood the log. Each one is counted.
 REJECTION_LOG_INTERVAL_S = 5.0
+# A failure to build or publish the stream state is logged with its
+# traceback the first time, then at most once in this many seconds.
+STATE_FAILURE_LOG_INTERVAL_S = 60.0
 # The file name of a clip: its id, 32 hex digits, and ``.mp4``.
 CLIP_FILE = re.compile(r"[0-9a-f]{32}\.mp4")
 
@@ -229,7 +237,7 @@ class Studio:
         self.stream.start()
 
     async def stop_stream(self) -> None:
-        """Stop the camera or slate; HLS keeps its last segments."""
+        """Stop the camera or slate; the HLS playlist keeps its segments and ends."""
         await self.stream.stop()
 
     def schedule(self, action: Callable[[], Any], name: str) -> None:
@@ -336,7 +344,7 @@ class Studio:
             )
         if trigger != SET_END:
             self._check_too_soon(trigger, ring.end_s)
-            self._check_room()
+            self._check_room(trigger)
         return packets, stream.ring_info, ring.end_s
 
     def _check_too_soon(self, trigger: str, end_s: float) -> None:
@@ -354,13 +362,26 @@ class Studio:
                 f"{interval_s - moved_s:.2f} s",
             )
 
-    def _check_room(self) -> None:
+    def _check_room(self, trigger: str) -> None:
         writing = [t for t in self._clip_tasks.values() if t != SET_END]
         if len(writing) >= MAX_CLIPS_IN_FLIGHT:
             raise StudioError(
                 "busy",
                 f"{len(writing)} clips are being written; try again in a few seconds",
             )
+        if trigger == REQUEST:
+            requested = self.clips.waiting(REQUEST) + writing.count(REQUEST)
+            share = self.clips.request_limit
+            if requested >= share:
+                raise StudioError(
+                    "clips-full",
+                    f"{requested} clips cut on request wait for their upload on "
+                    "the box, the share of creator stations (studio.clips_keep "
+                    f"= {share}); the panel button, the console and the fleet "
+                    "can still cut clips. A clip is removed only once it is "
+                    "uploaded; connect the box's [sync] link so the clips "
+                    "upload, or raise studio.clips_keep",
+                )
         waiting = self.clips.on_disk(set_end=False, waiting=True) + len(writing)
         limit = self.clips.limit
         if waiting >= limit:
@@ -650,18 +671,46 @@ class Studio:
             self.begin_clip("set-end", f"end of set {previous.id}", set_id=previous.id)
 
     async def _publish_state_forever(self) -> None:
+        """Check the set's end, refresh the overlays and publish the state, each second.
+
+        A failure in any step is logged and counted, and the next second
+        tries again, so one bad value never stops the telemetry for the
+        rest of the night.
+        """
         bus = self._box.bus
         topic = bus.topics.stream_state(self._box.config.box_id)
+        logged_at: float | None = None
+        unlogged = 0
         while True:
             await asyncio.sleep(STATE_INTERVAL_S)
-            self.check_set_end()
-            self._refresh_overlays()
-            if not bus.connected.is_set():
-                continue
             try:
-                await bus.publish_json(topic, {"data": self.state()}, retain=True)
+                self.check_set_end()
+                self._refresh_overlays()
+                if bus.connected.is_set():
+                    await bus.publish_json(topic, {"data": self.state()}, retain=True)
             except (aiomqtt.MqttError, TimeoutError) as err:
                 _LOGGER.warning("Could not publish the stream state: %s", err)
+            except Exception as err:
+                self.counts["state-failures"] += 1
+                now = time.monotonic()
+                if logged_at is None:
+                    _LOGGER.exception(
+                        "Could not build or publish the stream state; trying "
+                        "again every %g s",
+                        STATE_INTERVAL_S,
+                    )
+                elif now - logged_at >= STATE_FAILURE_LOG_INTERVAL_S:
+                    _LOGGER.warning(
+                        "The stream state still fails to build or publish: %s "
+                        "(%d failures since the last report)",
+                        err,
+                        unlogged + 1,
+                    )
+                else:
+                    unlogged += 1
+                    continue
+                logged_at = now
+                unlogged = 0
 
 
 def _clip_and_time(path: Path) -> tuple[ClipFile, float]:

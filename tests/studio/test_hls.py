@@ -327,6 +327,47 @@ def test_close_ends_playlist(stream, tmp_path: Path):
         writer.feed(packets[0])
 
 
+def test_end_finishes_playlist_and_new_run_goes_on(stream, tmp_path: Path):
+    info, packets = stream
+    writer = make_writer(tmp_path, info)
+    for packet in packets:
+        if packet.seconds < 5.2:
+            writer.feed(packet)
+    writer.end()
+    ended = (tmp_path / PLAYLIST_NAME).read_text()
+    _tags, ended_entries = parse_playlist(ended)
+    last = ended_entries[-1]
+    stopped = (writer.ended, writer.closed)
+    # A run after a stop, later on the same timeline.
+    for packet in packets:
+        if 7.0 <= packet.seconds < 9.2:
+            writer.feed(packet)
+    resumed = writer.playlist()
+    tags, entries = parse_playlist(resumed)
+    first_new = entries[len(ended_entries)]
+
+    assert ended.endswith("#EXT-X-ENDLIST\n")
+    assert "#EXT-X-PRELOAD-HINT" not in ended
+    assert [e.duration for e in ended_entries] == pytest.approx([2.0, 2.0, 1.2])
+    assert last.uri is not None
+    assert decode_errors(tmp_path / last.uri) == ""
+    assert stopped == (True, False)
+    assert "#EXT-X-ENDLIST" not in resumed
+    assert "#EXT-X-PRELOAD-HINT" in resumed
+    assert tags["#EXT-X-MEDIA-SEQUENCE"] == "0"
+    assert tags["#EXT-X-DISCONTINUITY-SEQUENCE"] == "0"
+    assert [e.discontinuity for e in entries[: len(ended_entries) + 1]] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert first_new.uri is not None
+    assert first_new.uri.endswith("-000003.ts")
+    assert decode_errors(tmp_path / first_new.uri) == ""
+    assert not writer.ended
+
+
 def test_failed_playlist_write_keeps_stream_in_memory(stream, tmp_path: Path):
     info, packets = stream
     writer = make_writer(tmp_path, info)

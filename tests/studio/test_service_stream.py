@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from studio_site import (
 from appliance.bus.client import Incoming
 from appliance.errors import RequestError
 from appliance.signed_documents import sign_document
+from appliance.studio._http_playlist import playlist_position
 from appliance.studio._store import ClipRecord
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -101,6 +103,44 @@ async def test_stream_state_published(studio_box: StudioBox) -> None:
     assert sb.box.status()["stream"]["camera"] == "simulator"
 
 
+async def test_state_publishing_survives_a_failure(
+    studio_box: StudioBox, caplog: pytest.LogCaptureFixture
+) -> None:
+    sb = studio_box
+    studio = sb.studio
+    states: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_state(incoming: Incoming) -> None:
+        states.put_nowait(orjson.loads(incoming.payload)["data"])
+
+    async def next_state(message: str) -> dict[str, Any]:
+        while True:
+            state = await asyncio.wait_for(states.get(), TIMEOUT_S)
+            if state["message"] == message:
+                return state
+
+    async with sb.client("terminal-console", "terminal", "console") as console:
+        console.subscribe(console.topics.stream_state(sb.config.box_id), on_state)
+        with caplog.at_level(logging.WARNING, logger="appliance.studio.service"):
+            # A lone surrogate cannot be encoded as UTF-8, so the state with
+            # it in cannot be published. Requests reject such text; the
+            # studio's own call gets it through.
+            studio.show_message("\udfff")
+            await wait_until(
+                lambda: studio.counts["state-failures"] >= 2, "two failed publishes"
+            )
+            studio.show_message("back on air")
+            state = await next_state("back on air")
+        studio.show_message(None)
+
+    failures = [
+        record for record in caplog.records if "stream state" in record.getMessage()
+    ]
+    assert state["running"] is True
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+
+
 async def test_stream_served_over_http(studio_box: StudioBox) -> None:
     sb = studio_box
     await camera_streaming(sb)
@@ -119,6 +159,78 @@ async def test_stream_served_over_http(studio_box: StudioBox) -> None:
     assert status == 200
     assert playlist.startswith("#EXTM3U")
     assert anonymous_status == 401
+
+
+def segment_names(playlist: str) -> list[str]:
+    """Return the finished segments a playlist lists, oldest first."""
+    return [line for line in playlist.splitlines() if line and not line.startswith("#")]
+
+
+async def test_stopped_stream_ends_playlist(
+    studio_box: StudioBox, caplog: pytest.LogCaptureFixture
+) -> None:
+    sb = studio_box
+    studio = sb.studio
+    await camera_streaming(sb)
+    await wait_until(lambda: studio.state()["segments_written"] >= 2, "two segments")
+    http = studio.http
+    assert http is not None
+    base = f"http://127.0.0.1:{http.port}/stream"
+    station = {"Authorization": f"Bearer {sb.token(STATION, PUBLISH)}"}
+    viewer = {"Authorization": f"Bearer {sb.token('viewer-1', 'stream:view')}"}
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/health") as response:
+            live_health = response.status
+        with caplog.at_level(logging.WARNING):
+            async with session.post(
+                f"{base}/control/stop", headers=station, json={}
+            ) as response:
+                stopped = await response.json()
+        async with session.get(f"{base}/health") as response:
+            stopped_health = (response.status, await response.json())
+        async with session.get(f"{base}/live.m3u8", headers=viewer) as response:
+            ended = await response.text()
+        next_msn = playlist_position(ended).open_msn
+        async with session.get(
+            f"{base}/live.m3u8", headers=viewer, params={"_HLS_msn": str(next_msn)}
+        ) as response:
+            blocked = (response.status, await response.text())
+        last = segment_names(ended)[-1]
+        async with session.get(f"{base}/{last}", headers=viewer) as response:
+            last_segment = await response.read()
+        written = studio.state()["segments_written"]
+        async with session.post(
+            f"{base}/control/start", headers=station, json={}
+        ) as response:
+            assert response.status == 200
+        await camera_streaming(sb)
+        await wait_until(
+            lambda: studio.state()["segments_written"] > written, "a new segment"
+        )
+        async with session.get(f"{base}/health") as response:
+            resumed_health = response.status
+        async with session.get(f"{base}/live.m3u8", headers=viewer) as response:
+            resumed = await response.text()
+
+    stop_warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+    ]
+    assert live_health == 200
+    assert stopped["result"] == {"running": False}
+    assert stopped_health == (503, {"ok": False, "reason": "stopped"})
+    assert ended.endswith("#EXT-X-ENDLIST\n")
+    assert "#EXT-X-PRELOAD-HINT" not in ended
+    # A blocking reload of an ended playlist gets it at once.
+    assert blocked == (200, ended)
+    assert probe_bytes(last_segment, ".ts").packets_of("video")
+    assert stop_warnings == []
+    assert resumed_health == 200
+    assert "#EXT-X-ENDLIST" not in resumed
+    assert "#EXT-X-DISCONTINUITY" in resumed
+    assert playlist_position(resumed).open_msn > next_msn
 
 
 async def test_clip_request_writes_clip(studio_box: StudioBox) -> None:
