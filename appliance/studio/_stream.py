@@ -137,6 +137,10 @@ class StudioStream:
                     await self._run_camera()
                 except CameraError as err:
                     self._camera_down(str(err))
+                    if err.permanent:
+                        # Nothing changes before a restart, so the slate
+                        # stays on air until stop() cancels this task.
+                        await asyncio.Event().wait()
                 if self.down_since is None:
                     delay = RETRY_FIRST_S
                 await asyncio.sleep(delay)

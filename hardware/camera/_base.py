@@ -33,9 +33,15 @@ Overlay = Callable[[npt.NDArray[np.uint8], float], None]
 class CameraError(RuntimeError):
     """A camera that cannot start, or that stopped delivering frames.
 
-    ``hardware`` imports nothing from ``appliance``; the box turns this
-    error into its own HardwareError where a camera is required.
+    ``permanent`` is True when trying again cannot help before the process
+    restarts, such as a camera library that is not installed. ``hardware``
+    imports nothing from ``appliance``; the box turns this error into its
+    own HardwareError where a camera is required.
     """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def load_picamera2() -> Picamera2Backend:
             get_platform,
         )
     except ImportError as error:
-        raise CameraError(_missing_picamera2_message(error)) from error
+        raise CameraError(_missing_picamera2_message(error), permanent=True) from error
     hardware_encoder = None
     if get_platform() == Platform.VC4:
         from picamera2.encoders.h264_encoder import (
@@ -161,11 +161,8 @@ class Picamera2Camera(Camera):
 
     A camera that fails to start raises CameraError from each ``start``,
     so a caller that retries keeps trying. A picamera2 that cannot be
-    imported cannot appear before the process restarts: the first
-    ``start`` raises CameraError, and the next one waits, without
-    returning, until it is cancelled. A caller that retries thus keeps
-    its fallback and reports the cause once. The ``start`` after a
-    cancelled wait raises again.
+    imported cannot appear before the process restarts, so its
+    CameraError is ``permanent`` and a caller stops retrying.
     """
 
     name = "picamera2"
@@ -196,7 +193,6 @@ class Picamera2Camera(Camera):
         self._audio: AlsaCapture | None = None
         self._started_at = 0.0
         self._import_error: CameraError | None = None
-        self._import_error_reported = False
         self.stats.extra["overlay_errors"] = 0
 
     @property
@@ -261,16 +257,6 @@ class Picamera2Camera(Camera):
                 return load_picamera2()
             except CameraError as error:
                 self._import_error = error
-        if not self._import_error_reported:
-            self._import_error_reported = True
-            raise self._import_error
-        # Nothing sets this event: only cancellation ends the wait, and the
-        # next start reports the error again.
-        never_set = asyncio.Event()
-        try:
-            await never_set.wait()
-        finally:
-            self._import_error_reported = False
         raise self._import_error
 
     def _open_audio(self, input_format: str) -> AlsaCapture | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import numpy as np
@@ -84,18 +83,22 @@ async def test_picamera2_without_library_raises():
     assert "until the box restarts" in message
 
 
-async def test_picamera2_without_library_waits_after_report():
+async def test_picamera2_without_library_is_a_permanent_failure():
     camera = create_camera("picamera2", dataclasses.replace(SMALL, audio="none"))
-    with pytest.raises(CameraError, match="picamera2 cannot be imported"):
+    for _ in range(2):
+        with pytest.raises(CameraError, match="picamera2 cannot be imported") as err:
+            await camera.start()
+        # No retry can import it before a restart, so the studio stops trying.
+        assert err.value.permanent
+
+
+async def test_simulated_camera_failure_is_not_permanent():
+    camera = create_camera("simulator", dataclasses.replace(SMALL, audio="none"))
+    camera.fail("lens cap on")
+    with pytest.raises(CameraError) as err:
         await camera.start()
-    # No retry can import it before a restart: the next start waits until
-    # it is cancelled instead of failing again.
-    waiting = asyncio.create_task(camera.start())
-    done, _ = await asyncio.wait({waiting}, timeout=0.2)
-    assert done == set()
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    # A start after the cancelled wait (the stream restarted) reports again.
-    with pytest.raises(CameraError, match="picamera2 cannot be imported"):
-        await camera.start()
+        async for _ in camera.packets():
+            pass
+    await camera.stop()
+
+    assert not err.value.permanent
