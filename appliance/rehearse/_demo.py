@@ -42,18 +42,21 @@ _LOGGER = logging.getLogger(__name__)
 
 # Readers batch twice a second, as the demo night's exit readers do.
 BATCH_INTERVAL_S = 0.5
-# Guests near the readers: far enough away that nobody is checked out.
+# Guests near the readers: far enough away that no guest is checked out.
 _BANDS = 12
 _FAR_RSSI_DBM = -88
 _CONNECT_TIMEOUT_S = 15.0
 
 # The studio as a venue box runs it: the product's default camera, encoder,
 # HLS and clip settings, the simulator in real time, and the simulator's test
-# tone standing in for a venue's microphone. Only the HTTP server differs: it
-# listens on loopback at a free port.
+# tone standing in for a venue's microphone. Only the HTTP server, which
+# listens on loopback at a free port, and the clips kept differ.
 DEMO_STUDIO = dataclasses.replace(
     StudioConfig(camera="simulator"),
     audio="tone",
+    # A rehearsal writes one clip into a temporary folder, so keeping few
+    # spares its storage check from asking for gigabytes there.
+    clips_keep=5,
     http_host="127.0.0.1",
     http_port=0,
 )
@@ -180,8 +183,8 @@ async def _run_readers(
             try:
                 await bus.publish_json(bus.topics.sightings(reader_id), {"data": batch})
             except aiomqtt.MqttError as err:
-                # The reader's bus reconnects by itself; the batch is lost,
-                # as a real reader's would be after its replay ring.
+                # The reader's bus reconnects by itself. The batch is lost, as
+                # a real reader's would be after its replay ring.
                 _LOGGER.warning("Demo reader %s lost a batch: %s", reader_id, err)
 
 
@@ -189,7 +192,7 @@ async def _run_readers(
 async def demo_box(
     faults: DemoFaults = DemoFaults(), broker_mode: BrokerMode = "auto"
 ) -> AsyncIterator[Target]:
-    """Start a broker, a box and its readers; yield the box as a rehearsal target.
+    """Start a broker, a box and its readers, and yield it as a rehearsal target.
 
     Everything stops and the temporary folder is removed on exit.
     """
@@ -268,7 +271,7 @@ async def demo_box(
 
 
 async def _serve_studio(box: Box, faults: DemoFaults) -> str | None:
-    """Serve the demo studio over HTTP; break its camera when asked to."""
+    """Serve the demo studio over HTTP, and break its camera when requested."""
     studio = box.studio
     if studio is None:
         return None

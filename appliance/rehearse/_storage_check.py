@@ -19,10 +19,18 @@ _AUDIO_KBPS = 96
 # HLS keeps its window of segments plus the one being written and one
 # being deleted.
 _EXTRA_SEGMENTS = 2
+# The most clip files the studio keeps per ``clips_keep``, sync being down:
+# clips_keep uploaded and twice clips_keep waiting of the triggered clips,
+# and clips_keep uploaded set-end clips. Waiting set-end clips come on top.
+_CLIP_FILES_PER_KEEP = 4
 
 
-def needed_bytes(studio: object | None) -> tuple[int, dict[str, int]]:
-    """Return the bytes the night needs on the data folder, and their parts."""
+def needed_bytes(studio: object | None, *, sets: int = 0) -> tuple[int, dict[str, int]]:
+    """Return the bytes the night needs on the data folder, and their parts.
+
+    ``sets`` is the number of the night's sets, each of which may leave a
+    set-end clip waiting for upload.
+    """
     parts = {"store": STORE_MARGIN_BYTES}
     if studio is not None:
         kbps = int(getattr(studio, "bitrate_kbps", 0))
@@ -33,7 +41,8 @@ def needed_bytes(studio: object | None) -> tuple[int, dict[str, int]]:
         clips_keep = int(getattr(studio, "clips_keep", 0))
         segments = int(getattr(studio, "hls_window", 0)) + _EXTRA_SEGMENTS
         segment_s = float(getattr(studio, "segment_s", 0.0))
-        parts["clips"] = int(clips_keep * clip_s * bytes_per_s)
+        clip_files = _CLIP_FILES_PER_KEEP * clips_keep + sets
+        parts["clips"] = int(clip_files * clip_s * bytes_per_s)
         parts["hls"] = int(segments * segment_s * bytes_per_s)
     return sum(parts.values()), parts
 
@@ -42,7 +51,9 @@ async def check_storage(context: Context) -> Outcome:
     """Check that the data folder's file system has room for the night."""
     config = context.target.config
     usage = shutil.disk_usage(config.data_dir)
-    need, parts = needed_bytes(getattr(config, "studio", None))
+    commerce = getattr(config, "commerce", None)
+    sets = len(getattr(commerce, "sets", ()))
+    need, parts = needed_bytes(getattr(config, "studio", None), sets=sets)
     facts = {
         "path": str(config.data_dir),
         "free_bytes": usage.free,

@@ -104,8 +104,10 @@ def test_storage_need_counts_clips_and_segments() -> None:
         segment_s=2.0,
         hls_window=6,
     )
-    need, parts = needed_bytes(studio)
+    need, parts = needed_bytes(studio, sets=3)
     bytes_per_s = 2000 * 1000 // 8
-    assert parts["clips"] == 50 * 30 * bytes_per_s
+    # 50 uploaded and 100 waiting triggered clips, 50 uploaded set-end
+    # clips, and the set-end clips of the 3 sets still waiting.
+    assert parts["clips"] == (4 * 50 + 3) * 30 * bytes_per_s
     assert parts["hls"] == (6 + 2) * 2 * bytes_per_s
     assert need == STORE_MARGIN_BYTES + parts["clips"] + parts["hls"]
