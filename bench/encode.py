@@ -9,12 +9,13 @@ one key frame a second). The same frames then go through:
   use, frame by frame from memory, as the camera feeds it;
 - ffmpeg: ``/usr/bin/ffmpeg -f rawvideo ... -c:v libx264`` with the same
   preset, tune, GOP and bitrate and no B-frames, reading the frames from a
-  file and writing to ``-f null``; its process start-up is timed too.
+  file and writing to ``-f null``. Its process start-up is timed too.
 
-Passes alternate, and the best pass of each is reported; ``ratio`` is ours
+Passes alternate, and the best pass of each is reported. ``ratio`` is ours
 over ffmpeg's frame rate. The clip figure fills a PacketRing with the
-configured clip length (30 s) of packets and times a clip trigger: the
-snapshot and ``write_clip`` to a finished MP4, the worst of the passes.
+default clip length (30 s, or 4 s with ``--quick``) of packets and times a
+clip trigger: the snapshot and ``write_clip`` to a finished MP4, the worst
+of the passes.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The finding of one check; ``required`` overrides the check's default."""
+    """The finding of one check, whose ``required`` overrides the check's default."""
 
     ok: bool
     detail: str
@@ -65,7 +65,7 @@ class Check:
 
 
 async def run_check(check: Check, context: Context) -> CheckResult:
-    """Run one check and time it; an error it raises becomes its failure.
+    """Run one check and time it, turning an error it raises into its failure.
 
     A check that raises is reported as failed with the error's message, so
     one broken part never hides the results of the others.

@@ -24,7 +24,8 @@ from provisioning.site_access import reader_username
 _CONNECT_TIMEOUT_S = 5.0
 # How long a probe that the broker must drop is given to arrive anyway.
 _PROBE_WAIT_S = 1.5
-# The box publishes its status every second; this allows for a busy box.
+# The box publishes its status every second, and this wait allows for a busy
+# box.
 _STATUS_WAIT_S = 5.0
 
 
@@ -118,7 +119,7 @@ async def _login_accepted(
 async def _forbidden_publishes(
     context: Context, username: str, password: str
 ) -> list[str]:
-    """Publish probes as ``username`` where it must not; return those delivered.
+    """Publish probes as ``username`` where it must not, and return those delivered.
 
     The console reads both probe topics, so a probe the broker let through
     reaches the rehearsal's own subscription.
@@ -134,7 +135,7 @@ async def _forbidden_publishes(
 
 
 async def wait_for_window(context: Context) -> float:
-    """Wait until the listening window has passed; return its length in seconds."""
+    """Wait until the listening window has passed and return its length in seconds."""
     end = context.link.started_at + context.window_s
     await asyncio.sleep(max(0.0, end - time.monotonic()))
     return time.monotonic() - context.link.started_at
@@ -188,7 +189,7 @@ async def check_readers(context: Context) -> Outcome:
     """Check that every configured reader sends batches and hears adverts."""
     config = context.target.config
     window = await wait_for_window(context)
-    # The box's own scanner is listed as a reader too; check_scanner judges it.
+    # The box's own scanner is listed as a reader too, and check_scanner judges it.
     readers = [reader for reader in config.readers if reader.id != config.box_id]
     if not readers:
         return failed("the site lists no readers; add [[readers]] to the site file")
@@ -298,7 +299,7 @@ async def check_time(context: Context) -> Outcome:
 
 
 async def check_sync(context: Context) -> Outcome:
-    """Report whether the upstream sync link is up; the night runs without it."""
+    """Report whether the upstream sync link is up. The night runs without it."""
     status = await wait_for_box_status(context)
     if status is None:
         return failed("the box published no status, so its sync link is unknown")

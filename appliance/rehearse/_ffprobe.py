@@ -83,7 +83,7 @@ async def _run(arguments: list[str]) -> tuple[int, bytes, bytes]:
 
 
 async def probe(path: Path) -> Probe:
-    """Run ffprobe on ``path``; raise MediaToolError when it cannot read it."""
+    """Run ffprobe on ``path``, or raise MediaToolError when it cannot read it."""
     code, stdout, stderr = await _run(
         [
             _tool("ffprobe"),

@@ -12,8 +12,8 @@ every box's; collectors do not read clips.
 
 Each chunk carries MQTT 5 user properties that place it in its clip:
 ``clip`` (the id), ``chunk`` (from 0), ``chunks``, ``offset`` and ``size``
-(the clip's bytes), so a receiver can rebuild the file from chunks that
-arrive more than once, as QoS 1 allows.
+(the clip's bytes). With them a receiver can rebuild the file from chunks
+that arrive more than once, as QoS 1 allows.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class ClipRejectedError(NightboxError):
 
 
 class _QueueError(NightboxError):
-    """The upload queue failed to read or update; the uploader waits and retries."""
+    """A failed read or update of the upload queue, which the uploader retries."""
 
 
 class _ClipFileError(NightboxError, ValueError):
@@ -117,11 +117,11 @@ class _ClipFileError(NightboxError, ValueError):
 
 
 class ClipUploader:
-    """Sends queued clips upstream, chunk by chunk, after the events.
+    """The sender of queued clips upstream, chunk by chunk, after the events.
 
     One instance lives as long as the sync service. The upload position of
     a clip survives a lost connection, so the next connection resumes at
-    the first chunk without a PUBACK; a restart of the box sends the whole
+    the first chunk without a PUBACK. A restart of the box sends the whole
     clip again.
     """
 
@@ -144,8 +144,8 @@ class ClipUploader:
         self._manifest_topic = topics.box_topic(box_id, MANIFEST_TOPIC)
         # Chunks acknowledged so far per clip: where an upload resumes.
         self._acknowledged_chunks: dict[str, int] = {}
-        # Clips whose file cannot be sent, with the reason; skipped until
-        # the service starts again.
+        # Clips whose file cannot be sent, with the reason. They are skipped
+        # until the service starts again.
         self._unsendable: dict[str, str] = {}
         # PUBACK futures of this uploader's messages, by message id.
         self._waiters: dict[int, asyncio.Future[ReasonCode]] = {}
@@ -182,10 +182,10 @@ class ClipUploader:
         """Upload queued clips over ``paho`` until cancelled.
 
         A chunk goes only while ``events_idle`` is set, so an event waits
-        behind the chunks already in flight (at most ``max_inflight`` and
-        4) and at most one more. Raises ClipRejectedError
-        for a failure PUBACK and aiomqtt's MqttCodeError when paho cannot
-        send.
+        behind at most one chunk more than those already in flight. At most
+        ``MAX_CHUNKS_IN_FLIGHT`` chunks are in flight, and fewer when
+        ``max_inflight`` is lower. Raises ClipRejectedError for a failure
+        PUBACK and aiomqtt's MqttCodeError when paho cannot send.
         """
         limit = max(1, min(MAX_CHUNKS_IN_FLIGHT, max_inflight))
         try:
@@ -204,8 +204,8 @@ class ClipUploader:
                     continue
                 await self._source.wake.wait()
         finally:
-            # A lost connection loses these PUBACKs; the chunks without one
-            # go again on the next connection.
+            # A lost connection loses these PUBACKs, so the chunks without
+            # one go again on the next connection.
             for waiter in self._waiters.values():
                 waiter.cancel()
             self._waiters.clear()
@@ -214,7 +214,7 @@ class ClipUploader:
         try:
             pending = self._source.pending_uploads()
         except Exception as err:
-            # The queue lives in the studio's store; a failure there must
+            # The queue lives in the studio's store, and a failure there must
             # not end the connection that carries the events.
             self._queue_failed("read the clip upload queue", err)
         for clip in pending:
@@ -284,7 +284,8 @@ class ClipUploader:
         try:
             self._source.mark_uploaded(clip.id)
         except Exception as err:
-            # The clip stays queued, so it is sent again after the retry.
+            # The clip stays queued with every chunk acknowledged, so after
+            # the retry only its manifest is sent again.
             self._queue_failed(f"mark clip {clip.id} uploaded", err)
         del self._acknowledged_chunks[clip.id]
         self.uploaded += 1

@@ -1,8 +1,8 @@
 """The creator studio: the camera's stream served as HLS, pushed out, and clipped.
 
-The media side lives here: ``PacketRing`` keeps the last seconds of
-encoded packets, ``write_clip`` remuxes a snapshot of them into an MP4
-clip, ``HlsWriter`` cuts the stream into low-latency HLS segments and
+This package contains the media side. ``PacketRing`` keeps the last seconds
+of encoded packets, and ``write_clip`` remuxes a snapshot of them into an
+MP4 clip. ``HlsWriter`` cuts the stream into low-latency HLS segments, and
 ``StreamPush`` sends it to an RTMP, SRT or MPEG-TS ingest.
 """
 

@@ -31,7 +31,7 @@ JOINERS = frozenset({"\u200c", "\u200d"})
 
 
 class StudioError(NightboxError, RuntimeError):
-    """A studio action that cannot be done now; ``code`` is one word for replies."""
+    """A studio action that cannot be done now, with a one-word ``code`` for replies."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -103,7 +103,7 @@ def _strings(name: Any, value: Any, depth: int = 0) -> list[str]:
     return found
 
 
-# Studio fields are flat; deeper values are rejected by the field checks.
+# Studio fields are flat, so the field checks reject deeper values.
 _MAX_DEPTH = 4
 
 

@@ -6,7 +6,7 @@ with a ``stream:publish`` edge token. The terminal console sends
 admin token (served by :mod:`appliance.console.service`). The fleet sends
 the signed command ``clip``. Request handlers run inside the request
 server's transaction and cannot wait for a clip file, so they start the
-clip and reply with its id; the ``clip_written`` event and the stream
+clip and reply with its id. The ``clip_written`` event and the stream
 state report the file once it is stored.
 """
 
@@ -49,7 +49,7 @@ def serve_studio(box: Box, studio: Studio) -> None:
 
 
 def console_actions(studio: Studio | None) -> dict[str, RequestHandler]:
-    """Return the console's ``stream-*`` handlers; without a studio they reject."""
+    """Return the console's ``stream-*`` handlers, which reject without a studio."""
     if studio is None:
         return {
             action: _no_studio

@@ -2,7 +2,7 @@
 
 The FFmpeg libraries that PyAV bundles may lack a protocol (PyAV 18's build
 has no ``srt``), while the ``ffmpeg`` program may have it (Debian's ffmpeg
-links libsrt). ``StreamPush`` then muxes MPEG-TS in its own process and
+links libsrt). ``StreamPush`` then muxes MPEG-TS in the box's process and
 writes it into the standard input of an ``ffmpeg`` child, which copies it to
 the URL. This module starts and stops that child and writes to it, never
 blocking the push for longer than its I/O timeout. It reports when the
@@ -40,7 +40,7 @@ _RELAY_ANALYZE_US = 500_000
 RELAY_EXIT_GRACE_S = 1.0
 # How often a blocked write to the child checks whether the push is closing.
 _RELAY_WRITE_POLL_S = 0.1
-# Error lines logged per ffmpeg child; the rest are only counted.
+# Error lines logged per ffmpeg child. The rest are only counted.
 _RELAY_LOGGED_LINES = 20
 # The prefix of an ffmpeg or libsrt message: a log context with an address,
 # or a clock time with the SRT thread's name.

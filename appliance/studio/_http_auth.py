@@ -80,7 +80,7 @@ class RequestGate:
     def authorize(
         self, request: web.Request, scopes: tuple[str, ...]
     ) -> Authorized | web.Response:
-        """Check the request's token; return it, or the error response to send."""
+        """Check the request's token and return it, or the error response to send."""
         header = request.headers.get("Authorization")
         from_query = header is None
         token = request.query.get("token") if header is None else None
@@ -104,7 +104,7 @@ class RequestGate:
     def invalid(
         self, request: web.Request, status: int, reason: str, message: str
     ) -> web.Response:
-        """Count and log an invalid request; return its error response."""
+        """Count and log an invalid request, and return its error response."""
         self.count_invalid(request, reason, message)
         return error_response(status, reason, message)
 
@@ -114,7 +114,7 @@ class RequestGate:
         self._log_limited(request, reason, message)
 
     def _reject(self, request: web.Request, err: TokenError) -> web.Response:
-        """Count and log a rejected token; return the error response."""
+        """Count and log a rejected token, and return the error response."""
         self._rejections[err.reason] += 1
         reason = err.reason
         if reason == "missing":

@@ -75,7 +75,7 @@ class ConnectionLimits:
         self.total = 0
 
     def admit(self, address: str) -> str | None:
-        """Count a new connection from ``address``; return why it is rejected, if so."""
+        """Count a new connection from ``address``, or return why it is rejected."""
         if self.total >= self.max_total:
             return "too-many-connections"
         if self.by_address[address] >= self.max_per_address:

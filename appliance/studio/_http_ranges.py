@@ -7,6 +7,7 @@ bytes not written yet (a preload hint, or a part still being written) is
 held until the part that contains them is finished and then gets the whole
 part, so a player never receives a truncated part. A request for the whole
 segment or for a suffix range is held until the whole segment is finished.
+A request is held for at most three target durations.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ _BYTE_RANGE = re.compile(r"^bytes=(\d{0,15})-(\d{0,15})\Z")
 class RangeRequest:
     """One byte range of a ``Range`` header (RFC 9110, section 14.1.2).
 
-    ``start`` and ``last`` are inclusive offsets; ``start`` None with
-    ``last`` set requests the last ``last`` bytes.
+    ``start`` and ``last`` are inclusive offsets. When ``start`` is None and
+    ``last`` is set, the range is the last ``last`` bytes.
     """
 
     start: int | None
@@ -76,7 +77,7 @@ def requested_range(header: str | None) -> RangeRequest | str | None:
     """Return the byte range a ``Range`` header requests, or why it is invalid.
 
     None means the whole resource: no header, another unit, or several
-    ranges, which a server may answer with the whole resource (RFC 9110,
+    ranges, for which a server may send the whole resource (RFC 9110,
     section 14.2).
     """
     if header is None:
@@ -112,9 +113,9 @@ async def read_segment_range(
 
     A finished segment is served at once. For the segment being
     written, a request for bytes that are not final yet waits until the
-    part that contains them is finished, for at most three target
-    durations. A request for the whole segment or for a suffix range
-    waits until the whole segment is finished.
+    part that contains them is finished. A request for the whole segment
+    or for a suffix range waits until the whole segment is finished. Either
+    wait lasts at most three target durations.
     """
     data = writer.segment_bytes(name)
     if data is None:
@@ -149,7 +150,7 @@ async def _whole_segment(
     requested: RangeRequest | None,
     timeout_s: float,
 ) -> Served | Refused:
-    """Wait part by part until segment ``name`` is finished; serve ``requested``."""
+    """Serve ``requested`` once segment ``name`` is finished, waiting part by part."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     offset = 0
     while True:

@@ -121,7 +121,7 @@ class ClipStore:
             ),
         )
         event = clip.summary()
-        # The path is the box's own business; the event names the file.
+        # The event names the file but not its path on the box.
         del event["path"]
         transaction.emit("clip_written", event)
 
@@ -217,8 +217,8 @@ class ClipStore:
     def prune(self) -> list[Path]:
         """Mark uploaded clips beyond the newest ``keep`` removed; return their files.
 
-        Set-end clips and other clips are counted apart, so clips cut on
-        request never push a set's clip out. A clip still waiting for its
+        Set-end clips and other clips are counted apart, so no other clip
+        pushes a set's clip out. A clip still waiting for its
         upload is kept. The caller deletes the files after this commit.
         """
         rows = self._store.query(

@@ -35,7 +35,8 @@ from hardware.camera import (
 
 _LOGGER = logging.getLogger(__name__)
 
-# The camera is retried after this wait, doubled after each failed try.
+# The camera is retried after this wait, doubled after each failed try up to
+# RETRY_MAX_S. A permanent CameraError is not retried.
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
 # A stop waits this long for the camera to close (an encoder thread finishes
@@ -84,7 +85,7 @@ class StudioStream:
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
-        """Start streaming; a stream already running is left as it is."""
+        """Start streaming, leaving a stream that already runs as it is."""
         if self.running:
             return
         # Video from before a stop is not clipped as if it were live.
@@ -256,7 +257,7 @@ async def _stop_task(task: asyncio.Task[None] | None) -> None:
         return
     task.cancel()
     # Closing a camera takes a moment (an encoder thread finishes its frame,
-    # the encoder is flushed), which is normal, so it is awaited first; the
+    # the encoder is flushed), which is normal, so it is awaited first. The
     # repeated cancel, which warns, is for a cancellation that was lost.
     await asyncio.wait([task], timeout=STOP_WAIT_S)
     await cancel_and_wait(task)

@@ -28,7 +28,7 @@ class Timeline:
         self.runs = 0
 
     def begin_run(self) -> None:
-        """Start a new run; its first packet is placed where the last run ended."""
+        """Start a new run whose first packet is placed where the last run ended."""
         self._base = self._end
         self._offset = None
         self.runs += 1

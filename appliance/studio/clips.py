@@ -25,7 +25,7 @@ _log = logging.getLogger(__name__)
 
 
 class ClipError(NightboxError, RuntimeError):
-    """A clip cannot be written; the message names the reason and what to do."""
+    """A clip that cannot be written, with the reason and the fix in the message."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,10 @@ def write_clip(
     """Write ``packets`` to ``path`` as an MP4 with its index at the front.
 
     The packets must start at a video key frame, as PacketRing.snapshot
-    returns them. Timestamps are rebased so the first frame is at 0; a
+    returns them. Timestamps are rebased so the first frame is at 0. A
     packet whose decoding time does not advance on its stream is skipped
     and logged. Raises ClipError when there is nothing to write or the
-    file cannot be written; an existing file at ``path`` is replaced only
+    file cannot be written. An existing file at ``path`` is replaced only
     by a finished clip.
     """
     rebased = _rebase(packets, info)

@@ -84,8 +84,11 @@ class StudioConfig:
 
     Sizes are pixels, rates frames per second, bitrates kbit/s and every
     ``_s`` value seconds. ``clip_seconds`` is the length of the rolling
-    buffer that clips are cut from, and ``clips_keep`` the number of clip
-    files kept on disk. ``http_port`` 0 picks a free port at start.
+    buffer that clips are cut from. ``clips_keep`` is the number of uploaded
+    clip files kept on disk, counted apart for set-end clips and for the
+    rest. Clips waiting for their upload stay on disk too, and at most twice
+    ``clips_keep`` of the rest may wait. ``http_port`` 0 picks a free port at
+    start.
     """
 
     camera: CameraBackend = "simulator"

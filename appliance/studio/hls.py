@@ -1,11 +1,11 @@
 """Local HLS: MPEG-TS segments, low-latency parts and the live playlist.
 
-The writer takes the camera's packets one by one and cuts a new segment at
-the first video key frame at least ``segment_s`` after the segment's start,
-and a new partial segment (part) before a frame that would make the part
-longer than ``part_s``. Parts are byte ranges of the segment being written
-(RFC 8216bis, section 4.4.4.9), served from memory; finished segments are
-also written as files. The playlist follows Apple's Low-Latency HLS
+The writer takes the camera's packets one by one. It cuts a new segment at
+the first video key frame at least ``segment_s`` after the segment's start.
+It cuts a new partial segment (part) before a frame that would make the
+part longer than ``part_s``. Parts are byte ranges of the segment being
+written (RFC 8216bis, section 4.4.4.9), served from memory, and finished
+segments are also written as files. The playlist follows Apple's Low-Latency HLS
 profile: EXT-X-PART, EXT-X-PART-INF, EXT-X-SERVER-CONTROL with blocking
 reload, and EXT-X-PRELOAD-HINT for the part being written.
 
@@ -14,7 +14,7 @@ written and ends the playlist with EXT-X-ENDLIST, so players stop waiting
 for more. When it starts again, the next segment follows after
 EXT-X-DISCONTINUITY and the tag goes away: media sequence numbers go on
 rising and earlier segments leave the window as usual (RFC 8216, section
-6.2.2), so a player that reloads sees a valid live playlist and a new one
+6.2.2), so a player that reloads gets a valid live playlist and a new one
 joins at its live end.
 """
 
@@ -41,8 +41,9 @@ _log = logging.getLogger(__name__)
 
 PLAYLIST_NAME = "live.m3u8"
 SEGMENT_SUFFIX = ".ts"
-# A client may ask for a segment at most two beyond the playlist's last
-# finished one (RFC 8216bis, section 6.2.5.2); further ahead is a bad request.
+# A client may request a segment at most two beyond the playlist's last
+# finished one (RFC 8216bis, section 6.2.5.2). A request further ahead is a
+# bad request.
 _MAX_MSN_AHEAD = 2
 # Parts are listed for the segments in the last three target durations,
 # as RFC 8216bis, section 6.2.2 lets a server drop older ones.
@@ -58,11 +59,11 @@ _LONG_SEGMENT_LOG_INTERVAL_S = 60.0
 
 
 class HlsError(NightboxError, RuntimeError):
-    """The HLS writer cannot do what was asked; the message gives the reason."""
+    """A failed HLS writer operation, with the reason in the message."""
 
 
 class HlsRequestError(HlsError, ValueError):
-    """A blocking playlist request that can never be answered (HTTP 400)."""
+    """A blocking playlist request that can never be served (HTTP 400)."""
 
 
 @dataclass(frozen=True)
@@ -368,7 +369,7 @@ class HlsWriter:
         )
 
     def discontinuity(self) -> None:
-        """End the segment being written; the next one starts a new timeline."""
+        """End the segment being written, so that the next one starts a new timeline."""
         segment = self._current
         if segment is not None:
             self._finish_segment(segment, segment.video_end)
@@ -538,10 +539,10 @@ class HlsWriter:
                 return self.part_end(name, offset)
 
     def has(self, msn: int, part: int | None = None) -> bool:
-        """Whether the playlist contains segment ``msn`` (or its part ``part``).
+        """Return whether the playlist contains segment ``msn`` or its part ``part``.
 
         A finished segment counts as containing every part index, because a
-        client that asks for a part past the segment's last one wants the
+        client that requests a part past the segment's last one expects the
         playlist that follows the segment's end.
         """
         if msn <= self._completed_msn:
@@ -556,7 +557,7 @@ class HlsWriter:
 
         Returns True once it does, False when ``timeout_s`` seconds pass
         first or the playlist ends without it. Raises HlsRequestError for a
-        request that can never be answered: a negative number, or a segment
+        request that can never be served: a negative number, or a segment
         more than two beyond the last finished one.
         """
         if msn < 0 or (part is not None and part < 0):

@@ -115,7 +115,7 @@ _REJECTION_LOG_INTERVAL_S = 5.0
 # this many seconds of connecting or of its last response, or it is closed.
 DEFAULT_HEADER_TIMEOUT_S = 5.0
 # Connections admitted at once, in total and from one client address. A
-# player keeps a few connections open; the total stays well below the
+# player keeps a few connections open. The total stays well below the
 # process's open file limit, because SQLite, clips and the broker share it.
 DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 32
@@ -213,7 +213,7 @@ class StudioHttp:
 
     @property
     def port(self) -> int:
-        """The TCP port the server listens on; raises RuntimeError before start()."""
+        """The TCP port the server listens on (RuntimeError before start())."""
         if self._port is None:
             raise RuntimeError("the studio HTTP server is not started")
         return self._port
@@ -312,7 +312,7 @@ class StudioHttp:
         )
 
     async def stop(self) -> None:
-        """Stop listening; requests still held for a blocking reload end."""
+        """Stop listening and end the requests still held for a blocking reload."""
         runner, self._runner = self._runner, None
         if runner is None:
             return

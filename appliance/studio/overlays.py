@@ -39,9 +39,9 @@ _LOGGER = logging.getLogger(__name__)
 LUMA_BLACK = 16
 LUMA_WHITE = 235
 CHROMA_NEUTRAL = 128
-# The QR specification asks for a light border of four modules.
+# The QR specification (ISO/IEC 18004) requires a light border of four modules.
 QR_QUIET_ZONE_MODULES = 4
-# Rendered bitmaps kept for reuse; a countdown renders one new line a second.
+# Rendered bitmaps kept for reuse. A countdown renders one new line a second.
 _MAX_CACHED_BITMAPS = 64
 # A message too wide for one line wraps onto two, in a font down to two
 # thirds of the normal size, before its end is cut.
@@ -50,7 +50,8 @@ _MIN_FONT_PX = 8
 ELLIPSIS = "\u2026"
 # Debian's fonts-dejavu-core, which FFmpeg's packages pull in and the box's
 # image installs: Latin with its accents, Greek and Cyrillic. Without it the
-# overlay falls back to the small font bundled with Pillow.
+# overlay uses the font bundled with Pillow (Aileron in Pillow 13) at the same
+# size, which has no accented letters.
 DEJAVU_SANS = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 # Zero width (non-)joiners: they draw nothing, so they are never reported.
 _JOINERS = "\u200c\u200d"
@@ -76,10 +77,10 @@ class DropOverlay:
 
 @dataclass(frozen=True, slots=True)
 class OverlayState:
-    """What the overlays show at box time ``now``.
+    """The content of the overlays at box time ``now``.
 
     ``sales`` and ``revenue_minor`` are the current set's figures of its
-    creator; ``message`` is the custom line set over the bus, if any.
+    creator. ``message`` is the custom line set over the bus, if any.
     """
 
     now: float
@@ -165,7 +166,7 @@ class OverlayCompositor:
         self.frames_skipped = 0
 
     def update(self, state: OverlayState) -> None:
-        """Prepare the bitmaps for ``state``; frames drawn afterwards show it."""
+        """Prepare the bitmaps for ``state``, which the frames drawn afterwards show."""
         placed: list[_Placed] = []
         bottom = self.height - self._margin
         panel_right = self.width - self._margin
@@ -392,7 +393,7 @@ def text_size(text: str, font_px: int) -> tuple[int, int]:
 
 
 def render_text(text: str, font_px: int) -> Bitmap:
-    """Render white text on a black panel; the luma values are final."""
+    """Render white text on a black panel, in final luma values."""
     padding = _padding(font_px)
     font = _font(font_px)
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
@@ -462,7 +463,7 @@ def _padding(font_px: int) -> int:
 
 
 def drawable_text() -> str:
-    """Say which characters the overlay font draws, for error messages."""
+    """Return a sentence on which characters the overlay font draws, for errors."""
     if _dejavu_installed():
         return (
             "the overlay font (DejaVu Sans) draws Latin letters with their "

@@ -74,19 +74,19 @@ class _RelayFailedError(Exception):
 
 
 class StreamPush:
-    """Sends every packet fed to it to ``url``, from a thread it starts at once.
+    """A push of the packets fed to it to ``url``, from a thread started at once.
 
     ``url`` is ``rtmp://``, ``rtmps://`` (FLV), ``srt://``, ``tcp://`` or
     ``udp://`` (MPEG-TS). Each connection starts at a video key frame.
-    ``queue_packets`` bounds the packets waiting to be sent; ``io_timeout_s``
-    bounds a connect or a blocked write, after which the push reconnects,
-    waiting ``retry_s`` and then twice as long each time up to
-    ``max_retry_s``. When PyAV's FFmpeg lacks the ``srt`` protocol, the
-    ``ffmpeg`` program at ``ffmpeg`` sends the stream instead, and libsrt
-    bounds its connect (3 s unless the URL sets ``connect_timeout`` in
-    milliseconds). A URL that neither can send to is not retried. A
-    connection is opened when the first packet is there to send. ``close``
-    stops the thread.
+    ``queue_packets`` bounds the packets waiting to be sent. ``io_timeout_s``
+    bounds a connect or a blocked write, after which the push reconnects. It
+    waits ``retry_s`` and then twice as long each time up to ``max_retry_s``,
+    and starts again from ``retry_s`` after a connection that sent packets.
+    When PyAV's FFmpeg lacks the ``srt`` protocol, the ``ffmpeg`` program at
+    ``ffmpeg`` sends the stream instead, and libsrt bounds its connect (3 s
+    unless the URL sets ``connect_timeout`` in milliseconds). A URL that
+    neither can send to is not retried. A connection is opened when the
+    first packet is there to send. ``close`` stops the thread.
     """
 
     def __init__(
@@ -136,7 +136,7 @@ class StreamPush:
         self._thread.start()
 
     def feed(self, packet: EncodedPacket) -> None:
-        """Queue ``packet`` for sending; never blocks.
+        """Queue ``packet`` for sending without blocking.
 
         When the queue is full the packet is dropped, and so is every
         packet after it until the next video key frame.

@@ -1,7 +1,7 @@
 """The rolling packet buffer that fallback clips are cut from.
 
 The ring keeps the last few seconds of encoded packets as whole groups of
-pictures (GOPs): each group starts at a video key frame and holds the
+pictures (GOPs). Each group starts at a video key frame and contains the
 packets that arrived until the next key frame. Trimming drops whole groups
 from the front, so the oldest packet held is always a key frame and a
 snapshot can be remuxed without re-encoding.
@@ -118,7 +118,7 @@ class PacketRing:
 
     @property
     def end_s(self) -> float | None:
-        """The end of the newest video packet held, in seconds; None when empty."""
+        """The end of the newest video packet held, in seconds, or None when empty."""
         if not self._gops or self._video_end is None:
             return None
         return float(self._video_end)
@@ -132,7 +132,7 @@ class PacketRing:
         """Return the packets of at most the last ``seconds`` (all when None).
 
         The list starts at the earliest video key frame that lies within
-        ``seconds`` of the newest video packet's end; audio packets before
+        ``seconds`` of the newest video packet's end. Audio packets before
         that key frame are left out. The list is empty when no key frame
         lies that close.
         """

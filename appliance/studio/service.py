@@ -83,8 +83,8 @@ _LOGGER = logging.getLogger(__name__)
 
 TRIGGERS = ("button", "command", "console", "set-end", "request")
 STATE_INTERVAL_S = 1.0
-# Clips written at once at most; a further clip is rejected as busy until one
-# of them is stored.
+# Clips other than set-end clips written at once, at most. A further clip is
+# rejected as busy until one of them is stored or has failed.
 MAX_CLIPS_IN_FLIGHT = 3
 # The requester that a drop's event names when a creator station opens the
 # drop over HTTP.
@@ -233,11 +233,11 @@ class Studio:
         return self.stream.running
 
     async def start_stream(self) -> None:
-        """Start streaming; a stream already running is left as it is."""
+        """Start streaming, leaving a stream that already runs as it is."""
         self.stream.start()
 
     async def stop_stream(self) -> None:
-        """Stop the camera or slate; the HLS playlist keeps its segments and ends."""
+        """Stop the camera or slate. The HLS playlist keeps its segments and ends."""
         await self.stream.stop()
 
     def schedule(self, action: Callable[[], Any], name: str) -> None:
@@ -268,11 +268,12 @@ class Studio:
     ) -> ClipJob:
         """Snapshot the clip buffer and start writing the clip in the background.
 
-        Raises StudioError (counted, and logged at most once per reason every
-        few seconds) when the stream is stopped, the camera is down, the
-        buffer contains less than a key frame interval of video, the same
-        trigger cut a clip of this buffer moments ago, too many clips are
-        being written, or the most clips allowed wait for their upload.
+        Raises StudioError, counted and logged at most once per reason every
+        ``REJECTION_LOG_INTERVAL_S``, in these cases: the stream is stopped,
+        the camera is down, or the buffer contains less than a key frame
+        interval of video. It is also raised when the same trigger cut a clip
+        of this buffer moments ago, too many clips are being written, or the
+        most clips allowed wait for their upload.
         """
         if trigger not in TRIGGERS:
             raise ValueError(
@@ -443,7 +444,8 @@ class Studio:
     def _clip_done(self, task: asyncio.Task[ClipRecord]) -> None:
         self._clip_tasks.pop(task, None)
         if not task.cancelled():
-            # Retrieved here so a clip nobody awaits logs no "never retrieved".
+            # Retrieving the exception here stops asyncio from logging "never
+            # retrieved" for a clip task that no caller awaits.
             task.exception()
 
     @staticmethod

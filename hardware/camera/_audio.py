@@ -58,7 +58,7 @@ class AlsaCapture:
         return self._encoder.info
 
     def start(self, started_at: float, sink: PacketSink) -> None:
-        """Start capturing; ``sink`` gets the packets in the capture thread."""
+        """Start capturing, calling ``sink`` with the packets in the capture thread."""
         self._thread = threading.Thread(
             target=self._run,
             args=(started_at, sink),
@@ -94,7 +94,7 @@ class AlsaCapture:
         return self._encoder.encode(np.zeros((CHANNELS, missing), np.float32), now)
 
     def close(self) -> None:
-        """Stop the capture thread and close the device; safe to call twice."""
+        """Stop the capture thread and close the device. Safe to call twice."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)

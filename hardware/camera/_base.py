@@ -1,4 +1,4 @@
-"""What every camera backend delivers: encoded packets with their timestamps.
+"""The interface of every camera backend: encoded packets with their timestamps.
 
 A backend captures raw frames, lets an overlay draw on each one, encodes
 them as H.264 and yields the packets, together with the AAC packets of its
@@ -134,7 +134,7 @@ class AudioInfo:
 
 @dataclass(frozen=True)
 class StreamInfo:
-    """The streams a camera delivers; ``audio`` is None without sound."""
+    """The streams a camera delivers, with ``audio`` None without sound."""
 
     video: VideoInfo
     audio: AudioInfo | None = None
@@ -175,7 +175,7 @@ class Camera(abc.ABC):
     @property
     @abc.abstractmethod
     def info(self) -> StreamInfo:
-        """The stream parameters; raises CameraError before ``start``."""
+        """The stream parameters, which raise CameraError before ``start``."""
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -183,7 +183,7 @@ class Camera(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self) -> None:
-        """Stop capturing and release the camera; safe to call twice."""
+        """Stop capturing and release the camera. Safe to call twice."""
 
     @abc.abstractmethod
     def packets(self) -> AsyncIterator[EncodedPacket]:

@@ -73,9 +73,9 @@ class H264Encoder:
 
     ``tune=zerolatency`` and no B-frames give one packet per frame straight
     away, with ``dts == pts``. Key frames follow presentation time, not the
-    count of encoded frames: the first frame at or after each multiple of
-    ``keyframe_interval_s`` is an IDR frame, so a camera that skips frames
-    it is late for, or stalls, still starts a new group of pictures every
+    count of encoded frames. The first frame at or after each multiple of
+    ``keyframe_interval_s`` is an IDR frame, so a camera that stalls or skips
+    frames it is late for still starts a new group of pictures every
     interval. Scene-cut detection is off and x264's ``keyint`` only bounds
     the group length, so no key frame comes anywhere else. Each key frame
     is preceded by its SPS and PPS, so any key frame can start a segment or
@@ -86,7 +86,7 @@ class H264Encoder:
         self.settings = settings
         self._frame_ticks = Fraction(VIDEO_TIME_BASE.denominator, settings.fps)
         self._captured_at: dict[int, float] = {}
-        # Key frames fall on a grid of the interval in frame time; Fraction
+        # Key frames fall on a grid of the interval in frame time. A Fraction
         # of the decimal text keeps 0.1 s exact, so the grid never drifts.
         self._key_interval = Fraction(repr(settings.keyframe_interval_s))
         self._next_key_slot = 0
@@ -97,14 +97,15 @@ class H264Encoder:
         context.time_base = Fraction(1, settings.fps)
         context.framerate = Fraction(settings.fps)
         context.bit_rate = settings.bitrate_kbps * 1000
-        # The longest group the grid can give: x264 counts encoded frames,
-        # which never run ahead of frame time, so this bound never puts a
-        # key frame between two grid points.
+        # The maximum group length the grid can give. x264 counts encoded
+        # frames, which never run ahead of frame time, so this bound never
+        # puts a key frame between two grid points.
         gop = max(1, math.ceil(settings.fps * self._key_interval))
         context.gop_size = gop
         context.max_b_frames = 0
-        # The global header fills ``extradata`` at open time; repeat-headers
-        # still puts the SPS and PPS in band before every key frame.
+        # The global header fills ``extradata`` at open time, and
+        # repeat-headers still puts the SPS and PPS in band before every key
+        # frame.
         context.flags |= av.codec.context.Flags.global_header
         context.options = {
             "preset": settings.preset,
@@ -141,7 +142,7 @@ class H264Encoder:
         """Encode one I420 frame, frame number ``index`` of the stream.
 
         ``index`` counts frame periods from the start, so frames that were
-        skipped leave a gap in it; the frame is a key frame when a multiple
+        skipped leave a gap in it. The frame is a key frame when a multiple
         of the key frame interval falls in that gap or on the frame itself.
         """
         video_frame = av.VideoFrame.from_ndarray(frame, format="yuv420p")
@@ -166,8 +167,9 @@ class H264Encoder:
             index = packet.pts
             data = bytes(packet)
             if packet.is_keyframe and not has_parameter_sets(data):
-                # x264 repeats the headers on every IDR frame; without them
-                # a segment or clip cut here would not decode.
+                # x264 repeats the headers on every IDR frame. A key frame
+                # without them gets them here, or a segment or clip cut at it
+                # would not decode.
                 data = self.info.extradata + data
             ticks = round(index * self._frame_ticks)
             packets.append(
@@ -219,7 +221,7 @@ class AacEncoder:
             extradata=bytes(context.extradata or b""),
         )
         self._pending = np.zeros((channels, 0), np.float32)
-        # The next sample to encode; the first ones fill the priming slots.
+        # The next sample to encode. The first ones fill the priming slots.
         self._next_sample = AAC_PRIMING_SAMPLES
         self._time_base = Fraction(1, sample_rate)
 

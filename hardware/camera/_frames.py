@@ -169,7 +169,7 @@ class SlateCard:
         )
 
     def frame(self, index: int, seconds: float) -> Frame:
-        """Return a copy of the card; the card does not change with time."""
+        """Return a copy of the card, which does not change with time."""
         return self._frame.copy()
 
 
@@ -228,7 +228,7 @@ class FileSource:
         raise CameraError(f"the video source {self.path} has no decodable frame")
 
     def close(self) -> None:
-        """Close the file; ``frame`` opens it again."""
+        """Close the file, which ``frame`` opens again."""
         if self._container is not None:
             self._container.close()
             self._container = None

@@ -1,7 +1,7 @@
 """The Raspberry Pi camera through picamera2, with sound from ALSA.
 
-picamera2 captures YUV420 frames; its ``pre_callback`` lets the overlay
-draw on each one through ``MappedArray`` before the encoder sees it. The
+picamera2 captures YUV420 frames, and its ``pre_callback`` lets the overlay
+draw on each one through ``MappedArray`` before the encoder reads it. The
 encoder is the VideoCore hardware ``H264Encoder`` where the board has one
 (Pi 4 and older) and ``LibavH264Encoder`` (libx264) otherwise, as on the
 Pi 5. A ``picamera2.outputs.Output`` subclass turns what the encoder
@@ -45,7 +45,7 @@ from hardware.camera._stats import StatsWindow
 _log = logging.getLogger(__name__)
 
 FIRST_KEYFRAME_TIMEOUT_S = 5.0
-# Packets waiting for the studio; beyond this the camera drops frames.
+# Packets waiting for the studio, at most. Beyond this the camera drops frames.
 QUEUE_PACKETS = 256
 _MICROSECONDS = 1_000_000
 
@@ -67,7 +67,7 @@ class Picamera2Backend:
 
 
 def load_picamera2() -> Picamera2Backend:
-    """Import picamera2; raise CameraError when it cannot be imported."""
+    """Import picamera2, or raise CameraError when it cannot be imported."""
     try:
         import picamera2
         import picamera2.encoders
@@ -118,8 +118,9 @@ def i420_view(
     """Return an I420 frame of ``width`` columns for a mapped YUV420 buffer.
 
     picamera2 pads rows to its ``stride``. An unpadded buffer is returned
-    as it is, so an overlay draws in place; a padded one is copied, and the
-    second value tells the caller to copy it back with ``store_i420``.
+    as it is, so an overlay draws in place. A padded one is copied, and the
+    second value is True so that the caller copies it back with
+    ``store_i420``.
     """
     stride = array.shape[1]
     if stride == width:
@@ -320,7 +321,8 @@ class Picamera2Camera(Camera):
                 try:
                     self.overlay(frame, seconds)
                 except Exception:
-                    # The frame goes out without the overlay; counted and logged.
+                    # The frame goes out without the overlay. Failures are
+                    # counted, and the first and every 1000th are logged.
                     errors = self.stats.extra["overlay_errors"] + 1
                     self.stats.extra["overlay_errors"] = errors
                     if errors == 1 or errors % 1000 == 0:
@@ -405,7 +407,7 @@ class Picamera2Camera(Camera):
         camera, self._camera = self._camera, None
         audio, self._audio = self._audio, None
         if self._queue is not None:
-            # Wake a waiting ``packets`` so that it returns; a full queue
+            # Wake a waiting ``packets`` so that it returns. A full queue
             # gives up its oldest packet for the wake-up.
             if self._queue.full():
                 self._queue.get_nowait()

@@ -116,7 +116,7 @@ class SoftwareCamera(Camera):
 
     @abc.abstractmethod
     def _open_source(self) -> FrameSource:
-        """Open the frame source of one run; raise CameraError when it cannot."""
+        """Open the frame source of one run, or raise CameraError when it cannot."""
 
     @abc.abstractmethod
     def _audio_samples(self, first: int, count: int) -> npt.NDArray[np.float32]:
@@ -340,7 +340,7 @@ class SimulatedCamera(SoftwareCamera):
 class SlateCamera(SoftwareCamera):
     """A still card with a message, keeping the stream valid while a camera is down.
 
-    It encodes with the same settings as the camera it stands in for, so
+    It encodes with the same settings as the camera it replaces, so
     the stream keeps its size and rate. Its sound is the test tone for a
     simulated camera's ``tone`` and silence for a microphone, and it has no
     sound when the camera has none.

@@ -20,26 +20,26 @@ PIN_FACTORY_VARIABLE = "GPIOZERO_PIN_FACTORY"
 _GPIO_CHIPS = (Path("/dev"), "gpiochip*")
 _BOARD_MODEL = Path("/proc/device-tree/model")
 
-# Contacts of a panel push button bounce for a few milliseconds; presses
-# closer together than this count once.
+# Contacts of a panel push button bounce for a few milliseconds, so a press
+# edge within this time of the previous edge is counted as a bounce.
 DEFAULT_BOUNCE_S = 0.05
 _BCM_PINS = range(28)
 
 
 class PanelError(RuntimeError):
-    """A button that cannot be set up on its pin; the message names the cause."""
+    """A button that cannot be set up on its pin, with the cause in the message."""
 
 
 class PanelButton:
-    """Call ``on_press`` once per press of the button on BCM pin ``pin``.
+    """A panel button on BCM pin ``pin`` that calls ``on_press`` once per press.
 
     A press counts only when the pin has been quiet for ``bounce_s`` since
     its last edge, in either direction, so contact bounce on press or on
     release never makes a second press. The debounce is done here, not by
     the pin driver, so it works alike on every gpiozero pin factory.
     Rejected edges are counted in ``bounces``. gpiozero calls back in its
-    own thread. With ``loop``, ``on_press`` runs
-    in that event loop's thread instead. An exception from ``on_press`` is
+    own thread. With ``loop``, ``on_press`` runs in that event loop's thread
+    instead. An exception from ``on_press`` is
     logged and counted in ``errors``, and the button keeps working.
 
     Without ``pin_factory``, gpiozero loads its default pin library (lgpio
@@ -113,12 +113,12 @@ class PanelButton:
             _log.exception("panel button on GPIO%d: press handler failed", self.pin)
 
     def close(self) -> None:
-        """Release the pin; safe to call twice."""
+        """Release the pin. Safe to call twice."""
         self._button.close()
 
 
 def _load_default_pin_factory(pin: int) -> None:
-    """Load gpiozero's default pin factory; raise PanelError naming the cause.
+    """Load gpiozero's default pin factory, or raise PanelError naming the cause.
 
     gpiozero warns once per pin library it cannot load. Those warnings are
     collected here instead of printed with their source lines.
@@ -132,8 +132,9 @@ def _load_default_pin_factory(pin: int) -> None:
         try:
             Device.ensure_pin_factory()
         except Exception as error:
-            # BadPinFactory when no library loads; the library's own
-            # ImportError when GPIOZERO_PIN_FACTORY names one not installed.
+            # gpiozero raises BadPinFactory when no library loads, and the
+            # library's ImportError when GPIOZERO_PIN_FACTORY names one not
+            # installed.
             fallbacks = [
                 str(warning.message)
                 for warning in caught
