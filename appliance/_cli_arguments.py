@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,26 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
         if high is not None and not low <= value <= high:
             raise argparse.ArgumentTypeError(
                 f"must be from {low} to {high}, not {value}"
+            )
+        return value
+
+    return parse
+
+
+def seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """Return an argparse type for a number of seconds from ``low`` to ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"must be a number of seconds, not {text!r}"
+            ) from err
+        # nan passes no comparison, so it is rejected with inf here.
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be from {low:g} to {high:g} seconds, not {text}"
             )
         return value
 

@@ -21,7 +21,6 @@ import datetime as dt
 import ipaddress
 import json
 import logging
-import math
 import os
 import re
 import shlex
@@ -36,7 +35,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance._cli_arguments import whole_number
+from appliance._cli_arguments import seconds_between, whole_number
 from appliance._toml_values import ID_PATTERN
 from appliance.bus import envelope
 from appliance.bus.topics import Topics
@@ -280,7 +279,7 @@ def _add_list(fleet_commands: Any) -> None:
     listing.add_argument("--site", type=_identifier, help="only this site")
     listing.add_argument(
         "--wait",
-        type=_seconds(0.1, 60.0),
+        type=seconds_between(0.1, 60.0),
         default=RETAINED_WAIT_S,
         help=f"seconds to wait for the retained messages (default {RETAINED_WAIT_S:g})",
     )
@@ -312,7 +311,7 @@ def _add_send(fleet_commands: Any) -> None:
     )
     send.add_argument(
         "--validity",
-        type=_seconds(1.0, MAX_VALIDITY_S),
+        type=seconds_between(1.0, MAX_VALIDITY_S),
         default=DEFAULT_COMMAND_VALIDITY_S,
         help="seconds the signed command stays valid "
         f"(default {DEFAULT_COMMAND_VALIDITY_S:g})",
@@ -346,7 +345,7 @@ def _add_bundle(fleet_commands: Any) -> None:
     )
     bundle.add_argument(
         "--validity",
-        type=_seconds(1.0, MAX_VALIDITY_S),
+        type=seconds_between(1.0, MAX_VALIDITY_S),
         default=DEFAULT_BUNDLE_VALIDITY_S,
         help="seconds the signed bundle stays valid "
         f"(default {DEFAULT_BUNDLE_VALIDITY_S:g})",
@@ -369,7 +368,7 @@ def _document_options(parser: argparse.ArgumentParser, *, box_required: bool) ->
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds(0.1, MAX_TIMEOUT_S),
+        type=seconds_between(0.1, MAX_TIMEOUT_S),
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds to wait for results (default {DEFAULT_TIMEOUT_S:g})",
     )
@@ -454,24 +453,6 @@ def _name_list(text: str) -> list[str]:
 
 def _split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _seconds(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(
-                f"must be a number of seconds, not {text!r}"
-            ) from err
-        # nan passes no comparison, so it is rejected with inf here.
-        if not math.isfinite(value) or not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"must be from {low:g} to {high:g} seconds, not {text}"
-            )
-        return value
-
-    return parse
 
 
 def run(arguments: argparse.Namespace) -> int:

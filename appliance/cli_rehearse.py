@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import signal
 import sys
 import tempfile
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from appliance._cli_arguments import add_config_option, load_site_config
+from appliance._cli_arguments import (
+    add_config_option,
+    load_site_config,
+    seconds_between,
+)
 from appliance.errors import NightboxError
 
 if TYPE_CHECKING:
@@ -21,8 +24,8 @@ if TYPE_CHECKING:
 # The exit code of a process stopped by SIGTERM, as ``nightbox demo`` uses it.
 EXIT_SIGTERM = 128 + signal.SIGTERM
 
-# Bounds of the listening window. Two seconds still holds several batches of
-# every reader, since ESP32 readers send one a second by default.
+# Bounds of the listening window. Two seconds still contain several batches
+# of every reader, because ESP32 readers send one a second by default.
 MIN_SECONDS = 2.0
 MAX_SECONDS = 600.0
 
@@ -50,7 +53,7 @@ def add_commands(commands: Any) -> None:
     )
     rehearse.add_argument(
         "--seconds",
-        type=_seconds,
+        type=seconds_between(MIN_SECONDS, MAX_SECONDS),
         default=DEFAULT_WINDOW_S,
         help="how long to listen to readers and the box's scanner, in seconds "
         f"({MIN_SECONDS:.0f} to {MAX_SECONDS:.0f}, default {DEFAULT_WINDOW_S:.0f})",
@@ -64,20 +67,6 @@ def add_commands(commands: Any) -> None:
         help="with --demo, break one part of the simulated box on purpose "
         f"(repeatable): {', '.join(FAULTS)}",
     )
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"must be a number of seconds, not {text!r}"
-        ) from err
-    if not math.isfinite(value) or not MIN_SECONDS <= value <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"must be from {MIN_SECONDS:.0f} to {MAX_SECONDS:.0f} seconds, not {text}"
-        )
-    return value
 
 
 def run(arguments: argparse.Namespace) -> int:
