@@ -19,7 +19,7 @@ _AUDIO_KBPS = 96
 # HLS keeps its window of segments plus the one being written and one
 # being deleted.
 _EXTRA_SEGMENTS = 2
-# The most clip files the studio keeps per ``clips_keep``, sync being down:
+# The maximum number of clip files per ``clips_keep`` while sync is down:
 # clips_keep uploaded and twice clips_keep waiting of the triggered clips,
 # and clips_keep uploaded set-end clips. Waiting set-end clips come on top.
 _CLIP_FILES_PER_KEEP = 4

@@ -109,7 +109,7 @@ def playlist_position(text: str) -> PlaylistPosition:
 
 
 def playlist_ended(text: str) -> bool:
-    """Whether a media playlist ends (EXT-X-ENDLIST): the stream is stopped."""
+    """Return whether a media playlist ends with EXT-X-ENDLIST (a stopped stream)."""
     return "#EXT-X-ENDLIST" in text.splitlines()
 
 

@@ -210,7 +210,7 @@ def _check_timing(
         )
     if clip_seconds < 2 * keyframe_interval_s:
         raise ConfigError(
-            f"studio.clip_seconds = {clip_seconds} holds fewer than two key frame "
+            f"studio.clip_seconds = {clip_seconds} contains fewer than two key frame "
             f"intervals ({keyframe_interval_s} s each); clips start at a key "
             "frame, so raise clip_seconds or lower keyframe_interval_s"
         )

@@ -8,7 +8,7 @@ camera relies on, so that ``Picamera2Camera`` runs unchanged on any host:
 - ``Picamera2.create_video_configuration(main=..., controls=...)``,
   ``configure``, ``camera_configuration()["main"]`` with ``size``,
   ``format`` and ``stride``, and ``pre_callback`` called with each request
-  before any encoder sees it.
+  before any encoder receives it.
 - ``MappedArray(request, "main")`` as a context manager whose ``array`` is
   the writable YUV420 buffer of shape (height * 3 // 2, stride).
 - ``start_encoder(encoder, output)`` sets the encoder's size, format and

@@ -312,7 +312,7 @@ async def test_overlay_request(studio_box: StudioBox) -> None:
     assert "U+001B" in control.message
 
 
-async def test_overlay_reply_says_when_the_frame_cuts_the_message(
+async def test_overlay_reply_shortened_message(
     studio_box: StudioBox,
 ) -> None:
     message = "W" * 120
