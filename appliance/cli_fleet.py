@@ -135,6 +135,7 @@ def add_commands(commands: Any) -> None:
     _add_list(fleet_commands)
     _add_send(fleet_commands)
     _add_bundle(fleet_commands)
+    _add_assets(fleet_commands)
     _add_tail(fleet_commands)
 
 
@@ -352,6 +353,55 @@ def _add_bundle(fleet_commands: Any) -> None:
     )
 
 
+def _add_assets(fleet_commands: Any) -> None:
+    assets = fleet_commands.add_parser(
+        "assets", help="send asset blobs and their signed manifest upstream"
+    )
+    assets_commands = assets.add_subparsers(dest="assets_command", required=True)
+    for name, summary, text in (
+        (
+            "send",
+            "publish a packed folder's blobs, then send its manifest",
+            "Publish every blob of a folder packed with `nightbox assets pack` as "
+            "retained chunks for the site, then send its manifest.json as an "
+            "assets bundle and wait for the boxes' results. Boxes fetch the "
+            "blobs they lack, also when they come online later.",
+        ),
+        (
+            "clear",
+            "remove a packed folder's retained chunks from the broker",
+            "Remove the retained chunks of a packed folder's blobs from the "
+            "broker, once no box needs them.",
+        ),
+    ):
+        command = assets_commands.add_parser(name, help=summary, description=text)
+        _connection_options(command)
+        command.add_argument("folder", type=Path, metavar="FOLDER")
+        command.add_argument("--site", type=_identifier, required=True, help="site id")
+        if name == "clear":
+            continue
+        command.add_argument(
+            "--box",
+            type=_identifier,
+            help="send the manifest to this box only (default: every box of the site)",
+        )
+        command.add_argument(
+            "--timeout",
+            type=seconds_between(0.1, MAX_TIMEOUT_S),
+            default=DEFAULT_TIMEOUT_S,
+            help=f"seconds to wait for results (default {DEFAULT_TIMEOUT_S:g})",
+        )
+        command.add_argument(
+            "--queue",
+            action="store_true",
+            help="send even when the boxes are offline; they fetch the blobs when "
+            "they reconnect",
+        )
+        command.add_argument(
+            "--json", action="store_true", help="print each result as one JSON object"
+        )
+
+
 def _document_options(parser: argparse.ArgumentParser, *, box_required: bool) -> None:
     parser.add_argument("--site", type=_identifier, required=True, help="site id")
     parser.add_argument(
@@ -465,6 +515,7 @@ def run(arguments: argparse.Namespace) -> int:
         "list": _list,
         "send": _send,
         "bundle": _bundle,
+        "assets": _assets,
         "tail": _tail,
     }
     return handlers[arguments.fleet_command](arguments)
@@ -1054,6 +1105,53 @@ def _bundle(arguments: argparse.Namespace) -> int:
         deadline = time.monotonic() + arguments.timeout
         results = await_results(client, site, document["nonce"], set(targets), deadline)
     return _report(arguments, document, targets, results)
+
+
+def _assets(arguments: argparse.Namespace) -> int:
+    """Publish a packed folder's blobs as retained chunks, then its manifest."""
+    from appliance.assets.fleet_send import chunk_messages, prepare_send
+
+    site = arguments.site
+    prepared = prepare_send(arguments.folder, site)
+    topics = Topics(site)
+    with _open_client(arguments) as client:
+        if arguments.assets_command == "clear":
+            for sha256, path in prepared.files.items():
+                for topic, _payload in chunk_messages(site, sha256, path):
+                    client.publish(topic, b"", retain=True)
+            print(f"Removed the retained chunks of {len(prepared.files)} blobs")
+            return 0
+        if arguments.box is not None:
+            client.subscribe(
+                [
+                    topics.availability("box", arguments.box),
+                    topics.command_result(arguments.box),
+                ]
+            )
+            _require_online(client, arguments, "bundle")
+            targets = [arguments.box]
+        else:
+            client.subscribe(
+                [
+                    box_filter(site, None, "availability"),
+                    box_filter(site, None, "stat/result"),
+                ]
+            )
+            targets = _online_boxes(client, arguments)
+        # Chunks first, so that a box that applies the manifest finds them.
+        for sha256, path in prepared.files.items():
+            for topic, payload in chunk_messages(site, sha256, path):
+                client.publish(topic, payload, retain=True)
+        print(
+            f"Published {len(prepared.files)} blobs in {prepared.chunks} retained "
+            f"chunks ({prepared.manifest.total_bytes} bytes) for site {site}"
+        )
+        client.publish(topics.bundle(arguments.box, "assets"), prepared.payload)
+        deadline = time.monotonic() + arguments.timeout
+        results = await_results(
+            client, site, prepared.document["nonce"], set(targets), deadline
+        )
+    return _report(arguments, prepared.document, targets, results)
 
 
 def _online_boxes(client: FleetClient, arguments: argparse.Namespace) -> list[str]:

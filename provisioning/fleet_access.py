@@ -2,11 +2,11 @@
 
 Every box logs in with its own account and may publish only under its own
 ``nightbox/<site>/box/<box>/`` (events, telemetry, results, availability,
-clips) and read only the commands and bundles meant for it. Collectors
-read the boxes' events, availability and telemetry, not command results,
-which may carry a box's configuration, and not clips, which they do not
-store. Operators send commands and bundles and read everything the boxes
-publish, results and clips included.
+clips) and read only the commands, bundles and asset blob chunks meant
+for it. Collectors read the boxes' events, availability and telemetry, not
+command results, which may carry a box's configuration, and not clips,
+which they do not store. Operators send commands, bundles and asset blobs
+and read everything the boxes publish, results and clips included.
 Deny by default, as on the box's own broker.
 """
 
@@ -57,6 +57,8 @@ def fleet_policy(
             AclRule(Access.READ, f"{base}/cmnd/+"),
             AclRule(Access.READ, f"{base}/bundle/+"),
             AclRule(Access.READ, f"nightbox/{box.site}/bundle/+"),
+            # Asset blob chunks of the site, which the operator publishes.
+            AclRule(Access.READ, f"nightbox/{box.site}/assets/#"),
         ]
     collected = [
         "nightbox/+/box/+/events/#",
@@ -73,5 +75,6 @@ def fleet_policy(
             AclRule(Access.WRITE, "nightbox/+/box/+/cmnd/+"),
             AclRule(Access.WRITE, "nightbox/+/box/+/bundle/+"),
             AclRule(Access.WRITE, "nightbox/+/bundle/+"),
+            AclRule(Access.WRITE, "nightbox/+/assets/#"),
         ]
     return AccessPolicy(grants)

@@ -44,6 +44,21 @@ class Management(Protocol):
         ...
 
 
+class AssetDelivery(Protocol):
+    """The asset cache's side of blob delivery, which the sync service feeds.
+
+    See :mod:`appliance.assets.delivery` for the topics and the protocol.
+    """
+
+    def offer(self, topic: str, payload: bytes) -> bool:
+        """Take a blob chunk, or return False when ``topic`` is not a chunk topic."""
+        ...
+
+    async def follow(self, client: Any) -> None:
+        """Subscribe to the chunks of the blobs to fetch, for one connection."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Inbound:
     """The request of an upstream message: a ``command`` or ``bundle`` and its name."""

@@ -86,6 +86,9 @@ class BundleApplier:
         self.applied: Counter[str] = Counter()
         self._last_logged: dict[str, float] = {}
         self._unlogged: Counter[str] = Counter()
+        # Called after an assets bundle committed, so the asset cache drops
+        # blobs the manifest no longer lists and fetches the new ones.
+        self.on_assets_applied: Callable[[], None] | None = None
 
     def apply(self, bundle_type: str, payload: bytes) -> dict[str, Any]:
         """Verify and apply one bundle; return the result data for ``stat/result``.
@@ -130,6 +133,8 @@ class BundleApplier:
             )
             return self._reject(topic_type, nonce, "internal-error", message, error=err)
         self.applied[signed.type] += 1
+        if signed.type == "assets" and self.on_assets_applied is not None:
+            self.on_assets_applied()
         _LOGGER.info(
             "Applied %s bundle version %s signed by key %s: %s",
             signed.type,

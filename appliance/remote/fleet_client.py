@@ -473,7 +473,7 @@ class FleetClient:
                 f"{', '.join(denied)}; use an operator account"
             )
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK.
 
         Raises FleetError when the PUBACK carries a failure, as mosquitto 2
@@ -481,7 +481,7 @@ class FleetClient:
         denies. A successful PUBACK proves the broker took the message, not
         that a box received it.
         """
-        info = self._client.publish(topic, payload, qos=1)
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise self._lost("the publish")
         mid = info.mid

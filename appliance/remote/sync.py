@@ -55,6 +55,7 @@ from appliance.remote._clip_upload import (
     ClipUploads,
 )
 from appliance.remote._sync_inbound import (
+    AssetDelivery,
     Inbound,
     InboundQueue,
     InboundTopics,
@@ -214,6 +215,7 @@ class SyncService:
         # go only then.
         self._events_idle = asyncio.Event()
         self._clips_attached = asyncio.Event()
+        self._assets: AssetDelivery | None = None
 
         self.connected = False
         # Events in flight at once: sync.window, or less when the broker's
@@ -259,6 +261,15 @@ class SyncService:
             source, self._topics, self._box_id, self._src
         )
         self._clips_attached.set()
+
+    def attach_asset_delivery(self, delivery: AssetDelivery) -> None:
+        """Fetch the asset blobs that ``delivery`` asks for while connected.
+
+        Call it once, before :meth:`start`.
+        """
+        if self._assets is not None:
+            raise RuntimeError("asset delivery is attached to the sync service already")
+        self._assets = delivery
 
     async def start(self) -> None:
         """Connect upstream in the background, so the box runs on while it cannot."""
@@ -483,6 +494,10 @@ class SyncService:
                 asyncio.create_task(self._send_telemetry(client), name="sync-telemetry")
             )
         tasks.append(asyncio.create_task(self._upload_clips(client), name="sync-clips"))
+        if self._assets is not None:
+            tasks.append(
+                asyncio.create_task(self._assets.follow(client), name="sync-assets")
+            )
         try:
             done, _pending = await asyncio.wait(
                 tasks, return_when=asyncio.FIRST_COMPLETED
@@ -680,8 +695,15 @@ class SyncService:
         """
         async for message in client.messages:
             topic = message.topic.value
-            inbound = self._inbound_topics.parse(topic)
             payload = message.payload
+            # Blob chunks go to the asset cache, which checks them itself.
+            if (
+                self._assets is not None
+                and isinstance(payload, bytes | bytearray)
+                and self._assets.offer(topic, bytes(payload))
+            ):
+                continue
+            inbound = self._inbound_topics.parse(topic)
             if inbound is None or not isinstance(payload, bytes | bytearray):
                 self.counts["inbound_ignored"] += 1
                 # The state is published at most once a second, however

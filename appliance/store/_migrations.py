@@ -295,4 +295,65 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX clips_to_upload ON clips (created_at)
         WHERE uploaded_at IS NULL AND removed_at IS NULL;
     """,
+    # 9: the asset cache. One row per blob kept under its SHA-256, written
+    # after the file was verified. ``last_served_at`` orders eviction; the
+    # blobs of the night's items are pinned by the running cache, not here.
+    """
+    CREATE TABLE asset_blobs (
+        sha256 TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+        size INTEGER NOT NULL CHECK (size > 0),
+        stored_at REAL NOT NULL,
+        verified_at REAL NOT NULL,
+        last_served_at REAL
+    );
+    """,
+    # 10: the guest portal. A session ties a phone's cookie to a band; the
+    # cookie holds a random id and the table only its SHA-256. A band code
+    # is an HMAC of the band, which cannot be reversed, so the codes handed
+    # out are registered under a keyed hash of the code.
+    """
+    CREATE TABLE portal_sessions (
+        id_hash TEXT PRIMARY KEY CHECK (length(id_hash) = 64),
+        band TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX portal_sessions_by_band ON portal_sessions (band);
+    CREATE INDEX portal_sessions_by_expiry ON portal_sessions (expires_at);
+    CREATE TABLE portal_band_codes (
+        code_hash TEXT PRIMARY KEY CHECK (length(code_hash) = 64),
+        band TEXT NOT NULL UNIQUE,
+        registered_at REAL NOT NULL
+    );
+    """,
+    # 11: analytics and privacy. Page views are counters per night, page and
+    # subject (a drop or an item), never per guest. Wellness notes live at
+    # most 24 hours. Follow-up coupons can be redeemed. An erasure records
+    # when and how many rows, never whose.
+    """
+    CREATE TABLE page_views (
+        night TEXT NOT NULL,
+        page TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        views INTEGER NOT NULL CHECK (views >= 0),
+        PRIMARY KEY (night, page, subject)
+    );
+    CREATE TABLE wellness_notes (
+        id TEXT PRIMARY KEY,
+        band TEXT,
+        note TEXT NOT NULL,
+        staff TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX wellness_notes_by_expiry ON wellness_notes (expires_at);
+    ALTER TABLE coupons ADD COLUMN redeemed_at REAL;
+    ALTER TABLE coupons ADD COLUMN redeemed_by TEXT;
+    CREATE TABLE erasures (
+        id TEXT PRIMARY KEY,
+        erased_at REAL NOT NULL,
+        rows INTEGER NOT NULL CHECK (rows >= 0),
+        requested_by TEXT NOT NULL
+    );
+    """,
 )

@@ -1,0 +1,248 @@
+"""Blob files: verified before they are kept, and again at every start.
+
+A blob whose hash or size differs from its manifest entry leaves no file
+and no row. A blob that changed on disk between two starts is removed,
+counted, and reported missing, so the box fetches it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from asset_site import (
+    blob,
+    entry,
+    files_under,
+    open_cache,
+    sha,
+    signed_manifest,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.assets._blobs import BlobRejected, BlobStore
+from appliance.assets.cache import AssetCache
+from appliance.store import Store
+
+TEE = blob("tee", 300_000)
+CAP = blob("cap", 5_000)
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> BlobStore:
+    store = BlobStore(tmp_path / "assets")
+    store.prepare()
+    return store
+
+
+def _chunks(data: bytes, size: int = 65536) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def test_blob_written_under_its_hash(blobs: BlobStore) -> None:
+    path = blobs.write(sha(TEE), len(TEE), _chunks(TEE))
+
+    assert path == blobs.blobs_dir / sha(TEE)[:2] / sha(TEE)
+    assert path.read_bytes() == TEE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert list(blobs.temporary_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "words"),
+    [
+        (blob("other", len(TEE)), "hash-mismatch", "arrived with SHA-256"),
+        (TEE[:-1], "size-mismatch", f"has {len(TEE) - 1} bytes, not the {len(TEE)}"),
+        (TEE + b"x", "size-mismatch", f"more bytes than the {len(TEE)} bytes"),
+    ],
+)
+def test_mismatched_blob_rejected_nothing_kept(
+    blobs: BlobStore, data: bytes, reason: str, words: str
+) -> None:
+    with pytest.raises(BlobRejected) as caught:
+        blobs.write(sha(TEE), len(TEE), _chunks(data))
+
+    assert caught.value.reason == reason
+    assert words in caught.value.message
+    # Only the hash prefix appears in the message.
+    assert sha(TEE)[:12] in caught.value.message
+    assert sha(TEE) not in caught.value.message
+    assert list(files_under(blobs.root)) == []
+
+
+def test_long_source_read_only_past_limit(blobs: BlobStore) -> None:
+    pulled: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            pulled.append(1)
+            yield b"\0" * 1000
+
+    with pytest.raises(BlobRejected):
+        blobs.write(sha(CAP), 5000, endless())
+
+    assert len(pulled) == 6
+
+
+async def test_cache_rejects_wrong_chunks(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+        cache.accept_manifest(signed_manifest(key, [entry(TEE, "tee")]))
+        part = cache.blobs.incoming_dir / "wrong.part"
+        part.write_bytes(blob("forged", len(TEE)))
+
+        with pytest.raises(BlobRejected):
+            await cache.adopt_part(part, sha(TEE), len(TEE))
+
+        assert not part.exists()
+        assert store.query("SELECT * FROM asset_blobs") == []
+        assert list(files_under(cache.blobs.blobs_dir)) == []
+        status = cache.status()
+        assert status["rejected"] == {"hash-mismatch": 1}
+        assert status["missing"] == 1
+        assert cache.entries_for_item("tee") == []
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def _stored_cache(
+    data_dir: Path, key: Ed25519PrivateKey
+) -> tuple[AssetCache, Store]:
+    cache, store = open_cache(data_dir, key)
+    await cache.start()
+    cache.accept_manifest(
+        signed_manifest(key, [entry(TEE, "tee"), entry(CAP, "cap", "Cap photo")])
+    )
+    for data in (TEE, CAP):
+        part = cache.blobs.incoming_dir / "x.part"
+        part.write_bytes(data)
+        await cache.adopt_part(part, sha(data), len(data))
+    return cache, store
+
+
+async def test_start_removes_blob_changed_on_disk(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = await _stored_cache(tmp_path / "box", key)
+    await cache.stop()
+    store.close()
+    changed = cache.blobs.path(sha(TEE))
+    data = bytearray(changed.read_bytes())
+    data[1000] ^= 0xFF
+    changed.write_bytes(bytes(data))
+
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+
+        assert not changed.exists()
+        assert cache.blobs.path(sha(CAP)).exists()
+        rows = store.query("SELECT sha256 FROM asset_blobs")
+        assert rows == [(sha(CAP),)]
+        status = cache.status()
+        assert status["rejected"] == {"changed-on-disk": 1}
+        assert status["missing"] == 1
+        assert status["blobs"] == 1
+        assert cache.entries_for_item("tee") == []
+        assert [e.sha256 for e in cache.missing()] == [sha(TEE)]
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_start_forgets_blob_deleted_from_disk(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = await _stored_cache(tmp_path / "box", key)
+    await cache.stop()
+    store.close()
+    cache.blobs.path(sha(CAP)).unlink()
+
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+
+        assert store.query("SELECT sha256 FROM asset_blobs") == [(sha(TEE),)]
+        assert cache.status()["rejected"] == {"missing-on-disk": 1}
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_start_adopts_verified_file_without_row(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    # A crash after the rename and before the row leaves such a file.
+    cache, store = await _stored_cache(tmp_path / "box", key)
+    await cache.stop()
+    with store.transaction() as transaction:
+        transaction.execute("DELETE FROM asset_blobs WHERE sha256 = ?", (sha(CAP),))
+    store.close()
+
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+
+        assert {row[0] for row in store.query("SELECT sha256 FROM asset_blobs")} == {
+            sha(TEE),
+            sha(CAP),
+        }
+        assert cache.status()["rejected"] == {}
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_start_removes_stray_and_temporary_files(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = await _stored_cache(tmp_path / "box", key)
+    await cache.stop()
+    store.close()
+    stray = cache.blobs.blobs_dir / "ab" / "not-a-hash"
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(b"junk")
+    unlisted = blob("unlisted", 100)
+    foreign = cache.blobs.path(sha(unlisted))
+    foreign.parent.mkdir(exist_ok=True)
+    foreign.write_bytes(unlisted)
+    leftover = cache.blobs.temporary_dir / "0123.part"
+    leftover.write_bytes(b"half")
+
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+
+        assert not stray.exists()
+        assert not foreign.exists()
+        assert not leftover.exists()
+        assert cache.status()["blobs"] == 2
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_new_manifest_drops_unlisted_blobs(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = await _stored_cache(tmp_path / "box", key)
+    try:
+        cache.accept_manifest(signed_manifest(key, [entry(CAP, "cap")], version=2))
+
+        assert not cache.blobs.path(sha(TEE)).exists()
+        assert store.query("SELECT sha256 FROM asset_blobs") == [(sha(CAP),)]
+        assert cache.status()["evicted"] == 1
+    finally:
+        await cache.stop()
+        store.close()

@@ -1,0 +1,211 @@
+"""The size budget: pinned blobs stay, unpinned ones go least recently served first.
+
+The budget is the smaller of ``[assets] budget_bytes`` and the manifest's
+``budget_bytes``. A blob that cannot fit because pinned blobs fill the
+budget is refused with the bytes it needs, and nothing is evicted for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from asset_site import MIB, NOW, blob, entry, open_cache, sha, signed_manifest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.assets.cache import AssetCache, BudgetExceeded, night_items
+from appliance.clock import ManualClock
+from appliance.commerce.config import CommerceConfig, DropConfig, Item
+
+# Four blobs of 400 KiB in a budget of 1 MiB: two fit, a third does not.
+SIZE = 400 * 1024
+A = blob("a", SIZE)
+B = blob("b", SIZE)
+C = blob("c", SIZE)
+D = blob("d", SIZE)
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+async def _add(cache: AssetCache, data: bytes) -> None:
+    part = cache.blobs.incoming_dir / f"{sha(data)}.part"
+    part.write_bytes(data)
+    await cache.adopt_part(part, sha(data), len(data))
+
+
+def _kept(cache: AssetCache) -> set[bytes]:
+    stored = cache.stored()
+    return {data for data in (A, B, C, D) if sha(data) in stored}
+
+
+def _manifest(key: Ed25519PrivateKey, budget: int | None = MIB) -> bytes:
+    return signed_manifest(
+        key,
+        [entry(A, "a"), entry(B, "b"), entry(C, "c"), entry(D, "d")],
+        budget_bytes=budget,
+    )
+
+
+async def test_budget_is_smaller_of_config_and_manifest(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = open_cache(tmp_path / "box", key, budget_bytes=3 * MIB)
+    try:
+        await cache.start()
+        assert cache.budget() == 3 * MIB
+
+        cache.accept_manifest(_manifest(key, budget=MIB))
+        assert cache.budget() == MIB
+        assert cache.status()["budget"] == MIB
+
+        cache.accept_manifest(
+            signed_manifest(key, [entry(A, "a")], version=2, budget_bytes=8 * MIB)
+        )
+        assert cache.budget() == 3 * MIB
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_least_recently_served_evicted_first(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    clock = ManualClock(NOW)
+    cache, store = open_cache(tmp_path / "box", key, clock=clock)
+    try:
+        await cache.start()
+        cache.accept_manifest(_manifest(key))
+        await _add(cache, A)
+        clock.advance_to(NOW + 10)
+        await _add(cache, B)
+        # A was stored first but served since, so B is the older one now.
+        clock.advance_to(NOW + 20)
+        cache.note_served(sha(A))
+
+        await _add(cache, C)
+
+        assert _kept(cache) == {A, C}
+        assert cache.status()["evicted"] == 1
+        assert not cache.blobs.path(sha(B)).exists()
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_pinned_blobs_never_evicted(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    clock = ManualClock(NOW)
+    cache, store = open_cache(tmp_path / "box", key, clock=clock)
+    try:
+        await cache.start()
+        cache.pin_items({"a"})
+        cache.accept_manifest(_manifest(key))
+        await _add(cache, A)
+        clock.advance_to(NOW + 10)
+        await _add(cache, B)
+
+        await _add(cache, C)
+        clock.advance_to(NOW + 20)
+        await _add(cache, D)
+
+        assert A in _kept(cache)
+        assert _kept(cache) == {A, D}
+        status = cache.status()
+        assert status["pinned"] == 1
+        assert status["pinned_bytes"] == SIZE
+        assert status["bytes"] <= MIB
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_blob_refused_when_pins_fill_budget(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+        cache.pin_items({"a", "b", "c"})
+        cache.accept_manifest(_manifest(key))
+        await _add(cache, A)
+        await _add(cache, B)
+
+        with pytest.raises(BudgetExceeded) as caught:
+            await _add(cache, C)
+
+        message = str(caught.value)
+        assert f"({SIZE} bytes) does not fit in the asset budget of {MIB}" in message
+        assert f"use {2 * SIZE} bytes" in message
+        assert f"at least {3 * SIZE}" in message
+        assert _kept(cache) == {A, B}
+        assert cache.status()["rejected"] == {"over-budget": 1}
+        assert list(cache.blobs.incoming_dir.iterdir()) == []
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_fetch_skips_unpinned_that_do_not_fit(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+        cache.pin_items({"d"})
+        cache.accept_manifest(_manifest(key))
+
+        to_fetch = [e.item for e in cache.blobs_to_fetch()]
+
+        # The pinned blob comes first; one unpinned blob fits beside it.
+        assert to_fetch == ["d", "a"]
+        assert [e.item for e in cache.missing()] == ["d", "a", "b", "c"]
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_lowered_budget_evicts_unpinned(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+        cache.pin_items({"b"})
+        cache.accept_manifest(_manifest(key, budget=2 * MIB))
+        for data in (A, B, C):
+            await _add(cache, data)
+
+        cache.accept_manifest(
+            signed_manifest(
+                key,
+                [entry(A, "a"), entry(B, "b"), entry(C, "c")],
+                version=2,
+                budget_bytes=MIB,
+            )
+        )
+
+        assert B in _kept(cache)
+        assert len(_kept(cache)) == 2
+    finally:
+        await cache.stop()
+        store.close()
+
+
+def test_night_items_are_catalogue_and_tonight_drops() -> None:
+    tonight = dt.datetime(2027, 1, 15, 22, 0, tzinfo=dt.UTC).timestamp()
+    earlier = dt.datetime(2027, 1, 10, 22, 0, tzinfo=dt.UTC).timestamp()
+
+    def drop(drop_id: str, item: str, starts: float) -> DropConfig:
+        return DropConfig(drop_id, item, 2500, 10, starts, starts + 3600)
+
+    commerce = CommerceConfig(
+        items=(Item("tee", "Tee", 2500), Item("cap", "Cap", 1500)),
+        drops=(drop("tonight", "tee", tonight), drop("old", "poster", earlier)),
+    )
+
+    assert night_items(commerce, tonight - 600) == {"tee", "cap"}
