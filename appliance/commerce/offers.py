@@ -3,6 +3,11 @@
 A local hotel's microcation or a merch credit arrives as a list of codes in
 the site configuration. The kit station hands one to each opted-in guest as
 their follow-up coupon, and the partner or merch desk redeems it once.
+
+``api/offers/redeem`` also redeems the box's own follow-up coupons (the
+Crockford codes of :mod:`appliance.kits._coupons`) until they expire. Both
+kinds of redemption are recorded on the coupon's row, so the night's kit,
+coupon and redemption funnel counts them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 from appliance.clock import Clock
 from appliance.commerce.config import CommerceConfig
 from appliance.errors import PayloadError
+from appliance.kits._coupons import is_valid_coupon_code, normalise_coupon_code
 from appliance.requests import Refusal, Request, RequestServer
 from appliance.store import Store, Transaction
 
@@ -95,7 +101,7 @@ class PartnerOffers:
             (code,),
         ).fetchone()
         if row is None:
-            raise Refusal("unknown-code", f"partner code {code} does not exist")
+            return self._redeem_coupon(transaction, request, code)
         offer_id, band, redeemed_at = row
         if band is None:
             raise Refusal(
@@ -112,9 +118,70 @@ class PartnerOffers:
             "UPDATE partner_codes SET redeemed_at = ?, redeemed_by = ? WHERE code = ?",
             (now, request.requester, code),
         )
+        # The partner code is also the guest's follow-up coupon.
+        transaction.execute(
+            "UPDATE coupons SET redeemed_at = ?, redeemed_by = ? WHERE code = ?",
+            (now, request.requester, code),
+        )
         transaction.emit(
             "partner_code_redeemed",
             {"code": code, "offer": offer_id, "band": band, "by": request.requester},
         )
         _LOGGER.info("Redeemed partner code %s of %s", code, offer_id)
-        return {"code": code, "offer": offer_id, "band": band, "redeemed_at": now}
+        return {
+            "code": code,
+            "offer": offer_id,
+            "band": band,
+            "redeemed_at": now,
+            "kind": "partner",
+        }
+
+    def _redeem_coupon(
+        self, transaction: Transaction, request: Request, text: str
+    ) -> dict[str, Any]:
+        """Redeem a follow-up coupon code of this box, or reject it with a Refusal."""
+        if not is_valid_coupon_code(text):
+            raise Refusal(
+                "unknown-code",
+                f"{text} is neither a partner code nor a coupon code with a valid "
+                "check symbol; check the code for a typing error",
+            )
+        normalised = normalise_coupon_code(text)
+        code = f"{normalised[:4]}-{normalised[4:]}"
+        row = transaction.execute(
+            "SELECT band, offer, expires_at, redeemed_at FROM coupons WHERE code = ?",
+            (code,),
+        ).fetchone()
+        if row is None:
+            raise Refusal("unknown-code", f"coupon code {code} was not issued here")
+        band, offer, expires_at, redeemed_at = row
+        if redeemed_at is not None:
+            raise Refusal(
+                "already-redeemed",
+                f"coupon {code} was redeemed",
+                redeemed_at=redeemed_at,
+            )
+        now = self._clock.now()
+        if now >= expires_at:
+            raise Refusal(
+                "coupon-expired",
+                f"coupon {code} expired",
+                expires_at=expires_at,
+            )
+        transaction.execute(
+            "UPDATE coupons SET redeemed_at = ?, redeemed_by = ? WHERE code = ?",
+            (now, request.requester, code),
+        )
+        # Like every event, this one carries the band but never the contact.
+        transaction.emit(
+            "coupon_redeemed",
+            {"code": code, "offer": offer, "band": band, "by": request.requester},
+        )
+        _LOGGER.info("Redeemed coupon %s", code)
+        return {
+            "code": code,
+            "offer": offer,
+            "band": band,
+            "redeemed_at": now,
+            "kind": "coupon",
+        }

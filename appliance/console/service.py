@@ -20,6 +20,7 @@ from appliance.console._jobs import KIND_READER_PROVISION, ConsoleJobs
 from appliance.console._logs import LogRing
 from appliance.console._nearby import MAX_WINDOW_S, RecentBatches
 from appliance.console._overview import overview
+from appliance.console._privacy import PrivacyActions
 from appliance.console._system import network_interfaces
 from appliance.console.pin import PinFile, PinFileError, pin_path
 from appliance.errors import PayloadError
@@ -87,6 +88,7 @@ class ConsoleService:
         self.jobs.start()
         serve = self._box.requests.serve
         admin = _admin.AdminActions(self._box)
+        privacy = PrivacyActions(self._box)
         queries: dict[str, RequestHandler] = {
             "overview": self._overview,
             "nearby": self._nearby,
@@ -97,10 +99,13 @@ class ConsoleService:
         for action, handler in queries.items():
             serve("console", action, self._console_only(handler), mutating=False)
         # Replies that carry a token are not stored: the box keeps only the
-        # ids of the tokens it issues.
+        # ids of the tokens it issues. A wellness note or a contact to erase
+        # must not rest in the store as a request's fingerprint either.
         for action, handler, scope in (
             ("unlock", self._unlock, None),
             ("token-issue", admin.token_issue, ADMIN_SCOPE),
+            ("wellness-add", self._box.wellness.add, ADMIN_SCOPE),
+            ("erase-contact", privacy.erase_contact, ADMIN_SCOPE),
         ):
             serve(
                 "console",
@@ -115,6 +120,7 @@ class ConsoleService:
             # Log lines name devices, token ids and errors, so they need the
             # admin PIN; the facts of ``system`` do not.
             "logs": self._logs,
+            "wellness-list": self._box.wellness.list_notes,
         }
         for action, handler in admin_queries.items():
             serve(
@@ -130,6 +136,7 @@ class ConsoleService:
             "promo-create": admin.promo_create,
             "kit-restock": admin.kit_restock,
             "reader-provision": self._reader_provision,
+            "wellness-delete": self._box.wellness.delete,
             # The camera studio's stream, or a no-studio rejection.
             **console_actions(self._box.studio),
         }

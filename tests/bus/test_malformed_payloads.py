@@ -357,7 +357,8 @@ ENDPOINTS: dict[str, Callable[..., dict[str, Any]]] = {
     "drops/status": drop_data,
     "offers/redeem": code_data,
 }
-# The terminal console's endpoints, tested in tests/console.
+# The terminal console's endpoints, tested in tests/console (wellness notes
+# and erasure in tests/analytics).
 CONSOLE_ENDPOINTS = [
     f"console/{action}"
     for action in (
@@ -379,6 +380,10 @@ CONSOLE_ENDPOINTS = [
         "stream-start",
         "stream-stop",
         "stream-clip",
+        "wellness-add",
+        "wellness-list",
+        "wellness-delete",
+        "erase-contact",
     )
 ]
 # Queries take no idempotency key, but every other endpoint requires one.

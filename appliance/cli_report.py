@@ -1,0 +1,76 @@
+"""``nightbox report``: write a night's figures as an HTML page and a JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance._cli_arguments import STORE_NAME, add_config_option, load_site_config
+
+# Exit codes: 0 written, 1 no data for the night, 2 usage or configuration
+# errors (argparse and the ``nightbox`` command use 2 for those too).
+EXIT_NO_DATA = 1
+
+
+def add_commands(commands: Any) -> None:
+    """Add ``nightbox report`` to the command's subparsers."""
+    report = commands.add_parser(
+        "report",
+        help="write a night's figures as HTML with charts and as JSON",
+        description="Write report-<night>.html (charts, no scripts, nothing "
+        "loaded from elsewhere) and report-<night>.json with the same figures: "
+        "drop funnels, creator uplift, kits and coupons, exits over time. "
+        "Groups of fewer than 5 guests are suppressed. Reads the box's store "
+        "read-only, also while the box runs. Exits 0 when written, 1 when the "
+        "night has no data, 2 for usage errors.",
+    )
+    add_config_option(report)
+    report.add_argument(
+        "--night",
+        type=_night,
+        required=True,
+        help="night as an ISO date (YYYY-MM-DD); a night runs from "
+        "site.night_rollover_hour to the same hour the next day",
+    )
+    report.add_argument(
+        "--output",
+        type=Path,
+        default=Path("."),
+        help="folder to write the two files into (default: the current folder)",
+    )
+
+
+def _night(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"must be a date like 2026-12-05 (YYYY-MM-DD), not {text!r}"
+        ) from err
+
+
+def run(arguments: argparse.Namespace) -> int:
+    """Run ``nightbox report``; return the exit code."""
+    from appliance.analytics.figures import night_figures, night_has_data
+    from appliance.analytics.report import ReadOnlyStore, write_report
+
+    config = load_site_config(arguments.config)
+    store = ReadOnlyStore(config.data_dir / STORE_NAME)
+    try:
+        if not night_has_data(store, config, arguments.night):
+            print(
+                f"nightbox report: the store has no views, sales, claims, kits or "
+                f"check-outs for the night of {arguments.night}; check the date "
+                "(a night starts at site.night_rollover_hour)",
+                file=sys.stderr,
+            )
+            return EXIT_NO_DATA
+        figures = night_figures(store, config, arguments.night)
+    finally:
+        store.close()
+    files = write_report(figures, arguments.output)
+    print(f"Wrote {files.html} and {files.json}")
+    return 0
