@@ -39,12 +39,17 @@ def contact(data: dict[str, Any]) -> tuple[str, str]:
         raise PayloadError("give exactly one of 'email' or 'wallet_id'")
     if email is not None:
         if not isinstance(email, str) or len(email) > 254 or not _EMAIL.match(email):
-            raise PayloadError(f"field 'email' is not a valid address: {email!r:.60}")
+            # The value is not repeated: rejected requests are logged, and a
+            # mistyped address is still a guest's contact.
+            raise PayloadError(
+                "field 'email' is not a valid address; give one like "
+                "name@example.org, at most 254 characters"
+            )
         return "email", email.strip()
     if not isinstance(wallet, str) or not _WALLET.match(wallet):
         raise PayloadError(
-            "field 'wallet_id' must be 4-64 letters, digits or ._:-, "
-            f"not {wallet!r:.60}"
+            "field 'wallet_id' must be 4-64 letters, digits or ._:-; the value "
+            "given is not one"
         )
     return "wallet", wallet
 
