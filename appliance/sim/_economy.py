@@ -36,14 +36,20 @@ BAR = "bar-1"
 MERCH = "merch-1"
 DRINKS = {"beer": 450, "water": 250}
 TEE_PRICE = 3500
+LATE_DROP = "tee-late"
+# The late drop opens at this fraction of the night.
+LATE_DROP_AT = 0.5
 _TOP_UPS = (2000, 3000, 5000, 8000)
 
 
 def demo_commerce(plan: NightPlan) -> CommerceConfig:
-    """Return the demo site's economy: a bar, a creator's set and a tee drop.
+    """Return the demo site's economy: a bar, a creator's set and two tee drops.
 
-    The drop has a unit for about one guest in ten and opens at 40 % of the
-    night, when most guests are inside.
+    The first drop has a unit for about one guest in ten and opens at 40 % of
+    the night, when most guests are inside. The late drop opens at
+    ``LATE_DROP_AT`` of the night for guests claiming from the portal on their
+    phones. The simulated terminals never claim it, so it still has units
+    when a guest on the portal claims one.
     """
     drop_start = plan.start_s + 0.4 * plan.duration_s
     partner_codes = tuple(f"NORD-{n:04d}" for n in range(max(1, len(plan.guests) // 8)))
@@ -71,6 +77,16 @@ def demo_commerce(plan: NightPlan) -> CommerceConfig:
                 price=TEE_PRICE,
                 quantity=max(1, len(plan.guests) // 10),
                 starts_at=drop_start,
+                ends_at=plan.end_s,
+                per_guest_limit=1,
+                creator="maya",
+            ),
+            DropConfig(
+                LATE_DROP,
+                "tee",
+                price=TEE_PRICE,
+                quantity=max(1, len(plan.guests) // 50),
+                starts_at=plan.start_s + LATE_DROP_AT * plan.duration_s,
                 ends_at=plan.end_s,
                 per_guest_limit=1,
                 creator="maya",

@@ -4,7 +4,9 @@ The box runs its real services against the broker. Simulated readers,
 a kit station and an opt-in desk are ordinary bus clients with their own
 credentials. The night's outcome is scored against the simulator's ground
 truth. The simulated readers wait for the box to keep up, so the same seed
-gives the same night on a fast or a slow machine.
+gives the same night on a fast or a slow machine. The box also serves the
+guest portal on loopback, with the tee's sample 3D model preloaded
+(``_portal.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -43,6 +46,12 @@ from appliance.sim._economy import (
     Terminal,
     plan_purchases,
     run_purchases,
+)
+from appliance.sim._portal import (
+    PortalGuest,
+    choose_portal_guest,
+    demo_portal_site,
+    write_portal_file,
 )
 from appliance.sim._site import KIT_STATION, demo_config, exit_reader_id
 from appliance.sim._world import Guest, NightPlan
@@ -119,6 +128,12 @@ class DemoOptions:
     console_pin: str | None = None
     # Run the camera studio with the simulated camera (DEMO_STUDIO).
     studio: bool = True
+    # Serve the guest portal on a free loopback port, with the tee's sample
+    # model preloaded into the asset cache from a signed folder.
+    portal: bool = True
+    # Once the portal is up, write its address and the guest a browser plays
+    # to this file (mode 0600); removed when the demo ends. Needs the portal.
+    portal_file: Path | None = None
 
 
 @dataclass
@@ -163,6 +178,8 @@ async def run_demo(
         raise ValueError(
             "guests and exits must be at least 1 and speed a finite number above 0"
         )
+    if options.portal_file is not None and not options.portal:
+        raise ValueError("a portal file needs the portal; set portal=True")
     started = time.monotonic()
     plan = NightPlan(
         options.guests, options.exits, options.seed, NIGHT_START_S, options.duration_s
@@ -177,6 +194,16 @@ async def run_demo(
             config = replace(config, sync=options.sync)
         if options.studio:
             config = replace(config, studio=DEMO_STUDIO)
+        portal_guest = None
+        if options.portal_file is not None:
+            portal_guest = choose_portal_guest(
+                plan,
+                config.commerce,
+                plan_purchases(plan, config.commerce),
+                _kit_stock(config),
+            )
+        if options.portal:
+            config = demo_portal_site(config, plan, _CONSENT_TEXT)
         credentials = SiteCredentials(data_dir / "secrets" / "broker.json")
         policy = site_policy(
             config.site_id,
@@ -190,7 +217,7 @@ async def run_demo(
         _say(progress, f"Broker: {broker.description}")
         try:
             tally = await _run_night(
-                plan, config, credentials, broker, options, progress
+                plan, config, credentials, broker, options, portal_guest, progress
             )
         finally:
             await broker.stop()
@@ -203,6 +230,7 @@ async def _run_night(
     credentials: SiteCredentials,
     broker: BrokerHandle,
     options: DemoOptions,
+    portal_guest: PortalGuest | None,
     progress: TextIO | None,
 ) -> _Tally:
     clock = ManualClock(plan.start_s)
@@ -270,6 +298,12 @@ async def _run_night(
             )
         if box.studio is not None:
             await _announce_stream(box, box.studio, lifetime, progress)
+        if box.portal is not None:
+            url = await _announce_portal(box, progress)
+            if options.portal_file is not None and portal_guest is not None:
+                stack.enter_context(
+                    _portal_file(box, url, portal_guest, plan, options, progress)
+                )
         await _tick_loop(
             plan, box, clock, readers, kit_station, signed, tally, options, progress
         )
@@ -396,6 +430,72 @@ async def _announce_stream(
     )
 
 
+async def _announce_portal(box: Box, progress: TextIO | None) -> str:
+    """Serve the guest portal on loopback, print its address and return it."""
+    assert box.portal is not None
+    http = await box.portal.serve_http()
+    url = f"http://127.0.0.1:{http.port}"
+    _say(progress, f"Portal: {url}/")
+    return url
+
+
+@contextlib.contextmanager
+def _portal_file(
+    box: Box,
+    url: str,
+    portal_guest: PortalGuest,
+    plan: NightPlan,
+    options: DemoOptions,
+    progress: TextIO | None,
+) -> Iterator[None]:
+    """Write the portal file for a browser until the demo ends."""
+    assert box.portal is not None and options.portal_file is not None
+    path = options.portal_file
+    write_portal_file(
+        path,
+        url=url,
+        portal_guest=portal_guest,
+        band_code=box.portal.band_code(portal_guest.guest.band.band_id),
+        plan=plan,
+        speed=options.speed,
+        pid=os.getpid(),
+    )
+    _say(progress, f"Portal file: {path}")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class NightHold:
+    """Keeps the box and its portal running after the night (``--hold``).
+
+    Pass it as ``DemoOptions.after_night``. While it holds, Ctrl-C releases
+    it, and the caller's SIGTERM handler calls ``release`` when ``holding``
+    is true. The night's results follow once it is released.
+    """
+
+    def __init__(self, progress: TextIO | None) -> None:
+        self.holding = False
+        self._released = asyncio.Event()
+        self._progress = progress
+
+    async def __call__(self, box: Box) -> None:
+        """Wait until ``release`` is called, with the box still running."""
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.release)
+        self.holding = True
+        _say(
+            self._progress,
+            "The night is over; the box and its portal keep running until Ctrl-C "
+            "or SIGTERM.",
+        )
+        await self._released.wait()
+
+    def release(self) -> None:
+        """End the hold, so the demo stops the box and returns its results."""
+        self._released.set()
+
+
 async def _finish_stream(studio: Studio) -> dict[str, Any]:
     """Write the clip of the set that ended with the night; return stream figures."""
     studio.check_set_end()
@@ -422,6 +522,12 @@ def stream_summary(stream: dict[str, Any] | None) -> str:
     return (
         f"Studio: HLS segments written {stream['segments_written']}, "
         f"clips {stream['clips']}; set-end clip {set_end}."
+    )
+
+
+def _kit_stock(config: SiteConfig) -> int:
+    return sum(
+        reader.kit_stock for reader in config.readers if reader.id == KIT_STATION
     )
 
 
