@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from appliance import (
+    cli_assets,
     cli_collect,
     cli_console,
     cli_economy,
     cli_fleet,
+    cli_guest,
+    cli_portal,
     cli_reader,
     cli_rehearse,
+    cli_report,
     cli_sync,
 )
 from appliance._cli_arguments import STORE_NAME, whole_number
@@ -125,6 +129,19 @@ def _parser() -> argparse.ArgumentParser:
         "password and a random admin PIN) to this file with mode 0600, for "
         "'nightbox tui'; removed when the demo ends",
     )
+    demo.add_argument(
+        "--portal-file",
+        type=Path,
+        help="once the guest portal is up, write its address and one simulated "
+        "guest's band code and times, for a browser test, to this file with "
+        "mode 0600; removed when the demo ends",
+    )
+    demo.add_argument(
+        "--hold",
+        action="store_true",
+        help="after the night, keep the box and its portal running until Ctrl-C "
+        "or SIGTERM, then print the results",
+    )
 
     run = commands.add_parser(
         "run", help="run the box's services from a configuration file"
@@ -154,6 +171,10 @@ def _parser() -> argparse.ArgumentParser:
     cli_reader.add_commands(commands)
     cli_console.add_commands(commands)
     cli_rehearse.add_commands(commands)
+    cli_portal.add_commands(commands)
+    cli_assets.add_commands(commands)
+    cli_report.add_commands(commands)
+    cli_guest.add_commands(commands)
     cli_tui.add_commands(commands)
     return parser
 
@@ -239,6 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_tui.run(arguments)
         if arguments.command == "rehearse":
             return cli_rehearse.run(arguments)
+        if arguments.command == "portal":
+            return cli_portal.run(arguments)
+        if arguments.command == "assets":
+            return cli_assets.run(arguments)
+        if arguments.command == "report":
+            return cli_report.run(arguments)
+        if arguments.command == "guest":
+            return cli_guest.run(arguments)
         return _replay(arguments.file, arguments.config)
     except NightboxError as err:
         print(f"nightbox: {err}", file=sys.stderr)
@@ -254,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _demo(arguments: argparse.Namespace) -> int:
     from appliance.console.pin import generate_pin
-    from appliance.sim.demo import DemoOptions, run_demo
+    from appliance.sim.demo import DemoOptions, NightHold, run_demo
 
     if arguments.data_dir is not None:
         try:
@@ -266,6 +295,7 @@ def _demo(arguments: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    hold = NightHold(sys.stderr) if arguments.hold else None
     options = DemoOptions(
         guests=arguments.guests,
         exits=arguments.exits,
@@ -278,6 +308,8 @@ def _demo(arguments: argparse.Namespace) -> int:
         stall=not arguments.no_stall,
         console_file=arguments.console_file,
         console_pin=None if arguments.console_file is None else generate_pin(),
+        portal_file=arguments.portal_file,
+        after_night=hold,
     )
     terminated = False
 
@@ -289,6 +321,9 @@ def _demo(arguments: argparse.Namespace) -> int:
 
         def on_sigterm() -> None:
             nonlocal terminated
+            if hold is not None and hold.holding:
+                hold.release()
+                return
             terminated = True
             demo.cancel()
 

@@ -52,9 +52,11 @@ from appliance._toml_values import (
 from appliance._toml_values import (
     table as _table,
 )
+from appliance.assets.config import AssetsConfig, parse_assets_config
 from appliance.clock import SystemClock, TimeSource
 from appliance.commerce.config import COMMERCE_TABLES, CommerceConfig, parse_commerce
 from appliance.errors import ConfigError
+from appliance.portal.config import PortalConfig, parse_portal
 from appliance.remote.config import FleetConfig, SyncConfig, parse_fleet, parse_sync
 from appliance.studio.config import StudioConfig, parse_studio
 
@@ -177,6 +179,10 @@ class SiteConfig:
     reader_network: ReaderNetwork | None = None
     # The camera studio; None on a box without a camera.
     studio: StudioConfig | None = None
+    # The guest portal; None on a box that serves no portal.
+    portal: PortalConfig | None = None
+    # The asset cache's budget and USB preload folder; defaults without [assets].
+    assets: AssetsConfig = field(default_factory=AssetsConfig)
 
     def system_clock(self) -> SystemClock:
         """Return the host's clock, vouched for when ``box.clock_trusted`` is set.
@@ -308,6 +314,8 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
             _table(raw, "reader_network", required=False), broker, base_dir
         ),
         studio=parse_studio(raw),
+        portal=parse_portal(raw),
+        assets=parse_assets_config(raw, base_dir=base_dir),
     )
 
 
@@ -319,6 +327,8 @@ _MORE = {
     "sync",
     "fleet",
     "studio",
+    "portal",
+    "assets",
 } | COMMERCE_TABLES
 
 

@@ -12,6 +12,8 @@ from typing import Any
 import aiomqtt
 
 from appliance._tasks import cancel_and_wait
+from appliance.analytics.wellness import WellnessNotes
+from appliance.assets.cache import AssetCache, night_items
 from appliance.bus.client import Bus, BusSettings
 from appliance.checkout import CheckoutService
 from appliance.clock import Clock
@@ -23,6 +25,7 @@ from appliance.console.service import ConsoleService
 from appliance.drops.service import DropService
 from appliance.kits import KitService
 from appliance.outbox import OutboxPublisher
+from appliance.portal.service import Portal
 from appliance.readers import ClockBeacon, SerialBridge
 from appliance.remote.commands import RemoteManagement
 from appliance.remote.sync import SyncService
@@ -157,10 +160,28 @@ class Box:
             if reader.uplink == "serial"
         ]
         self.management = RemoteManagement(self, config_path=config_path)
+        # The asset cache pins tonight's items and fetches the blobs of
+        # every manifest that a bundle or a USB folder brings.
+        self.assets = AssetCache(
+            self.store,
+            config.data_dir,
+            config.assets,
+            clock,
+            config.fleet.operator_keys,
+            config.site_id,
+        )
+        self.assets.pin_items(night_items(config.commerce, clock.now()))
+        self.management.bundles.on_assets_applied = self.assets.manifest_changed
         # Without [studio] the box has no camera.
         self.studio: Studio | None = None
         if config.studio is not None:
             self.studio = Studio(self, config.studio)
+        # Without [portal] guests have no pages; service_host serves them.
+        self.portal: Portal | None = None
+        if config.portal is not None:
+            self.portal = Portal(self)
+        # Wellness notes are purged on start and every minute.
+        self.wellness = WellnessNotes(self.store, clock)
         self.console = ConsoleService(self, bands, config_path)
         # Without [sync] the box stays offline and keeps its outbox.
         self.sync: SyncService | None = None
@@ -170,17 +191,20 @@ class Box:
             )
             if self.studio is not None:
                 self.sync.attach_clip_uploads(self.studio.clips)
+            self.sync.attach_asset_delivery(self.assets.fetcher)
         self._status_task: asyncio.Task[None] | None = None
         self.bus.on_connect(self.publish_status)
 
     async def __aenter__(self) -> Box:
         await self.checkouts.start()
         await self.kits.start()
+        await self.wellness.start()
         self.pricing.seed(self.store)
         self.offers.start()
         self.wallet.start()
         self.drops.start()
         self.console.start()
+        await self.assets.start()
         if self.studio is not None:
             serve_studio(self, self.studio)
         await self.requests.start()
@@ -214,10 +238,14 @@ class Box:
     ) -> None:
         # Jobs report their end on the bus and in the store, so they stop first.
         await self.console.stop()
+        # The portal's pages call the request server, which stops below.
+        if self.portal is not None:
+            await self.portal.stop()
         if self.studio is not None:
             await self.studio.stop()
         if self.sync is not None:
             await self.sync.stop()
+        await self.assets.stop()
         await self.management.stop()
         for bridge in self.serial_bridges:
             await bridge.stop()
@@ -228,6 +256,7 @@ class Box:
         await self.figures.stop()
         await self.outbox.stop()
         await self.checkouts.stop()
+        await self.wellness.stop()
         await self.bus.close()
         self.store.close()
         _LOGGER.info("Box %s stopped", self.config.box_id)
@@ -265,6 +294,8 @@ class Box:
             "remote": self.management.status(),
             "sync": None if self.sync is None else self.sync.state(),
             "stream": None if self.studio is None else self.studio.state(),
+            "portal": None if self.portal is None else self.portal.state(),
+            "assets": self.assets.status(),
             "faults": [
                 {"reader": fault.reader_id, "kind": fault.kind, "since": fault.since}
                 for fault in self.checkouts.faults

@@ -155,6 +155,7 @@ async def _serve(
                         "set box.scanner to 'none' or 'simulator'"
                     ) from err
             button = await _start_studio(box, announce)
+            await _start_portal(box, announce)
             tune_garbage_collector()
             announce(
                 f"Box {config.box_id} of site {config.site_id} running; data "
@@ -212,6 +213,25 @@ async def _start_studio(
         "--subject <viewer> --scope stream:view`)"
     )
     return button
+
+
+async def _start_portal(box: Box, announce: Callable[[str], None]) -> None:
+    """Serve the guest portal when the site has one.
+
+    Raises ConfigError when its port cannot be bound.
+    """
+    portal = box.portal
+    if portal is None:
+        return
+    try:
+        await portal.serve_http()
+    except OSError as err:
+        raise ConfigError(str(err)) from err
+    announce(
+        f"Guest portal on http://{portal.config.host}:{portal.port}/ (QR codes "
+        f"point at {portal.config.public_url}; print the sign with `nightbox "
+        "portal sign`)"
+    )
 
 
 async def _first_set(*events: asyncio.Event) -> None:
