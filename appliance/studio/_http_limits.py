@@ -129,7 +129,7 @@ class _GuardedConnection(asyncio.Protocol):
             transport.write(
                 _busy_response(
                     rejected,
-                    "the stream server has too many open connections; retry in a "
+                    "the box has too many open connections on this server; retry in a "
                     "few seconds",
                 )
             )
