@@ -576,16 +576,21 @@ class Bus:
         self.stats.published += 1
 
     def reject(self, incoming: Incoming, reason: str, kind: str) -> None:
-        """Count and log (rate-limited) a message that a handler could not use."""
+        """Count and log (rate-limited) a message that a handler could not use.
+
+        The log names the topic, the reason and the payload's size, never its
+        bytes: a request may carry a guest's contact or a wellness note, and
+        its fields may come in any order.
+        """
         self.stats.rejected[kind] += 1
         self._log_limited(
             f"reject-{kind}",
             logging.WARNING,
-            "Rejected message on %s (%s): %s; payload starts %r",
+            "Rejected message on %s (%s): %s; %d bytes",
             incoming.topic,
             kind,
             reason,
-            incoming.payload[:60],
+            len(incoming.payload),
         )
 
     def _log_limited(self, key: str, level: int, message: str, *args: Any) -> None:
