@@ -9,8 +9,8 @@ store, so it serves what ``import`` stored at once.
 Exit codes:
 
 - 0: success.
-- 1: ``import`` left listed blobs missing or rejected, or ``verify``
-  removed a blob that changed on disk.
+- 1: ``import`` left listed blobs missing, rejected or over the budget,
+  or ``verify`` removed a blob that changed on disk or a symbolic link.
 - 2: invalid input: a rejected manifest, an unusable key, folder or
   configuration.
 """
@@ -22,7 +22,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from appliance._cli_arguments import (
     add_config_option,
@@ -32,7 +32,7 @@ from appliance._cli_arguments import (
     whole_number,
 )
 from appliance.assets.cache import AssetCache, ImportResult, night_items
-from appliance.assets.config import MAX_BUDGET_BYTES
+from appliance.assets.config import MAX_BUDGET_BYTES, MIN_BUDGET_BYTES
 from appliance.assets.manifest import ManifestRejected
 from appliance.assets.pack import load_private_key, pack_folder
 from appliance.assets.sample import write_sample_model
@@ -66,7 +66,9 @@ def add_commands(commands: Any) -> None:
     pack.add_argument(
         "--key", type=Path, required=True, help="the operator's private key (PEM)"
     )
-    pack.add_argument("--site", required=True, help="the site id the manifest is for")
+    pack.add_argument(
+        "--site", required=True, help="the site id ([site] id) the manifest is for"
+    )
     pack.add_argument(
         "--version",
         type=whole_number(1, MAX_BUNDLE_VERSION),
@@ -75,10 +77,11 @@ def add_commands(commands: Any) -> None:
     )
     pack.add_argument(
         "--budget",
-        type=whole_number(1, MAX_BUDGET_BYTES),
+        type=whole_number(MIN_BUDGET_BYTES, MAX_BUDGET_BYTES),
         metavar="BYTES",
-        help="the maximum bytes of blobs a box keeps for this manifest "
-        "(default: budget_bytes of assets.toml, else the box's own)",
+        help="the maximum bytes of blobs a box keeps for this manifest, from "
+        "1048576 (1 MiB) to 1099511627776 (1 TiB) (default: budget_bytes of "
+        "assets.toml, else the box's own)",
     )
     pack.add_argument(
         "--validity",
@@ -94,7 +97,7 @@ def add_commands(commands: Any) -> None:
         description="Verify FOLDER/manifest.json, apply it, and copy the files "
         "it lists (matched by SHA-256, any names, anywhere under FOLDER) into "
         "the box's asset cache. Works whether or not the box runs. Exits 1 "
-        "when listed blobs are still missing.",
+        "when listed blobs are still missing, rejected or over the budget.",
     )
     imported.add_argument(
         "folder", type=Path, metavar="FOLDER", help="the folder with manifest.json"
@@ -113,8 +116,8 @@ def add_commands(commands: Any) -> None:
         "verify",
         help="hash every stored blob again; exit 1 if one changed on disk",
         description="Hash every stored blob again. A blob that changed on disk "
-        "is removed, so the box fetches or imports it again; the command then "
-        "exits 1.",
+        "is removed, so the box fetches or imports it again, and a symbolic link "
+        "in the cache is removed as a link; the command then exits 1.",
     )
     add_config_option(verify)
     verify.add_argument("--json", action="store_true", help="print one JSON object")
@@ -137,15 +140,27 @@ def run(arguments: argparse.Namespace) -> int:
         )
         return 0
     config = load_site_config(arguments.config)
+    opened = open_cache(config)
     if command == "import":
-        return _import(config, arguments.folder, as_json=arguments.json)
+        return _import(opened.cache, arguments.folder, as_json=arguments.json)
     if command == "verify":
-        return _verify(config, as_json=arguments.json)
-    return _status(config, as_json=arguments.json)
+        return _verify(opened, as_json=arguments.json)
+    return _status(opened.cache, as_json=arguments.json)
 
 
-def open_cache(config: SiteConfig) -> AssetCache:
-    """Open the asset cache of a box from its configuration, pinned for tonight."""
+class OpenedCache(NamedTuple):
+    """A cache opened by a command, and the links removed from its folders."""
+
+    cache: AssetCache
+    links_removed: list[Path]
+
+
+def open_cache(config: SiteConfig) -> OpenedCache:
+    """Open the asset cache of a box from its configuration, pinned for tonight.
+
+    A symbolic link in place of one of the cache's folders is removed as a
+    link and returned.
+    """
     store = open_store(config, create=True)
     clock = config.system_clock()
     cache = AssetCache(
@@ -157,8 +172,8 @@ def open_cache(config: SiteConfig) -> AssetCache:
         config.site_id,
     )
     cache.pin_items(night_items(config.commerce, clock.now()))
-    cache.blobs.prepare(remove_leftovers=False)
-    return cache
+    links = cache.prepare_folders(remove_leftovers=False)
+    return OpenedCache(cache, links)
 
 
 def _pack(arguments: argparse.Namespace) -> int:
@@ -182,8 +197,7 @@ def _pack(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _import(config: SiteConfig, folder: Path, *, as_json: bool) -> int:
-    cache = open_cache(config)
+def _import(cache: AssetCache, folder: Path, *, as_json: bool) -> int:
     try:
         result = asyncio.run(cache.import_folder(folder))
     except ManifestRejected as err:
@@ -195,7 +209,7 @@ def _import(config: SiteConfig, folder: Path, *, as_json: bool) -> int:
         print(json.dumps(result.to_json()))
     else:
         _print_import(folder, result)
-    return EXIT_INCOMPLETE if result.missing or result.rejected else 0
+    return 0 if result.complete else EXIT_INCOMPLETE
 
 
 def _print_import(folder: Path, result: ImportResult) -> None:
@@ -203,10 +217,13 @@ def _print_import(folder: Path, result: ImportResult) -> None:
     print(f"Manifest version {result.manifest_version} {applied}")
     print(
         f"Blobs: {len(result.stored)} stored, {len(result.present)} already present, "
-        f"{len(result.missing)} missing, {len(result.rejected)} rejected"
+        f"{len(result.missing)} missing, {len(result.rejected)} rejected, "
+        f"{len(result.over_budget)} over budget"
     )
     for sha256, reason in result.rejected.items():
         print(f"  rejected {sha256[:12]}: {reason}")
+    for sha256, reason in result.over_budget.items():
+        print(f"  not stored {sha256[:12]}: {reason}")
     for entry in result.missing:
         print(
             f"  missing {entry.sha256[:12]} ({entry.size} bytes, item {entry.item}, "
@@ -214,9 +231,9 @@ def _print_import(folder: Path, result: ImportResult) -> None:
         )
 
 
-def _verify(config: SiteConfig, *, as_json: bool) -> int:
-    cache = open_cache(config)
-    result = asyncio.run(cache.verify())
+def _verify(opened: OpenedCache, *, as_json: bool) -> int:
+    result = asyncio.run(opened.cache.verify())
+    links = [*opened.links_removed, *result.links_removed]
     if as_json:
         print(
             json.dumps(
@@ -224,19 +241,24 @@ def _verify(config: SiteConfig, *, as_json: bool) -> int:
                     "checked": result.checked,
                     "removed": result.removed,
                     "adopted": result.adopted,
+                    "links_removed": [str(link) for link in links],
                 }
             )
         )
     else:
-        print(f"Checked {result.checked} blobs, removed {len(result.removed)}")
+        print(
+            f"Checked {result.checked} blobs, removed {len(result.removed)} blobs "
+            f"and {len(links)} symbolic links"
+        )
         for sha256, reason in result.removed.items():
             print(f"  removed {sha256[:12]}: {reason}")
+        for link in links:
+            print(f"  removed symbolic link {link} (its target was left as it was)")
     changed = [r for r in result.removed.values() if r != "unrecorded"]
-    return EXIT_INCOMPLETE if changed else 0
+    return EXIT_INCOMPLETE if changed or links else 0
 
 
-def _status(config: SiteConfig, *, as_json: bool) -> int:
-    cache = open_cache(config)
+def _status(cache: AssetCache, *, as_json: bool) -> int:
     status = cache.status()
     if as_json:
         print(json.dumps(status))

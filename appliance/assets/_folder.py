@@ -20,9 +20,14 @@ _LOGGER = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Candidates:
-    """Files whose size matches a listed blob, and how many others were skipped."""
+    """Files whose size matches a listed blob, and how many others were skipped.
+
+    ``identities`` maps each file to its ``(st_dev, st_ino)`` when listed,
+    so a file swapped for a link or a FIFO before it is read is not read.
+    """
 
     files: list[Path] = field(default_factory=list)
+    identities: dict[Path, tuple[int, int]] = field(default_factory=dict)
     skipped: int = 0
 
 
@@ -56,6 +61,7 @@ def candidate_files(
                 continue
             if info.st_size in sizes:
                 found.files.append(path)
+                found.identities[path] = (info.st_dev, info.st_ino)
             else:
                 found.skipped += 1
     return found

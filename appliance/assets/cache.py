@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -33,8 +34,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from appliance.assets._blobs import (
     BlobRejected,
     BlobStore,
+    NotRegularFile,
     Written,
     hash_file,
+    read_limited,
     short_hash,
 )
 from appliance.assets._folder import candidate_files
@@ -55,6 +58,7 @@ from appliance.clock import Clock
 from appliance.commerce.config import CommerceConfig
 from appliance.errors import NightboxError
 from appliance.remote._sync_inbound import LimitedLog
+from appliance.remote.document_types import MAX_BUNDLE_BYTES
 from appliance.signed_documents import DocumentLedger, SignatureError
 from appliance.store import Store
 
@@ -87,11 +91,14 @@ class BudgetExceeded(NightboxError, ValueError):
 
 @dataclass(slots=True)
 class ImportResult:
-    """The outcome of importing a USB folder.
+    """The outcome of importing a USB folder, as it is when the import ends.
 
     ``stored`` lists the hashes written, ``present`` those already kept,
     ``missing`` the entries that no file of the folder matched, ``rejected``
-    the listed hashes whose file was refused with the reason.
+    the listed hashes whose file was refused with the reason, and
+    ``over_budget`` those not stored because they do not fit the budget,
+    with the reason. A blob evicted before the import ends is listed in
+    ``over_budget``, never in ``stored`` or ``present``.
     """
 
     manifest_version: int
@@ -100,7 +107,13 @@ class ImportResult:
     present: list[str] = field(default_factory=list)
     missing: list[AssetEntry] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+    over_budget: dict[str, str] = field(default_factory=dict)
     unmatched_files: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every listed blob is kept."""
+        return not (self.missing or self.rejected or self.over_budget)
 
     def to_json(self) -> dict[str, Any]:
         """Return the result as a JSON object."""
@@ -111,17 +124,23 @@ class ImportResult:
             "present": self.present,
             "missing": [entry.sha256 for entry in self.missing],
             "rejected": self.rejected,
+            "over_budget": self.over_budget,
             "unmatched_files": self.unmatched_files,
         }
 
 
 @dataclass(slots=True)
 class VerifyResult:
-    """The outcome of hashing every stored blob again."""
+    """The outcome of hashing every stored blob again.
+
+    ``links_removed`` lists the symbolic links found in the cache's folders;
+    each was removed as a link, and its target was left as it was.
+    """
 
     checked: int = 0
     removed: dict[str, str] = field(default_factory=dict)
     adopted: list[str] = field(default_factory=list)
+    links_removed: list[Path] = field(default_factory=list)
 
 
 def night_items(commerce: CommerceConfig, now: float) -> set[str]:
@@ -174,11 +193,12 @@ class AssetCache:
     async def start(self) -> None:
         """Verify every stored blob, then import ``preload_dir`` if set.
 
-        A blob whose file changed on disk is removed, logged and counted. A
-        preload folder that is missing or rejected is logged; the box runs
-        on with the blobs it has.
+        A blob whose file changed on disk is removed, logged and counted, and
+        so is a symbolic link in the cache's folders (as a link). A preload
+        folder that is missing or rejected is logged; the box runs on with
+        the blobs it has.
         """
-        await asyncio.to_thread(self.blobs.prepare)
+        await asyncio.to_thread(self.prepare_folders)
         result = await self.verify()
         self._drop_unlisted()
         self._enforce_budget()
@@ -193,6 +213,17 @@ class AssetCache:
             await self._preload(preload)
         self._fetch_task = asyncio.create_task(self.fetcher.run(), name="asset-fetch")
 
+    def prepare_folders(self, *, remove_leftovers: bool = True) -> list[Path]:
+        """Create the cache's folders; return the links that stood in their place.
+
+        Each link was removed as a link (its target is left as it was),
+        logged and counted. ``remove_leftovers`` is as in
+        :meth:`BlobStore.prepare`.
+        """
+        links = self.blobs.prepare(remove_leftovers=remove_leftovers)
+        self._count_links(links)
+        return links
+
     async def stop(self) -> None:
         """Stop fetching blobs; a blob half received is fetched again later."""
         task, self._fetch_task = self._fetch_task, None
@@ -203,7 +234,9 @@ class AssetCache:
         await asyncio.to_thread(self.fetcher.discard_parts)
 
     async def _preload(self, folder: Path) -> None:
-        if not (folder / MANIFEST_NAME).is_file():
+        present = await asyncio.to_thread(os.path.lexists, folder / MANIFEST_NAME)
+        if not present:
+            # A stick that is not plugged in is no error.
             _LOGGER.warning(
                 "assets.preload_dir %s has no %s; no assets were imported from it",
                 folder,
@@ -217,17 +250,19 @@ class AssetCache:
                 "The manifest in assets.preload_dir %s was rejected: %s", folder, err
             )
             return
-        except OSError as err:
+        except (OSError, sqlite3.Error) as err:
+            self.rejected["preload-failed"] += 1
             _LOGGER.error("Could not import assets from %s: %s", folder, err)
             return
         _LOGGER.info(
             "Imported assets from %s: %d stored, %d already present, %d missing, "
-            "%d rejected",
+            "%d rejected, %d over budget",
             folder,
             len(result.stored),
             len(result.present),
             len(result.missing),
             len(result.rejected),
+            len(result.over_budget),
         )
 
     # What the portal and the status read.
@@ -452,27 +487,27 @@ class AssetCache:
         """Import a USB folder: its ``manifest.json``, then the blobs it lists.
 
         Files anywhere under ``folder`` are matched by SHA-256, whatever
-        their names. Raises ManifestRejected when the manifest is missing or
-        rejected, before any blob is read.
+        their names; links, FIFOs and devices are never read. Only the
+        blobs that :meth:`blobs_to_fetch` allows are copied, so an import
+        never evicts a blob of the manifest for an unpinned one. Raises
+        ManifestRejected when the manifest is missing or rejected, before
+        any blob is read.
         """
         path = folder / MANIFEST_NAME
-        try:
-            payload = await asyncio.to_thread(path.read_bytes)
-        except OSError as err:
-            self._count_manifest_rejection("missing", str(err))
-            raise ManifestRejected(
-                "missing",
-                f"cannot read {path} ({err.strerror}); give the folder that "
-                "`nightbox assets pack` wrote manifest.json into",
-            ) from err
+        payload = await asyncio.to_thread(self._read_manifest, path)
         manifest, applied = self.accept_manifest(payload)
         result = ImportResult(manifest.version, applied)
         stored = self.stored()
-        needed = {
-            e.sha256: e.size for e in manifest.entries if stored.get(e.sha256) != e.size
-        }
-        result.present = [e.sha256 for e in manifest.entries if e.sha256 not in needed]
-        sizes = {size for size in needed.values()}
+        result.present = [
+            e.sha256 for e in manifest.entries if stored.get(e.sha256) == e.size
+        ]
+        needed = {entry.sha256: entry.size for entry in self.blobs_to_fetch()}
+        planned_bytes = sum(stored.values()) + sum(needed.values())
+        for entry in self.missing():
+            if entry.sha256 not in needed:
+                message = self._no_room_message(entry, planned_bytes)
+                result.over_budget[entry.sha256] = message
+        sizes = set(needed.values())
         candidates = await asyncio.to_thread(
             candidate_files, folder, sizes, skip=(path, folder / DESCRIPTION_NAME)
         )
@@ -480,20 +515,67 @@ class AssetCache:
         for candidate in candidates.files:
             if not needed:
                 break
-            await self._import_file(candidate, needed, result)
-        kept = set(result.stored) | set(result.present)
-        result.missing = [e for e in manifest.entries if e.sha256 not in kept]
+            identity = candidates.identities[candidate]
+            await self._import_file(candidate, identity, needed, result)
+        self._settle(manifest, result)
         return result
 
+    def _read_manifest(self, path: Path) -> bytes:
+        """Return the bytes of a folder's ``manifest.json``, at most 4 MiB + 1.
+
+        Raises ManifestRejected ``missing``, counted, when the file is
+        absent, unreadable, or not a regular file (a link is not followed).
+        """
+        fix = (
+            "give the folder that `nightbox assets pack` wrote manifest.json into, "
+            "with manifest.json as a regular file"
+        )
+        try:
+            return read_limited(path, MAX_BUNDLE_BYTES)
+        except NotRegularFile as err:
+            message = f"{err}; the box does not read it, so {fix}"
+        except OSError as err:
+            message = f"cannot read {path} ({err.strerror}); {fix}"
+        self._count_manifest_rejection("missing", message)
+        raise ManifestRejected("missing", message)
+
+    def _settle(self, manifest: Manifest, result: ImportResult) -> None:
+        """Report what is kept now: a blob evicted during the import is not stored."""
+        kept = self.stored()
+        for sha256 in (*result.stored, *result.present):
+            if sha256 not in kept:
+                entry = manifest.entry(sha256)
+                size = 0 if entry is None else entry.size
+                result.over_budget[sha256] = (
+                    f"blob {short_hash(sha256)} ({size} bytes) was evicted during "
+                    "the import to make room for a blob of tonight's items"
+                )
+        result.stored = [sha256 for sha256 in result.stored if sha256 in kept]
+        result.present = [sha256 for sha256 in result.present if sha256 in kept]
+        accounted = kept.keys() | result.rejected.keys() | result.over_budget.keys()
+        result.missing = [e for e in manifest.entries if e.sha256 not in accounted]
+
     async def _import_file(
-        self, path: Path, needed: dict[str, int], result: ImportResult
+        self,
+        path: Path,
+        identity: tuple[int, int],
+        needed: dict[str, int],
+        result: ImportResult,
     ) -> None:
         """Copy one candidate file into the cache if its hash is a needed one."""
-        size = (await asyncio.to_thread(path.stat)).st_size
+        size = (await asyncio.to_thread(path.lstat)).st_size
         if size not in needed.values():
             # Every blob of this size was found in an earlier file.
             return
-        written = await asyncio.to_thread(self.blobs.copy_path, path, limit=size)
+        try:
+            written = await asyncio.to_thread(
+                self.blobs.copy_path, path, limit=size, identity=identity
+            )
+        except OSError as err:
+            # The file went away, became a link or FIFO, or cannot be read.
+            _LOGGER.warning("Skipped %s while importing assets: %s", path, err)
+            result.unmatched_files += 1
+            return
         if written.sha256 in result.present:
             # A copy of a blob that is kept already.
             self.blobs.discard(written)
@@ -575,14 +657,8 @@ class AssetCache:
             return
         pinned_bytes = sum(s for sha, s in rows if sha in pinned)
         if pinned_bytes + size > budget:
-            needed = pinned_bytes + size
             raise BudgetExceeded(
-                sha256,
-                f"blob {short_hash(sha256)} ({size} bytes) does not fit in the asset "
-                f"budget of {budget} bytes: blobs pinned for tonight's items use "
-                f"{pinned_bytes} bytes, so the cache needs {needed} bytes; raise "
-                "[assets] budget_bytes and the manifest's budget_bytes to at least "
-                f"{needed}, or list fewer assets for tonight's items",
+                sha256, self._over_budget_message(sha256, size, pinned_bytes)
             )
         for victim, victim_size in rows:
             if used + size <= budget:
@@ -596,14 +672,19 @@ class AssetCache:
         """Hash every stored blob again; remove and count those that changed.
 
         A file on disk without a row (a crash between its rename and its
-        row) is kept when its content matches its name and the manifest.
+        row) is kept when its content matches its name and the manifest. A
+        symbolic link in ``blobs/`` is removed as a link and counted; no
+        link is followed, so nothing outside the cache is read or removed.
         """
         result = VerifyResult()
         rows = {
             sha: size
             for sha, size in self._store.query("SELECT sha256, size FROM asset_blobs")
         }
-        files = await asyncio.to_thread(lambda: dict(self.blobs.stored_files()))
+        scan = await asyncio.to_thread(self.blobs.scan)
+        result.links_removed = scan.links
+        self._count_links(scan.links)
+        files = scan.files
         manifest = self.manifest()
         for sha256, size in rows.items():
             path = files.get(sha256)
@@ -714,6 +795,80 @@ class AssetCache:
                 budget,
             )
 
+    def _over_budget_message(self, sha256: str, size: int, pinned_bytes: int) -> str:
+        """Describe a blob that pinned blobs leave no room for, with the bytes needed.
+
+        The bytes needed are those of every pinned blob of the manifest
+        (and this blob, if it is not pinned), so the fix holds for all of
+        them, not only for this blob.
+        """
+        manifest = self.manifest()
+        pinned_items = self._pinned_items
+        pinned_entries = [
+            e for e in (manifest.entries if manifest else ()) if e.item in pinned_items
+        ]
+        needed = sum(entry.size for entry in pinned_entries)
+        count = len(pinned_entries)
+        pinned_blobs = "pinned blob" if count == 1 else f"{count} pinned blobs"
+        if any(entry.sha256 == sha256 for entry in pinned_entries):
+            verb = "needs" if count == 1 else "need"
+            holder = f"the {pinned_blobs} of the manifest {verb}"
+        elif count:
+            holder = f"the {pinned_blobs} of the manifest and this blob need"
+            needed += size
+        else:
+            holder = "this blob needs"
+            needed = size
+        needed = max(needed, pinned_bytes + size)
+        return (
+            f"blob {short_hash(sha256)} ({size} bytes) does not fit in the asset "
+            f"budget of {self.budget()} bytes: blobs pinned for tonight's items use "
+            f"{pinned_bytes} bytes, and {holder} {needed} bytes; "
+            f"{self._budget_fix(needed)}, or list fewer assets for tonight's items"
+        )
+
+    def _no_room_message(self, entry: AssetEntry, used: int) -> str:
+        """Describe an unpinned blob that is not stored because it does not fit.
+
+        ``used`` is the bytes of the blobs kept and of those imported first.
+        """
+        manifest = self.manifest()
+        total = entry.size if manifest is None else manifest.total_bytes
+        return (
+            f"blob {short_hash(entry.sha256)} ({entry.size} bytes, item "
+            f"{entry.item}) does not fit in the asset budget of {self.budget()} "
+            f"bytes beside the {used} bytes of blobs kept or imported first, and "
+            "an unpinned blob never evicts another blob of the manifest; to keep "
+            f"every listed blob, {self._budget_fix(total)}"
+        )
+
+    def _budget_fix(self, needed: int) -> str:
+        """Name the budget values that are below ``needed``, and how to raise them."""
+        manifest = self.manifest()
+        configured = self._config.budget_bytes
+        listed = None if manifest is None else manifest.budget_bytes
+        site_limits = configured < needed
+        manifest_limits = listed is not None and listed < needed
+        if manifest_limits and not site_limits:
+            return (
+                f"the manifest's budget_bytes of {listed} limits the budget, so "
+                f"pack the manifest again with a budget_bytes of at least {needed}"
+            )
+        if site_limits and not manifest_limits:
+            return f"raise [assets] budget_bytes to at least {needed}"
+        return (
+            f"raise [assets] budget_bytes (now {configured}) and the manifest's "
+            f"budget_bytes (now {listed}) to at least {needed}"
+        )
+
+    def _count_links(self, links: Iterable[Path]) -> None:
+        for link in links:
+            self._count_rejection(
+                "symbolic-link",
+                f"{link} was a symbolic link; the asset cache does not follow "
+                "links, so the link was removed and its target left as it was",
+            )
+
     def _count_rejection(self, reason: str, message: str) -> None:
         self.rejected[reason] += 1
         self._reject_log.warning(reason, "Asset cache rejected a blob: %s", message)
@@ -738,7 +893,12 @@ def _remove(path: Path) -> None:
 
 
 def _hash(path: Path) -> tuple[str, int]:
+    """Return a blob file's hash and size, or empty ones if it cannot be read."""
     try:
         return hash_file(path)
-    except FileNotFoundError:
+    except OSError as err:
+        # Gone, or swapped for a link or FIFO since the scan: the caller
+        # removes it (a link as a link) as a changed blob.
+        if not isinstance(err, FileNotFoundError):
+            _LOGGER.warning("Could not hash asset blob file %s: %s", path, err)
         return "", 0

@@ -19,7 +19,7 @@ does not fit the manifest, is dropped and counted. A blob that stops
 arriving is asked for again (a new subscription makes the broker send the
 retained chunks again) after STALL_S. A blob whose chunks do not add up to
 its hash is not asked for again until REJECTED_RETRY_S later, so a bad
-upload does not loop.
+upload does not loop. A timer wakes the fetcher when that time has passed.
 """
 
 from __future__ import annotations
@@ -149,7 +149,12 @@ class AssetFetcher:
         self._queued_bytes = 0
         self._assembly: _Assembly | None = None
         self._resubscribe = False
-        self._rejected_at: dict[str, float] = {}
+        # Blobs in back-off after a rejection, with the loop time at which
+        # they may be asked for again, and the timer that wakes the fetcher.
+        self._retry_at: dict[str, float] = {}
+        self._retry_timer: asyncio.TimerHandle | None = None
+        # The blob whose chunks the upstream broker was asked for, if any.
+        self._requested: str | None = None
         self._log = LimitedLog(_LOGGER, _LOG_INTERVAL_S)
         # What happened to chunks since start, by name.
         self.counts: Counter[str] = Counter()
@@ -159,18 +164,51 @@ class AssetFetcher:
         self._changed.set()
 
     def current_prefix(self) -> str | None:
-        """Return the hash prefix of the blob being fetched, or None."""
-        target = self._target()
-        return None if target is None else short_hash(target.sha256)
+        """Return the hash prefix of the blob requested from the upstream broker.
+
+        None while no request is outstanding: the box is offline, lacks
+        nothing, or waits for the retry time of a rejected blob.
+        """
+        requested = self._requested
+        return None if requested is None else short_hash(requested)
 
     def _target(self) -> AssetEntry | None:
         """Return the blob to fetch now: the first one to fetch not in back-off."""
-        now = time.monotonic()
         for entry in self._cache.blobs_to_fetch():
-            rejected_at = self._rejected_at.get(entry.sha256)
-            if rejected_at is None or now - rejected_at >= REJECTED_RETRY_S:
+            if entry.sha256 not in self._retry_at:
                 return entry
         return None
+
+    def _back_off(self, sha256: str) -> None:
+        """Leave a rejected blob alone for REJECTED_RETRY_S, then wake the fetcher."""
+        loop = asyncio.get_running_loop()
+        self._retry_at[sha256] = loop.time() + REJECTED_RETRY_S
+        self._arm_retry_timer()
+
+    def _arm_retry_timer(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        if self._retry_at:
+            loop = asyncio.get_running_loop()
+            first = min(self._retry_at.values())
+            self._retry_timer = loop.call_at(first, self._end_back_off)
+
+    def _end_back_off(self) -> None:
+        """Release every blob whose retry time has passed, and look again."""
+        self._retry_timer = None
+        now = asyncio.get_running_loop().time()
+        due = [sha for sha, retry_at in self._retry_at.items() if retry_at <= now]
+        for sha256 in due:
+            del self._retry_at[sha256]
+            _LOGGER.info(
+                "Asset blob %s may be requested again after its rejection",
+                short_hash(sha256),
+            )
+        # A timer may fire a little early; it is armed again for the rest.
+        self._arm_retry_timer()
+        if due:
+            self.wake()
 
     # Called by the sync service.
 
@@ -245,56 +283,68 @@ class AssetFetcher:
         )
         subscribed: str | None = None
         self._changed.set()
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            target = self._target()
-            topic_filter = (
-                None if target is None else blob_filter(self._site, target.sha256)
-            )
-            if subscribed is not None and (
-                topic_filter != subscribed or self._resubscribe
-            ):
-                with contextlib.suppress(aiomqtt.MqttError):
-                    await client.unsubscribe(subscribed)
-                subscribed = None
-            self._resubscribe = False
-            if target is None or subscribed is not None:
-                continue
-            self._begin(target)
-            subscribed = blob_filter(self._site, target.sha256)
-            await client.subscribe(subscribed, options=options)
-            _LOGGER.info(
-                "Requesting asset blob %s (%d bytes) from the upstream broker",
-                short_hash(target.sha256),
-                target.size,
-            )
+        try:
+            while True:
+                await self._changed.wait()
+                self._changed.clear()
+                target = self._target()
+                topic_filter = (
+                    None if target is None else blob_filter(self._site, target.sha256)
+                )
+                if subscribed is not None and (
+                    topic_filter != subscribed or self._resubscribe
+                ):
+                    self._requested = None
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        await client.unsubscribe(subscribed)
+                    subscribed = None
+                self._resubscribe = False
+                if target is None or subscribed is not None:
+                    continue
+                self._begin(target)
+                subscribed = blob_filter(self._site, target.sha256)
+                await client.subscribe(subscribed, options=options)
+                self._requested = target.sha256
+                _LOGGER.info(
+                    "Requesting asset blob %s (%d bytes) from the upstream broker",
+                    short_hash(target.sha256),
+                    target.size,
+                )
+        finally:
+            # The connection ended; a new one subscribes again.
+            self._requested = None
 
     # Run by the cache.
 
     async def run(self) -> None:
         """Write queued chunks and hand complete blobs to the cache, until cancelled."""
-        while True:
-            try:
-                sha256, index, payload = await asyncio.wait_for(
-                    self._queue.get(), STALL_S
-                )
-            except TimeoutError:
-                if self._assembly is not None and self._target() is not None:
-                    self._resubscribe = True
-                    self._changed.set()
-                continue
-            self._queued_bytes -= len(payload)
-            try:
-                await self._write_chunk(sha256, index, payload)
-            except OSError as err:
-                self.counts["write-failed"] += 1
-                _LOGGER.error(
-                    "Could not write chunk %d of asset blob %s: %s",
-                    index,
-                    short_hash(sha256),
-                    err,
-                )
+        try:
+            while True:
+                await self._next_chunk()
+        finally:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+                self._retry_timer = None
+
+    async def _next_chunk(self) -> None:
+        try:
+            sha256, index, payload = await asyncio.wait_for(self._queue.get(), STALL_S)
+        except TimeoutError:
+            if self._assembly is not None and self._target() is not None:
+                self._resubscribe = True
+                self._changed.set()
+            return
+        self._queued_bytes -= len(payload)
+        try:
+            await self._write_chunk(sha256, index, payload)
+        except OSError as err:
+            self.counts["write-failed"] += 1
+            _LOGGER.error(
+                "Could not write chunk %d of asset blob %s: %s",
+                index,
+                short_hash(sha256),
+                err,
+            )
 
     async def _write_chunk(self, sha256: str, index: int, payload: bytes) -> None:
         assembly = self._assembly
@@ -315,11 +365,11 @@ class AssetFetcher:
         try:
             await self._cache.adopt_part(assembly.part, entry.sha256, entry.size)
         except BlobRejected:
-            self._rejected_at[entry.sha256] = time.monotonic()
+            self._back_off(entry.sha256)
         except Exception as err:
             # BudgetExceeded, or a failure of the disk: the blob is asked
             # for again later, like a rejected one.
-            self._rejected_at[entry.sha256] = time.monotonic()
+            self._back_off(entry.sha256)
             _LOGGER.warning(
                 "Could not keep asset blob %s: %s", short_hash(entry.sha256), err
             )

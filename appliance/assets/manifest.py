@@ -15,6 +15,7 @@ whose clock is trusted), and a version newer than the applied one.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -138,8 +139,8 @@ def parse_manifest_document(
     if len(payload) > MAX_BUNDLE_BYTES:
         raise ManifestRejected(
             "too-large",
-            f"the manifest has {len(payload)} bytes, more than the maximum of "
-            f"{MAX_BUNDLE_BYTES} (4 MiB); list fewer assets in one manifest",
+            f"the manifest has more than the maximum of {MAX_BUNDLE_BYTES} bytes "
+            "(4 MiB); list fewer assets in one manifest",
         )
     try:
         document = orjson.loads(payload)
@@ -152,7 +153,8 @@ def parse_manifest_document(
     try:
         signed = verify_document(document, keys, site=site, kind="bundle", clock=clock)
     except SignatureError as err:
-        raise ManifestRejected(err.reason, err.message) from err
+        message = _validity_message(err, document, clock.now())
+        raise ManifestRejected(err.reason, message) from err
     if signed.type != BUNDLE_TYPE:
         raise ManifestRejected(
             "wrong-type",
@@ -164,6 +166,40 @@ def parse_manifest_document(
     except InvalidBundle as err:
         raise ManifestRejected("invalid", str(err)) from err
     return signed, manifest
+
+
+def _validity_message(err: SignatureError, document: Any, now: float) -> str:
+    """Return the message of a rejection, with validity times in UTC.
+
+    ``expired`` and ``not-yet-valid`` show the document's time and the box's
+    clock as ISO 8601, so a technician can compare them without converting
+    Unix times. Other reasons keep their message.
+    """
+    if err.reason == "expired":
+        expires_at = document["expires_at"]
+        return (
+            f"the manifest expired at {_utc_text(expires_at)} (Unix time "
+            f"{expires_at}); the box's clock reads {_utc_text(now)}; sign a new "
+            "one with `nightbox assets pack`, or correct the box's clock if it is "
+            "wrong"
+        )
+    if err.reason == "not-yet-valid":
+        issued_at = document["issued_at"]
+        return (
+            f"the manifest is valid from {_utc_text(issued_at)} (Unix time "
+            f"{issued_at}); the box's clock reads {_utc_text(now)}; check the clocks "
+            "of the box and of the machine that packed the manifest"
+        )
+    return err.message
+
+
+def _utc_text(seconds: float) -> str:
+    """Return Unix seconds as an ISO 8601 time in UTC, such as 2027-01-15T08:00:00Z."""
+    try:
+        moment = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"Unix time {seconds}"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sign_manifest(

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance._toml_values import ID_PATTERN
 from appliance.assets._blobs import hash_file
+from appliance.assets.config import MAX_BUDGET_BYTES, MIN_BUDGET_BYTES
 from appliance.assets.manifest import DESCRIPTION_NAME, MANIFEST_NAME, sign_manifest
 from appliance.errors import NightboxError
 from appliance.remote._bundle_bodies import InvalidBundle
@@ -66,7 +67,7 @@ class PackError(NightboxError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PackedAsset:
-    """One file of the manifest, as packed."""
+    """One file of the manifest, as packed; ``file`` is the name in ``assets.toml``."""
 
     path: Path
     sha256: str
@@ -74,6 +75,7 @@ class PackedAsset:
     item: str
     name: str
     media_type: str
+    file: str
 
 
 def pack_folder(
@@ -88,16 +90,23 @@ def pack_folder(
 ) -> tuple[list[PackedAsset], Path]:
     """Hash the files of ``assets.toml``, sign the manifest and write it.
 
-    ``budget_bytes`` overrides the file's own. Returns the packed files and
-    the path of ``manifest.json``. Raises PackError naming the entry and
-    the fix.
+    ``budget_bytes`` (the ``--budget`` option) overrides the file's own.
+    Returns the packed files and the path of ``manifest.json``. Raises
+    PackError naming ``assets.toml``, the entry and the fix.
     """
+    if not ID_PATTERN.match(site):
+        raise PackError(
+            f"--site {site!r:.40} is not a site id; give the [site] id of the "
+            "boxes' site file: 1-32 lowercase letters, digits and '-', starting "
+            "with a letter or digit"
+        )
+    description_path = folder / DESCRIPTION_NAME
     description = _read_description(folder)
     packed = [
         _pack_entry(folder, entry, index)
-        for index, entry in enumerate(_entries(description))
+        for index, entry in enumerate(_entries(description, description_path))
     ]
-    _reject_repeats(packed)
+    _reject_repeats(packed, description_path)
     body: dict[str, Any] = {
         "assets": [
             {
@@ -110,9 +119,7 @@ def pack_folder(
             for asset in packed
         ]
     }
-    budget = (
-        budget_bytes if budget_bytes is not None else description.get("budget_bytes")
-    )
+    budget = _budget(description, description_path, budget_bytes, packed)
     if budget is not None:
         body["budget_bytes"] = budget
     try:
@@ -125,7 +132,7 @@ def pack_folder(
             validity_s=validity_s,
         )
     except InvalidBundle as err:
-        raise PackError(f"{folder / DESCRIPTION_NAME}: {err}") from err
+        raise PackError(f"{description_path}: {err}") from err
     target = folder / MANIFEST_NAME
     write_file_atomically(
         target, orjson.dumps(document, option=orjson.OPT_INDENT_2), 0o644
@@ -183,18 +190,57 @@ def _read_description(folder: Path) -> dict[str, Any]:
     return description
 
 
-def _entries(description: dict[str, Any]) -> list[Any]:
+def _entries(description: dict[str, Any], path: Path) -> list[Any]:
     entries = description.get("assets")
     if not isinstance(entries, list) or not entries:
         raise PackError(
-            f"{DESCRIPTION_NAME} lists no assets; add [[assets]] entries with "
-            "item, name and file"
+            f"{path}: no assets are listed; add [[assets]] entries with item, "
+            "name and file"
         )
     return entries
 
 
+def _budget(
+    description: dict[str, Any],
+    path: Path,
+    option: int | None,
+    packed: list[PackedAsset],
+) -> int | None:
+    """Return the manifest's budget: ``--budget``, else ``budget_bytes``, else None.
+
+    The budget must lie in the range of ``[assets] budget_bytes`` and hold
+    the largest file, or no box could keep that file.
+    """
+    if option is not None:
+        budget, named = option, f"--budget {option}"
+    elif "budget_bytes" in description:
+        value = description["budget_bytes"]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not MIN_BUDGET_BYTES <= value <= MAX_BUDGET_BYTES
+        ):
+            raise PackError(
+                f"{path}: budget_bytes = {value!r:.40} is invalid; give a whole "
+                f"number of bytes from {MIN_BUDGET_BYTES} (1 MiB) to "
+                f"{MAX_BUDGET_BYTES} (1 TiB), or remove it to use each box's "
+                "[assets] budget_bytes"
+            )
+        budget, named = value, f"budget_bytes = {value}"
+    else:
+        return None
+    index, largest = max(enumerate(packed), key=lambda pair: pair[1].size)
+    if largest.size > budget:
+        raise PackError(
+            f"{path}: {named} is smaller than assets[{index}].file = "
+            f"{largest.file!r:.80} ({largest.size} bytes), so no box could keep "
+            f"that file; give a budget_bytes of at least {largest.size}"
+        )
+    return budget
+
+
 def _pack_entry(folder: Path, entry: Any, index: int) -> PackedAsset:
-    where = f"{DESCRIPTION_NAME} assets[{index}]"
+    where = f"{folder / DESCRIPTION_NAME}: assets[{index}]"
     if not isinstance(entry, dict):
         raise PackError(f"{where} must be a table with item, name and file")
     unknown = sorted(set(entry) - _ENTRY_KEYS)
@@ -218,6 +264,11 @@ def _pack_entry(folder: Path, entry: Any, index: int) -> PackedAsset:
             f"{where}.file = {entry['file']!r:.80} has an extension the box does not "
             f"serve; use one of {', '.join(sorted(MEDIA_TYPES))}"
         )
+    if not path.is_file():
+        raise PackError(
+            f"{where}.file = {entry['file']!r:.80} is not a file in {folder}; copy "
+            "the file into the folder or correct the path"
+        )
     try:
         sha256, size = hash_file(path)
     except OSError as err:
@@ -229,28 +280,31 @@ def _pack_entry(folder: Path, entry: Any, index: int) -> PackedAsset:
         raise PackError(
             f"{where}.file = {entry['file']!r:.80} is empty; give the real file"
         )
-    return PackedAsset(path, sha256, size, item, entry["name"], media_type)
+    return PackedAsset(
+        path, sha256, size, item, entry["name"], media_type, entry["file"]
+    )
 
 
 def _inside(folder: Path, name: str, where: str) -> Path:
-    """Return the file ``name`` of ``folder``; it must stay inside the folder."""
+    """Return the path of ``name`` in ``folder``; it must stay inside the folder."""
     path = (folder / name).resolve()
     if not path.is_relative_to(folder.resolve()):
         raise PackError(
             f"{where}.file = {name!r:.80} lies outside {folder}; copy the file into "
             "the folder, so the USB stick carries it"
         )
-    if not path.is_file():
-        raise PackError(f"{where}.file = {name!r:.80} is not a file in {folder}")
     return path
 
 
-def _reject_repeats(packed: list[PackedAsset]) -> None:
+def _reject_repeats(packed: list[PackedAsset], path: Path) -> None:
+    """Reject two entries of one content: the manifest lists each blob once."""
     first: dict[str, int] = {}
     for index, asset in enumerate(packed):
         earlier = first.setdefault(asset.sha256, index)
         if earlier != index:
             raise PackError(
-                f"{DESCRIPTION_NAME} assets[{index}] has the same content as "
-                f"assets[{earlier}]; list each file once"
+                f"{path}: assets[{index}].file = {asset.file!r:.80} has the same "
+                f"content as assets[{earlier}].file = {packed[earlier].file!r:.80}; "
+                "a blob belongs to one item, so list the content once, for one "
+                "of the items"
             )

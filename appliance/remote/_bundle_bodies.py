@@ -27,6 +27,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_TEXT = 200
 # An asset or a cache budget above 1 TiB is a typing error on a pocket box.
 MAX_ASSET_BYTES = 1 << 40
+# A cache budget under 1 MiB cannot hold one textured model.
+MIN_BUDGET_BYTES = 1 << 20
 # The keys of the site configuration whose values are TOML date-times.
 _DATE_TIME_KEYS = {
     "sets": ("starts_at", "ends_at"),
@@ -153,7 +155,7 @@ def parse_assets(body: dict[str, Any]) -> AssetManifest:
     """Return the asset manifest; hashes must be unique and sizes positive."""
     entries = _entries(body, "assets", {"assets", "budget_bytes"})
     if "budget_bytes" in body:
-        _integer(body, "body", "budget_bytes", 1, MAX_ASSET_BYTES, "bytes")
+        _budget_bytes(body["budget_bytes"])
     first_index = _FirstIndex("assets", "list each file once")
     total = 0
     for index, entry in enumerate(entries):
@@ -182,6 +184,21 @@ def parse_assets(body: dict[str, Any]) -> AssetManifest:
         first_index.record(digest, index, f"{where}.sha256")
     canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
     return AssetManifest(canonical, len(entries), total)
+
+
+def _budget_bytes(value: Any) -> int:
+    """Check a manifest's budget against the range of ``[assets] budget_bytes``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not MIN_BUDGET_BYTES <= value <= MAX_ASSET_BYTES
+    ):
+        raise InvalidBundle(
+            f"body.budget_bytes = {value!r:.40} is invalid; give a whole number of "
+            f"bytes from {MIN_BUDGET_BYTES} (1 MiB) to {MAX_ASSET_BYTES} (1 TiB), "
+            "the range of [assets] budget_bytes"
+        )
+    return value
 
 
 def parse_site_document(body: dict[str, Any]) -> dict[str, Any]:

@@ -246,3 +246,95 @@ async def test_new_manifest_drops_unlisted_blobs(
     finally:
         await cache.stop()
         store.close()
+
+
+def _victim(tmp_path: Path) -> Path:
+    """Make a folder outside the cache with files in nested folders."""
+    victim = tmp_path / "victim"
+    (victim / "sub" / "deeper").mkdir(parents=True)
+    (victim / "sub" / "deeper" / "file.txt").write_text("x")
+    (victim / "top.txt").write_text("y")
+    return victim
+
+
+def _victim_files(victim: Path) -> set[str]:
+    return {str(path.relative_to(victim)) for path in files_under(victim)}
+
+
+async def test_start_removes_links_not_their_targets(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = await _stored_cache(tmp_path / "box", key)
+    await cache.stop()
+    store.close()
+    victim = _victim(tmp_path)
+    folder_link = cache.blobs.blobs_dir / "zz"
+    folder_link.symlink_to(victim)
+    # A link named like a blob, in its right folder, to a file elsewhere.
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(CAP)
+    blob_link = cache.blobs.path(sha(CAP))
+    blob_link.unlink()
+    blob_link.symlink_to(outside)
+
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+
+        assert _victim_files(victim) == {"sub/deeper/file.txt", "top.txt"}
+        assert outside.read_bytes() == CAP
+        assert not folder_link.is_symlink()
+        assert not blob_link.is_symlink()
+        status = cache.status()
+        assert status["rejected"] == {"symbolic-link": 2, "missing-on-disk": 1}
+        assert status["blobs"] == 1
+        assert [e.sha256 for e in cache.missing()] == [sha(CAP)]
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_start_replaces_linked_blobs_folder(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = await _stored_cache(tmp_path / "box", key)
+    await cache.stop()
+    store.close()
+    victim = _victim(tmp_path)
+    blobs_dir = cache.blobs.blobs_dir
+    moved = tmp_path / "moved-blobs"
+    blobs_dir.rename(moved)
+    blobs_dir.symlink_to(victim)
+
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+
+        assert _victim_files(victim) == {"sub/deeper/file.txt", "top.txt"}
+        assert not blobs_dir.is_symlink()
+        assert blobs_dir.is_dir()
+        status = cache.status()
+        assert status["rejected"]["symbolic-link"] == 1
+        assert status["blobs"] == 0
+        assert status["missing"] == 2
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_linked_temporary_folder_not_emptied(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = open_cache(tmp_path / "box", key)
+    victim = _victim(tmp_path)
+    cache.blobs.root.mkdir(parents=True)
+    cache.blobs.temporary_dir.symlink_to(victim)
+    try:
+        await cache.start()
+
+        assert _victim_files(victim) == {"sub/deeper/file.txt", "top.txt"}
+        assert not cache.blobs.temporary_dir.is_symlink()
+        assert cache.status()["rejected"] == {"symbolic-link": 1}
+    finally:
+        await cache.stop()
+        store.close()

@@ -209,3 +209,50 @@ def test_night_items_are_catalogue_and_tonight_drops() -> None:
     )
 
     assert night_items(commerce, tonight - 600) == {"tee", "cap"}
+
+
+async def test_refusal_names_bytes_for_every_pinned_blob(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+        cache.pin_items({"a", "b", "c", "d"})
+        cache.accept_manifest(_manifest(key))
+        await _add(cache, A)
+        await _add(cache, B)
+
+        with pytest.raises(BudgetExceeded) as caught:
+            await _add(cache, C)
+
+        message = str(caught.value)
+        assert f"4 pinned blobs of the manifest need {4 * SIZE} bytes" in message
+        # The manifest's budget (1 MiB) is smaller than the site's (64 MiB).
+        assert f"the manifest's budget_bytes of {MIB} limits the budget" in message
+        assert f"at least {4 * SIZE}" in message
+        assert "[assets] budget_bytes" not in message
+    finally:
+        await cache.stop()
+        store.close()
+
+
+async def test_refusal_names_site_budget_when_it_limits(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    cache, store = open_cache(tmp_path / "box", key, budget_bytes=MIB)
+    try:
+        await cache.start()
+        cache.pin_items({"a", "b", "c"})
+        cache.accept_manifest(_manifest(key, budget=None))
+        await _add(cache, A)
+        await _add(cache, B)
+
+        with pytest.raises(BudgetExceeded) as caught:
+            await _add(cache, C)
+
+        message = str(caught.value)
+        assert f"raise [assets] budget_bytes to at least {3 * SIZE}" in message
+        assert "manifest's budget_bytes" not in message
+    finally:
+        await cache.stop()
+        store.close()

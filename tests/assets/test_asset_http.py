@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from asset_site import NOW, blob, entry, open_cache, sha, signed_manifest
@@ -243,3 +246,102 @@ async def test_entries_of_item(served: Served) -> None:
         "Tee model",
         "Tee poster",
     ]
+
+
+def _assert_uncached_error(headers: Mapping[str, str]) -> None:
+    assert "ETag" not in headers
+    assert headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [("bytes=abc", 400), ("bytes=9-3", 400), (f"bytes={len(MODEL)}-", 416)],
+)
+async def test_range_error_not_cacheable(
+    served: Served, header: str, status: int
+) -> None:
+    async with served.session.get(
+        served.url(MODEL), headers={"Range": header}
+    ) as response:
+        await response.read()
+
+    assert response.status == status
+    _assert_uncached_error(response.headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [(sha(MODEL).upper(), 400), (sha(blob("never", 10)), 404), (sha(ABSENT), 404)],
+)
+async def test_hash_error_not_cacheable(served: Served, path: str, status: int) -> None:
+    async with served.session.get(f"{served.base}/assets/{path}") as response:
+        await response.read()
+
+    assert response.status == status
+    _assert_uncached_error(response.headers)
+
+
+@pytest.mark.parametrize("digit", ["\u0661", "\uff11", "\u00b9"])
+async def test_range_with_non_ascii_digit_gets_400(served: Served, digit: str) -> None:
+    reply = await _raw_get(served, f"/assets/{sha(MODEL)}", f"Range: bytes={digit}-2")
+
+    assert reply.status == 400
+    assert reply.json()["error"] == "invalid-range"
+
+
+async def test_empty_suffix_range_gets_416(served: Served) -> None:
+    async with served.session.get(
+        served.url(MODEL), headers={"Range": "bytes=-0"}
+    ) as response:
+        data = await response.json()
+
+    assert response.status == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(MODEL)}"
+    assert data["error"] == "range-not-satisfiable"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/assets/{sha(MODEL)}/x",
+        "/assets/../../etc/passwd",
+        "/assets/%2e%2e/%2e%2e/etc/passwd",
+        "/assets/",
+    ],
+)
+async def test_other_asset_paths_get_json_404(served: Served, path: str) -> None:
+    reply = await _raw_get(served, path)
+
+    assert reply.status == 404
+    assert reply.headers["content-type"].startswith("application/json")
+    assert reply.json()["error"] == "not-found"
+    assert reply.headers["cache-control"] == "no-store"
+
+
+@dataclass
+class RawReply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+async def _raw_get(served: Served, path: str, *header_lines: str) -> RawReply:
+    """Send a GET with ``path`` exactly as given, which aiohttp's client would tidy."""
+    port = int(served.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    writer.write(("\r\n".join([*lines, *header_lines]) + "\r\n\r\n").encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_text = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_text:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawReply(int(status_line.split()[1]), headers, body)

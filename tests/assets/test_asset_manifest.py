@@ -252,3 +252,47 @@ def test_replayed_nonce_rejected_at_new_version(
 
     assert caught.value.reason == "replayed"
     assert table_rows(store) == before
+
+
+@pytest.mark.parametrize("budget", [1, 1024**2 - 1, 1024**4 + 1])
+def test_budget_outside_config_range_rejected(
+    opened: tuple[AssetCache, Store], key: Ed25519PrivateKey, budget: int
+) -> None:
+    cache, _store = opened
+
+    with pytest.raises(ManifestRejected) as caught:
+        cache.accept_manifest(
+            signed_manifest(key, [entry(TEE, "tee")], budget_bytes=budget)
+        )
+
+    assert caught.value.reason == "invalid"
+    assert f"budget_bytes = {budget} is invalid" in caught.value.message
+    assert "from 1048576 (1 MiB) to 1099511627776 (1 TiB)" in caught.value.message
+    assert cache.manifest() is None
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (
+            _expired,
+            "the manifest expired at 2027-01-15T07:00:00Z (Unix time 1799996400); "
+            "the box's clock reads 2027-01-15T08:00:00Z",
+        ),
+        (
+            _not_yet_valid,
+            "the manifest is valid from 2027-01-15T09:00:00Z (Unix time 1800003600); "
+            "the box's clock reads 2027-01-15T08:00:00Z",
+        ),
+    ],
+)
+def test_validity_times_shown_in_utc(
+    opened: tuple[AssetCache, Store], key: Ed25519PrivateKey, make: object, words: str
+) -> None:
+    cache, _store = opened
+    assert callable(make)
+
+    with pytest.raises(ManifestRejected) as caught:
+        cache.accept_manifest(make(key))
+
+    assert words in caught.value.message

@@ -14,10 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from asset_site import blob, sha, write_private_key, write_public_key
+from asset_site import (
+    blob,
+    entry,
+    open_cache,
+    sha,
+    signed_manifest,
+    write_private_key,
+    write_public_key,
+)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from upstream_broker import Upstream, fleet_site_config, upstream  # noqa: F401
 
+from appliance.assets import delivery
 from appliance.assets.delivery import CHUNK_BYTES, chunk_count, chunk_topic
 from appliance.assets.sample import write_sample_model
 from appliance.bus.url import parse_broker_url
@@ -291,3 +300,64 @@ def _retained(upstream: Upstream, sha256: str) -> int:  # noqa: F811
         while client.receive(1.0) is not None:
             count += 1
     return count
+
+
+async def test_rejected_blob_requested_again_after_retry_time(
+    box: Box,
+    upstream: Upstream,  # noqa: F811
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(delivery, "REJECTED_RETRY_S", 2.0)
+    os.rename(folder / "teaser.mp4", folder.parent / "teaser.mp4")
+    await box.assets.import_folder(folder)
+    await wait_until(
+        lambda: (
+            box.assets.fetcher.current_prefix() == sha(VIDEO)[:12]
+            and box.status()["sync"]["connected"]
+        ),
+        "the box asking for the video",
+    )
+    await asyncio.sleep(0.5)
+    forged = blob("forged", len(VIDEO))
+    await asyncio.to_thread(
+        _publish_chunks,
+        upstream,
+        sha(VIDEO),
+        [forged[i : i + CHUNK_BYTES] for i in range(0, len(forged), CHUNK_BYTES)],
+    )
+    await wait_until(
+        lambda: box.assets.rejected.get("hash-mismatch") == 1,
+        "the forged video's rejection",
+    )
+
+    # The operator publishes the right chunks; only a new subscription,
+    # after the retry time, makes the broker send them to the box.
+    await asyncio.to_thread(
+        _publish_chunks,
+        upstream,
+        sha(VIDEO),
+        [VIDEO[i : i + CHUNK_BYTES] for i in range(0, len(VIDEO), CHUNK_BYTES)],
+    )
+
+    await wait_until(lambda: sha(VIDEO) in box.assets.stored(), "the video")
+    assert _stored(box)[sha(VIDEO)] == VIDEO
+    assert box.assets.status()["missing"] == 0
+    await wait_until(
+        lambda: box.assets.fetcher.current_prefix() is None, "the request's end"
+    )
+
+
+async def test_fetching_empty_without_request(tmp_path: Path) -> None:
+    # A box without an upstream link lacks a listed blob but requests nothing.
+    key = Ed25519PrivateKey.generate()
+    cache, store = open_cache(tmp_path / "box", key)
+    try:
+        await cache.start()
+        cache.accept_manifest(signed_manifest(key, [entry(VIDEO, "tee")]))
+
+        assert [e.sha256 for e in cache.blobs_to_fetch()] == [sha(VIDEO)]
+        assert cache.status()["fetching"] is None
+    finally:
+        await cache.stop()
+        store.close()

@@ -104,7 +104,7 @@ SHAPED_BODIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
                 type=mixed(("model/gltf-binary", "image/png"), ("text/html",)),
             )
         },
-        optional={"budget_bytes": mixed((1, 10**9), (0,))},
+        optional={"budget_bytes": mixed((1 << 20, 10**9), (0, 1))},
     ),
     "config": st.fixed_dictionaries(
         {
