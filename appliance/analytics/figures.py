@@ -15,12 +15,16 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from appliance.analytics._creators import creator_groups
 from appliance.analytics.suppression import (
     MIN_GROUP,
+    Figure,
     Group,
     Partition,
+    Relation,
     render,
     suppress,
 )
@@ -29,9 +33,6 @@ from appliance.config import SiteConfig
 
 BUCKET_S = 15 * 60
 """The width of one bucket of exits over time, in seconds."""
-
-# A live ledger transaction of the night: neither voided nor a void.
-_LIVE = "night = ? AND voided_by IS NULL AND kind != 'void'"
 
 
 class ReadableStore(Protocol):
@@ -77,6 +78,33 @@ def night_has_data(store: ReadableStore, config: SiteConfig, night: str) -> bool
     return any(store.query(sql, parameters) for sql, parameters in checks)
 
 
+@dataclass(slots=True)
+class NightGroups:
+    """The groups of a night before suppression and the relations between them."""
+
+    night: str
+    groups: dict[str, Group]
+    rules: list[Partition | Relation]
+    drops: list[tuple[str, str | None, int, int]]
+    """``(drop, item, views, try-on views)`` of each drop that was viewed or claimed."""
+    creators: list[tuple[str, str]]
+    """``(creator id, name)`` in the order of the site file."""
+    buckets: list[tuple[int, float, str]]
+    """``(index, start, HH:MM)`` of each bucket of exits."""
+
+
+def night_groups(store: ReadableStore, config: SiteConfig, night: str) -> NightGroups:
+    """Count the groups of ``night`` (an ISO date); nothing is suppressed yet."""
+    groups: dict[str, Group] = {}
+    rules: list[Partition | Relation] = []
+    drops = _drop_groups(store, night, groups, rules)
+    drop_ids = [drop_id for drop_id, _, _, _ in drops]
+    creators = creator_groups(store, config.commerce, night, drop_ids, groups, rules)
+    _kit_groups(store, config.commerce, night, groups, rules)
+    buckets = _exit_groups(store, config.commerce, night, groups, rules)
+    return NightGroups(night, groups, rules, drops, creators, buckets)
+
+
 def night_figures(
     store: ReadableStore, config: SiteConfig, night: str
 ) -> dict[str, Any]:
@@ -86,19 +114,26 @@ def night_figures(
     ``exits``, each group as ``{"guests", <values>, "suppressed"}`` with
     nulls in place of a suppressed group's numbers.
     """
-    groups: dict[str, Group] = {}
-    partitions: list[Partition] = []
-    drops = _drop_groups(store, night, groups, partitions)
-    creators = _creator_groups(store, config.commerce, night, groups, partitions)
-    _kit_groups(store, config.commerce, night, groups, partitions)
-    buckets = _exit_groups(store, config.commerce, night, groups, partitions)
-    hidden = suppress(groups, partitions)
+    counted = night_groups(store, config, night)
+    return figures_document(counted, config, suppress(counted.groups, counted.rules))
+
+
+def figures_document(
+    counted: NightGroups, config: SiteConfig, hidden: set[str]
+) -> dict[str, Any]:
+    """Return the JSON object of ``counted`` with the groups in ``hidden`` as nulls.
+
+    Only :func:`night_figures` passes the result of
+    :func:`~appliance.analytics.suppression.suppress`; any other ``hidden``
+    is for tests of the rule.
+    """
+    groups = counted.groups
 
     def shown(key: str) -> dict[str, Any]:
         return render(groups[key], key in hidden)
 
     return {
-        "night": night,
+        "night": counted.night,
         "site": config.site_id,
         "site_name": config.site_name,
         "box": config.box_id,
@@ -115,9 +150,9 @@ def night_figures(
                 "paid": shown(f"drop:{drop_id}:paid"),
                 "picked_up": shown(f"drop:{drop_id}:picked_up"),
             }
-            for drop_id, item, views, try_on_views in drops
+            for drop_id, item, views, try_on_views in counted.drops
         ],
-        "creators": _creator_section(creators, groups, hidden),
+        "creators": _creator_section(counted.creators, groups, hidden),
         "kits": {
             "kits": shown("kits:kits"),
             "coupons_issued": shown("kits:coupons"),
@@ -128,7 +163,7 @@ def night_figures(
             "total": shown("exits:total"),
             "buckets": [
                 {"start": start, "label": label, **shown(f"exits:{index}")}
-                for index, start, label in buckets
+                for index, start, label in counted.buckets
             ],
         },
         "suppressed": sum(1 for key in hidden if groups[key].shown),
@@ -139,7 +174,7 @@ def _drop_groups(
     store: ReadableStore,
     night: str,
     groups: dict[str, Group],
-    partitions: list[Partition],
+    rules: list[Partition | Relation],
 ) -> list[tuple[str, str | None, int, int]]:
     """Add each drop's funnel stages; return ``(drop, item, views, try-on views)``."""
     views: dict[tuple[str, str], int] = {
@@ -177,80 +212,16 @@ def _drop_groups(
         # between them, so those are implicit parts.
         groups[f"{prefix}:unpaid"] = Group(claimed - paid, shown=False)
         groups[f"{prefix}:waiting"] = Group(paid - picked_up, shown=False)
-        partitions.append(
+        rules.append(
             Partition(f"{prefix}:claimed", (f"{prefix}:paid", f"{prefix}:unpaid"))
         )
-        partitions.append(
+        rules.append(
             Partition(f"{prefix}:paid", (f"{prefix}:picked_up", f"{prefix}:waiting"))
         )
         item = items.get(drop_id)
         try_on = views.get(("try-on", item), 0) if item is not None else 0
         result.append((drop_id, item, views.get(("drop", drop_id), 0), try_on))
     return result
-
-
-def _creator_groups(
-    store: ReadableStore,
-    commerce: CommerceConfig,
-    night: str,
-    groups: dict[str, Group],
-    partitions: list[Partition],
-) -> list[tuple[str, str]]:
-    """Add the spend groups of creators; return ``(creator id, name)`` in order."""
-    spend: dict[str, int] = {}
-    for band, charged, refunded in store.query(
-        "SELECT band, SUM(CASE WHEN kind = 'charge' THEN amount ELSE 0 END),"
-        " SUM(CASE WHEN kind = 'refund' THEN amount ELSE 0 END)"
-        f" FROM ledger_transactions WHERE kind IN ('charge', 'refund') AND {_LIVE}"
-        " GROUP BY band HAVING SUM(kind = 'charge') > 0",
-        (night,),
-    ):
-        spend[str(band)] = int(charged) - int(refunded)
-    guests_of: dict[str, set[str]] = defaultdict(set)
-    for band, creator in store.query(
-        "SELECT DISTINCT band, creator FROM ledger_transactions"
-        f" WHERE kind = 'charge' AND creator IS NOT NULL AND {_LIVE}",
-        (night,),
-    ):
-        guests_of[str(creator)].add(str(band))
-    attributed: dict[str, int] = defaultdict(int)
-    for creator, kind, total in store.query(
-        "SELECT creator, kind, SUM(amount) FROM ledger_transactions"
-        f" WHERE creator IS NOT NULL AND kind IN ('charge', 'refund') AND {_LIVE}"
-        " GROUP BY creator, kind",
-        (night,),
-    ):
-        sign = 1 if kind == "charge" else -1
-        attributed[str(creator)] += sign * int(total)
-
-    with_creator = set().union(*guests_of.values()) if guests_of else set()
-    without_creator = set(spend) - with_creator
-    groups["creators:all"] = _spend_group(set(spend), spend)
-    groups["creators:with"] = _spend_group(with_creator, spend)
-    groups["creators:without"] = _spend_group(without_creator, spend)
-    partitions.append(Partition("creators:all", ("creators:with", "creators:without")))
-    names = {creator.id: creator.name for creator in commerce.creators}
-    creator_ids = list(names) + sorted(set(guests_of) - set(names))
-    for creator_id in creator_ids:
-        group = _spend_group(guests_of.get(creator_id, set()), spend)
-        group.values["attributed"] = attributed.get(creator_id, 0)
-        groups[f"creator:{creator_id}"] = group
-    if creator_ids:
-        # A guest may use two creators' codes, so the parts can overlap; the
-        # rule then hides more than it strictly has to, never less.
-        partitions.append(
-            Partition("creators:with", tuple(f"creator:{key}" for key in creator_ids))
-        )
-    return [
-        (creator_id, names.get(creator_id, creator_id)) for creator_id in creator_ids
-    ]
-
-
-def _spend_group(bands: set[str], spend: dict[str, int]) -> Group:
-    """Return the group of ``bands`` with their net spend and the average per guest."""
-    total = sum(spend.get(band, 0) for band in bands)
-    average = round(total / len(bands)) if bands else None
-    return Group(len(bands), {"spend": total, "average": average})
 
 
 def _creator_section(
@@ -296,7 +267,7 @@ def _kit_groups(
     commerce: CommerceConfig,
     night: str,
     groups: dict[str, Group],
-    partitions: list[Partition],
+    rules: list[Partition | Relation],
 ) -> None:
     """Add the kit -> coupon -> redemption funnel of the night's kits."""
     start, end = night_window(commerce, night)
@@ -318,8 +289,8 @@ def _kit_groups(
     groups["kits:redeemed"] = Group(redeemed)
     groups["kits:no_coupon"] = Group(max(kits - coupons, 0), shown=False)
     groups["kits:unredeemed"] = Group(coupons - redeemed, shown=False)
-    partitions.append(Partition("kits:kits", ("kits:coupons", "kits:no_coupon")))
-    partitions.append(Partition("kits:coupons", ("kits:redeemed", "kits:unredeemed")))
+    rules.append(Partition("kits:kits", ("kits:coupons", "kits:no_coupon")))
+    rules.append(Partition("kits:coupons", ("kits:redeemed", "kits:unredeemed")))
 
 
 def _exit_groups(
@@ -327,7 +298,7 @@ def _exit_groups(
     commerce: CommerceConfig,
     night: str,
     groups: dict[str, Group],
-    partitions: list[Partition],
+    rules: list[Partition | Relation],
 ) -> list[tuple[int, float, str]]:
     """Add check-outs per bucket; return ``(index, start, HH:MM)`` of each bucket.
 
@@ -339,27 +310,70 @@ def _exit_groups(
         "SELECT band, seen_at FROM checkouts WHERE seen_at >= ? AND seen_at < ?",
         (start, end),
     )
-    checkouts: dict[int, int] = defaultdict(int)
-    bands: dict[int, set[str]] = defaultdict(set)
+    checkouts: dict[int, list[str]] = defaultdict(list)
     for band, seen_at in rows:
-        index = int((float(seen_at) - start) // BUCKET_S)
-        checkouts[index] += 1
-        bands[index].add(str(band))
-    groups["exits:total"] = Group(
-        len({str(band) for band, _ in rows}), {"checkouts": len(rows)}
-    )
+        checkouts[int((float(seen_at) - start) // BUCKET_S)].append(str(band))
+    everyone = [str(band) for band, _ in rows]
+    groups["exits:total"] = Group(len(set(everyone)), {"checkouts": len(everyone)})
+    _add_repeats("exits:total", everyone, groups, rules)
     if not checkouts:
         return []
     zone = zoneinfo.ZoneInfo(commerce.timezone)
     buckets = []
     for index in range(min(checkouts), max(checkouts) + 1):
+        bands = checkouts.get(index, [])
+        key = f"exits:{index}"
+        groups[key] = Group(len(set(bands)), {"checkouts": len(bands)})
+        _add_repeats(key, bands, groups, rules)
         bucket_start = start + index * BUCKET_S
         label = dt.datetime.fromtimestamp(bucket_start, zone).strftime("%H:%M")
-        groups[f"exits:{index}"] = Group(
-            len(bands.get(index, ())), {"checkouts": checkouts.get(index, 0)}
-        )
         buckets.append((index, bucket_start, label))
-    partitions.append(
-        Partition("exits:total", tuple(f"exits:{index}" for index, _, _ in buckets))
+    keys = [f"exits:{index}" for index, _, _ in buckets]
+    rules.append(
+        Relation(
+            Figure("exits:total", "checkouts"),
+            tuple(Figure(key, "checkouts") for key in keys),
+        )
+    )
+    # A guest who left in two buckets is counted in both, so the buckets'
+    # guests add up to the total's plus those extra counts.
+    buckets_of: dict[str, int] = defaultdict(int)
+    for index in range(min(checkouts), max(checkouts) + 1):
+        for band in set(checkouts.get(index, [])):
+            buckets_of[band] += 1
+    spread = [count for count in buckets_of.values() if count > 1]
+    groups["exits:spread"] = Group(
+        len(spread), {"extra": sum(spread) - len(spread)}, shown=False
+    )
+    rules.append(
+        Relation(
+            Figure("exits:total"),
+            (*(Figure(key) for key in keys), Figure("exits:spread", "extra", -1)),
+        )
     )
     return buckets
+
+
+def _add_repeats(
+    key: str,
+    bands: list[str],
+    groups: dict[str, Group],
+    rules: list[Partition | Relation],
+) -> None:
+    """Add the guests of ``key`` who checked out more than once, an implicit group.
+
+    Check-outs minus guests are their extra check-outs, so a reader learns
+    about them from the two shown figures.
+    """
+    counts: dict[str, int] = defaultdict(int)
+    for band in bands:
+        counts[band] += 1
+    again = [count for count in counts.values() if count > 1]
+    groups[f"{key}:again"] = Group(
+        len(again), {"extra": sum(again) - len(again)}, shown=False
+    )
+    rules.append(
+        Relation(
+            Figure(key, "checkouts"), (Figure(key), Figure(f"{key}:again", "extra"))
+        )
+    )

@@ -139,6 +139,12 @@ def render_html(figures: dict[str, Any]) -> str:
         _exits_section(figures["exits"], figures["timezone"]),
     ]
     hidden = figures["suppressed"]
+    partial = (
+        "<p><strong>Partial report:</strong> written before the night ended, "
+        "so its figures are not final.</p>"
+        if figures.get("partial")
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -153,6 +159,7 @@ def render_html(figures: dict[str, Any]) -> str:
 Every figure counts distinct guests. A figure about fewer than
 {figures["min_group"]} guests, or one that would give such a figure back by
 subtraction, is suppressed: {hidden} suppressed on this page.</p>
+{partial}
 </header>
 {"".join(sections)}
 </body>

@@ -64,7 +64,7 @@ def toml_time(t: float) -> str:
 
 
 def site_toml(data_dir: Path) -> str:
-    """Return the site file: creators, drops, a kit station and two exits."""
+    """Return the site file: creators, drops (one is Maya's), kits and exits."""
     return f"""
 [site]
 id = "test"
@@ -122,6 +122,15 @@ id = "cap"
 name = "Drop cap"
 price = 2000
 
+[[items]]
+id = "hoodie"
+name = "Maya's hoodie"
+price = 4200
+
+[[items]]
+id = "tab"
+name = "Bar tab, open price"
+
 [[creators]]
 id = "maya"
 name = "Maya"
@@ -152,6 +161,17 @@ id = "cap-drop"
 item = "cap"
 price = 2000
 quantity = 50
+starts_at = {toml_time(EVENING - 3600)}
+ends_at = {toml_time(EVENING + 6 * 3600)}
+per_guest_limit = 1
+reservation_s = 600
+
+[[drops]]
+id = "maya-drop"
+item = "hoodie"
+price = 4200
+creator = "maya"
+quantity = 100
 starts_at = {toml_time(EVENING - 3600)}
 ends_at = {toml_time(EVENING + 6 * 3600)}
 per_guest_limit = 1

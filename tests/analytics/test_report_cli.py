@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from analytics_site import (  # noqa: F401 - registers the fixtures
@@ -22,6 +23,7 @@ from analytics_site import (  # noqa: F401 - registers the fixtures
 )
 
 from appliance.analytics.figures import night_figures
+from appliance.analytics.report import render_html
 
 
 async def report(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
@@ -124,3 +126,30 @@ async def test_report_unwritable_output(
     assert result.returncode == 2
     assert "cannot write the report into" in result.stderr
     assert "--output" in result.stderr
+
+
+async def test_report_running_night_needs_partial(
+    night: Night, config_path: Path, tmp_path: Path
+) -> None:
+    tonight = night.box.config.commerce.night_of(time.time())
+
+    rejected = await report(config_path, "--night", tonight, "--output", str(tmp_path))
+    partial = await report(
+        config_path, "--night", tonight, "--output", str(tmp_path), "--partial"
+    )
+
+    assert rejected.returncode == 2
+    assert f"the night of {tonight} has not ended yet" in rejected.stderr
+    assert "pass --partial" in rejected.stderr
+    # With --partial the command goes on; this box has no data tonight.
+    assert partial.returncode == 1
+    assert "no views, sales, claims, kits or check-outs" in partial.stderr
+    assert written(tmp_path) == []
+
+
+async def test_partial_report_marked(night: Night) -> None:
+    await night.top_up(1)
+    figures = night_figures(night.box.store, night.box.config, NIGHT)
+
+    assert "Partial report" not in render_html(figures)
+    assert "Partial report" in render_html({**figures, "partial": True})

@@ -24,7 +24,14 @@ from analytics_site import (  # noqa: F401 - registers the fixtures
 
 from appliance.analytics.figures import night_figures
 from appliance.analytics.report import ReportFiles, write_report
-from appliance.analytics.suppression import Group, Partition, render, suppress
+from appliance.analytics.suppression import (
+    Figure,
+    Group,
+    Partition,
+    Relation,
+    render,
+    suppress,
+)
 
 HIDDEN = {"guests": None, "suppressed": True}
 
@@ -91,6 +98,61 @@ def test_suppress_two_hidden_parts_stand() -> None:
     groups = {"total": Group(30), "a": Group(2), "b": Group(3), "c": Group(25)}
 
     assert suppress(groups, [Partition("total", ("a", "b", "c"))]) == {"a", "b"}
+
+
+def test_suppress_hidden_total_rebuilt_from_parts() -> None:
+    # Hiding "with" would not help: 10 + 6 gives it back, and 20 - 16 the
+    # small "without". Only hiding the total "all" covers it.
+    groups = {
+        "all": Group(20, {"spend": 9000}),
+        "with": Group(16, {"spend": 8000}),
+        "without": Group(4, {"spend": 1000}),
+        "maya": Group(10, {"spend": 5000}),
+        "kofi": Group(6, {"spend": 3000}),
+    }
+    rules = [
+        Partition("all", ("with", "without"), ("spend",)),
+        Partition("with", ("maya", "kofi"), ("spend",)),
+    ]
+
+    assert suppress(groups, rules) == {"without", "all"}
+
+
+def test_suppress_drop_revenue_relation() -> None:
+    # Maya's attributed sales are her drop's revenue (20 paid guests times
+    # the public 42.00) plus one guest's beer: the beer's guest is hidden,
+    # so Maya's group is hidden.
+    groups = {
+        "maya": Group(21, {"attributed": 84450}),
+        "paid": Group(20),
+        "revenue": Group(20, {"spend": 84000}, shown=False),
+        "outside": Group(1, {"attributed": 450}, shown=False),
+    }
+    rules = [
+        Relation(
+            Figure("maya", "attributed"),
+            (Figure("revenue", "spend"), Figure("outside", "attributed")),
+        ),
+        Relation(Figure("revenue", "spend"), (Figure("paid", "guests", 4200),)),
+    ]
+
+    assert suppress(groups, rules) == {"outside", "maya"}
+    # Without the link to the paid guests the revenue is unknown, and the
+    # beer cannot be recovered.
+    assert suppress(groups, rules[:1]) == {"outside"}
+
+
+def test_suppress_values_of_one_group() -> None:
+    # 7 check-outs by 6 guests: one guest left twice, a group of one.
+    groups = {
+        "bucket": Group(6, {"checkouts": 7}),
+        "again": Group(1, {"extra": 1}, shown=False),
+    }
+    rule = Relation(
+        Figure("bucket", "checkouts"), (Figure("bucket"), Figure("again", "extra"))
+    )
+
+    assert suppress(groups, [rule]) == {"again", "bucket"}
 
 
 def test_suppress_unknown_group_in_partition() -> None:
@@ -203,6 +265,22 @@ async def test_exit_buckets_suppressed(night: Night, tmp_path: Path) -> None:
     assert '<tr><td>20:30</td><td class="suppressed">suppressed</td></tr>' in page
     assert '"checkouts": 3' not in text
     assert '"checkouts": 5' not in text
+
+
+async def test_exit_twice_hides_total(night: Night, tmp_path: Path) -> None:
+    # Guest 1 leaves at 20:00 and again at 20:30: 12 check-outs by 11
+    # guests would show that one guest left twice.
+    await night.check_out(list(range(1, 7)), EVENING + 10)
+    await night.check_out([1, *range(7, 12)], EVENING + 1800 + 10)
+
+    files, page, _ = exported(night, tmp_path)
+    exits = load_json(files.json)["exits"]
+
+    assert exits["total"] == {"guests": None, "checkouts": None, **HIDDEN}
+    buckets = {bucket["label"]: bucket for bucket in exits["buckets"]}
+    assert buckets["20:00"]["checkouts"] == 6
+    assert buckets["20:30"]["checkouts"] == 6
+    assert "suppressed check-outs in all" in page
 
 
 async def test_drop_of_four_hidden_five_shown(night: Night, tmp_path: Path) -> None:
