@@ -28,6 +28,7 @@ import qrcode
 from PIL import Image, ImageDraw, ImageFont
 from qrcode.constants import ERROR_CORRECT_M
 
+from appliance.analytics.suppression import MIN_GROUP
 from appliance.currency import minor_unit_digits
 
 if TYPE_CHECKING:
@@ -80,14 +81,16 @@ class OverlayState:
     """The content of the overlays at box time ``now``.
 
     ``sales`` and ``revenue_minor`` are the current set's figures of its
-    creator. ``message`` is the custom line set over the bus, if any.
+    creator, or None while the box suppresses them because fewer than
+    :data:`~appliance.analytics.suppression.MIN_GROUP` guests bought.
+    ``message`` is the custom line set over the bus, if any.
     """
 
     now: float
     creator_name: str | None = None
     drop: DropOverlay | None = None
-    sales: int = 0
-    revenue_minor: int = 0
+    sales: int | None = 0
+    revenue_minor: int | None = 0
     currency: str = "EUR"
     message: str | None = None
 
@@ -136,8 +139,7 @@ def overlay_lines(state: OverlayState) -> list[str]:
             wait = _countdown(drop.starts_at - state.now)
             lines.append(f"Drop: {drop.item_name} opens in {wait}")
     if state.creator_name is not None:
-        amount = _money(state.revenue_minor, state.currency)
-        lines.append(f"Sales this set: {state.sales} ({amount})")
+        lines.append(_sales_line(state))
     return lines
 
 
@@ -527,16 +529,27 @@ def read_overlay_state(box: Box, message: str | None) -> OverlayState:
     creator = next((c for c in commerce.creators if c.id == creator_id), None)
     if current is None or creator is None:
         return OverlayState(now=now, message=message)
+    # A set without sales or claims yet is missing from the figures: zero.
     figures = box.figures.figures(creator.id)["sets"].get(current.id, {})
+    sales = figures.get("sales", 0)
+    revenue = figures.get("revenue", 0)
     return OverlayState(
         now=now,
         creator_name=creator.name,
         drop=_creator_drop(box, creator.id, now),
-        sales=int(figures.get("sales", 0)),
-        revenue_minor=int(figures.get("revenue", 0)),
+        sales=None if sales is None else int(sales),
+        revenue_minor=None if revenue is None else int(revenue),
         currency=commerce.wallet.currency,
         message=message,
     )
+
+
+def _sales_line(state: OverlayState) -> str:
+    # The stream is shown to the whole venue, so a suppressed figure is drawn as words.
+    if state.sales is None or state.revenue_minor is None:
+        return f"Sales this set: fewer than {MIN_GROUP} buyers so far"
+    amount = _money(state.revenue_minor, state.currency)
+    return f"Sales this set: {state.sales} ({amount})"
 
 
 def _creator_drop(box: Box, creator_id: str, now: float) -> DropOverlay | None:

@@ -35,6 +35,7 @@ from appliance.config import SiteConfig
 from appliance.errors import RequestError
 from appliance.kits import is_valid_coupon_code
 from appliance.runtime import Box
+from appliance.studio.overlays import overlay_lines, read_overlay_state
 
 TIMEOUT_S = 10.0
 EMAIL = "night.owl@example.org"
@@ -129,7 +130,7 @@ async def figures_observer(
         yield inbox
 
 
-def set_figures(set_id: str, expected: dict[str, int]) -> FiguresCheck:
+def set_figures(set_id: str, expected: dict[str, Any]) -> FiguresCheck:
     """Return a check that the figures of ``set_id`` equal ``expected``."""
 
     def check(figures: dict[str, Any]) -> bool:
@@ -244,56 +245,216 @@ async def test_drop_claim_credits_creator(box: Box, terminal: TerminalFactory) -
     ) == [("maya",)]
 
 
-async def test_creator_figures_live(
+async def buy_beer(bar: Terminal, bands: list[str], creator: str = "MAYA") -> list[str]:
+    """Top up each band and sell it one beer with ``creator``'s code."""
+    transactions = []
+    for band in bands:
+        await top_up(bar, band, 5000)
+        sale = await bar.call(
+            "wallet",
+            "charge",
+            band=band,
+            item="beer",
+            quantity=1,
+            amount=450,
+            currency="EUR",
+            creator=creator,
+        )
+        transactions.append(sale["transaction_id"])
+    return transactions
+
+
+async def claim_tees(merch: Terminal, bands: list[str], *, pay: bool) -> None:
+    """Top up each band and claim one tee of maya's drop, paid or reserved."""
+    for band in bands:
+        await top_up(merch, band, 5000)
+        await merch.call("drops", "claim", drop="tee-drop", band=band, pay=pay)
+
+
+def bands(row: int, count: int) -> list[str]:
+    return [f"ib-{row}-{minor}" for minor in range(1, count + 1)]
+
+
+async def test_four_buyers_suppressed(
+    box: Box, terminal: TerminalFactory, make_client: ClientFactory
+) -> None:
+    expected = {
+        "sales": None,
+        "revenue": None,
+        "claims": 0,
+        "claims_paid": 0,
+        "suppressed": True,
+    }
+    async with (
+        figures_observer(make_client, "test") as inbox,
+        terminal("bar-1") as bar,
+    ):
+        await buy_beer(bar, bands(2, 4))
+        published = await inbox.wait_for("maya", set_figures("set-maya", expected))
+        kofi = inbox.latest.get("kofi")
+
+    assert box.figures.figures("maya")["sets"] == {"set-maya": expected}
+    assert published["creator"] == "maya"
+    assert published["currency"] == "EUR"
+    assert published["night"] == box.config.commerce.night_of(time.time())
+    assert list(published["sets"]) == ["set-maya"]
+    assert kofi is not None
+    assert kofi["sets"] == {}
+
+
+async def test_five_buyers_shown(
     box: Box, terminal: TerminalFactory, make_client: ClientFactory
 ) -> None:
     async with (
         figures_observer(make_client, "test") as inbox,
         terminal("bar-1") as bar,
     ):
-        await top_up(bar, "ib-2-1", 5000)
-        sale = await bar.call(
-            "wallet",
-            "charge",
-            band="ib-2-1",
-            item="beer",
-            quantity=2,
-            amount=900,
-            currency="EUR",
-            creator="MAYA",
-        )
-        await bar.call("drops", "claim", drop="tee-drop", band="ib-2-2")
-        after_sale = await inbox.wait_for(
+        sales = await buy_beer(bar, bands(2, 5))
+        after_sales = await inbox.wait_for(
             "maya",
             set_figures(
-                "set-maya", {"sales": 1, "revenue": 900, "claims": 1, "claims_paid": 0}
+                "set-maya",
+                {
+                    "sales": 5,
+                    "revenue": 2250,
+                    "claims": 0,
+                    "claims_paid": 0,
+                    "suppressed": False,
+                },
             ),
         )
-        await bar.call("wallet", "refund", transaction_id=sale["transaction_id"])
+        await bar.call("wallet", "refund", transaction_id=sales[0])
+        # The refunded guest still bought, so five guests stand behind the set.
         after_refund = await inbox.wait_for(
             "maya",
             set_figures(
-                "set-maya", {"sales": 1, "revenue": 0, "claims": 1, "claims_paid": 0}
+                "set-maya",
+                {
+                    "sales": 5,
+                    "revenue": 1800,
+                    "claims": 0,
+                    "claims_paid": 0,
+                    "suppressed": False,
+                },
             ),
         )
-        kofi = inbox.latest.get("kofi")
 
-    assert after_sale["creator"] == "maya"
-    assert after_sale["currency"] == "EUR"
-    assert after_sale["night"] == box.config.commerce.night_of(time.time())
+    assert after_sales["creator"] == "maya"
     assert list(after_refund["sets"]) == ["set-maya"]
-    assert kofi is not None
-    assert kofi["sets"] == {}
+
+
+async def test_voided_sale_leaves_group(box: Box, terminal: TerminalFactory) -> None:
+    async with terminal("bar-1") as bar:
+        sales = await buy_beer(bar, bands(2, 5))
+        await bar.call("wallet", "void", transaction_id=sales[0])
+
+    assert box.figures.figures("maya")["sets"]["set-maya"] == {
+        "sales": None,
+        "revenue": None,
+        "claims": 0,
+        "claims_paid": 0,
+        "suppressed": True,
+    }
+
+
+async def test_guests_counted_not_sales(box: Box, terminal: TerminalFactory) -> None:
+    async with terminal("bar-1") as bar:
+        await buy_beer(bar, bands(2, 4))
+        # A second sale to a guest already counted adds no guest.
+        await buy_beer(bar, ["ib-2-1"])
+
+    assert box.figures.figures("maya")["sets"]["set-maya"]["sales"] is None
+
+
+async def test_claims_of_four_guests_suppressed(
+    box: Box, terminal: TerminalFactory
+) -> None:
+    async with terminal("merch-1") as merch:
+        await claim_tees(merch, bands(4, 4), pay=True)
+
+    assert box.figures.figures("maya")["sets"]["set-maya"] == {
+        "sales": None,
+        "revenue": None,
+        "claims": None,
+        "claims_paid": None,
+        "suppressed": True,
+    }
+
+
+async def test_claims_of_five_guests_shown(box: Box, terminal: TerminalFactory) -> None:
+    async with terminal("merch-1") as merch:
+        await claim_tees(merch, bands(4, 5), pay=True)
+
+    assert box.figures.figures("maya")["sets"]["set-maya"] == {
+        "sales": 5,
+        "revenue": 17500,
+        "claims": 5,
+        "claims_paid": 5,
+        "suppressed": False,
+    }
+
+
+async def test_paid_claims_hidden_from_subtraction(
+    box: Box, terminal: TerminalFactory
+) -> None:
+    async with terminal("merch-1") as merch:
+        await claim_tees(merch, bands(4, 5), pay=True)
+        await claim_tees(merch, ["ib-4-6"], pay=False)
+    reserved = box.figures.figures("maya")["sets"]["set-maya"]
+    async with terminal("bar-1") as bar:
+        await buy_beer(bar, ["ib-4-7"])
+    beer_sold = box.figures.figures("maya")["sets"]["set-maya"]
+
+    # claims - claims_paid would give the one reserving guest's claim back.
+    # Hiding claims_paid alone is not enough: it equals sales, because every
+    # sale paid for a claim.
+    assert reserved == {
+        "sales": 5,
+        "revenue": 17500,
+        "claims": None,
+        "claims_paid": 5,
+        "suppressed": True,
+    }
+    # sales - claims_paid would give the one beer buyer's sale back.
+    assert beer_sold == {
+        "sales": 6,
+        "revenue": 17950,
+        "claims": 6,
+        "claims_paid": None,
+        "suppressed": True,
+    }
+
+
+async def test_overlay_sales_follow_suppression(
+    box: Box, terminal: TerminalFactory
+) -> None:
+    async with terminal("bar-1") as bar:
+        await buy_beer(bar, bands(6, 4))
+        four = read_overlay_state(box, None)
+        await buy_beer(bar, ["ib-6-5"])
+        five = read_overlay_state(box, None)
+
+    assert four.sales is None
+    assert four.revenue_minor is None
+    assert overlay_lines(four)[-1] == "Sales this set: fewer than 5 buyers so far"
+    assert five.sales == 5
+    assert five.revenue_minor == 2250
+    assert overlay_lines(five)[-1] == "Sales this set: 5 (EUR 22.50)"
 
 
 async def test_creator_figures_retained(
     box: Box, terminal: TerminalFactory, make_client: ClientFactory
 ) -> None:
-    expected = {"sales": 1, "revenue": 3500, "claims": 1, "claims_paid": 1}
+    expected = {
+        "sales": 5,
+        "revenue": 17500,
+        "claims": 5,
+        "claims_paid": 5,
+        "suppressed": False,
+    }
     async with figures_observer(make_client, "live") as live:
         async with terminal("merch-1") as merch:
-            await top_up(merch, "ib-2-3", 5000)
-            await merch.call("drops", "claim", drop="tee-drop", band="ib-2-3", pay=True)
+            await claim_tees(merch, bands(5, 5), pay=True)
         await live.wait_for("maya", set_figures("set-maya", expected))
 
     # An observer that subscribes later gets the figures from the broker.

@@ -72,6 +72,18 @@ def test_lines_before_drop_opens() -> None:
     ]
 
 
+def test_suppressed_sales_in_words() -> None:
+    lines = overlay_lines(state(sales=None, revenue_minor=None))
+
+    assert lines[-1] == "Sales this set: fewer than 5 buyers so far"
+
+
+def test_zero_sales_shown() -> None:
+    lines = overlay_lines(state(sales=0, revenue_minor=0))
+
+    assert lines[-1] == "Sales this set: 0 (EUR 0.00)"
+
+
 @pytest.mark.parametrize(
     ("changes", "line"),
     [

@@ -13,8 +13,12 @@ from appliance.studio.overlays import (
     OverlayCompositor,
     OverlayState,
     base_font_px,
+    claim_url,
     drawable_substitute,
     fit_message,
+    frame_margin,
+    overlay_lines,
+    qr_modules,
     render_text,
     right_to_left_character,
     text_size,
@@ -166,3 +170,15 @@ def test_long_creator_name_panel_cut() -> None:
 
     assert (luma[180 * 3 // 4 :] >= BRIGHT).any()
     assert (luma[: 180 // 2] == GREY).all()
+
+
+@pytest.mark.parametrize(("width", "height"), [(320, 180), (640, 360), (1280, 720)])
+def test_suppressed_sales_line_fits(width: int, height: int) -> None:
+    state = OverlayState(now=0.0, creator_name="Maya", sales=None, revenue_minor=None)
+    line = overlay_lines(state)[-1]
+    # The panel is what the frame leaves beside a drop's QR code and margins.
+    modules = len(qr_modules(claim_url("http://nightbox.local/", "maya-tee")))
+    qr_px = max(2, (height // 4) // modules) * modules + 1
+    panel_px = width - 3 * frame_margin(height) - qr_px
+
+    assert text_size(line, base_font_px(height))[0] <= panel_px

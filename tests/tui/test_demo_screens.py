@@ -282,7 +282,8 @@ async def test_pos_charges_topped_up_band(demo_night: DemoNight) -> None:
     assert after["balance"] <= int(charged_balance[1] + charged_balance[2])
     assert maya_set["creator"] == "Maya"
     assert maya_set["codes"] == "MAYA"
-    assert int(maya_set["sales"]) >= 1
+    # The box hides the set's sales until five guests bought with the code.
+    assert maya_set["sales"] == "hidden" or int(maya_set["sales"]) >= 1
 
 
 async def test_drop_and_kit_actions(demo_night: DemoNight) -> None:

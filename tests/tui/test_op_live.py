@@ -146,31 +146,37 @@ async def test_provisioning_refusal_is_shown(op_box: OpBox) -> None:
         )
 
 
-async def test_creator_figures_and_promo_codes(op_box: OpBox) -> None:
+async def sell_with_code(op_box: OpBox, bands: list[str]) -> None:
+    """Top up each band and sell it two beers with Maya's code."""
     async with op_box.client("terminal-bar-1", "terminal", "bar-1") as bar:
         token = op_box.token("bar-1", "wallet:topup", "pos:charge")
-        await terminal_call(
-            bar,
-            token,
-            "wallet",
-            "topup",
-            band="ib-1-701",
-            amount=2000,
-            currency="EUR",
-            method="card",
-        )
-        await terminal_call(
-            bar,
-            token,
-            "wallet",
-            "charge",
-            band="ib-1-701",
-            item="beer",
-            quantity=2,
-            amount=900,
-            currency="EUR",
-            creator="MAYA",
-        )
+        for band in bands:
+            await terminal_call(
+                bar,
+                token,
+                "wallet",
+                "topup",
+                band=band,
+                amount=2000,
+                currency="EUR",
+                method="card",
+            )
+            await terminal_call(
+                bar,
+                token,
+                "wallet",
+                "charge",
+                band=band,
+                item="beer",
+                quantity=2,
+                amount=900,
+                currency="EUR",
+                creator="MAYA",
+            )
+
+
+async def test_creator_figures_and_promo_codes(op_box: OpBox) -> None:
+    await sell_with_code(op_box, ["ib-1-701"])
     app = op_box.app()
     async with app.run_test(size=SIZE) as pilot:
         await start_console(app, pilot, "c")
@@ -178,8 +184,30 @@ async def test_creator_figures_and_promo_codes(op_box: OpBox) -> None:
         await wait_until(
             lambda: "maya/set-maya" in table_rows(figures), "Maya's figures"
         )
-        row = table_rows(figures)["maya/set-maya"]
-        assert row[:5] == ["Maya", "MAYA", "set-maya", "1", "9.00 EUR"]
+        # One buyer is too few guests to show the set's sales.
+        assert table_rows(figures)["maya/set-maya"] == [
+            "Maya",
+            "MAYA",
+            "set-maya",
+            "hidden",
+            "hidden",
+            "0",
+            "0",
+        ]
+        await sell_with_code(op_box, [f"ib-1-70{minor}" for minor in range(2, 6)])
+        await wait_until(
+            lambda: table_rows(figures)["maya/set-maya"][3] != "hidden",
+            "Maya's figures of five buyers",
+        )
+        assert table_rows(figures)["maya/set-maya"] == [
+            "Maya",
+            "MAYA",
+            "set-maya",
+            "5",
+            "45.00 EUR",
+            "0",
+            "0",
+        ]
 
         await pilot.press("n")
         form: Any = app.screen

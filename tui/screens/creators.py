@@ -2,6 +2,9 @@
 
 Figures come from the box's retained ``creators/<id>/figures``, one row per
 creator and set (sales, revenue net of refunds, drop claims and paid ones).
+The box publishes as null every figure about one to four guests, and every
+figure that would give such a figure back by subtraction. The table shows a
+null figure as ``hidden``.
 The promo codes need the admin token (``console/promos``), so they load
 when the console is already unlocked or on the refresh key. A new code is
 created with ``console/promo-create``.
@@ -26,6 +29,8 @@ from tui.screens._form import (
 from tui.screens._operation import OperationScreen, fill_table
 
 _FIGURE_COLUMNS = ("creator", "codes", "set", "sales", "revenue", "claims", "paid")
+# The cell of a figure the box suppressed to protect a small group of guests.
+SUPPRESSED = "hidden"
 _PROMO_COLUMNS = ("code", "discount", "used", "uses", "expires", "creator")
 _APPLIES_TO = (
     ("all sales", "all"),
@@ -78,14 +83,26 @@ class CreatorsScreen(OperationScreen):
                             creator.get("name"),
                             codes,
                             set_id,
-                            numbers.get("sales"),
-                            self.money(numbers.get("revenue")),
-                            numbers.get("claims"),
-                            numbers.get("claims_paid"),
+                            self._count(numbers, "sales"),
+                            self._money_figure(numbers, "revenue"),
+                            self._count(numbers, "claims"),
+                            self._count(numbers, "claims_paid"),
                         ),
                     )
                 )
         fill_table(self.query_one("#figures", DataTable), _FIGURE_COLUMNS, rows)
+
+    @staticmethod
+    def _count(numbers: dict[str, Any], name: str) -> object:
+        value = numbers.get(name)
+        if value is None and numbers.get("suppressed") is True:
+            return SUPPRESSED
+        return value
+
+    def _money_figure(self, numbers: dict[str, Any], name: str) -> str:
+        if numbers.get(name) is None and numbers.get("suppressed") is True:
+            return SUPPRESSED
+        return self.money(numbers.get(name))
 
     def action_load_promos(self) -> None:
         self.run_latest(self._load_promos, "promos")
