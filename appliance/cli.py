@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=_empty_folder,
         help="keep the box's files in this empty or new folder instead of a "
-        "temporary one",
+        "temporary one, with the site file DIR/site.toml for the --config "
+        "option of nightbox report, portal and guest erase",
     )
     demo.add_argument(
         "--no-stall",
@@ -133,8 +134,9 @@ def _parser() -> argparse.ArgumentParser:
         "--portal-file",
         type=Path,
         help="once the guest portal is up, write its address and one simulated "
-        "guest's band code and times, for a browser test, to this file with "
-        "mode 0600; removed when the demo ends",
+        "guest's band code and times, and until when the guest's drop is open, "
+        "for a browser test, to this file with mode 0600; removed when the demo "
+        "ends",
     )
     demo.add_argument(
         "--hold",

@@ -39,6 +39,9 @@ TEE_PRICE = 3500
 LATE_DROP = "tee-late"
 # The late drop opens at this fraction of the night.
 LATE_DROP_AT = 0.5
+# The late drop ends this long after the night. The demo's clock stops at the
+# night's end, so with ``--hold`` a guest on a phone can still claim it.
+LATE_DROP_AFTER_NIGHT_S = 12 * 3600.0
 _TOP_UPS = (2000, 3000, 5000, 8000)
 
 
@@ -48,8 +51,9 @@ def demo_commerce(plan: NightPlan) -> CommerceConfig:
     The first drop has a unit for about one guest in ten and opens at 40 % of
     the night, when most guests are inside. The late drop opens at
     ``LATE_DROP_AT`` of the night for guests claiming from the portal on their
-    phones. The simulated terminals never claim it, so it still has units
-    when a guest on the portal claims one.
+    phones, and ends ``LATE_DROP_AFTER_NIGHT_S`` after the night. The
+    simulated terminals never claim it, so it still has units when a guest
+    on the portal claims one.
     """
     drop_start = plan.start_s + 0.4 * plan.duration_s
     partner_codes = tuple(f"NORD-{n:04d}" for n in range(max(1, len(plan.guests) // 8)))
@@ -87,7 +91,7 @@ def demo_commerce(plan: NightPlan) -> CommerceConfig:
                 price=TEE_PRICE,
                 quantity=max(1, len(plan.guests) // 50),
                 starts_at=plan.start_s + LATE_DROP_AT * plan.duration_s,
-                ends_at=plan.end_s,
+                ends_at=plan.end_s + LATE_DROP_AFTER_NIGHT_S,
                 per_guest_limit=1,
                 creator="maya",
             ),

@@ -8,15 +8,18 @@ box imports the folder at start (``[assets] preload_dir``).
 With ``--portal-file`` the demo also picks one simulated guest whom a
 browser plays. The guest opts in on the portal instead of at the desk,
 takes a kit later in the night, and has money left in their wallet and a
-late drop with units left to claim from. The file tells the browser that
-guest's band code and when the simulation checks them out and hands them
-their kit.
+late drop with units left to claim from. The late drop ends after the
+night, so it is still open while ``--hold`` keeps the box running. The file
+tells the browser that guest's band code, when the simulation checks them
+out and hands them their kit, and until when the drop is open.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
+import zoneinfo
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -201,6 +204,12 @@ def _balances(purchases: list[Purchase]) -> dict[int, int]:
     return {index: left for index, left in balances.items() if index not in rush}
 
 
+def local_time(t: float, timezone: str) -> str:
+    """Return Unix time ``t`` as an ISO 8601 date-time in ``timezone``."""
+    moment = dt.datetime.fromtimestamp(t, zoneinfo.ZoneInfo(timezone))
+    return moment.isoformat(timespec="seconds")
+
+
 def write_portal_file(
     path: Path,
     *,
@@ -210,12 +219,15 @@ def write_portal_file(
     plan: NightPlan,
     speed: float,
     pid: int,
+    timezone: str,
 ) -> None:
     """Write the portal file: the portal's address and the browser's guest.
 
     Times are seconds since the epoch on the simulated clock; ``night_start``
     and ``speed`` convert them to wall-clock seconds after the night began.
-    The band code lets anyone act as the guest, so the file has mode 0600.
+    ``drop_open_until`` is the drop's end as an ISO 8601 date-time in
+    ``timezone``. The band code lets anyone act as the guest, so the file
+    has mode 0600.
     """
     guest = portal_guest.guest
     document: dict[str, Any] = {
@@ -230,6 +242,7 @@ def write_portal_file(
         "kit_at": portal_guest.kit_at,
         "drop_starts_at": portal_guest.drop.starts_at,
         "drop_ends_at": portal_guest.drop.ends_at,
+        "drop_open_until": local_time(portal_guest.drop.ends_at, timezone),
         "night_start": plan.start_s,
         "night_end": plan.end_s,
         "speed": speed,

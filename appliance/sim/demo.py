@@ -51,9 +51,11 @@ from appliance.sim._portal import (
     PortalGuest,
     choose_portal_guest,
     demo_portal_site,
+    local_time,
     write_portal_file,
 )
 from appliance.sim._site import KIT_STATION, demo_config, exit_reader_id
+from appliance.sim._site_file import write_site_file
 from appliance.sim._world import Guest, NightPlan
 from appliance.studio.config import StudioConfig
 from appliance.studio.service import Studio
@@ -72,10 +74,14 @@ from provisioning.site_access import (
 
 _LOGGER = logging.getLogger(__name__)
 
-NIGHT_START_S = 1_780_000_000.0  # a fixed Friday evening, so seeds replay exactly
+# Thursday 28 May 2026, 20:26:40 UTC: a fixed evening, so seeds replay exactly.
+NIGHT_START_S = 1_780_000_000.0
 _DRAIN_TIMEOUT_S = 60.0
+# The box deletes a contact only on the guest's request (``nightbox guest
+# erase``), so the text promises no time limit.
 _CONSENT_TEXT = (
-    "Send me one follow-up offer after tonight. Delete my contact after 30 days."
+    "Send me one follow-up offer after tonight. My email address or wallet id "
+    "is kept for that offer until I ask the staff to delete it."
 )
 # Exit readers report twice a second, so a guest walking through a door
 # without stopping still yields several samples within two metres.
@@ -204,6 +210,15 @@ async def run_demo(
             )
         if options.portal:
             config = demo_portal_site(config, plan, _CONSENT_TEXT)
+        night = config.commerce.night_of(plan.start_s)
+        _say(progress, f"Night: {night}")
+        if options.data_dir is not None:
+            site_file = write_site_file(config, night)
+            _say(
+                progress,
+                f"Site file: {site_file} (for --config of nightbox report, portal "
+                "and guest erase)",
+            )
         credentials = SiteCredentials(data_dir / "secrets" / "broker.json")
         policy = site_policy(
             config.site_id,
@@ -451,6 +466,7 @@ def _portal_file(
     """Write the portal file for a browser until the demo ends."""
     assert box.portal is not None and options.portal_file is not None
     path = options.portal_file
+    timezone = box.config.commerce.timezone
     write_portal_file(
         path,
         url=url,
@@ -459,8 +475,15 @@ def _portal_file(
         plan=plan,
         speed=options.speed,
         pid=os.getpid(),
+        timezone=timezone,
     )
-    _say(progress, f"Portal file: {path}")
+    drop = portal_guest.drop
+    _say(
+        progress,
+        f"Portal file: {path} (drop {drop.id} is open from "
+        f"{local_time(drop.starts_at, timezone)} until "
+        f"{local_time(drop.ends_at, timezone)} on the simulated clock)",
+    )
     try:
         yield
     finally:
@@ -487,7 +510,8 @@ class NightHold:
         _say(
             self._progress,
             "The night is over; the box and its portal keep running until Ctrl-C "
-            "or SIGTERM.",
+            "or SIGTERM. The simulated clock stays at the night's end, so a drop "
+            "that ends later, such as tee-late, stays open.",
         )
         await self._released.wait()
 

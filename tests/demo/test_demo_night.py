@@ -104,8 +104,11 @@ def test_demo_same_seed_same_night() -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         first, second = pool.map(lambda _run: run_night(*SMALL_NIGHT), range(2))
 
-    first.pop("elapsed_s")
-    second.pop("elapsed_s")
+    for results in (first, second):
+        results.pop("elapsed_s")
+        # The studio encodes in real time, so how many HLS segments it writes
+        # depends on how long the night took on the wall clock.
+        results["stream"].pop("segments_written")
     assert first == second
     assert first["faults_raised"] == 1
 

@@ -30,6 +30,7 @@ from appliance.sim._portal import (
     NoPortalGuestError,
     choose_portal_guest,
     demo_portal_site,
+    local_time,
 )
 from appliance.sim._site import KIT_STATION, demo_config
 from appliance.sim._world import NightPlan
@@ -50,6 +51,7 @@ PORTAL_FILE_KEYS = {
     "kit_at",
     "drop_starts_at",
     "drop_ends_at",
+    "drop_open_until",
     "night_start",
     "night_end",
     "speed",
@@ -222,6 +224,7 @@ def test_hold_serves_portal_until_sigterm(tmp_path: Path) -> None:
         model = (box_dir / "usb-assets" / "tee.glb").read_bytes()
         sha256 = hashlib.sha256(model).hexdigest()
         page_status, _headers, page = fetch(f"{portal['url']}/items/tee/try-on")
+        _status, _headers, optin_page = fetch(f"{portal['url']}/optin")
         asset_status, asset_headers, asset = fetch(f"{portal['url']}/assets/{sha256}")
 
         process.send_signal(signal.SIGTERM)
@@ -231,9 +234,9 @@ def test_hold_serves_portal_until_sigterm(tmp_path: Path) -> None:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT_S)
 
-    log = log_path.read_text()
-    assert returncode == 0, log[-2000:]
-    assert f"Portal: {portal['url']}/" in log
+    demo_log = log_path.read_text()
+    assert returncode == 0, demo_log[-2000:]
+    assert f"Portal: {portal['url']}/" in demo_log
     assert mode == 0o600
     assert set(portal) == PORTAL_FILE_KEYS
     assert portal["url"].startswith("http://127.0.0.1:")
@@ -241,9 +244,14 @@ def test_hold_serves_portal_until_sigterm(tmp_path: Path) -> None:
     assert portal["item"] == "tee"
     assert portal["night_start"] <= portal["checkout_at"] < portal["kit_at"]
     assert portal["kit_at"] < portal["night_end"]
+    assert portal["drop_ends_at"] > portal["night_end"]
+    assert portal["drop_open_until"] == local_time(portal["drop_ends_at"], "UTC")
+    assert f"until {portal['drop_open_until']} on the simulated clock" in demo_log
     assert portal["speed"] == 5000
     assert page_status == 200
     assert f'src="/assets/{sha256}"' in page.decode()
+    assert "until I ask the staff to delete it" in optin_page.decode()
+    assert "30 days" not in optin_page.decode()
     assert asset_status == 200
     assert asset == model
     assert asset_headers["Cache-Control"] == "public, max-age=31536000, immutable"
