@@ -3,7 +3,8 @@
 ``api/optin/register`` records a guest's contact with their consent.
 ``api/kits/issue`` hands a band at most one recovery kit from a station's
 stock and, for guests who opted in, issues a follow-up coupon bound to their
-contact. Both are idempotent (see :mod:`appliance.requests`).
+contact. A guest who opts in after taking the kit gets the coupon with the
+opt-in, by the same rules. Both are idempotent (see :mod:`appliance.requests`).
 
 A station whose site allows ``kits.offline_rule = "issue-once"`` hands out
 kits while the box is unreachable and sends those requests later with
@@ -106,7 +107,23 @@ class KitService:
         )
         # The event records that a band opted in, never who the guest is.
         transaction.emit("optin_recorded", {"band": band, "contact_kind": kind})
-        return {"band": band, "contact_kind": kind, "recorded": True}
+        coupon = None
+        if self._owes_coupon(transaction, band):
+            coupon = self._issue_coupon(transaction, band, now)
+        return {"band": band, "contact_kind": kind, "recorded": True, "coupon": coupon}
+
+    @staticmethod
+    def _owes_coupon(transaction: Transaction, band: str) -> bool:
+        """Return whether ``band`` took its kit before opting in and has no coupon.
+
+        Its kit came without a coupon, so the opt-in issues it.
+        """
+        row = transaction.execute(
+            "SELECT EXISTS (SELECT 1 FROM kits WHERE band = ?),"
+            " EXISTS (SELECT 1 FROM coupons WHERE band = ?)",
+            (band, band),
+        ).fetchone()
+        return bool(row[0]) and not row[1]
 
     def _band_of(self, data: dict[str, Any]) -> str:
         # A kit reader sends the advert it heard, because only the box can

@@ -24,6 +24,7 @@ from appliance.bus import envelope
 from appliance.bus.broker import BrokerHandle
 from appliance.bus.client import Bus, Incoming
 from appliance.clock import SystemClock
+from appliance.commerce.config import CommerceConfig, PartnerOffer
 from appliance.config import ReaderConfig, SiteConfig
 from appliance.errors import RequestError
 from appliance.kits import is_valid_coupon_code
@@ -172,7 +173,12 @@ async def inbox(make_client: ClientFactory) -> AsyncIterator[Inbox]:
 async def test_optin_with_email(box: Box, desk: Bus, desk_token: str) -> None:
     reply = await opt_in(desk, desk_token, "ib-1-1", email=EMAIL)
 
-    assert reply == {"band": "ib-1-1", "contact_kind": "email", "recorded": True}
+    assert reply == {
+        "band": "ib-1-1",
+        "contact_kind": "email",
+        "recorded": True,
+        "coupon": None,
+    }
     assert [row[:4] for row in rows(box, "optins")] == [
         ("ib-1-1", "email", EMAIL, CONSENT)
     ]
@@ -375,6 +381,90 @@ async def test_no_coupon_without_optin(
 
     assert reply["coupon"] is None
     assert rows(box, "coupons") == []
+
+
+async def test_optin_after_kit_issues_coupon(
+    box: Box, site_config: SiteConfig, desk: Bus, desk_token: str, station: Bus
+) -> None:
+    kit = await issue_kit(station, "ib-1-14", new_key())
+    key = new_key()
+
+    before = time.time()
+    reply = await opt_in(desk, desk_token, "ib-1-14", key, email=EMAIL)
+    after = time.time()
+    again = await opt_in(desk, desk_token, "ib-1-14", key, email=EMAIL)
+
+    assert kit["coupon"] is None
+    coupon = reply["coupon"]
+    assert is_valid_coupon_code(coupon["code"])
+    assert coupon["offer"] == site_config.coupon_offer
+    assert before + site_config.coupon_ttl_s - 0.001 <= coupon["expires_at"]
+    assert coupon["expires_at"] <= after + site_config.coupon_ttl_s + 0.001
+    # A retry of the same opt-in gets the same coupon, not a second one.
+    assert again == reply
+    assert box.store.query(
+        "SELECT code, band, contact_kind, contact, offer FROM coupons"
+    ) == [(coupon["code"], "ib-1-14", "email", EMAIL, site_config.coupon_offer)]
+
+
+async def test_optin_again_after_coupon_issues_none(
+    box: Box, desk: Bus, desk_token: str, station: Bus
+) -> None:
+    await opt_in(desk, desk_token, "ib-1-15", email=EMAIL)
+    kit = await issue_kit(station, "ib-1-15", new_key())
+
+    reply = await opt_in(desk, desk_token, "ib-1-15", wallet_id="wallet:000015")
+
+    assert is_valid_coupon_code(kit["coupon"]["code"])
+    assert reply["coupon"] is None
+    assert [row[0] for row in rows(box, "coupons")] == [kit["coupon"]["code"]]
+
+
+async def test_optin_after_kit_emits_coupon_event(
+    box: Box, desk: Bus, desk_token: str, station: Bus, inbox: Inbox
+) -> None:
+    await issue_kit(station, "ib-1-16", new_key())
+    reply = await opt_in(desk, desk_token, "ib-1-16", email=EMAIL)
+
+    event = await inbox.wait_for_event("coupon_issued")
+
+    assert event["data"]["band"] == "ib-1-16"
+    assert event["data"]["code"] == reply["coupon"]["code"]
+    assert event["data"]["contact_kind"] == "email"
+    for raw, _body in inbox.events("coupon_issued"):
+        assert EMAIL.encode() not in raw
+
+
+@pytest.mark.parametrize(
+    "site_config",
+    [
+        {
+            "commerce": CommerceConfig(
+                partner_offers=(
+                    PartnerOffer(
+                        "hotel", "Hotel Nord", "A night at Hotel Nord", ("HOTEL-001",)
+                    ),
+                )
+            )
+        }
+    ],
+    indirect=True,
+)
+async def test_optin_after_kit_hands_out_partner_code(
+    box: Box, desk: Bus, desk_token: str, station: Bus
+) -> None:
+    await issue_kit(station, "ib-1-17", new_key())
+    await issue_kit(station, "ib-1-18", new_key())
+
+    first = await opt_in(desk, desk_token, "ib-1-17", email=EMAIL)
+    second = await opt_in(desk, desk_token, "ib-1-18", email="other@example.org")
+
+    assert first["coupon"]["code"] == "HOTEL-001"
+    assert first["coupon"]["partner"] == "Hotel Nord"
+    assert first["coupon"]["offer"] == "A night at Hotel Nord"
+    # The pool is empty, so the next guest gets the site's own coupon.
+    assert is_valid_coupon_code(second["coupon"]["code"])
+    assert "partner" not in second["coupon"]
 
 
 async def test_events_never_contain_email(
