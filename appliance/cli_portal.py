@@ -71,12 +71,19 @@ def run(arguments: argparse.Namespace) -> int:
 
 
 def _portal_config(config: SiteConfig) -> PortalConfig:
-    if config.portal is None:
+    portal = config.portal
+    if portal is None:
         raise ConfigError(
             "the site has no [portal] table; add one (at least public_url, the "
             "address guests' phones reach the box at) to use the guest portal"
         )
-    return config.portal
+    if portal.port == 0 and not portal.public_url_given:
+        # Printed links would point at port 80, where the portal never listens.
+        raise ConfigError(
+            "the portal's port is 0 (chosen at start), so printed links cannot "
+            "name it; set [portal] port or public_url"
+        )
+    return portal
 
 
 def _sign(config: SiteConfig, portal: PortalConfig, output: Path) -> int:

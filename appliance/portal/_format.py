@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
+from appliance.commerce.config import CommerceConfig
 from appliance.currency import minor_unit_digits
 
 
@@ -18,7 +19,23 @@ def money(amount: int, currency: str) -> str:
     return f"{sign}{whole}.{fraction:0{digits}d} {currency}"
 
 
-def local_time(t: float, timezone: str) -> str:
-    """Return Unix time ``t`` as the site's weekday and clock time, ``Sat 23:30``."""
+def local_time(t: float, timezone: str, *, with_date: bool = False) -> str:
+    """Return Unix time ``t`` in the site's time zone as ``Sat 23:30``.
+
+    With ``with_date`` the day and month come too: ``Thu 4 Jun, 20:41``.
+    """
     local = dt.datetime.fromtimestamp(t, zoneinfo.ZoneInfo(timezone))
-    return local.strftime("%a %H:%M")
+    if not with_date:
+        return local.strftime("%a %H:%M")
+    return f"{local:%a} {local.day} {local:%b}, {local:%H:%M}"
+
+
+def night_time(t: float, commerce: CommerceConfig, night_at: float) -> str:
+    """Return ``t`` as ``Thu 20:41``, with the date when it is not on one night.
+
+    The date is left out only when ``t`` belongs to the same night (see
+    :meth:`CommerceConfig.night_of`) as Unix time ``night_at``, so a coupon
+    valid for a week reads ``Thu 11 Jun, 20:41`` and not as a time tonight.
+    """
+    other_night = commerce.night_of(t) != commerce.night_of(night_at)
+    return local_time(t, commerce.timezone, with_date=other_night)

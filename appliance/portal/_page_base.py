@@ -20,7 +20,14 @@ from appliance.analytics.views import record_view
 from appliance.commerce.config import DropConfig, Item
 from appliance.errors import PayloadError
 from appliance.kits import _validation
-from appliance.portal._format import local_time, money
+from appliance.portal._drop_offers import (
+    DropView,
+    Offer,
+    choose_offer,
+    drop_state,
+    state_text,
+)
+from appliance.portal._format import money, night_time
 from appliance.portal._forms import FORM_TIMEOUT_S, FormError, read_form, required
 from appliance.portal._sessions import (
     PRESESSION_COOKIE,
@@ -126,7 +133,9 @@ class PageBase:
         except BandCodeError as err:
             raise FormError(400, "band_code", str(err)) from err
         if band is None:
-            self._portal.count_rejection("band-code-unknown", "an unknown band code")
+            # Raises 429 while unknown codes from all addresses are over the
+            # site-wide limit.
+            self._portal.reject_unknown_band_code()
             raise FormError(
                 400,
                 "band_code",
@@ -191,7 +200,6 @@ class PageBase:
             value = error.get(name)
             return self._money(value) if isinstance(value, int) else "?"
 
-        timezone = self._commerce.timezone
         opens_at = error.get("opens_at")
         texts = {
             "insufficient-funds": f"your wallet holds {amount('balance')} and this "
@@ -207,9 +215,8 @@ class PageBase:
             "try again when it opens for everyone",
         }
         if code == "not-started" and isinstance(opens_at, int | float):
-            return (
-                f"this drop is not open yet; it opens {local_time(opens_at, timezone)}"
-            )
+            opens = night_time(opens_at, self._commerce, self._box.clock.now())
+            return f"this drop is not open yet; it opens {opens}"
         return texts.get(code, str(error.get("message", code)))
 
     # Lookups
@@ -299,17 +306,36 @@ class PageBase:
         self._status_cache[drop_id] = (now, status)
         return status
 
-    async def _open_drop(self, item: Item) -> DropConfig | None:
-        """Return the drop of ``item`` that takes claims now, or None."""
-        now = self._box.clock.now()
+    async def _drop_view(self, drop: DropConfig, band: str | None) -> DropView:
+        """Return ``drop``'s state now and the units ``band`` holds of it."""
+        status = await self._drop_status(drop.id)
+        held = 0
+        if band is not None:
+            row = self._box.store.query_one(
+                "SELECT units FROM drop_holdings WHERE drop_id = ? AND band = ?",
+                (drop.id, band),
+            )
+            held = 0 if row is None else int(row[0])
+        return DropView(
+            drop=drop,
+            state=drop_state(drop, status, self._box.clock.now()),
+            available=int(status["available"]),
+            held=held,
+        )
+
+    def _item_drops(self, item: Item) -> list[DropConfig]:
+        """Return the drops of ``item`` that this box sells, in the drops' order."""
         box_id = self._box.config.box_id
-        for drop in self._box.drops.all_drops():
-            if drop.item != item.id or drop.quota(box_id) == 0:
-                continue
-            status = await self._drop_status(drop.id)
-            if _is_open(drop, status, now):
-                return drop
-        return None
+        return [
+            drop
+            for drop in self._box.drops.all_drops()
+            if drop.item == item.id and drop.quota(box_id) > 0
+        ]
+
+    async def _offer(self, item: Item, band: str | None) -> Offer | None:
+        """Return what the try-on page's button sells (see ``choose_offer``)."""
+        views = [await self._drop_view(drop, band) for drop in self._item_drops(item)]
+        return choose_offer(views, self._commerce, self._box.clock.now())
 
     def _drop_name(self, drop_id: str) -> str:
         drop = self._box.drops.find(drop_id)
@@ -333,23 +359,29 @@ class PageBase:
     def _money(self, amount: int) -> str:
         return money(amount, self._commerce.wallet.currency)
 
-    def _when(self, drop: DropConfig, status: dict[str, Any] | None, now: float) -> str:
-        timezone = self._commerce.timezone
-        state = None if status is None else status.get("state")
-        if state == "stopped":
-            return "closed"
-        if now >= drop.ends_at:
-            return "ended"
-        if state == "live" or now >= drop.starts_at:
-            return f"open until {local_time(drop.ends_at, timezone)}"
-        return f"opens {local_time(drop.starts_at, timezone)}"
+    def _state(self, drop: DropConfig, status: dict[str, Any]) -> tuple[str, str]:
+        """Return ``drop``'s state and the words for it, as every page shows them."""
+        now = self._box.clock.now()
+        state = drop_state(drop, status, now)
+        return state, state_text(drop, state, self._commerce, now)
 
+    def _wallet(self, band: str) -> tuple[int, int]:
+        """Return ``band``'s balance and tonight's spending, in minor units.
 
-def _is_open(drop: DropConfig, status: dict[str, Any], now: float) -> bool:
-    state = status.get("state")
-    if state == "stopped" or now >= drop.ends_at:
-        return False
-    return state == "live" or now >= drop.starts_at
+        Read from the store, with the spending rule of the wallet service's
+        ``api/wallet/balance``: tonight's charges less their refunds, voided
+        charges left out. The portal's token has no wallet scope.
+        """
+        store = self._box.store
+        row = store.query_one("SELECT balance FROM wallets WHERE band = ?", (band,))
+        balance = 0 if row is None else int(row[0])
+        night = self._commerce.night_of(self._box.clock.now())
+        spent = store.query_one(
+            "SELECT COALESCE(SUM(amount - refunded), 0) FROM ledger_transactions"
+            " WHERE band = ? AND night = ? AND kind = 'charge' AND voided_by IS NULL",
+            (band, night),
+        )
+        return balance, 0 if spent is None else int(spent[0])
 
 
 def pickup_code_text(stored: str | None) -> str | None:

@@ -2,10 +2,11 @@
 
 Every page that shows a form renders a CSRF token for the browser's session
 or pre-session cookie, and a form id from which the request's idempotency
-key is derived, so a double tap on "buy" is one purchase. Pages read the
-box's store for what a guest owns (kit, coupons, claims) and go through the
-box's request API, as the terminal ``portal``, for everything that changes
-state or that the API computes (opt-in, claims, charges, balance, stock).
+key is derived, so a double tap on "buy" is one purchase. Every purchase
+is a drop claim with a pick-up code. Pages read the box's store for what a
+guest owns (kit, coupons, claims, balance) and go through the box's request
+API, as the terminal ``portal``, for everything that changes state or that
+the API computes (opt-in, claims, stock).
 Guest input is checked with the bus API's own rules before it is sent.
 """
 
@@ -17,7 +18,8 @@ from aiohttp import web
 from markupsafe import Markup
 
 from appliance.commerce.config import DropConfig, Item
-from appliance.portal._format import local_time, money
+from appliance.portal._drop_offers import CLOSED_STATES, state_text
+from appliance.portal._format import money, night_time
 from appliance.portal._forms import FormError
 from appliance.portal._page_base import (
     CREATOR_CODE,
@@ -30,6 +32,27 @@ from appliance.portal._page_base import (
 )
 from appliance.portal._sessions import SESSION_COOKIE
 from appliance.portal.qr import qr_svg
+
+# Refusals of one drop after which the one-tap purchase asks the item's next
+# drop, by how much they tell the guest when every drop refuses: money and
+# membership first, then the guest's own limit, then the drops' states.
+_NEXT_DROP_REFUSALS = {
+    code: rank
+    for rank, code in enumerate(
+        (
+            "insufficient-funds",
+            "limit-exceeded",
+            "members-only",
+            "limit-reached",
+            "sold-out",
+            "not-started",
+            "drop-closed",
+            "drop-ended",
+        )
+    )
+}
+# Refusals that trying the same form again cannot change.
+_FINAL_REFUSALS = frozenset({"sold-out", "drop-ended", "drop-closed", "limit-reached"})
 
 
 class Pages(PageBase):
@@ -131,29 +154,32 @@ class Pages(PageBase):
         band = visitor.band
         if band is None:
             return web.Response(status=303, headers={"Location": "/band"})
-        reply = await self._portal.terminal.call("wallet", "balance", {"band": band})
-        balance, spent = "unavailable", ""
-        if reply.get("ok"):
-            figures = reply["data"]
-            balance = money(int(figures["balance"]), figures["currency"])
-            if figures["spent_tonight"]:
-                spent = money(int(figures["spent_tonight"]), figures["currency"])
+        balance, spent = self._wallet(band)
         return self._page(
-            "me.html", visitor, balance=balance, spent=spent, **self._holdings(band)
+            "me.html",
+            visitor,
+            balance=self._money(balance),
+            spent=self._money(spent) if spent else "",
+            **self._holdings(band),
         )
 
     def _holdings(self, band: str) -> dict[str, Any]:
         """Return what ``band`` has: kit, coupons, opt-in and drop claims."""
         store = self._box.store
-        timezone = self._commerce.timezone
+        commerce = self._commerce
+        now = self._box.clock.now()
         kit_row = store.query_one(
             "SELECT station, issued_at FROM kits WHERE band = ?", (band,)
         )
         kit = None
         if kit_row is not None:
-            kit = {"station": kit_row[0], "time": local_time(kit_row[1], timezone)}
+            kit = {"station": kit_row[0], "time": night_time(kit_row[1], commerce, now)}
         coupons = [
-            {"code": code, "offer": offer, "expires": local_time(expires_at, timezone)}
+            {
+                "code": code,
+                "offer": offer,
+                "expires": night_time(expires_at, commerce, now),
+            }
             for code, offer, expires_at in store.query(
                 "SELECT code, offer, expires_at FROM coupons WHERE band = ?"
                 " ORDER BY issued_at",
@@ -190,21 +216,22 @@ class Pages(PageBase):
 
     async def drops(self, request: web.Request) -> web.Response:
         visitor = self._visitor(request)
-        stock = self._box.drops.stock()
-        now = self._box.clock.now()
+        box_id = self._box.config.box_id
         views = []
         for drop in self._box.drops.all_drops():
-            figures = stock.get(drop.id)
-            if figures is None or figures["quota"] == 0:
+            if drop.quota(box_id) == 0:
                 continue  # another box sells this drop
+            status = await self._drop_status(drop.id)
+            state, when = self._state(drop, status)
             views.append(
                 {
                     "id": drop.id,
                     "name": self._drop_name(drop.id),
                     "price": self._money(drop.price),
-                    "when": self._when(drop, None, now),
-                    "available": figures["available"],
-                    "quota": figures["quota"],
+                    "state": state,
+                    "when": when,
+                    "available": status["available"],
+                    "quota": status["quota"],
                 }
             )
         return self._page("drops.html", visitor, drops=views)
@@ -220,12 +247,9 @@ class Pages(PageBase):
     async def drop_stock(self, request: web.Request) -> web.Response:
         drop = self._drop(request)
         status = await self._drop_status(drop.id)
+        state, _when = self._state(drop, status)
         return web.json_response(
-            {
-                "available": status["available"],
-                "quota": status["quota"],
-                "state": status["state"],
-            }
+            {"available": status["available"], "quota": status["quota"], "state": state}
         )
 
     async def claim(self, request: web.Request) -> web.StreamResponse:
@@ -270,6 +294,12 @@ class Pages(PageBase):
     async def buy(self, request: web.Request) -> web.StreamResponse:
         visitor = self._visitor(request)
         item = self._item(request)
+        drops = self._item_drops(item)
+        if not drops:
+            raise web.HTTPConflict(
+                text=f"{item.name} is not sold on the phone tonight; buy it at the bar "
+                "with your wristband"
+            )
         form = await self._form(request, ())
         binding = self._check_csrf(form, visitor)
         try:
@@ -277,41 +307,7 @@ class Pages(PageBase):
             form_id = self._form_id(form)
         except FormError as err:
             return await self._try_on_page(visitor, item, error=err)
-        # One key for either path: a tap that finds the drop opened since the
-        # first tap gets 'idempotency-key-reused', never a second purchase.
-        key = self._portal.sessions.request_key(binding, form_id, f"buy:{item.id}")
-        drop = await self._open_drop(item)
-        if drop is not None:
-            reply = await self._portal.terminal.call(
-                "drops",
-                "claim",
-                {
-                    "drop": drop.id,
-                    "band": band,
-                    "pay": True,
-                    "idempotency_key": key,
-                    **self._creator(request),
-                },
-            )
-            self._status_cache.pop(drop.id, None)
-        elif item.price is not None:
-            reply = await self._portal.terminal.call(
-                "wallet",
-                "charge",
-                {
-                    "band": band,
-                    "item": item.id,
-                    "quantity": 1,
-                    "amount": item.price,
-                    "currency": self._commerce.wallet.currency,
-                    "idempotency_key": key,
-                    **self._creator(request),
-                },
-            )
-        else:
-            raise web.HTTPConflict(
-                text=f"{item.name} has no fixed price; buy it at the bar"
-            )
+        reply = await self._claim_first(request, drops, band, binding, form_id)
         return self._result(
             "purchase",
             visitor,
@@ -320,6 +316,47 @@ class Pages(PageBase):
             item_name=item.name,
             retry_form=("buy", f"/items/{item.id}/buy", "Try again"),
             back_url=f"/items/{item.id}/try-on",
+        )
+
+    async def _claim_first(
+        self,
+        request: web.Request,
+        drops: list[DropConfig],
+        band: str,
+        binding: str,
+        form_id: str,
+    ) -> dict[str, Any]:
+        """Claim and pay one unit from the first of ``drops`` that takes the claim.
+
+        Every drop is asked in the same order with a key of its own, derived
+        from the form: a second tap of the same form gets the stored replies,
+        so it stops at the drop that sold the first time and never buys
+        twice, even when another drop has opened since. Drops that refuse
+        (not open, sold out, the guest's limit) hand over to the next one.
+        When all refuse, the refusal that tells the guest most is returned.
+        """
+        refusals: list[dict[str, Any]] = []
+        for drop in drops:
+            reply = await self._portal.terminal.call(
+                "drops",
+                "claim",
+                {
+                    "drop": drop.id,
+                    "band": band,
+                    "pay": True,
+                    "idempotency_key": self._portal.sessions.request_key(
+                        binding, form_id, f"buy:{drop.item}:{drop.id}"
+                    ),
+                    **self._creator(request),
+                },
+            )
+            self._status_cache.pop(drop.id, None)
+            code = None if reply.get("ok") else reply.get("error", {}).get("code")
+            if code is None or code not in _NEXT_DROP_REFUSALS:
+                return reply
+            refusals.append(reply)
+        return min(
+            refusals, key=lambda reply: _NEXT_DROP_REFUSALS[reply["error"]["code"]]
         )
 
     async def creator_link(self, request: web.Request) -> web.StreamResponse:
@@ -379,14 +416,16 @@ class Pages(PageBase):
         *,
         error: FormError | None = None,
     ) -> web.Response:
-        now = self._box.clock.now()
         item = self._commerce.item(drop.item)
+        state, when = self._state(drop, status)
         view = {
             "id": drop.id,
             "item": drop.item,
             "name": self._drop_name(drop.id),
             "price": self._money(drop.price),
-            "when": self._when(drop, status, now),
+            "state": state,
+            "when": when,
+            "claimable": state not in CLOSED_STATES,
             "available": status["available"],
             "quota": status["quota"],
             "item_page": item is not None,
@@ -407,18 +446,21 @@ class Pages(PageBase):
         assets = self._box.assets
         model = assets.model_for_item(item.id)
         poster = assets.poster_for_item(item.id)
-        drop = await self._open_drop(item)
-        offer = None
-        if drop is not None:
-            status = await self._drop_status(drop.id)
-            offer = {
-                "drop": drop.id,
-                "price": self._money(drop.price),
-                "when": self._when(drop, status, self._box.clock.now()),
-                "available": status["available"],
+        offer = await self._offer(item, visitor.band)
+        offer_view = None
+        if offer is not None and offer.drop is not None:
+            chosen = offer.drop
+            offer_view = {
+                "drop": chosen.drop.id,
+                "price": self._money(chosen.drop.price),
+                "when": state_text(
+                    chosen.drop, chosen.state, self._commerce, self._box.clock.now()
+                ),
+                "available": chosen.available,
+                "reason": None,
             }
-        elif item.price is not None:
-            offer = {"drop": None, "price": self._money(item.price)}
+        elif offer is not None:
+            offer_view = {"drop": None, "reason": offer.reason}
         return self._page(
             "tryon.html",
             visitor,
@@ -426,7 +468,7 @@ class Pages(PageBase):
             item={"id": item.id, "name": item.name},
             model=None if model is None else model.sha256,
             poster=None if poster is None else poster.sha256,
-            offer=offer,
+            offer=offer_view,
             **error_context(error),
         )
 
@@ -450,7 +492,6 @@ class Pages(PageBase):
                 "amount": money(int(data.get("amount", 0)), currency),
                 "balance": money(int(data.get("balance", 0)), currency),
                 "pickup_code": data.get("pickup_code"),
-                "receipt": str(data.get("transaction_id", ""))[:8].upper(),
             }
             response = self._page(
                 "result.html", visitor, heading="Bought", result=result
@@ -466,7 +507,7 @@ class Pages(PageBase):
                 result=None,
                 error=message,
                 error_field=None,
-                retry=reply["error"].get("code") not in ("sold-out", "drop-ended"),
+                retry=reply["error"].get("code") not in _FINAL_REFUSALS,
                 form_name=form_name,
                 form_action=form_action,
                 button=button,

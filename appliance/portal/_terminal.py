@@ -21,7 +21,9 @@ from appliance.tokens import EdgeTokens
 _LOGGER = logging.getLogger(__name__)
 
 TERMINAL = "portal"
-SCOPES = ("optin:register", "drops:claim", "pos:charge")
+# Everything the portal sells is a drop claim, and it reads balances from
+# the store, so it needs no wallet scope.
+SCOPES = ("optin:register", "drops:claim")
 # The token's lifetime, unless the site's token_max_ttl_s is shorter.
 TOKEN_TTL_S = 2 * 3600.0
 # Token rejections that a fresh token cures.

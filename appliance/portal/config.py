@@ -29,6 +29,7 @@ PORTAL_KEYS = {
     "form_burst",
     "max_connections",
     "max_connections_per_address",
+    "unknown_band_codes_per_minute",
 }
 # The longest consent text api/optin/register stores (MAX_CONSENT_TEXT in
 # appliance/kits/_validation.py, which imports the site configuration and so
@@ -53,7 +54,9 @@ class PortalConfig:
     there. ``consent_text`` is shown on the opt-in page and stored with each
     opt-in exactly as shown. Rates are per client address: page and file
     requests, and form posts, each a token bucket that holds ``*_burst``
-    requests and refills at ``*_per_minute``.
+    requests and refills at ``*_per_minute``. ``unknown_band_codes_per_minute``
+    is site-wide: over it, unknown band codes get 429 from every address for
+    a short time.
     """
 
     public_url: str
@@ -67,6 +70,9 @@ class PortalConfig:
     form_burst: int = 10
     max_connections: int = 512
     max_connections_per_address: int = 16
+    unknown_band_codes_per_minute: int = 120
+    # False when public_url is the default made from the port, not a key.
+    public_url_given: bool = True
 
     @property
     def secure_cookies(self) -> bool:
@@ -107,8 +113,12 @@ def parse_portal(raw: dict[str, Any]) -> PortalConfig | None:
     site_table = raw.get("site")
     site: dict[str, Any] = site_table if isinstance(site_table, dict) else {}
     site_name = site.get("name", site.get("id", "this venue"))
+    public_url_given = "public_url" in section or isinstance(
+        site.get("portal_url"), str
+    )
     return PortalConfig(
         public_url=_public_url(section, site, port),
+        public_url_given=public_url_given,
         consent_text=_consent_text(section, str(site_name)),
         host=host,
         port=port,
@@ -148,6 +158,13 @@ def parse_portal(raw: dict[str, Any]) -> PortalConfig | None:
             defaults.max_connections_per_address,
             minimum=1,
             maximum=1_024,
+        ),
+        unknown_band_codes_per_minute=integer(
+            section,
+            "portal.unknown_band_codes_per_minute",
+            defaults.unknown_band_codes_per_minute,
+            minimum=10,
+            maximum=100_000,
         ),
     )
 

@@ -39,7 +39,13 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance.portal._forms import FORM_TIMEOUT_S, MAX_FORM_BYTES, FormError
-from appliance.portal._limits import RateLimiter, retry_after
+from appliance.portal._limits import (
+    BurstLog,
+    RateLimiter,
+    SiteWideLimit,
+    retry_after,
+)
+from appliance.portal._low_level import SERVER_NAME, PortalRunner
 from appliance.portal._pages import Pages
 from appliance.portal._sessions import Sessions
 from appliance.portal._terminal import PortalTerminal
@@ -119,8 +125,12 @@ SECURITY_HEADERS = {
 # as long again.
 HEADER_TIMEOUT_S = FORM_TIMEOUT_S
 _SHUTDOWN_TIMEOUT_S = 2.0
-# Rejections are logged at most once per reason in this many seconds.
-_REJECTION_LOG_INTERVAL_S = 10.0
+# The window of the rejection log: the first rejection of a reason is
+# logged at once, the others of this many seconds as one counted line.
+REJECTION_LOG_INTERVAL_S = 10.0
+# Over [portal] unknown_band_codes_per_minute, unknown codes get 429 from
+# every address for this many seconds.
+UNKNOWN_CODE_COOLDOWN_S = 30.0
 _STATUS_TITLES = {
     400: "Please check the form",
     403: "Not allowed",
@@ -230,7 +240,11 @@ class Portal:
         self._limits = ConnectionLimits(
             config.max_connections, config.max_connections_per_address
         )
-        self._log_limiter = LogLimiter(_REJECTION_LOG_INTERVAL_S, monotonic)
+        self._log_limiter = LogLimiter(REJECTION_LOG_INTERVAL_S, monotonic)
+        self._rejection_log = BurstLog(_LOGGER, REJECTION_LOG_INTERVAL_S)
+        self._unknown_codes = SiteWideLimit(
+            config.unknown_band_codes_per_minute, UNKNOWN_CODE_COOLDOWN_S, monotonic
+        )
         self._accept_failures = AcceptFailureFilter(self._log_limiter)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(_PACKAGE / "templates"),
@@ -302,8 +316,13 @@ class Portal:
         )
         purged = self.sessions.purge()
         app = self._application()
-        runner = web.AppRunner(
+        runner = PortalRunner(
             app,
+            headers={
+                **SECURITY_HEADERS,
+                "Cache-Control": "no-store",
+                "Server": SERVER_NAME,
+            },
             access_log_class=_RouteAccessLog,
             access_log=_ACCESS_LOGGER,
             shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
@@ -350,6 +369,7 @@ class Portal:
             return
         logging.getLogger("asyncio").removeFilter(self._accept_failures)
         await runner.cleanup()
+        self._rejection_log.flush()
         _LOGGER.info("Guest portal on port %s stopped", self._port)
         self._port = None
 
@@ -385,14 +405,30 @@ class Portal:
         ``message`` must not contain anything the guest sent.
         """
         self.rejections[reason] += 1
-        skipped = self._log_limiter.allow(reason)
-        if skipped is not None:
+        self._rejection_log.record(reason, message)
+
+    def reject_unknown_band_code(self) -> None:
+        """Count an unknown band code; raise 429 while the site-wide limit is passed.
+
+        The limit counts unknown codes from every address together, because
+        a guesser with many addresses passes every per-address limit.
+        """
+        self.count_rejection("band-code-unknown", "an unknown band code")
+        wait_s, began = self._unknown_codes.record()
+        if wait_s <= 0:
+            return
+        if began:
             _LOGGER.warning(
-                "Guest portal rejected a request (%s): %s%s",
-                reason,
-                message,
-                skipped_suffix(skipped),
+                "Guest portal: more than %d unknown band codes in a minute from all "
+                "addresses together; every unknown code gets 429 for %g s",
+                self._unknown_codes.per_minute,
+                self._unknown_codes.cooldown_s,
             )
+        raise web.HTTPTooManyRequests(
+            text="too many unknown band codes were sent to the portal just now; "
+            "check the code printed on your band and try again in a moment",
+            headers={"Retry-After": retry_after(wait_s)},
+        )
 
     @web.middleware
     async def _guard(
@@ -435,11 +471,20 @@ class Portal:
             if err.status < 400:
                 raise
             reason = _http_reason(err.status)
-            if err.status != 404:
+            if err.status not in (404, 429):
                 self.count_rejection(reason, f"{request.method} {route_of(request)}")
             else:
+                # A 429 here comes from the site-wide band-code limit, which
+                # logs its start once.
                 self.rejections[reason] += 1
-            return self.error_response(request, err.status, reason, _http_message(err))
+            retry = err.headers.get("Retry-After")
+            return self.error_response(
+                request,
+                err.status,
+                reason,
+                _http_message(err),
+                headers=None if retry is None else {"Retry-After": retry},
+            )
         except Exception as err:  # a bug in a page must not stop the portal
             self.rejections["internal-error"] += 1
             skipped = self._log_limiter.allow(f"internal-{type(err).__name__}")
@@ -581,6 +626,8 @@ async def _add_security_headers(
 ) -> None:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    # aiohttp would name itself and its version.
+    response.headers["Server"] = SERVER_NAME
     # Pages show a guest's band, claims and codes: no cache may keep them.
     # Files and assets set their own caching.
     response.headers.setdefault("Cache-Control", "no-store")
@@ -593,6 +640,7 @@ def _http_reason(status: int) -> str:
         404: "not-found",
         405: "method-not-allowed",
         413: "too-large",
+        429: "band-codes-site-limit",
     }.get(status, f"http-{status}")
 
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from appliance.config import SiteConfig
 from appliance.errors import NightboxError
-from appliance.portal._format import local_time, money
+from appliance.portal._format import money, night_time
 from appliance.portal.config import PortalConfig
 from appliance.portal.qr import qr_image
 
@@ -34,9 +34,13 @@ _MARGIN = 90
 _COLUMNS = 3
 _FIRST_PAGE_ROWS = 2
 _LATER_PAGE_ROWS = 4
-_CELL_HEIGHT = 390
-_DROP_QR = 270
-_OPTIN_QR = 560
+# A cell holds the QR code, up to two lines of the name, the price and the
+# times.
+_CELL_HEIGHT = 400
+_DROP_QR = 230
+_OPTIN_QR = 500
+_NAME_LINES = 2
+_LINE_SPACING = 1.3
 
 
 class SignError(NightboxError, ValueError):
@@ -66,11 +70,14 @@ def sign_drops(config: SiteConfig, portal: PortalConfig) -> list[SignDrop]:
     for drop in drops:
         item = commerce.item(drop.item)
         ends = dt.datetime.fromtimestamp(drop.ends_at, timezone).strftime("%H:%M")
+        # The sign is for the night of its first drop; a drop on another
+        # night shows its date.
+        opens = night_time(drop.starts_at, commerce, drops[0].starts_at)
         found.append(
             SignDrop(
                 name=drop.id if item is None else item.name,
                 price=money(drop.price, currency),
-                opens=f"{local_time(drop.starts_at, commerce.timezone)} to {ends}",
+                opens=f"{opens} to {ends}",
                 url=portal.url(f"/drops/{drop.id}"),
             )
         )
@@ -101,10 +108,12 @@ def render_sign(config: SiteConfig, portal: PortalConfig) -> NightSign:
     """
     fonts = _Fonts.load()
     drops = sign_drops(config, portal)
-    first, optin_box = _first_page(config.site_name, portal, fonts)
+    first, optin_box, top_of_grid = _first_page(config.site_name, portal, fonts)
     pages = [first]
     codes = [PlacedCode(0, portal.url("/optin"), optin_box)]
-    per_page = _COLUMNS * _FIRST_PAGE_ROWS
+    # A long site name or line leaves room for fewer rows of drops.
+    room = (_PAGE[1] - _MARGIN // 3 - top_of_grid) // _CELL_HEIGHT
+    per_page = _COLUMNS * max(0, min(_FIRST_PAGE_ROWS, room))
     cells = [drops[:per_page]]
     rest = drops[per_page:]
     while rest:
@@ -112,7 +121,6 @@ def render_sign(config: SiteConfig, portal: PortalConfig) -> NightSign:
         cells.append(rest[:per_page])
         rest = rest[per_page:]
         pages.append(_blank_page())
-    top_of_grid = _MARGIN + 140 + _OPTIN_QR + 150
     for index, (page, page_drops) in enumerate(zip(pages, cells, strict=True)):
         top = top_of_grid if index == 0 else _MARGIN
         for url, box in _draw_drops(page, page_drops, top, fonts):
@@ -188,35 +196,46 @@ def _blank_page() -> Image.Image:
     return Image.new("L", _PAGE, 255)
 
 
+OPTIN_LINE = "Scan to get your recovery kit coupon and see your band"
+
+
 def _first_page(
     site_name: str, portal: PortalConfig, fonts: _Fonts
-) -> tuple[Image.Image, tuple[int, int, int, int]]:
+) -> tuple[Image.Image, tuple[int, int, int, int], int]:
+    """Draw the first page's head; return it, the QR code's box and the y below."""
     page = _blank_page()
     draw = ImageDraw.Draw(page)
-    width = _PAGE[0]
-    centre = width // 2
-    title = _fit(site_name, fonts.title, width - 2 * _MARGIN)
-    draw.text((centre, _MARGIN), title, font=fonts.title, fill=0, anchor="mt")
+    width = _PAGE[0] - 2 * _MARGIN
+    centre = _PAGE[0] // 2
+    y = _draw_lines(
+        draw, wrap_text(site_name, fonts.title, width), fonts.title, centre, _MARGIN
+    )
     optin_url = portal.url("/optin")
-    top = _MARGIN + 140
+    top = y + 40
     left = centre - _OPTIN_QR // 2
     page.paste(qr_image(optin_url, _OPTIN_QR), (left, top))
-    line = "Scan to get your recovery kit coupon and see your band"
-    draw.text(
-        (centre, top + _OPTIN_QR + 20),
-        _fit(line, fonts.heading, width - 2 * _MARGIN),
-        font=fonts.heading,
-        fill=0,
-        anchor="mt",
+    y = top + _OPTIN_QR + 20
+    y = _draw_lines(
+        draw, wrap_text(OPTIN_LINE, fonts.heading, width), fonts.heading, centre, y
     )
-    draw.text(
-        (centre, top + _OPTIN_QR + 75),
-        _fit(optin_url, fonts.small, width - 2 * _MARGIN),
-        font=fonts.small,
-        fill=0,
-        anchor="mt",
+    y = _draw_lines(
+        draw, wrap_text(optin_url, fonts.small, width), fonts.small, centre, y + 10
     )
-    return page, (left, top, left + _OPTIN_QR, top + _OPTIN_QR)
+    return page, (left, top, left + _OPTIN_QR, top + _OPTIN_QR), y + 40
+
+
+def _draw_lines(
+    draw: ImageDraw.ImageDraw,
+    lines: list[str],
+    font: ImageFont.FreeTypeFont,
+    centre: int,
+    y: int,
+) -> int:
+    """Draw ``lines`` centred from ``y`` down; return the y below the last one."""
+    for line in lines:
+        draw.text((centre, y), line, font=font, fill=0, anchor="mt")
+        y += int(font.size * _LINE_SPACING)
+    return y
 
 
 def _draw_drops(
@@ -234,16 +253,50 @@ def _draw_drops(
         qr_left = centre - _DROP_QR // 2
         page.paste(qr_image(drop.url, _DROP_QR), (qr_left, y))
         placed.append((drop.url, (qr_left, y, qr_left + _DROP_QR, y + _DROP_QR)))
-        lines = [
-            (_fit(drop.name, fonts.heading, cell_width - 20), fonts.heading),
-            (drop.price, fonts.text),
-            (drop.opens, fonts.small),
-        ]
-        text_y = y + _DROP_QR + 8
-        for text, font in lines:
-            draw.text((centre, text_y), text, font=font, fill=0, anchor="mt")
-            text_y += int(font.size * 1.3)
+        text_width = cell_width - 20
+        name = wrap_text(drop.name, fonts.heading, text_width)
+        if len(name) > _NAME_LINES:
+            # NOTE: a name that needs more than two lines is cut on the
+            # second, because the cell has room for two.
+            rest = " ".join(name[_NAME_LINES - 1 :])
+            name = [*name[: _NAME_LINES - 1], _fit(rest, fonts.heading, text_width)]
+        text_y = _draw_lines(draw, name, fonts.heading, centre, y + _DROP_QR + 8)
+        text_y = _draw_lines(draw, [drop.price], fonts.text, centre, text_y)
+        _draw_lines(
+            draw,
+            wrap_text(drop.opens, fonts.small, text_width),
+            fonts.small,
+            centre,
+            text_y,
+        )
     return placed
+
+
+def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """Split ``text`` into lines of at most ``width`` pixels in ``font``.
+
+    Lines break between words. A word wider than a line, such as a long
+    address, is broken between characters. No character is left out.
+    """
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if font.getlength(candidate) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        line = word
+        while font.getlength(line) > width and len(line) > 1:
+            cut = len(line) - 1
+            while cut > 1 and font.getlength(line[:cut]) > width:
+                cut -= 1
+            lines.append(line[:cut])
+            line = line[cut:]
+    if line:
+        lines.append(line)
+    return lines
 
 
 def _fit(text: str, font: ImageFont.FreeTypeFont, width: int) -> str:

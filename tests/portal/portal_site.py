@@ -97,9 +97,15 @@ def portal_site_config(
 
 
 def portal_settings(
-    *, strict: bool = False, consent_text: str = CONSENT_TEXT
+    *,
+    strict: bool = False,
+    consent_text: str = CONSENT_TEXT,
+    settings: dict[str, Any] | None = None,
 ) -> PortalConfig:
-    """Return the test portal's [portal] settings on 127.0.0.1 port 0."""
+    """Return the test portal's [portal] settings on 127.0.0.1 port 0.
+
+    ``settings`` replaces any other [portal] values.
+    """
     limits: dict[str, Any] = {}
     if not strict:
         limits = {
@@ -113,7 +119,7 @@ def portal_settings(
         consent_text=consent_text,
         host="127.0.0.1",
         port=0,
-        **limits,
+        **{**limits, **(settings or {})},
     )
 
 
@@ -184,6 +190,17 @@ class PortalSite:
             "kits", "issue", {"station": "kit-1", "band": band}, "kits:issue"
         )
 
+    def add_drop(self, drop: DropConfig) -> None:
+        """Create ``drop`` on the box while it runs, as the console does."""
+        with self.box.store.transaction() as transaction:
+            self.box.drops.create(transaction, drop, by="test")
+
+    async def claim(self, drop: str, band: str) -> dict[str, Any]:
+        """Claim and pay one unit of ``drop`` for ``band`` at the merch desk."""
+        return await self.staff(
+            "drops", "claim", {"drop": drop, "band": band, "pay": True}, "drops:claim"
+        )
+
     def rows(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Return the rows of a query on the box's store."""
         return self.box.store.query(sql, parameters)
@@ -191,12 +208,16 @@ class PortalSite:
 
 @contextlib.asynccontextmanager
 async def running_portal(
-    tmp_path: Path, *, strict: bool = False, consent_text: str = CONSENT_TEXT
+    tmp_path: Path,
+    *,
+    strict: bool = False,
+    consent_text: str = CONSENT_TEXT,
+    settings: dict[str, Any] | None = None,
 ) -> AsyncIterator[PortalSite]:
     """Start the test site's broker, box and portal; stop them on exit.
 
     ``strict`` keeps the default rate limits; ``consent_text`` replaces the
-    site's consent text.
+    site's consent text, and ``settings`` other [portal] values.
     """
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed; run 'make test', which installs it")
@@ -209,7 +230,9 @@ async def running_portal(
         time.time(),
         usb_folder=usb_folder,
         fleet=FleetConfig(operator_keys={key_id(public_key): public_key}),
-        portal=portal_settings(strict=strict, consent_text=consent_text),
+        portal=portal_settings(
+            strict=strict, consent_text=consent_text, settings=settings
+        ),
     )
     credentials = SiteCredentials(config.data_dir / "secrets" / "broker.json")
     policy = site_policy(

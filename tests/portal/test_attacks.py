@@ -590,7 +590,7 @@ async def test_no_guest_data_in_urls_or_logs(tmp_path: Path) -> None:
                     {"band_code": code, "email": email, "consent": "yes"},
                 ),
                 await guest.submit(f"/drops/{OPEN_DROP}", "claim", {}),
-                await guest.submit("/items/poster/try-on", "buy", {}),
+                await guest.get("/items/tee/try-on"),
                 await guest.get("/me"),
                 await guest.submit(
                     "/optin", "optin", {"email": "bad", "consent": "yes"}

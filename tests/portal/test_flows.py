@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from portal_site import (
     CONSENT_TEXT,
     DROP_PRICE,
     OPEN_DROP,
-    POSTER_PRICE,
     Guest,
     running_portal,
 )
@@ -101,6 +102,57 @@ async def test_kit_then_coupon_on_me(tmp_path: Path) -> None:
     assert "not yet" not in after.dom().testid_text("kit-status")
     assert len(after.dom().by_testid("coupon")) == 1
     assert after.dom().testid_text("coupon-code") == issued["coupon"]["code"]
+
+
+async def test_optin_after_kit_gives_coupon(tmp_path: Path) -> None:
+    async with running_portal(tmp_path) as site:
+        code = site.band_code(BAND)
+        await site.issue_kit(BAND)
+        guest = Guest(site.base_url)
+        try:
+            await guest.submit("/band", "band", {"band_code": code})
+            before = await guest.get("/me")
+            after = await guest.submit(
+                "/optin", "optin", {"email": "guest@example.org", "consent": "yes"}
+            )
+            coupons = site.rows(
+                "SELECT code, contact FROM coupons WHERE band = ?", (BAND,)
+            )
+        finally:
+            await guest.close()
+    assert before.dom().by_testid("coupon") == []
+    assert "at once" in before.dom().testid_text("coupon-status")
+    assert after.url.endswith("/me")
+    assert after.dom().by_testid("coupon-status") == []
+    assert len(coupons) == 1
+    assert coupons[0][1] == "guest@example.org"
+    assert after.dom().testid_text("coupon-code") == coupons[0][0]
+
+
+async def test_coupon_expiry_shows_date(tmp_path: Path) -> None:
+    async with running_portal(tmp_path) as site:
+        code = site.band_code(BAND)
+        guest = Guest(site.base_url)
+        try:
+            await guest.submit(
+                "/optin",
+                "optin",
+                {"band_code": code, "email": "guest@example.org", "consent": "yes"},
+            )
+            issued = await site.issue_kit(BAND)
+            me = await guest.get("/me")
+            [(issued_at,)] = site.rows("SELECT issued_at FROM kits")
+        finally:
+            await guest.close()
+        zone = ZoneInfo(site.config.commerce.timezone)
+    kit_time = dt.datetime.fromtimestamp(issued_at, zone)
+    expires = dt.datetime.fromtimestamp(issued["coupon"]["expires_at"], zone)
+    # The coupon is valid for days: its date is shown. The kit was tonight.
+    assert (
+        f"valid until {expires:%a} {expires.day} {expires:%b}, {expires:%H:%M}"
+        in me.text
+    )
+    assert f"({kit_time:%a} {kit_time:%H:%M})" in me.dom().testid_text("kit-status")
 
 
 async def test_band_sign_in_and_sign_out(tmp_path: Path) -> None:
@@ -223,48 +275,6 @@ async def test_buy_item_with_live_drop_claims_it(tmp_path: Path) -> None:
     assert result.dom().testid_text("claim-result") == "paid"
     assert result.dom().by_testid("pickup-code")
     assert claims == [(OPEN_DROP, "paid")]
-
-
-async def test_buy_item_without_drop_charges_price(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        code = site.band_code(BAND)
-        await site.top_up(BAND, 5000)
-        guest = Guest(site.base_url)
-        try:
-            await guest.submit("/band", "band", {"band_code": code})
-            result = await guest.submit("/items/poster/try-on", "buy", {})
-            charges = site.rows(
-                "SELECT band, item, amount, terminal FROM ledger_transactions"
-                " WHERE kind = 'charge'"
-            )
-        finally:
-            await guest.close()
-    assert result.dom().testid_text("claim-result") == "paid"
-    assert result.dom().by_testid("receipt")
-    assert charges == [(BAND, "poster", POSTER_PRICE, "portal")]
-
-
-async def test_double_tap_buys_once(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        code = site.band_code(BAND)
-        await site.top_up(BAND, 10_000)
-        guest = Guest(site.base_url)
-        try:
-            await guest.submit("/band", "band", {"band_code": code})
-            page = await guest.get("/items/poster/try-on")
-            form = page.dom().form("buy")
-            first = await guest.post(form.action, form.hidden)
-            second = await guest.post(form.action, form.hidden)
-            again = await guest.submit("/items/poster/try-on", "buy", {})
-            charges = site.rows(
-                "SELECT COUNT(*) FROM ledger_transactions WHERE kind = 'charge'"
-            )
-        finally:
-            await guest.close()
-    assert first.dom().testid_text("receipt") == second.dom().testid_text("receipt")
-    assert again.dom().testid_text("receipt") != first.dom().testid_text("receipt")
-    # Two taps on one form are one purchase; a new page is a new purchase.
-    assert charges == [(2,)]
 
 
 async def test_creator_link_attributes_claim(tmp_path: Path) -> None:

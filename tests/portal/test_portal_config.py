@@ -43,7 +43,9 @@ def test_portal_defaults() -> None:
     assert config == PortalConfig(
         public_url="http://nightbox.local:8080",
         consent_text=default_consent_text("Club Nord"),
+        public_url_given=False,
     )
+    assert config.unknown_band_codes_per_minute == 120
     assert config.host == "0.0.0.0"
     assert config.port == 8080
     assert config.secure_cookies is False

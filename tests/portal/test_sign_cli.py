@@ -12,7 +12,13 @@ from appliance.clock import SystemClock, TimeSource
 from appliance.config import load_config
 from appliance.portal.band_codes import band_for_code, load_band_key
 from appliance.portal.qr import qr_image
-from appliance.portal.sign import render_sign, sign_drops
+from appliance.portal.sign import (
+    OPTIN_LINE,
+    _Fonts,
+    render_sign,
+    sign_drops,
+    wrap_text,
+)
 from appliance.store import Store
 
 PUBLIC_URL = "http://192.168.4.1:8080"
@@ -216,3 +222,65 @@ def test_cli_band_codes_rejects_bad_band(
     captured = capsys.readouterr()
     assert "not a band id" in captured.err
     assert captured.out == ""
+
+
+def test_sign_lines_wrap_without_cutting() -> None:
+    fonts = _Fonts.load()
+    width = 1240 - 2 * 90
+    lines = wrap_text(OPTIN_LINE, fonts.heading, width)
+    address = "http://" + "very-long-host-name." * 8 + "example:8080/optin"
+    address_lines = wrap_text(address, fonts.small, 300)
+    assert len(lines) == 2
+    assert " ".join(lines) == OPTIN_LINE
+    for line in lines:
+        assert fonts.heading.getlength(line) <= width
+    assert len(address_lines) > 1
+    assert "".join(address_lines) == address
+    for line in address_lines:
+        assert fonts.small.getlength(line) <= 300
+
+
+def test_sign_with_long_site_name_keeps_codes(tmp_path: Path) -> None:
+    path = _site_file(tmp_path)
+    path.write_text(
+        path.read_text().replace(
+            'name = "Club Nord"',
+            'name = "Club Nord at the Old Harbour Warehouse, Hall Two"',
+        )
+    )
+    config = load_config(path)
+    assert config.portal is not None
+    sign = render_sign(config, config.portal)
+    assert [code.url for code in sign.codes][1:] == [
+        f"{PUBLIC_URL}/drops/drop-{index}" for index in range(DROP_COUNT)
+    ]
+    for code in sign.codes:
+        left, _top, right, bottom = code.box
+        assert bottom <= 1754
+        drawn = sign.pages[code.page].crop(code.box)
+        assert _same(drawn, qr_image(code.url, right - left)), code.url
+
+
+@pytest.mark.parametrize("command", ["sign", "band-codes"])
+def test_cli_port_zero_without_public_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    path = _site_file(tmp_path, portal=False)
+    path.write_text(path.read_text() + "\n[portal]\nport = 0\n")
+    extra = ["--output", str(tmp_path / "sign.png")]
+    if command == "band-codes":
+        extra = ["--band", "ib-1-7"]
+    code = main(["portal", command, "--config", str(path), *extra])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "port is 0" in captured.err
+    assert "set [portal] port or public_url" in captured.err
+    assert captured.out == ""
+    assert not (tmp_path / "sign.png").exists()
+
+
+def test_cli_port_zero_with_public_url(tmp_path: Path) -> None:
+    path = _site_file(tmp_path)
+    path.write_text(path.read_text() + "port = 0\n")
+    code = main(["portal", "band-codes", "--config", str(path), "--band", "ib-1-7"])
+    assert code == 0
