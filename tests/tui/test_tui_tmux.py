@@ -275,7 +275,7 @@ def test_demo_quits_on_sigterm(tmux: Tmux, tmp_path: Path) -> None:
     # screen again, not the dashboard.
     assert "Guests in" not in final
     assert not _running(demo_pid)
-    assert not _broker_answers(login)
+    _wait_until(lambda: not _broker_answers(login), "the demo's broker stops")
     assert list(temporary.iterdir()) == []
 
 
@@ -289,7 +289,7 @@ def test_demo_stops_when_terminal_closes(tmux: Tmux, tmp_path: Path) -> None:
 
     _wait_until(lambda: not _running(console_pid), "the console quits")
     _wait_until(lambda: not _running(demo_pid), "the demo night stops")
-    assert not _broker_answers(login)
+    _wait_until(lambda: not _broker_answers(login), "the demo's broker stops")
     assert list(temporary.iterdir()) == []
 
 
@@ -300,7 +300,7 @@ def test_demo_stops_when_console_killed(tmux: Tmux, tmp_path: Path) -> None:
     os.kill(_console_pid(tmux), signal.SIGKILL)
 
     _wait_until(lambda: not _running(demo_pid), "the demo night stops")
-    assert not _broker_answers(login)
+    _wait_until(lambda: not _broker_answers(login), "the demo's broker stops")
 
 
 def test_wizard_quits_on_sigterm(tmux: Tmux, tmp_path: Path) -> None:
