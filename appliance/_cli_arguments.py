@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import math
 import os
 from collections.abc import Callable
@@ -24,6 +25,27 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("NIGHTBOX_CONFIG"),
         help="site configuration (TOML); default: $NIGHTBOX_CONFIG",
     )
+
+
+def add_night_option(parser: argparse.ArgumentParser) -> None:
+    """Add the required ``--night``, an ISO date that selects one night."""
+    parser.add_argument(
+        "--night",
+        type=night_date,
+        required=True,
+        help="night as an ISO date (YYYY-MM-DD); a night runs from "
+        "site.night_rollover_hour to the same hour the next day",
+    )
+
+
+def night_date(text: str) -> str:
+    """Parse an ISO date (``YYYY-MM-DD``) for ``--night``; return it in that form."""
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"must be a date like 2026-12-05 (YYYY-MM-DD), not {text!r}"
+        ) from err
 
 
 def load_site_config(path: Path | None) -> SiteConfig:

@@ -5,13 +5,15 @@ The site configuration and its commerce sections share these checks.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from appliance.errors import ConfigError
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
 def leaf(key: str) -> str:
@@ -102,6 +104,15 @@ def number(
     return float(value)
 
 
+def is_whole_number(value: object, minimum: int, maximum: int) -> TypeGuard[int]:
+    """Return whether ``value`` is an int, not a bool, in ``[minimum, maximum]``."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and minimum <= value <= maximum
+    )
+
+
 def integer(
     table: dict[str, Any],
     key: str,
@@ -119,6 +130,22 @@ def integer(
         raise ConfigError(f"{key} = {value} is below the minimum {minimum}")
     if maximum is not None and value > maximum:
         raise ConfigError(f"{key} = {value} is above the maximum {maximum}")
+    return value
+
+
+def listen_host(table: dict[str, Any], key: str, *, default: str) -> str:
+    """Read an address for a server to listen on: an IP address or a host name."""
+    value = string(table, key, default=default)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        labels = value.removesuffix(".").split(".")
+        if not (len(value) <= 253 and all(_HOST_LABEL.match(x) for x in labels)):
+            raise ConfigError(
+                f"{key} = {value!r:.80} is invalid; use the address to listen on, "
+                "such as 0.0.0.0 (every network of the box) or 127.0.0.1 (this "
+                "machine only)"
+            ) from None
     return value
 
 

@@ -9,7 +9,12 @@ import re
 import sys
 from typing import Any
 
-from appliance._cli_arguments import add_config_option, load_site_config, open_store
+from appliance._cli_arguments import (
+    add_config_option,
+    add_night_option,
+    load_site_config,
+    open_store,
+)
 from appliance._toml_values import ID_PATTERN
 from appliance.config import SiteConfig
 from appliance.errors import NightboxError
@@ -72,13 +77,7 @@ def add_commands(commands: Any) -> None:
         "and prove the ledger. Exits 1 when the ledger check fails.",
     )
     add_config_option(report)
-    report.add_argument(
-        "--night",
-        type=_night,
-        required=True,
-        help="night as an ISO date (YYYY-MM-DD); a night runs from "
-        "site.night_rollover_hour to the same hour the next day",
-    )
+    add_night_option(report)
     report.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -93,15 +92,6 @@ def _duration(text: str) -> float:
     if total <= 0:
         raise argparse.ArgumentTypeError(f"must be longer than 0 s, not {text!r}")
     return float(total)
-
-
-def _night(text: str) -> str:
-    try:
-        return dt.date.fromisoformat(text).isoformat()
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"must be a date like 2026-12-05, not {text!r}"
-        ) from err
 
 
 def run(arguments: argparse.Namespace) -> int:

@@ -1084,23 +1084,7 @@ def _bundle(arguments: argparse.Namespace) -> int:
     payload = _encode_document(document)
     topics = Topics(site)
     with _open_client(arguments) as client:
-        if arguments.box is not None:
-            client.subscribe(
-                [
-                    topics.availability("box", arguments.box),
-                    topics.command_result(arguments.box),
-                ]
-            )
-            _require_online(client, arguments, "bundle")
-            targets = [arguments.box]
-        else:
-            client.subscribe(
-                [
-                    box_filter(site, None, "availability"),
-                    box_filter(site, None, "stat/result"),
-                ]
-            )
-            targets = _online_boxes(client, arguments)
+        targets = _bundle_targets(client, arguments)
         client.publish(topics.bundle(arguments.box, arguments.name), payload)
         deadline = time.monotonic() + arguments.timeout
         results = await_results(client, site, document["nonce"], set(targets), deadline)
@@ -1121,23 +1105,7 @@ def _assets(arguments: argparse.Namespace) -> int:
                     client.publish(topic, b"", retain=True)
             print(f"Removed the retained chunks of {len(prepared.files)} blobs")
             return 0
-        if arguments.box is not None:
-            client.subscribe(
-                [
-                    topics.availability("box", arguments.box),
-                    topics.command_result(arguments.box),
-                ]
-            )
-            _require_online(client, arguments, "bundle")
-            targets = [arguments.box]
-        else:
-            client.subscribe(
-                [
-                    box_filter(site, None, "availability"),
-                    box_filter(site, None, "stat/result"),
-                ]
-            )
-            targets = _online_boxes(client, arguments)
+        targets = _bundle_targets(client, arguments)
         # Chunks first, so that a box that applies the manifest finds them.
         for sha256, path in prepared.files.items():
             for topic, payload in chunk_messages(site, sha256, path):
@@ -1152,6 +1120,31 @@ def _assets(arguments: argparse.Namespace) -> int:
             client, site, prepared.document["nonce"], set(targets), deadline
         )
     return _report(arguments, prepared.document, targets, results)
+
+
+def _bundle_targets(client: FleetClient, arguments: argparse.Namespace) -> list[str]:
+    """Subscribe to the results of a bundle and return the boxes it goes to.
+
+    With ``--box``, that box, which must be online unless ``--queue`` is
+    given; without it, the online boxes of the site.
+    """
+    topics = Topics(arguments.site)
+    if arguments.box is not None:
+        client.subscribe(
+            [
+                topics.availability("box", arguments.box),
+                topics.command_result(arguments.box),
+            ]
+        )
+        _require_online(client, arguments, "bundle")
+        return [arguments.box]
+    client.subscribe(
+        [
+            box_filter(arguments.site, None, "availability"),
+            box_filter(arguments.site, None, "stat/result"),
+        ]
+    )
+    return _online_boxes(client, arguments)
 
 
 def _online_boxes(client: FleetClient, arguments: argparse.Namespace) -> list[str]:

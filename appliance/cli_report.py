@@ -10,7 +10,12 @@ import zoneinfo
 from pathlib import Path
 from typing import Any
 
-from appliance._cli_arguments import STORE_NAME, add_config_option, load_site_config
+from appliance._cli_arguments import (
+    STORE_NAME,
+    add_config_option,
+    add_night_option,
+    load_site_config,
+)
 
 # Exit codes: 0 written, 1 no data for the night, 2 usage or configuration
 # errors (argparse and the ``nightbox`` command use 2 for those too).
@@ -32,13 +37,7 @@ def add_commands(commands: Any) -> None:
         "no data, 2 for usage errors.",
     )
     add_config_option(report)
-    report.add_argument(
-        "--night",
-        type=_night,
-        required=True,
-        help="night as an ISO date (YYYY-MM-DD); a night runs from "
-        "site.night_rollover_hour to the same hour the next day",
-    )
+    add_night_option(report)
     report.add_argument(
         "--output",
         type=Path,
@@ -52,15 +51,6 @@ def add_commands(commands: Any) -> None:
         "partial; a later report of the same night can be compared with it to "
         "learn the spend of the guests who came in between",
     )
-
-
-def _night(text: str) -> str:
-    try:
-        return dt.date.fromisoformat(text).isoformat()
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"must be a date like 2026-12-05 (YYYY-MM-DD), not {text!r}"
-        ) from err
 
 
 def run(arguments: argparse.Namespace) -> int:

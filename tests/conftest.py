@@ -65,25 +65,29 @@ def credentials(site_config: SiteConfig) -> SiteCredentials:
     return SiteCredentials(site_config.data_dir / "secrets" / "broker.json")
 
 
+async def start_site_broker(
+    config: SiteConfig, credentials: SiteCredentials
+) -> BrokerHandle:
+    """Start a private mosquitto with the site's passwords and ACLs."""
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed; run 'make test', which installs it")
+    policy = site_policy(
+        config.site_id,
+        config.box_id,
+        [ReaderGrant(reader.id, reader.role) for reader in config.readers],
+        config.commerce.terminals,
+    )
+    return await start_broker(
+        BrokerConfig(mode="mosquitto"), config.data_dir / "run", credentials, policy
+    )
+
+
 @pytest.fixture
 async def mosquitto(
     site_config: SiteConfig, credentials: SiteCredentials
 ) -> AsyncIterator[BrokerHandle]:
     """A private mosquitto with the site's passwords and ACLs."""
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed; run 'make test', which installs it")
-    policy = site_policy(
-        site_config.site_id,
-        site_config.box_id,
-        [ReaderGrant(reader.id, reader.role) for reader in site_config.readers],
-        site_config.commerce.terminals,
-    )
-    broker = await start_broker(
-        BrokerConfig(mode="mosquitto"),
-        site_config.data_dir / "run",
-        credentials,
-        policy,
-    )
+    broker = await start_site_broker(site_config, credentials)
     try:
         yield broker
     finally:
@@ -108,6 +112,33 @@ async def box(
     ) as running:
         await asyncio.wait_for(running.bus.connected.wait(), timeout=10)
         yield running
+
+
+@contextlib.asynccontextmanager
+async def running_site_box(
+    config: SiteConfig, *, timeout_s: float = 10.0, **box_options: Any
+) -> AsyncIterator[tuple[BrokerHandle, Box]]:
+    """Start a private mosquitto for ``config`` and a box on it; stop both on exit.
+
+    ``box_options`` go to :class:`Box`. The box's clock is the system clock,
+    taken as synchronised, as in the ``box`` fixture.
+    """
+    credentials = SiteCredentials(config.data_dir / "secrets" / "broker.json")
+    broker = await start_site_broker(config, credentials)
+    try:
+        async with Box(
+            config,
+            SystemClock(TimeSource.NTP),
+            credentials,
+            broker.host,
+            broker.port,
+            broker_kind=broker.kind,
+            **box_options,
+        ) as box:
+            await asyncio.wait_for(box.bus.connected.wait(), timeout=timeout_s)
+            yield broker, box
+    finally:
+        await broker.stop()
 
 
 TokenFactory = Callable[..., str]

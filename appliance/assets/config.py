@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance._toml_values import reject_unknown, table
+from appliance._toml_values import is_whole_number, reject_unknown, table
 from appliance.errors import ConfigError
 
 ASSETS_KEYS = {"budget_bytes", "preload_dir"}
@@ -53,11 +53,7 @@ def parse_assets_config(
 
 def _budget(section: dict[str, Any]) -> int:
     value = section.get("budget_bytes", DEFAULT_BUDGET_BYTES)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not MIN_BUDGET_BYTES <= value <= MAX_BUDGET_BYTES
-    ):
+    if not is_whole_number(value, MIN_BUDGET_BYTES, MAX_BUDGET_BYTES):
         raise ConfigError(
             f"assets.budget_bytes = {value!r:.40} is invalid; give a whole number "
             f"of bytes from {MIN_BUDGET_BYTES} (1 MiB) to {MAX_BUDGET_BYTES} "

@@ -28,7 +28,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance._toml_values import ID_PATTERN
+from appliance._toml_values import ID_PATTERN, is_whole_number
 from appliance.assets._blobs import hash_file
 from appliance.assets.config import MAX_BUDGET_BYTES, MIN_BUDGET_BYTES
 from appliance.assets.manifest import DESCRIPTION_NAME, MANIFEST_NAME, sign_manifest
@@ -215,11 +215,7 @@ def _budget(
         budget, named = option, f"--budget {option}"
     elif "budget_bytes" in description:
         value = description["budget_bytes"]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not MIN_BUDGET_BYTES <= value <= MAX_BUDGET_BYTES
-        ):
+        if not is_whole_number(value, MIN_BUDGET_BYTES, MAX_BUDGET_BYTES):
             raise PackError(
                 f"{path}: budget_bytes = {value!r:.40} is invalid; give a whole "
                 f"number of bytes from {MIN_BUDGET_BYTES} (1 MiB) to "

@@ -249,16 +249,30 @@ class PageBase:
         )
         response = web.Response(text=html, status=status, content_type="text/html")
         if visitor.new_presession:
-            response.set_cookie(
+            self._set_cookie(
+                response,
                 PRESESSION_COOKIE,
                 visitor.presession_cookie,
-                max_age=PRESESSION_MAX_AGE_S,
-                path="/",
-                httponly=True,
-                samesite="Strict",
-                secure=self._portal.config.secure_cookies,
+                PRESESSION_MAX_AGE_S,
             )
         return response
+
+    def _set_cookie(
+        self, response: web.StreamResponse, name: str, value: str, max_age: int
+    ) -> None:
+        """Set a cookie that scripts cannot read and other sites' requests omit.
+
+        It is marked Secure when the portal's public URL is HTTPS.
+        """
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self._portal.config.secure_cookies,
+        )
 
     def _start_session(
         self, response: web.StreamResponse, visitor: Visitor, band: str
@@ -266,14 +280,11 @@ class PageBase:
         """Sign the browser in as ``band``, ending the session it had."""
         self._portal.sessions.end(visitor.session_cookie)
         cookie = self._portal.sessions.create(band)
-        response.set_cookie(
+        self._set_cookie(
+            response,
             SESSION_COOKIE,
             cookie,
-            max_age=int(self._portal.config.session_hours * 3600),
-            path="/",
-            httponly=True,
-            samesite="Strict",
-            secure=self._portal.config.secure_cookies,
+            int(self._portal.config.session_hours * 3600),
         )
 
     def _drop(self, request: web.Request) -> DropConfig:

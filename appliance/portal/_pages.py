@@ -367,15 +367,7 @@ class Pages(PageBase):
         if creator is None:
             raise web.HTTPNotFound(text="this creator link is not known tonight")
         response = web.Response(status=303, headers={"Location": "/drops"})
-        response.set_cookie(
-            CREATOR_COOKIE,
-            creator.code,
-            max_age=PRESESSION_MAX_AGE_S,
-            path="/",
-            httponly=True,
-            samesite="Strict",
-            secure=self._portal.config.secure_cookies,
-        )
+        self._set_cookie(response, CREATOR_COOKIE, creator.code, PRESESSION_MAX_AGE_S)
         return response
 
     # Forms and results

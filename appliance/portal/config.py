@@ -7,14 +7,19 @@ instead of showing up on a guest's phone in the middle of the night.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from appliance._toml_values import integer, number, reject_unknown, string, table
+from appliance._toml_values import (
+    integer,
+    listen_host,
+    number,
+    reject_unknown,
+    string,
+    table,
+)
 from appliance.errors import ConfigError
 
 PORTAL_KEYS = {
@@ -37,7 +42,6 @@ PORTAL_KEYS = {
 MAX_CONSENT_TEXT = 500
 # The studio listens on 8080 unless [studio] http_port says otherwise.
 _STUDIO_DEFAULT_PORT = 8080
-_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 # Bidirectional marks and overrides can make a text read differently from
 # what it contains, which must not happen to the text a guest agrees to.
 _BIDI_CONTROLS = frozenset(
@@ -107,7 +111,7 @@ def parse_portal(raw: dict[str, Any]) -> PortalConfig | None:
     reject_unknown(section, "portal", PORTAL_KEYS)
     defaults = PortalConfig(public_url="", consent_text="")
     port = integer(section, "portal.port", defaults.port, minimum=0, maximum=65535)
-    host = _host(section)
+    host = listen_host(section, "portal.host", default="0.0.0.0")
     _check_studio_port(raw, port)
     _check_terminals(raw)
     site_table = raw.get("site")
@@ -167,21 +171,6 @@ def parse_portal(raw: dict[str, Any]) -> PortalConfig | None:
             maximum=100_000,
         ),
     )
-
-
-def _host(section: dict[str, Any]) -> str:
-    value = string(section, "portal.host", default="0.0.0.0")
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        labels = value.removesuffix(".").split(".")
-        if not (len(value) <= 253 and all(_HOST_LABEL.match(x) for x in labels)):
-            raise ConfigError(
-                f"portal.host = {value!r:.80} is invalid; use the address to "
-                "listen on, such as 0.0.0.0 (every network of the box) or "
-                "127.0.0.1 (this machine only)"
-            ) from None
-    return value
 
 
 def _public_url(section: dict[str, Any], site: dict[str, Any], port: int) -> str:

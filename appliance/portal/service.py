@@ -58,8 +58,8 @@ from appliance.portal.config import PortalConfig
 from appliance.studio._http_limits import (
     AcceptFailureFilter,
     ConnectionLimits,
-    GuardedSite,
     LogLimiter,
+    listen_guarded,
     skipped_suffix,
 )
 
@@ -331,27 +331,20 @@ class Portal:
             keepalive_timeout=HEADER_TIMEOUT_S,
             logger=_ServerErrorLog(_LOGGER, self._log_limiter, self.rejections),
         )
-        await runner.setup()
-        site = GuardedSite(
+        host, port = self.config.host, self.config.port
+        self._port = await listen_guarded(
             runner,
-            self.config.host,
-            self.config.port,
+            host,
+            port,
             self._limits,
             self._reject_connection,
+            lambda err: (
+                f"cannot listen for the guest portal on {host}:{port} "
+                f"({err.strerror}); set [portal] port to a free port (1024 or "
+                "above without root), or host to an address of this box"
+            ),
         )
-        try:
-            await site.start()
-        except OSError as err:
-            await runner.cleanup()
-            raise OSError(
-                err.errno,
-                f"cannot listen for the guest portal on {self.config.host}:"
-                f"{self.config.port} ({err.strerror}); set [portal] port to a free "
-                "port (1024 or above without root), or host to an address of "
-                "this box",
-            ) from err
         self._runner = runner
-        self._port = int(runner.addresses[0][1])
         logging.getLogger("asyncio").addFilter(self._accept_failures)
         _LOGGER.info(
             "Guest portal listening on %s:%d for %s (%d expired sessions deleted)",

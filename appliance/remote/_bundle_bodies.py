@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from appliance._toml_values import ID_PATTERN
+from appliance._toml_values import ID_PATTERN, is_whole_number
 from appliance.commerce.config import MAX_AMOUNT, CommerceConfig
 from appliance.errors import NightboxError
 
@@ -188,11 +188,7 @@ def parse_assets(body: dict[str, Any]) -> AssetManifest:
 
 def _budget_bytes(value: Any) -> int:
     """Check a manifest's budget against the range of ``[assets] budget_bytes``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not MIN_BUDGET_BYTES <= value <= MAX_ASSET_BYTES
-    ):
+    if not is_whole_number(value, MIN_BUDGET_BYTES, MAX_ASSET_BYTES):
         raise InvalidBundle(
             f"body.budget_bytes = {value!r:.40} is invalid; give a whole number of "
             f"bytes from {MIN_BUDGET_BYTES} (1 MiB) to {MAX_ASSET_BYTES} (1 TiB), "
@@ -344,11 +340,7 @@ def _integer(
     unit: str,
 ) -> int:
     value = item.get(field)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not minimum <= value <= maximum
-    ):
+    if not is_whole_number(value, minimum, maximum):
         raise InvalidBundle(
             f"{where}.{field} = {value!r:.40} is invalid; give a whole number from "
             f"{minimum} to {maximum} {unit}"

@@ -26,6 +26,7 @@ __all__ = [
     "GuardedSite",
     "LogLimiter",
     "ServerErrorLog",
+    "listen_guarded",
 ]
 
 # The message asyncio's default exception handler logs when accept() fails
@@ -196,6 +197,29 @@ class GuardedSite(web.BaseSite):
             self._port,
             backlog=self._backlog,
         )
+
+
+async def listen_guarded(
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    limits: ConnectionLimits,
+    on_rejected: Callable[[str, str], None],
+    describe_failure: Callable[[OSError], str],
+) -> int:
+    """Set up ``runner`` and listen on ``host:port`` behind ``limits``; return the port.
+
+    When the address cannot be bound, cleans the runner up and raises an
+    OSError with the same errno and ``describe_failure(err)`` as its message.
+    """
+    await runner.setup()
+    site = GuardedSite(runner, host, port, limits, on_rejected)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise OSError(err.errno, describe_failure(err)) from err
+    return int(runner.addresses[0][1])
 
 
 class ServerErrorLog(logging.LoggerAdapter[logging.Logger]):

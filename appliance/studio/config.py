@@ -8,7 +8,6 @@ instead of surfacing as an encoder error in the middle of a night.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import re
 import socket
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from appliance._toml_values import (
     boolean,
     choice,
     integer,
+    listen_host,
     number,
     reject_unknown,
     string,
@@ -70,7 +70,6 @@ MAX_HEIGHT = 1080
 # GPIO 0-27 are the BCM numbers on the Raspberry Pi's 40-pin header.
 MAX_BCM_PIN = 27
 _ALSA_DEVICE = re.compile(r"^[A-Za-z0-9_:,.=-]{1,64}\Z")
-_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 # Binding fails with these when http_host is not an address of this machine
 # or a name that does not resolve (the EAI_* codes of getaddrinfo).
 _HOST_ERRNOS = frozenset(
@@ -164,7 +163,7 @@ def parse_studio(raw: dict[str, Any]) -> StudioConfig | None:
         hls_window=integer(
             section, "studio.hls_window", defaults.hls_window, minimum=3, maximum=60
         ),
-        http_host=_http_host(section),
+        http_host=listen_host(section, "studio.http_host", default="127.0.0.1"),
         http_port=integer(
             section, "studio.http_port", defaults.http_port, minimum=0, maximum=65535
         ),
@@ -233,21 +232,6 @@ def _audio(section: dict[str, Any], camera: str) -> str:
         f"studio.audio = {value!r:.80} is invalid; use 'none', 'tone' (a test "
         "tone) or 'alsa:<device>' with an ALSA device such as 'alsa:hw:1,0'"
     )
-
-
-def _http_host(section: dict[str, Any]) -> str:
-    value = string(section, "studio.http_host", default="127.0.0.1")
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        labels = value.removesuffix(".").split(".")
-        if not (len(value) <= 253 and all(_HOST_LABEL.match(x) for x in labels)):
-            raise ConfigError(
-                f"studio.http_host = {value!r:.80} is invalid; use the address "
-                "to listen on, such as 0.0.0.0 (every network of the box) or "
-                "127.0.0.1 (this machine only)"
-            ) from None
-    return value
 
 
 def _push_url(section: dict[str, Any]) -> str | None:

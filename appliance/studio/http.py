@@ -57,9 +57,9 @@ from appliance.studio._http_auth import (
 from appliance.studio._http_limits import (
     AcceptFailureFilter,
     ConnectionLimits,
-    GuardedSite,
     LogLimiter,
     ServerErrorLog,
+    listen_guarded,
     skipped_suffix,
 )
 from appliance.studio._http_playlist import (
@@ -281,26 +281,19 @@ class StudioHttp:
             keepalive_timeout=self._header_timeout_s,
             logger=ServerErrorLog(_LOGGER, self._log_limiter, self.bad_requests),
         )
-        await runner.setup()
-        site = GuardedSite(
+        self._port = await listen_guarded(
             runner,
             self._host,
             self._requested_port,
             self._limits,
             self._reject_connection,
-        )
-        try:
-            await site.start()
-        except OSError as err:
-            await runner.cleanup()
-            raise OSError(
-                err.errno,
+            lambda err: (
                 f"cannot listen for the stream on {self._host}:"
                 f"{self._requested_port} ({err.strerror}); "
-                f"{listen_failure_advice(err.errno)}",
-            ) from err
+                f"{listen_failure_advice(err.errno)}"
+            ),
+        )
         self._runner = runner
-        self._port = int(runner.addresses[0][1])
         logging.getLogger("asyncio").addFilter(self._accept_failures)
         _LOGGER.info(
             "Studio HTTP server listening on %s:%d (at most %d connections, %d "

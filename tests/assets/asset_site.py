@@ -2,17 +2,20 @@
 
 Blobs are deterministic pseudo-random bytes, so a test can make two
 different blobs of one size. Manifests are signed with a fresh operator
-key, as `nightbox assets pack` signs them.
+key, as `nightbox assets pack` signs them. Test modules import
+``key_fixture`` (``# noqa: F401``) to get that key as the fixture ``key``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -29,6 +32,12 @@ from appliance.store import Store
 NOW = 1_800_000_000.0
 SITE = "test"
 MIB = 1024 * 1024
+
+
+@pytest.fixture(name="key")
+def key_fixture() -> Ed25519PrivateKey:
+    """A fresh operator key, which the test's caches trust."""
+    return Ed25519PrivateKey.generate()
 
 
 def blob(seed: str, size: int) -> bytes:
@@ -145,6 +154,27 @@ def open_cache(
         SITE,
     )
     return cache, store
+
+
+@asynccontextmanager
+async def started_cache(
+    data_dir: Path,
+    key: Ed25519PrivateKey,
+    *,
+    clock: Clock | None = None,
+    budget_bytes: int = 64 * MIB,
+    preload_dir: Path | None = None,
+) -> AsyncIterator[tuple[AssetCache, Store]]:
+    """Open a cache as :func:`open_cache` does and start it; stop it on exit."""
+    cache, store = open_cache(
+        data_dir, key, clock=clock, budget_bytes=budget_bytes, preload_dir=preload_dir
+    )
+    try:
+        await cache.start()
+        yield cache, store
+    finally:
+        await cache.stop()
+        store.close()
 
 
 def files_under(folder: Path) -> Iterator[Path]:

@@ -11,13 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from asset_site import (
+from asset_site import (  # noqa: F401 - registers the fixture
     blob,
     entry,
     files_under,
+    key_fixture,
     open_cache,
     sha,
     signed_manifest,
+    started_cache,
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -27,11 +29,6 @@ from appliance.store import Store
 
 TEE = blob("tee", 300_000)
 CAP = blob("cap", 5_000)
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
@@ -94,9 +91,7 @@ def test_long_source_read_only_past_limit(blobs: BlobStore) -> None:
 async def test_cache_rejects_wrong_chunks(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
+    async with started_cache(tmp_path / "box", key) as (cache, store):
         cache.accept_manifest(signed_manifest(key, [entry(TEE, "tee")]))
         part = cache.blobs.incoming_dir / "wrong.part"
         part.write_bytes(blob("forged", len(TEE)))
@@ -111,9 +106,6 @@ async def test_cache_rejects_wrong_chunks(
         assert status["rejected"] == {"hash-mismatch": 1}
         assert status["missing"] == 1
         assert cache.entries_for_item("tee") == []
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def _stored_cache(
@@ -131,21 +123,24 @@ async def _stored_cache(
     return cache, store
 
 
+async def _stopped_cache(data_dir: Path, key: Ed25519PrivateKey) -> AssetCache:
+    """Store both blobs, then stop the cache and close its store."""
+    cache, store = await _stored_cache(data_dir, key)
+    await cache.stop()
+    store.close()
+    return cache
+
+
 async def test_start_removes_blob_changed_on_disk(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = await _stored_cache(tmp_path / "box", key)
-    await cache.stop()
-    store.close()
+    cache = await _stopped_cache(tmp_path / "box", key)
     changed = cache.blobs.path(sha(TEE))
     data = bytearray(changed.read_bytes())
     data[1000] ^= 0xFF
     changed.write_bytes(bytes(data))
 
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
-
+    async with started_cache(tmp_path / "box", key) as (cache, store):
         assert not changed.exists()
         assert cache.blobs.path(sha(CAP)).exists()
         rows = store.query("SELECT sha256 FROM asset_blobs")
@@ -156,28 +151,17 @@ async def test_start_removes_blob_changed_on_disk(
         assert status["blobs"] == 1
         assert cache.entries_for_item("tee") == []
         assert [e.sha256 for e in cache.missing()] == [sha(TEE)]
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_start_forgets_blob_deleted_from_disk(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = await _stored_cache(tmp_path / "box", key)
-    await cache.stop()
-    store.close()
+    cache = await _stopped_cache(tmp_path / "box", key)
     cache.blobs.path(sha(CAP)).unlink()
 
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
-
+    async with started_cache(tmp_path / "box", key) as (cache, store):
         assert store.query("SELECT sha256 FROM asset_blobs") == [(sha(TEE),)]
         assert cache.status()["rejected"] == {"missing-on-disk": 1}
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_start_adopts_verified_file_without_row(
@@ -190,26 +174,18 @@ async def test_start_adopts_verified_file_without_row(
         transaction.execute("DELETE FROM asset_blobs WHERE sha256 = ?", (sha(CAP),))
     store.close()
 
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
-
+    async with started_cache(tmp_path / "box", key) as (cache, store):
         assert {row[0] for row in store.query("SELECT sha256 FROM asset_blobs")} == {
             sha(TEE),
             sha(CAP),
         }
         assert cache.status()["rejected"] == {}
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_start_removes_stray_and_temporary_files(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = await _stored_cache(tmp_path / "box", key)
-    await cache.stop()
-    store.close()
+    cache = await _stopped_cache(tmp_path / "box", key)
     stray = cache.blobs.blobs_dir / "ab" / "not-a-hash"
     stray.parent.mkdir(exist_ok=True)
     stray.write_bytes(b"junk")
@@ -220,17 +196,11 @@ async def test_start_removes_stray_and_temporary_files(
     leftover = cache.blobs.temporary_dir / "0123.part"
     leftover.write_bytes(b"half")
 
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
-
+    async with started_cache(tmp_path / "box", key) as (cache, _):
         assert not stray.exists()
         assert not foreign.exists()
         assert not leftover.exists()
         assert cache.status()["blobs"] == 2
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_new_manifest_drops_unlisted_blobs(
@@ -264,9 +234,7 @@ def _victim_files(victim: Path) -> set[str]:
 async def test_start_removes_links_not_their_targets(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = await _stored_cache(tmp_path / "box", key)
-    await cache.stop()
-    store.close()
+    cache = await _stopped_cache(tmp_path / "box", key)
     victim = _victim(tmp_path)
     folder_link = cache.blobs.blobs_dir / "zz"
     folder_link.symlink_to(victim)
@@ -277,10 +245,7 @@ async def test_start_removes_links_not_their_targets(
     blob_link.unlink()
     blob_link.symlink_to(outside)
 
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
-
+    async with started_cache(tmp_path / "box", key) as (cache, _):
         assert _victim_files(victim) == {"sub/deeper/file.txt", "top.txt"}
         assert outside.read_bytes() == CAP
         assert not folder_link.is_symlink()
@@ -289,27 +254,19 @@ async def test_start_removes_links_not_their_targets(
         assert status["rejected"] == {"symbolic-link": 2, "missing-on-disk": 1}
         assert status["blobs"] == 1
         assert [e.sha256 for e in cache.missing()] == [sha(CAP)]
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_start_replaces_linked_blobs_folder(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = await _stored_cache(tmp_path / "box", key)
-    await cache.stop()
-    store.close()
+    cache = await _stopped_cache(tmp_path / "box", key)
     victim = _victim(tmp_path)
     blobs_dir = cache.blobs.blobs_dir
     moved = tmp_path / "moved-blobs"
     blobs_dir.rename(moved)
     blobs_dir.symlink_to(victim)
 
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
-
+    async with started_cache(tmp_path / "box", key) as (cache, _):
         assert _victim_files(victim) == {"sub/deeper/file.txt", "top.txt"}
         assert not blobs_dir.is_symlink()
         assert blobs_dir.is_dir()
@@ -317,9 +274,6 @@ async def test_start_replaces_linked_blobs_folder(
         assert status["rejected"]["symbolic-link"] == 1
         assert status["blobs"] == 0
         assert status["missing"] == 2
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_linked_temporary_folder_not_emptied(

@@ -11,7 +11,16 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from asset_site import MIB, NOW, blob, entry, open_cache, sha, signed_manifest
+from asset_site import (  # noqa: F401 - registers the fixture
+    MIB,
+    NOW,
+    blob,
+    entry,
+    key_fixture,
+    sha,
+    signed_manifest,
+    started_cache,
+)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.assets.cache import AssetCache, BudgetExceeded, night_items
@@ -24,11 +33,6 @@ A = blob("a", SIZE)
 B = blob("b", SIZE)
 C = blob("c", SIZE)
 D = blob("d", SIZE)
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
 
 
 async def _add(cache: AssetCache, data: bytes) -> None:
@@ -50,12 +54,26 @@ def _manifest(key: Ed25519PrivateKey, budget: int | None = MIB) -> bytes:
     )
 
 
+async def _refusal_of_c(cache: AssetCache, pinned: set[str], manifest: bytes) -> str:
+    """Pin ``pinned``, store A and B, and return the message that refuses C."""
+    cache.pin_items(pinned)
+    cache.accept_manifest(manifest)
+    await _add(cache, A)
+    await _add(cache, B)
+
+    with pytest.raises(BudgetExceeded) as caught:
+        await _add(cache, C)
+
+    return str(caught.value)
+
+
 async def test_budget_is_smaller_of_config_and_manifest(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = open_cache(tmp_path / "box", key, budget_bytes=3 * MIB)
-    try:
-        await cache.start()
+    async with started_cache(tmp_path / "box", key, budget_bytes=3 * MIB) as (
+        cache,
+        _store,
+    ):
         assert cache.budget() == 3 * MIB
 
         cache.accept_manifest(_manifest(key, budget=MIB))
@@ -66,18 +84,13 @@ async def test_budget_is_smaller_of_config_and_manifest(
             signed_manifest(key, [entry(A, "a")], version=2, budget_bytes=8 * MIB)
         )
         assert cache.budget() == 3 * MIB
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_least_recently_served_evicted_first(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
     clock = ManualClock(NOW)
-    cache, store = open_cache(tmp_path / "box", key, clock=clock)
-    try:
-        await cache.start()
+    async with started_cache(tmp_path / "box", key, clock=clock) as (cache, _):
         cache.accept_manifest(_manifest(key))
         await _add(cache, A)
         clock.advance_to(NOW + 10)
@@ -91,18 +104,13 @@ async def test_least_recently_served_evicted_first(
         assert _kept(cache) == {A, C}
         assert cache.status()["evicted"] == 1
         assert not cache.blobs.path(sha(B)).exists()
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_pinned_blobs_never_evicted(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
     clock = ManualClock(NOW)
-    cache, store = open_cache(tmp_path / "box", key, clock=clock)
-    try:
-        await cache.start()
+    async with started_cache(tmp_path / "box", key, clock=clock) as (cache, _):
         cache.pin_items({"a"})
         cache.accept_manifest(_manifest(key))
         await _add(cache, A)
@@ -119,43 +127,26 @@ async def test_pinned_blobs_never_evicted(
         assert status["pinned"] == 1
         assert status["pinned_bytes"] == SIZE
         assert status["bytes"] <= MIB
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_blob_refused_when_pins_fill_budget(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
-        cache.pin_items({"a", "b", "c"})
-        cache.accept_manifest(_manifest(key))
-        await _add(cache, A)
-        await _add(cache, B)
+    async with started_cache(tmp_path / "box", key) as (cache, _):
+        message = await _refusal_of_c(cache, {"a", "b", "c"}, _manifest(key))
 
-        with pytest.raises(BudgetExceeded) as caught:
-            await _add(cache, C)
-
-        message = str(caught.value)
         assert f"({SIZE} bytes) does not fit in the asset budget of {MIB}" in message
         assert f"use {2 * SIZE} bytes" in message
         assert f"at least {3 * SIZE}" in message
         assert _kept(cache) == {A, B}
         assert cache.status()["rejected"] == {"over-budget": 1}
         assert list(cache.blobs.incoming_dir.iterdir()) == []
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_fetch_skips_unpinned_that_do_not_fit(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
+    async with started_cache(tmp_path / "box", key) as (cache, _):
         cache.pin_items({"d"})
         cache.accept_manifest(_manifest(key))
 
@@ -164,17 +155,12 @@ async def test_fetch_skips_unpinned_that_do_not_fit(
         # The pinned blob comes first; one unpinned blob fits beside it.
         assert to_fetch == ["d", "a"]
         assert [e.item for e in cache.missing()] == ["d", "a", "b", "c"]
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_lowered_budget_evicts_unpinned(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
+    async with started_cache(tmp_path / "box", key) as (cache, _):
         cache.pin_items({"b"})
         cache.accept_manifest(_manifest(key, budget=2 * MIB))
         for data in (A, B, C):
@@ -191,9 +177,6 @@ async def test_lowered_budget_evicts_unpinned(
 
         assert B in _kept(cache)
         assert len(_kept(cache)) == 2
-    finally:
-        await cache.stop()
-        store.close()
 
 
 def test_night_items_are_catalogue_and_tonight_drops() -> None:
@@ -214,45 +197,22 @@ def test_night_items_are_catalogue_and_tonight_drops() -> None:
 async def test_refusal_names_bytes_for_every_pinned_blob(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
-        cache.pin_items({"a", "b", "c", "d"})
-        cache.accept_manifest(_manifest(key))
-        await _add(cache, A)
-        await _add(cache, B)
+    async with started_cache(tmp_path / "box", key) as (cache, _):
+        message = await _refusal_of_c(cache, {"a", "b", "c", "d"}, _manifest(key))
 
-        with pytest.raises(BudgetExceeded) as caught:
-            await _add(cache, C)
-
-        message = str(caught.value)
         assert f"4 pinned blobs of the manifest need {4 * SIZE} bytes" in message
         # The manifest's budget (1 MiB) is smaller than the site's (64 MiB).
         assert f"the manifest's budget_bytes of {MIB} limits the budget" in message
         assert f"at least {4 * SIZE}" in message
         assert "[assets] budget_bytes" not in message
-    finally:
-        await cache.stop()
-        store.close()
 
 
 async def test_refusal_names_site_budget_when_it_limits(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    cache, store = open_cache(tmp_path / "box", key, budget_bytes=MIB)
-    try:
-        await cache.start()
-        cache.pin_items({"a", "b", "c"})
-        cache.accept_manifest(_manifest(key, budget=None))
-        await _add(cache, A)
-        await _add(cache, B)
+    async with started_cache(tmp_path / "box", key, budget_bytes=MIB) as (cache, _):
+        manifest = _manifest(key, budget=None)
+        message = await _refusal_of_c(cache, {"a", "b", "c"}, manifest)
 
-        with pytest.raises(BudgetExceeded) as caught:
-            await _add(cache, C)
-
-        message = str(caught.value)
         assert f"raise [assets] budget_bytes to at least {3 * SIZE}" in message
         assert "manifest's budget_bytes" not in message
-    finally:
-        await cache.stop()
-        store.close()

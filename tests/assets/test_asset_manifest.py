@@ -10,11 +10,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from asset_site import (
+from asset_site import (  # noqa: F401 - registers the fixture
     NOW,
     SITE,
     blob,
     entry,
+    key_fixture,
     open_cache,
     signed_manifest,
     table_rows,
@@ -29,11 +30,6 @@ from appliance.store import Store
 
 TEE = blob("tee", 4000)
 CAP = blob("cap", 3000)
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
@@ -190,36 +186,29 @@ def test_manifest_rejected_stores_nothing(
     assert cache.rejected[f"manifest-{reason}"] == 1
 
 
-def test_older_version_rejected(
-    opened: tuple[AssetCache, Store], key: Ed25519PrivateKey
+# A lower version is rejected, and so is the same version with another body.
+@pytest.mark.parametrize("version", [4, 5])
+def test_version_not_newer_rejected(
+    opened: tuple[AssetCache, Store], key: Ed25519PrivateKey, version: int
 ) -> None:
     cache, store = opened
     cache.accept_manifest(signed_manifest(key, [entry(TEE, "tee")], version=5))
     before = table_rows(store)
 
     with pytest.raises(ManifestRejected) as caught:
-        cache.accept_manifest(signed_manifest(key, [entry(CAP, "cap")], version=4))
+        cache.accept_manifest(
+            signed_manifest(key, [entry(CAP, "cap")], version=version)
+        )
 
     assert caught.value.reason == "old-version"
-    assert "version 4 is not newer than the applied version 5" in caught.value.message
+    assert (
+        f"version {version} is not newer than the applied version 5"
+        in caught.value.message
+    )
     assert table_rows(store) == before
     manifest = cache.manifest()
     assert manifest is not None
     assert manifest.version == 5
-
-
-def test_same_version_other_body_rejected(
-    opened: tuple[AssetCache, Store], key: Ed25519PrivateKey
-) -> None:
-    cache, store = opened
-    cache.accept_manifest(signed_manifest(key, [entry(TEE, "tee")], version=5))
-    before = table_rows(store)
-
-    with pytest.raises(ManifestRejected) as caught:
-        cache.accept_manifest(signed_manifest(key, [entry(CAP, "cap")], version=5))
-
-    assert caught.value.reason == "old-version"
-    assert table_rows(store) == before
 
 
 def test_newer_version_replaces_manifest(

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from asset_site import (
+from asset_site import (  # noqa: F401 - registers the fixture
     blob,
     entry,
-    open_cache,
+    key_fixture,
     sha,
     signed_manifest,
+    started_cache,
     write_private_key,
     write_public_key,
 )
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from upstream_broker import Upstream, fleet_site_config, upstream  # noqa: F401
 
 from appliance.assets import delivery
+from appliance.assets.cache import ImportResult
 from appliance.assets.delivery import CHUNK_BYTES, chunk_count, chunk_topic
 from appliance.assets.sample import write_sample_model
 from appliance.bus.url import parse_broker_url
@@ -39,11 +41,6 @@ SITE = "club"
 TIMEOUT_S = 60.0
 # Three chunks: two full ones and a short last one.
 VIDEO = blob("video", 2 * CHUNK_BYTES + 1234)
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
@@ -152,8 +149,7 @@ async def test_chunks_published_after_manifest(
 ) -> None:
     # The manifest came on a USB stick without the video; the operator
     # publishes the chunks later, and the box, already asking, takes them.
-    os.rename(folder / "teaser.mp4", folder.parent / "teaser.mp4")
-    result = await box.assets.import_folder(folder)
+    result = await _import_without_video(box, folder)
     assert [e.sha256 for e in result.missing] == [sha(VIDEO)]
     await wait_until(lambda: box.status()["sync"]["connected"], "the sync link")
     await wait_until(
@@ -162,12 +158,7 @@ async def test_chunks_published_after_manifest(
     )
     await asyncio.sleep(0.5)
 
-    await asyncio.to_thread(
-        _publish_chunks,
-        upstream,
-        sha(VIDEO),
-        [VIDEO[i : i + CHUNK_BYTES] for i in range(0, len(VIDEO), CHUNK_BYTES)],
-    )
+    await asyncio.to_thread(_publish_chunks, upstream, sha(VIDEO), _split(VIDEO))
 
     await wait_until(lambda: box.assets.status()["missing"] == 0, "the video")
     assert _stored(box)[sha(VIDEO)] == VIDEO
@@ -178,17 +169,11 @@ async def test_forged_chunks_rejected_nothing_stored(
     upstream: Upstream,  # noqa: F811
     folder: Path,
 ) -> None:
-    os.rename(folder / "teaser.mp4", folder.parent / "teaser.mp4")
-    await box.assets.import_folder(folder)
+    await _import_without_video(box, folder)
     await wait_until(lambda: box.status()["sync"]["connected"], "the sync link")
     forged = blob("forged", len(VIDEO))
 
-    await asyncio.to_thread(
-        _publish_chunks,
-        upstream,
-        sha(VIDEO),
-        [forged[i : i + CHUNK_BYTES] for i in range(0, len(forged), CHUNK_BYTES)],
-    )
+    await asyncio.to_thread(_publish_chunks, upstream, sha(VIDEO), _split(forged))
 
     await wait_until(
         lambda: box.assets.status()["rejected"].get("hash-mismatch") == 1,
@@ -205,16 +190,8 @@ async def test_chunk_of_wrong_length_dropped(
     upstream: Upstream,  # noqa: F811
     folder: Path,
 ) -> None:
-    os.rename(folder / "teaser.mp4", folder.parent / "teaser.mp4")
-    await box.assets.import_folder(folder)
-    await wait_until(
-        lambda: (
-            box.assets.fetcher.current_prefix() == sha(VIDEO)[:12]
-            and box.status()["sync"]["connected"]
-        ),
-        "the box asking for the video",
-    )
-    await asyncio.sleep(0.5)
+    await _import_without_video(box, folder)
+    await _until_video_requested(box)
 
     await asyncio.to_thread(
         _publish_chunks, upstream, sha(VIDEO), [b"short"], count=chunk_count(len(VIDEO))
@@ -272,6 +249,28 @@ def _operator(upstream: Upstream) -> FleetClient:  # noqa: F811
     )
 
 
+async def _import_without_video(box: Box, folder: Path) -> ImportResult:
+    """Import ``folder`` after moving the video out, as if the USB stick lacked it."""
+    os.rename(folder / "teaser.mp4", folder.parent / "teaser.mp4")
+    return await box.assets.import_folder(folder)
+
+
+async def _until_video_requested(box: Box) -> None:
+    await wait_until(
+        lambda: (
+            box.assets.fetcher.current_prefix() == sha(VIDEO)[:12]
+            and box.status()["sync"]["connected"]
+        ),
+        "the box asking for the video",
+    )
+    await asyncio.sleep(0.5)
+
+
+def _split(data: bytes) -> list[bytes]:
+    """Split ``data`` into chunks of CHUNK_BYTES, as the operator publishes them."""
+    return [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)]
+
+
 def _publish_chunks(
     upstream: Upstream,  # noqa: F811
     sha256: str,
@@ -309,23 +308,10 @@ async def test_rejected_blob_requested_again_after_retry_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(delivery, "REJECTED_RETRY_S", 2.0)
-    os.rename(folder / "teaser.mp4", folder.parent / "teaser.mp4")
-    await box.assets.import_folder(folder)
-    await wait_until(
-        lambda: (
-            box.assets.fetcher.current_prefix() == sha(VIDEO)[:12]
-            and box.status()["sync"]["connected"]
-        ),
-        "the box asking for the video",
-    )
-    await asyncio.sleep(0.5)
+    await _import_without_video(box, folder)
+    await _until_video_requested(box)
     forged = blob("forged", len(VIDEO))
-    await asyncio.to_thread(
-        _publish_chunks,
-        upstream,
-        sha(VIDEO),
-        [forged[i : i + CHUNK_BYTES] for i in range(0, len(forged), CHUNK_BYTES)],
-    )
+    await asyncio.to_thread(_publish_chunks, upstream, sha(VIDEO), _split(forged))
     await wait_until(
         lambda: box.assets.rejected.get("hash-mismatch") == 1,
         "the forged video's rejection",
@@ -333,12 +319,7 @@ async def test_rejected_blob_requested_again_after_retry_time(
 
     # The operator publishes the right chunks; only a new subscription,
     # after the retry time, makes the broker send them to the box.
-    await asyncio.to_thread(
-        _publish_chunks,
-        upstream,
-        sha(VIDEO),
-        [VIDEO[i : i + CHUNK_BYTES] for i in range(0, len(VIDEO), CHUNK_BYTES)],
-    )
+    await asyncio.to_thread(_publish_chunks, upstream, sha(VIDEO), _split(VIDEO))
 
     await wait_until(lambda: sha(VIDEO) in box.assets.stored(), "the video")
     assert _stored(box)[sha(VIDEO)] == VIDEO
@@ -351,13 +332,8 @@ async def test_rejected_blob_requested_again_after_retry_time(
 async def test_fetching_empty_without_request(tmp_path: Path) -> None:
     # A box without an upstream link lacks a listed blob but requests nothing.
     key = Ed25519PrivateKey.generate()
-    cache, store = open_cache(tmp_path / "box", key)
-    try:
-        await cache.start()
+    async with started_cache(tmp_path / "box", key) as (cache, _):
         cache.accept_manifest(signed_manifest(key, [entry(VIDEO, "tee")]))
 
         assert [e.sha256 for e in cache.blobs_to_fetch()] == [sha(VIDEO)]
         assert cache.status()["fetching"] is None
-    finally:
-        await cache.stop()
-        store.close()

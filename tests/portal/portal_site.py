@@ -13,7 +13,6 @@ that reads a form's hidden fields from the page and posts them back.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -24,23 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
+from conftest import running_site_box
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.assets.config import AssetsConfig
 from appliance.assets.pack import pack_folder
 from appliance.assets.sample import write_sample_model
-from appliance.bus.broker import BrokerHandle, find_mosquitto, start_broker
-from appliance.clock import SystemClock, TimeSource
+from appliance.bus.broker import BrokerHandle
 from appliance.commerce.config import CommerceConfig, Creator, DropConfig, Item
-from appliance.config import BrokerConfig, ReaderConfig, SiteConfig
+from appliance.config import ReaderConfig, SiteConfig
 from appliance.portal.config import PortalConfig
 from appliance.portal.service import Portal
 from appliance.remote.config import FleetConfig
 from appliance.runtime import Box
 from appliance.signed_documents import key_id
-from provisioning import SiteCredentials
-from provisioning.site_access import ReaderGrant, site_policy
 
 SITE_UUID = bytes.fromhex("426c7565436861726d426561636f6e73")
 PUBLIC_URL = "http://nightbox.test:8080"
@@ -219,8 +215,6 @@ async def running_portal(
     ``strict`` keeps the default rate limits; ``consent_text`` replaces the
     site's consent text, and ``settings`` other [portal] values.
     """
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed; run 'make test', which installs it")
     operator_key = Ed25519PrivateKey.generate()
     public_key = operator_key.public_key()
     usb_folder = tmp_path / "usb"
@@ -234,31 +228,10 @@ async def running_portal(
             strict=strict, consent_text=consent_text, settings=settings
         ),
     )
-    credentials = SiteCredentials(config.data_dir / "secrets" / "broker.json")
-    policy = site_policy(
-        config.site_id,
-        config.box_id,
-        [ReaderGrant(reader.id, reader.role) for reader in config.readers],
-        config.commerce.terminals,
-    )
-    broker = await start_broker(
-        BrokerConfig(mode="mosquitto"), config.data_dir / "run", credentials, policy
-    )
-    try:
-        async with Box(
-            config,
-            SystemClock(TimeSource.NTP),
-            credentials,
-            broker.host,
-            broker.port,
-            broker_kind=broker.kind,
-        ) as box:
-            await asyncio.wait_for(box.bus.connected.wait(), timeout=TIMEOUT_S)
-            site = PortalSite(config, box, broker, model_sha256)
-            await site.portal.serve_http()
-            yield site
-    finally:
-        await broker.stop()
+    async with running_site_box(config, timeout_s=TIMEOUT_S) as (broker, box):
+        site = PortalSite(config, box, broker, model_sha256)
+        await site.portal.serve_http()
+        yield site
 
 
 @dataclass
@@ -300,6 +273,12 @@ class Guest:
         """Close the session."""
         await self.session.close()
 
+    async def __aenter__(self) -> Guest:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     async def get(self, path: str, **kwargs: Any) -> Page:
         """GET ``path``, following redirects."""
         async with self.session.get(path, **kwargs) as response:
@@ -340,6 +319,14 @@ class Guest:
         form = page.dom().form(form_id)
         fields = {**form.hidden, **values}
         return await self.post(form.action, fields)
+
+    async def opt_in(self, band_code: str, email: str = "guest@example.org") -> Page:
+        """Submit the opt-in form with ``band_code``, ``email`` and consent given."""
+        return await self.submit(
+            "/optin",
+            "optin",
+            {"band_code": band_code, "email": email, "consent": "yes"},
+        )
 
     async def _page(self, response: aiohttp.ClientResponse) -> Page:
         for step in (*response.history, response):

@@ -52,15 +52,12 @@ async def test_xss_in_email_is_escaped(tmp_path: Path, payload: str) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         before = _stored(site)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.submit(
                 "/optin",
                 "optin",
                 {"band_code": code, "email": payload + "@x.org", "consent": "yes"},
             )
-        finally:
-            await guest.close()
         after = _stored(site)
     assert page.status == 400
     assert page.dom().by_testid("error")[0].attributes["data-field"] == "email"
@@ -75,15 +72,12 @@ async def test_xss_in_wallet_id_is_escaped(tmp_path: Path, payload: str) -> None
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         before = _stored(site)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.submit(
                 "/optin",
                 "optin",
                 {"band_code": code, "wallet_id": payload, "consent": "yes"},
             )
-        finally:
-            await guest.close()
         after = _stored(site)
     assert page.status == 400
     assert page.dom().by_testid("error")[0].attributes["data-field"] == "wallet_id"
@@ -95,14 +89,11 @@ async def test_xss_in_wallet_id_is_escaped(tmp_path: Path, payload: str) -> None
 async def test_xss_in_band_code_is_escaped(tmp_path: Path, payload: str) -> None:
     async with running_portal(tmp_path) as site:
         before = _stored(site)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             band = await guest.submit("/band", "band", {"band_code": payload})
             claim = await guest.submit(
                 f"/drops/{OPEN_DROP}", "claim", {"band_code": payload}
             )
-        finally:
-            await guest.close()
         after = _stored(site)
     for page in (band, claim):
         assert page.status == 400
@@ -115,8 +106,7 @@ async def test_xss_in_path_ids_is_escaped(tmp_path: Path) -> None:
     encoded = "%3Cscript%3Ealert(1)%3C%2Fscript%3E"
     async with running_portal(tmp_path) as site:
         before = _stored(site)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             pages = [
                 await guest.get(URL(path, encoded=True))
                 for path in (
@@ -133,8 +123,6 @@ async def test_xss_in_path_ids_is_escaped(tmp_path: Path) -> None:
                 await guest.post(URL(path, encoded=True), {"csrf": "x"})
                 for path in (f"/drops/{encoded}/claim", f"/items/{encoded}/buy")
             ]
-        finally:
-            await guest.close()
         after = _stored(site)
     for page in pages:
         assert page.status == (400 if "/assets/" in page.url else 404), page.url
@@ -154,17 +142,10 @@ async def test_consent_text_xss_escaped_stored(tmp_path: Path) -> None:
     consent = '<b onmouseover="alert(1)">I agree</b> & <script>alert(1)</script>'
     async with running_portal(tmp_path, consent_text=consent) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.get("/optin")
-            await guest.submit(
-                "/optin",
-                "optin",
-                {"band_code": code, "email": "guest@example.org", "consent": "yes"},
-            )
+            await guest.opt_in(code)
             stored = site.rows("SELECT consent_text FROM optins")
-        finally:
-            await guest.close()
     _assert_escaped(page.text, consent)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     # What the guest read is exactly what is stored.
@@ -175,13 +156,10 @@ async def test_consent_text_xss_escaped_stored(tmp_path: Path) -> None:
 async def test_unknown_field_name_is_escaped(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         before = _stored(site)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.get("/band")
             fields = {**page.dom().form("band").hidden, XSS: "1"}
             result = await guest.post("/band", fields)
-        finally:
-            await guest.close()
         after = _stored(site)
     assert result.status == 400
     assert "unknown field" in result.dom().testid_text("error")
@@ -193,8 +171,7 @@ async def test_post_without_csrf_is_403(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         await site.top_up(BAND, 5000)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             await guest.get("/optin")
             before = _stored(site)
             optin = await guest.post(
@@ -206,8 +183,6 @@ async def test_post_without_csrf_is_403(tmp_path: Path) -> None:
                 f"/drops/{OPEN_DROP}/claim", {"band_code": code, "form_id": "a" * 22}
             )
             after = _stored(site)
-        finally:
-            await guest.close()
     for page in (optin, band, claim):
         assert page.status == 403
         assert "reload the page" in page.dom().testid_text("error")
@@ -218,9 +193,7 @@ async def test_post_without_csrf_is_403(tmp_path: Path) -> None:
 async def test_post_with_wrong_csrf_is_403(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        victim = Guest(site.base_url)
-        attacker = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as victim, Guest(site.base_url) as attacker:
             await victim.get("/optin")
             page = await attacker.get("/optin")
             form = page.dom().form("optin")
@@ -246,9 +219,6 @@ async def test_post_with_wrong_csrf_is_403(tmp_path: Path) -> None:
                 },
             )
             after = _stored(site)
-        finally:
-            await victim.close()
-            await attacker.close()
     assert stolen.status == 403
     assert forged.status == 403
     assert after == before
@@ -258,29 +228,30 @@ async def test_post_with_wrong_csrf_is_403(tmp_path: Path) -> None:
 async def test_sign_out_needs_csrf(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             await guest.submit("/band", "band", {"band_code": code})
             page = await guest.post("/signout", {})
             me = await guest.get("/me")
-        finally:
-            await guest.close()
     assert page.status == 403
     assert me.url.endswith("/me")
+
+
+async def _optin_fields(guest: Guest, code: str, email: str) -> dict[str, str]:
+    """Open the opt-in page; return its form's fields, filled in with consent."""
+    page = await guest.get("/optin")
+    return {
+        **page.dom().form("optin").hidden,
+        "band_code": code,
+        "email": email,
+        "consent": "yes",
+    }
 
 
 async def test_foreign_origin_is_403(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get("/optin")
-            fields = {
-                **page.dom().form("optin").hidden,
-                "band_code": code,
-                "email": "guest@example.org",
-                "consent": "yes",
-            }
+        async with Guest(site.base_url) as guest:
+            fields = await _optin_fields(guest, code, "guest@example.org")
             before = _stored(site)
             by_origin = await guest.post(
                 "/optin", fields, headers={"Origin": "http://evil.example"}
@@ -293,8 +264,6 @@ async def test_foreign_origin_is_403(tmp_path: Path) -> None:
             # sends Origin: null, which passes to the CSRF check.
             own = await guest.post("/optin", fields, headers={"Origin": "null"})
             stored = site.rows("SELECT contact FROM optins")
-        finally:
-            await guest.close()
     assert by_origin.status == 403
     assert by_referer.status == 403
     assert "another site" in by_origin.dom().testid_text("error")
@@ -306,30 +275,20 @@ async def test_foreign_origin_is_403(tmp_path: Path) -> None:
 async def test_public_url_origin_is_accepted(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.get("/band")
             fields = {**page.dom().form("band").hidden, "band_code": code}
             result = await guest.post(
                 "/band", fields, headers={"Origin": site.portal.config.public_url}
             )
-        finally:
-            await guest.close()
     assert result.url.endswith("/me")
 
 
 async def test_oversized_body_is_413(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get("/optin")
-            fields = {
-                **page.dom().form("optin").hidden,
-                "band_code": code,
-                "email": "a" * 20_000 + "@example.org",
-                "consent": "yes",
-            }
+        async with Guest(site.base_url) as guest:
+            fields = await _optin_fields(guest, code, "a" * 20_000 + "@example.org")
             before = _stored(site)
             sized = await guest.post("/optin", fields)
 
@@ -341,8 +300,6 @@ async def test_oversized_body_is_413(tmp_path: Path) -> None:
                 "/optin", chunks(), "application/x-www-form-urlencoded"
             )
             after = _stored(site)
-        finally:
-            await guest.close()
     assert sized.status == 413
     assert chunked.status == 413
     assert "8192 bytes" in sized.dom().testid_text("error")
@@ -379,15 +336,11 @@ async def test_oversized_body_is_413(tmp_path: Path) -> None:
 async def test_malformed_body_is_400(
     tmp_path: Path, body: bytes, content_type: str | None, field: str | None
 ) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            await guest.get("/optin")
-            before = _stored(site)
-            page = await guest.post_raw("/optin", body, content_type)
-            after = _stored(site)
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        await guest.get("/optin")
+        before = _stored(site)
+        page = await guest.post_raw("/optin", body, content_type)
+        after = _stored(site)
     assert page.status == 400
     error = page.dom().by_testid("error")[0]
     assert error.attributes.get("data-field") == field
@@ -428,13 +381,10 @@ async def test_missing_or_invalid_field_is_named(
         filled = {
             name: code if value == "CODE" else value for name, value in values.items()
         }
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             before = _stored(site)
             page = await guest.submit("/optin", "optin", filled)
             after = _stored(site)
-        finally:
-            await guest.close()
     assert page.status == 400
     error = page.dom().by_testid("error")[0]
     assert error.attributes["data-field"] == field
@@ -445,8 +395,7 @@ async def test_missing_form_id_is_named(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         await site.top_up(BAND, 5000)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.get(f"/drops/{OPEN_DROP}")
             hidden = page.dom().form("claim").hidden
             before = _stored(site)
@@ -454,8 +403,6 @@ async def test_missing_form_id_is_named(tmp_path: Path) -> None:
                 f"/drops/{OPEN_DROP}/claim", {"csrf": hidden["csrf"], "band_code": code}
             )
             after = _stored(site)
-        finally:
-            await guest.close()
     assert result.status == 400
     assert result.dom().by_testid("error")[0].attributes["data-field"] == "form_id"
     assert after == before
@@ -464,15 +411,13 @@ async def test_missing_form_id_is_named(tmp_path: Path) -> None:
 async def test_page_flood_is_429_other_client_served(tmp_path: Path) -> None:
     async with running_portal(tmp_path, strict=True) as site:
         burst = site.portal.config.page_burst
-        flooder = Guest(site.base_url)
-        neighbour = Guest(site.base_url, local_address="127.0.0.2")
-        try:
+        async with (
+            Guest(site.base_url) as flooder,
+            Guest(site.base_url, local_address="127.0.0.2") as neighbour,
+        ):
             statuses = [(await flooder.get("/drops")).status for _ in range(burst + 5)]
             limited = await flooder.get(f"/drops/{OPEN_DROP}/stock")
             served = await neighbour.get("/drops")
-        finally:
-            await flooder.close()
-            await neighbour.close()
     assert statuses[:burst] == [200] * burst
     assert 429 in statuses[burst:]
     assert limited.status == 429
@@ -485,8 +430,7 @@ async def test_page_flood_is_429_other_client_served(tmp_path: Path) -> None:
 async def test_form_flood_is_429_pages_still_served(tmp_path: Path) -> None:
     async with running_portal(tmp_path, strict=True) as site:
         burst = site.portal.config.form_burst
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.get("/band")
             hidden = page.dom().form("band").hidden
             statuses = [
@@ -495,8 +439,6 @@ async def test_form_flood_is_429_pages_still_served(tmp_path: Path) -> None:
             ]
             last = await guest.post("/band", {**hidden, "band_code": "x"})
             still = await guest.get("/band")
-        finally:
-            await guest.close()
     assert statuses[:burst] == [400] * burst
     assert statuses[burst:] == [429, 429, 429]
     assert last.status == 429
@@ -509,8 +451,7 @@ async def test_form_flood_is_429_pages_still_served(tmp_path: Path) -> None:
 async def test_session_cookie_flags(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.get("/band")
             fields = {**page.dom().form("band").hidden, "band_code": code}
             async with guest.session.post(
@@ -518,8 +459,6 @@ async def test_session_cookie_flags(tmp_path: Path) -> None:
             ) as response:
                 cookies = response.headers.getall("Set-Cookie")
             hashes = site.rows("SELECT id_hash FROM portal_sessions")
-        finally:
-            await guest.close()
     session = [c for c in cookies if c.startswith(f"{SESSION_COOKIE}=")]
     assert len(session) == 1
     parts = [part.strip() for part in session[0].split(";")]
@@ -542,12 +481,11 @@ async def test_https_public_url_sets_secure_cookies(tmp_path: Path) -> None:
     assert config.secure_cookies is True
     async with running_portal(tmp_path) as site:
         site.portal.config = config
-        guest = Guest(site.base_url)
-        try:
-            async with guest.session.get("/band") as response:
-                cookies = response.headers.getall("Set-Cookie")
-        finally:
-            await guest.close()
+        async with (
+            Guest(site.base_url) as guest,
+            guest.session.get("/band") as response,
+        ):
+            cookies = response.headers.getall("Set-Cookie")
     assert cookies
     for cookie in cookies:
         assert "Secure" in [part.strip() for part in cookie.split(";")]

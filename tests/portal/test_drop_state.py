@@ -52,16 +52,13 @@ async def test_stock_state_matches_page(tmp_path: Path) -> None:
         for band in SOLD_OUT_BANDS:
             await site.top_up(band, 5000)
             await site.claim(OPEN_DROP, band)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             drops = await guest.get("/drops")
             pages = {}
             stock = {}
             for drop in (OPEN_DROP, LATER_DROP, ENDED_DROP):
                 pages[drop] = await guest.get(f"/drops/{drop}")
                 stock[drop] = await guest.get(f"/drops/{drop}/stock")
-        finally:
-            await guest.close()
     expected = {OPEN_DROP: "sold-out", LATER_DROP: "scheduled", ENDED_DROP: "ended"}
     listed = {
         element.attributes["data-state"]
@@ -87,13 +84,10 @@ async def test_stopped_drop_state(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         await site.staff("drops", "stop", {"drop": LATER_DROP}, "drops:manage")
         await site.staff("drops", "start", {"drop": OPEN_DROP}, "drops:manage")
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             stopped = await guest.get(f"/drops/{LATER_DROP}/stock")
             started = await guest.get(f"/drops/{OPEN_DROP}/stock")
             page = await guest.get(f"/drops/{LATER_DROP}")
-        finally:
-            await guest.close()
     assert stopped.text == '{"available": 5, "quota": 5, "state": "stopped"}'
     assert started.text == '{"available": 3, "quota": 3, "state": "open"}'
     assert page.dom().testid_text("drop-state") == "closed by the venue"

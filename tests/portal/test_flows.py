@@ -23,19 +23,12 @@ BAND = "ib-1-7"
 async def test_optin_stores_contact_with_consent_text(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.submit(
-                "/optin",
-                "optin",
-                {"band_code": code, "email": "guest@example.org", "consent": "yes"},
-            )
+        async with Guest(site.base_url) as guest:
+            page = await guest.opt_in(code)
             optins = site.rows(
                 "SELECT band, contact_kind, contact, consent_text FROM optins"
             )
             sessions = site.rows("SELECT band FROM portal_sessions")
-        finally:
-            await guest.close()
     assert page.status == 200
     assert page.url.endswith("/me")
     assert optins == [(BAND, "email", "guest@example.org", CONSENT_TEXT)]
@@ -45,16 +38,13 @@ async def test_optin_stores_contact_with_consent_text(tmp_path: Path) -> None:
 async def test_optin_with_wallet_id(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.submit(
                 "/optin",
                 "optin",
                 {"band_code": code, "wallet_id": "wallet:42", "consent": "yes"},
             )
             optins = site.rows("SELECT contact_kind, contact FROM optins")
-        finally:
-            await guest.close()
     assert page.url.endswith("/me")
     assert optins == [("wallet", "wallet:42")]
 
@@ -62,14 +52,11 @@ async def test_optin_with_wallet_id(tmp_path: Path) -> None:
 async def test_optin_without_consent_stores_nothing(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.submit(
                 "/optin", "optin", {"band_code": code, "email": "guest@example.org"}
             )
             optins = site.rows("SELECT * FROM optins")
-        finally:
-            await guest.close()
     assert page.status == 400
     error = page.dom().by_testid("error")
     assert error[0].attributes["data-field"] == "consent"
@@ -84,18 +71,11 @@ async def test_optin_without_consent_stores_nothing(tmp_path: Path) -> None:
 async def test_kit_then_coupon_on_me(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
-            await guest.submit(
-                "/optin",
-                "optin",
-                {"band_code": code, "email": "guest@example.org", "consent": "yes"},
-            )
+        async with Guest(site.base_url) as guest:
+            await guest.opt_in(code)
             before = await guest.get("/me")
             issued = await site.issue_kit(BAND)
             after = await guest.get("/me")
-        finally:
-            await guest.close()
     assert "not yet" in before.dom().testid_text("kit-status")
     assert before.dom().by_testid("coupon") == []
     assert "kit-1" in after.dom().testid_text("kit-status")
@@ -108,8 +88,7 @@ async def test_optin_after_kit_gives_coupon(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         await site.issue_kit(BAND)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             await guest.submit("/band", "band", {"band_code": code})
             before = await guest.get("/me")
             after = await guest.submit(
@@ -118,8 +97,6 @@ async def test_optin_after_kit_gives_coupon(tmp_path: Path) -> None:
             coupons = site.rows(
                 "SELECT code, contact FROM coupons WHERE band = ?", (BAND,)
             )
-        finally:
-            await guest.close()
     assert before.dom().by_testid("coupon") == []
     assert "at once" in before.dom().testid_text("coupon-status")
     assert after.url.endswith("/me")
@@ -132,18 +109,11 @@ async def test_optin_after_kit_gives_coupon(tmp_path: Path) -> None:
 async def test_coupon_expiry_shows_date(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
-            await guest.submit(
-                "/optin",
-                "optin",
-                {"band_code": code, "email": "guest@example.org", "consent": "yes"},
-            )
+        async with Guest(site.base_url) as guest:
+            await guest.opt_in(code)
             issued = await site.issue_kit(BAND)
             me = await guest.get("/me")
             [(issued_at,)] = site.rows("SELECT issued_at FROM kits")
-        finally:
-            await guest.close()
         zone = ZoneInfo(site.config.commerce.timezone)
     kit_time = dt.datetime.fromtimestamp(issued_at, zone)
     expires = dt.datetime.fromtimestamp(issued["coupon"]["expires_at"], zone)
@@ -159,8 +129,7 @@ async def test_band_sign_in_and_sign_out(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         await site.top_up(BAND, 5000)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             # Codes are forgiven their case and dashes.
             typed = code.lower().replace("-", "")
             me = await guest.submit("/band", "band", {"band_code": typed})
@@ -168,8 +137,6 @@ async def test_band_sign_in_and_sign_out(tmp_path: Path) -> None:
             out = await guest.submit("/me", "signout", {})
             after = await guest.get("/me")
             signed_out = site.rows("SELECT COUNT(*) FROM portal_sessions")
-        finally:
-            await guest.close()
     assert me.url.endswith("/me")
     assert me.dom().testid_text("balance") == "50.00 EUR"
     assert signed_in == [(1,)]
@@ -183,12 +150,9 @@ async def test_unknown_band_code_is_rejected(tmp_path: Path) -> None:
         site.band_code(BAND)
         # A code of this box's key, but never handed out, opens nothing.
         unregistered = band_code(load_band_key(site.config.data_dir), "ib-9-9")
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             page = await guest.submit("/band", "band", {"band_code": unregistered})
             sessions = site.rows("SELECT COUNT(*) FROM portal_sessions")
-        finally:
-            await guest.close()
     assert page.status == 400
     error = page.dom().by_testid("error")[0]
     assert error.attributes["data-field"] == "band_code"
@@ -200,8 +164,7 @@ async def test_claim_pays_and_shows_pickup_code(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         await site.top_up(BAND, 5000)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             await guest.submit("/band", "band", {"band_code": code})
             result = await guest.submit(f"/drops/{OPEN_DROP}", "claim", {})
             stock = await guest.get(f"/drops/{OPEN_DROP}/stock")
@@ -209,8 +172,6 @@ async def test_claim_pays_and_shows_pickup_code(tmp_path: Path) -> None:
             claims = site.rows(
                 "SELECT band, status, terminal, pickup_code FROM drop_claims"
             )
-        finally:
-            await guest.close()
     assert result.status == 200
     assert result.dom().testid_text("claim-result") == "paid"
     pickup = result.dom().testid_text("pickup-code")
@@ -225,14 +186,11 @@ async def test_claim_with_code_in_form_signs_in(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         await site.top_up(BAND, 5000)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             result = await guest.submit(
                 f"/drops/{OPEN_DROP}", "claim", {"band_code": code}
             )
             me = await guest.get("/me")
-        finally:
-            await guest.close()
     assert result.dom().testid_text("claim-result") == "paid"
     assert me.url.endswith("/me")
     assert me.dom().by_testid("claim")
@@ -241,14 +199,11 @@ async def test_claim_with_code_in_form_signs_in(tmp_path: Path) -> None:
 async def test_claim_without_funds_shows_box_message(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             await guest.submit("/band", "band", {"band_code": code})
             result = await guest.submit(f"/drops/{OPEN_DROP}", "claim", {})
             claims = site.rows("SELECT COUNT(*) FROM drop_claims")
             stock = await guest.get(f"/drops/{OPEN_DROP}/stock")
-        finally:
-            await guest.close()
     assert result.status == 409
     assert result.dom().testid_text("error") == (
         "your wallet holds 0.00 EUR and this costs 20.00 EUR; top up at the bar "
@@ -265,13 +220,10 @@ async def test_buy_item_with_live_drop_claims_it(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         await site.top_up(BAND, 5000)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             await guest.submit("/band", "band", {"band_code": code})
             result = await guest.submit("/items/tee/try-on", "buy", {})
             claims = site.rows("SELECT drop_id, status FROM drop_claims")
-        finally:
-            await guest.close()
     assert result.dom().testid_text("claim-result") == "paid"
     assert result.dom().by_testid("pickup-code")
     assert claims == [(OPEN_DROP, "paid")]
@@ -281,14 +233,11 @@ async def test_creator_link_attributes_claim(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
         await site.top_up(BAND, 5000)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             landing = await guest.get("/c/maya")
             await guest.submit("/band", "band", {"band_code": code})
             await guest.submit(f"/drops/{OPEN_DROP}", "claim", {})
             claims = site.rows("SELECT creator FROM drop_claims")
-        finally:
-            await guest.close()
     assert landing.url.endswith("/drops")
     assert claims == [("maya",)]
 
@@ -296,33 +245,24 @@ async def test_creator_link_attributes_claim(tmp_path: Path) -> None:
 async def test_session_expires(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         code = site.band_code(BAND)
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             await guest.submit("/band", "band", {"band_code": code})
             with site.box.store.transaction() as transaction:
                 transaction.execute("UPDATE portal_sessions SET expires_at = 0")
             page = await guest.get("/me")
             cookies = {cookie.key for cookie in guest.session.cookie_jar}
-        finally:
-            await guest.close()
     assert page.url.endswith("/band")
     assert SESSION_COOKIE in cookies
 
 
 async def test_portal_token_is_renewed(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            first = await guest.get(f"/drops/{OPEN_DROP}/stock")
-            tokens = site.rows("SELECT id FROM edge_tokens WHERE subject = 'portal'")
-            site.box.tokens.revoke(tokens[0][0], "test")
-            site.portal._pages._status_cache.clear()
-            second = await guest.get(f"/drops/{OPEN_DROP}/stock")
-            renewed = site.rows(
-                "SELECT COUNT(*) FROM edge_tokens WHERE subject = 'portal'"
-            )
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        first = await guest.get(f"/drops/{OPEN_DROP}/stock")
+        tokens = site.rows("SELECT id FROM edge_tokens WHERE subject = 'portal'")
+        site.box.tokens.revoke(tokens[0][0], "test")
+        site.portal._pages._status_cache.clear()
+        second = await guest.get(f"/drops/{OPEN_DROP}/stock")
+        renewed = site.rows("SELECT COUNT(*) FROM edge_tokens WHERE subject = 'portal'")
     assert first.status == 200
     assert second.status == 200
     assert renewed == [(2,)]
@@ -331,12 +271,9 @@ async def test_portal_token_is_renewed(tmp_path: Path) -> None:
 
 async def test_portal_state_in_box_status(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             await guest.get("/")
             await guest.get("/nothing")
-        finally:
-            await guest.close()
         status = site.box.status()["portal"]
         port = site.portal.port
     assert status["listening"] is True
@@ -349,11 +286,8 @@ async def test_sign_in_as_other_band_ends_session(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         first = site.band_code(BAND)
         second = site.band_code("ib-1-8")
-        guest = Guest(site.base_url)
-        try:
+        async with Guest(site.base_url) as guest:
             await guest.submit("/band", "band", {"band_code": first})
             await guest.submit("/band", "band", {"band_code": second})
             sessions = site.rows("SELECT band FROM portal_sessions")
-        finally:
-            await guest.close()
     assert sessions == [("ib-1-8",)]

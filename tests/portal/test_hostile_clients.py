@@ -119,13 +119,9 @@ async def test_unreadable_request_gets_portal_headers(
 
 
 async def test_pages_name_no_server_version(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            pages = [
-                await guest.get(path) for path in ("/", "/nothing", "/static/portal.js")
-            ]
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        pages = [
+            await guest.get(path) for path in ("/", "/nothing", "/static/portal.js")
+        ]
     for page in pages:
         assert page.headers["Server"] == "Nightbox", page.url

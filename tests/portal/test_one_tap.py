@@ -7,7 +7,9 @@ guest, and an item without such a drop is not sold from the phone.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from portal_site import (
@@ -44,13 +46,16 @@ async def sell_out_open_drop(site: PortalSite) -> None:
         await site.claim(OPEN_DROP, band)
 
 
-async def signed_in_guest(site: PortalSite, balance: int = 10_000) -> Guest:
-    """Return a browser signed in as BAND, whose wallet holds ``balance``."""
+@contextlib.asynccontextmanager
+async def signed_in_guest(
+    site: PortalSite, balance: int = 10_000
+) -> AsyncIterator[Guest]:
+    """Yield a browser signed in as BAND, whose wallet holds ``balance``."""
     await site.top_up(BAND, balance)
-    guest = Guest(site.base_url)
-    page = await guest.submit("/band", "band", {"band_code": site.band_code(BAND)})
-    assert page.url.endswith("/me"), page.text[:300]
-    return guest
+    async with Guest(site.base_url) as guest:
+        page = await guest.submit("/band", "band", {"band_code": site.band_code(BAND)})
+        assert page.url.endswith("/me"), page.text[:300]
+        yield guest
 
 
 def charges(site: PortalSite) -> list[tuple[object, ...]]:
@@ -60,19 +65,13 @@ def charges(site: PortalSite) -> list[tuple[object, ...]]:
 
 
 async def test_try_on_before_drop_opens_sells_nothing(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = await signed_in_guest(site)
-        try:
-            page = await guest.get("/items/cap/try-on")
-            # The later drop's page still has a form, whose token is valid here.
-            hidden = (
-                (await guest.get(f"/drops/{LATER_DROP}")).dom().form("claim").hidden
-            )
-            result = await guest.post("/items/cap/buy", hidden)
-            claims = site.rows("SELECT COUNT(*) FROM drop_claims")
-            sold = charges(site)
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, signed_in_guest(site) as guest:
+        page = await guest.get("/items/cap/try-on")
+        # The later drop's page still has a form, whose token is valid here.
+        hidden = (await guest.get(f"/drops/{LATER_DROP}")).dom().form("claim").hidden
+        result = await guest.post("/items/cap/buy", hidden)
+        claims = site.rows("SELECT COUNT(*) FROM drop_claims")
+        sold = charges(site)
     assert page.dom().by_id("buy") is None
     assert page.dom().testid_text("offer-state").startswith("The drop opens ")
     assert result.status == 409
@@ -84,16 +83,13 @@ async def test_try_on_before_drop_opens_sells_nothing(tmp_path: Path) -> None:
 async def test_try_on_of_closed_drop_sells_nothing(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         await site.staff("drops", "stop", {"drop": OPEN_DROP}, "drops:manage")
-        guest = await signed_in_guest(site)
-        try:
+        async with signed_in_guest(site) as guest:
             page = await guest.get("/items/tee/try-on")
             hidden = (
                 (await guest.get(f"/drops/{LATER_DROP}")).dom().form("claim").hidden
             )
             result = await guest.post("/items/tee/buy", hidden)
             sold = charges(site)
-        finally:
-            await guest.close()
     assert page.dom().by_id("buy") is None
     assert (
         page.dom().testid_text("offer-state") == "The venue has closed tonight's drop."
@@ -106,16 +102,13 @@ async def test_try_on_of_closed_drop_sells_nothing(tmp_path: Path) -> None:
 async def test_try_on_of_sold_out_drop_says_so(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         await sell_out_open_drop(site)
-        guest = await signed_in_guest(site)
-        try:
+        async with signed_in_guest(site) as guest:
             page = await guest.get("/items/tee/try-on")
             hidden = (
                 (await guest.get(f"/drops/{LATER_DROP}")).dom().form("claim").hidden
             )
             result = await guest.post("/items/tee/buy", hidden)
             mine = site.rows("SELECT COUNT(*) FROM drop_claims WHERE band = ?", (BAND,))
-        finally:
-            await guest.close()
     assert page.dom().by_id("buy") is None
     assert page.dom().testid_text("offer-state").startswith("Sold out")
     assert result.status == 409
@@ -131,16 +124,13 @@ async def test_buy_claims_next_drop_with_units(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         add_late_tee_drop(site)
         await sell_out_open_drop(site)
-        guest = await signed_in_guest(site)
-        try:
+        async with signed_in_guest(site) as guest:
             page = await guest.get("/items/tee/try-on")
             result = await guest.submit("/items/tee/try-on", "buy", {})
             me = await guest.get("/me")
             claims = site.rows(
                 "SELECT drop_id, status FROM drop_claims WHERE band = ?", (BAND,)
             )
-        finally:
-            await guest.close()
     assert page.dom().form("buy").action == "/items/tee/buy"
     assert "25.00 EUR" in page.text
     assert result.status == 200
@@ -153,28 +143,21 @@ async def test_buy_claims_next_drop_with_units(tmp_path: Path) -> None:
 async def test_buy_skips_drop_at_guest_limit(tmp_path: Path) -> None:
     async with running_portal(tmp_path) as site:
         add_late_tee_drop(site)
-        guest = await signed_in_guest(site)
-        try:
+        async with signed_in_guest(site) as guest:
             await site.claim(OPEN_DROP, BAND)
             result = await guest.submit("/items/tee/try-on", "buy", {})
             claims = site.rows(
                 "SELECT drop_id FROM drop_claims WHERE band = ? ORDER BY drop_id",
                 (BAND,),
             )
-        finally:
-            await guest.close()
     assert result.dom().testid_text("claim-result") == "paid"
     assert claims == [(OPEN_DROP,), (LATE_DROP,)]
 
 
 async def test_try_on_at_guest_limit(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = await signed_in_guest(site)
-        try:
-            await site.claim(OPEN_DROP, BAND)
-            page = await guest.get("/items/tee/try-on")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, signed_in_guest(site) as guest:
+        await site.claim(OPEN_DROP, BAND)
+        page = await guest.get("/items/tee/try-on")
     assert page.dom().by_id("buy") is None
     assert (
         page.dom()
@@ -184,15 +167,11 @@ async def test_try_on_at_guest_limit(tmp_path: Path) -> None:
 
 
 async def test_item_without_drop_is_sold_at_bar(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = await signed_in_guest(site)
-        try:
-            page = await guest.get("/items/poster/try-on")
-            hidden = (await guest.get(f"/drops/{OPEN_DROP}")).dom().form("claim").hidden
-            result = await guest.post("/items/poster/buy", hidden)
-            sold = charges(site)
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, signed_in_guest(site) as guest:
+        page = await guest.get("/items/poster/try-on")
+        hidden = (await guest.get(f"/drops/{OPEN_DROP}")).dom().form("claim").hidden
+        result = await guest.post("/items/poster/buy", hidden)
+        sold = charges(site)
     assert page.status == 200
     assert page.dom().by_id("buy") is None
     assert "sold at the bar" in page.dom().testid_text("offer-state")
@@ -202,19 +181,15 @@ async def test_item_without_drop_is_sold_at_bar(tmp_path: Path) -> None:
 
 
 async def test_double_tap_buys_once_across_new_drop(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = await signed_in_guest(site)
-        try:
-            form = (await guest.get("/items/tee/try-on")).dom().form("buy")
-            first = await guest.post(form.action, form.hidden)
-            # A drop that opens between two taps of one form sells nothing more.
-            add_late_tee_drop(site)
-            second = await guest.post(form.action, form.hidden)
-            count = site.rows("SELECT COUNT(*) FROM drop_claims")
-            again = await guest.submit("/items/tee/try-on", "buy", {})
-            claims = site.rows("SELECT drop_id FROM drop_claims ORDER BY drop_id")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, signed_in_guest(site) as guest:
+        form = (await guest.get("/items/tee/try-on")).dom().form("buy")
+        first = await guest.post(form.action, form.hidden)
+        # A drop that opens between two taps of one form sells nothing more.
+        add_late_tee_drop(site)
+        second = await guest.post(form.action, form.hidden)
+        count = site.rows("SELECT COUNT(*) FROM drop_claims")
+        again = await guest.submit("/items/tee/try-on", "buy", {})
+        claims = site.rows("SELECT drop_id FROM drop_claims ORDER BY drop_id")
     code = first.dom().testid_text("pickup-code")
     assert second.dom().testid_text("pickup-code") == code
     assert count == [(1,)]

@@ -23,12 +23,8 @@ from appliance.portal.service import (
 
 
 async def test_home_links_every_part(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get("/")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        page = await guest.get("/")
     assert page.status == 200
     links = page.dom().links()
     for path in (
@@ -44,12 +40,8 @@ async def test_home_links_every_part(tmp_path: Path) -> None:
 
 
 async def test_optin_page_has_form_hooks(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get("/optin")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        page = await guest.get("/optin")
     assert page.status == 200
     dom = page.dom()
     form = dom.form("optin")
@@ -64,12 +56,8 @@ async def test_optin_page_has_form_hooks(tmp_path: Path) -> None:
 
 
 async def test_band_page_has_form_hooks(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get("/band")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        page = await guest.get("/band")
     dom = page.dom()
     form = dom.form("band")
     assert form.action == "/band"
@@ -79,23 +67,15 @@ async def test_band_page_has_form_hooks(tmp_path: Path) -> None:
 
 
 async def test_me_without_session_goes_to_band(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get("/me", allow_redirects=False)
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        page = await guest.get("/me", allow_redirects=False)
     assert page.status == 303
     assert page.headers["Location"] == "/band"
 
 
 async def test_drops_list_links_drops_of_box(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get("/drops")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        page = await guest.get("/drops")
     links = [e.attributes["href"] for e in page.dom().by_testid("drop-link")]
     assert links == [f"/drops/{OPEN_DROP}", f"/drops/{LATER_DROP}"]
     assert "Night tee" in page.text
@@ -103,13 +83,9 @@ async def test_drops_list_links_drops_of_box(tmp_path: Path) -> None:
 
 
 async def test_drop_page_shows_stock_and_claim_form(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get(f"/drops/{OPEN_DROP}")
-            views = site.rows("SELECT page, subject, views FROM page_views")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        page = await guest.get(f"/drops/{OPEN_DROP}")
+        views = site.rows("SELECT page, subject, views FROM page_views")
     dom = page.dom()
     stock = dom.by_testid("stock")
     assert len(stock) == 1
@@ -128,13 +104,9 @@ async def test_drop_page_shows_stock_and_claim_form(tmp_path: Path) -> None:
 
 
 async def test_drop_stock_is_json(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get(f"/drops/{OPEN_DROP}/stock")
-            later = await guest.get(f"/drops/{LATER_DROP}/stock")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        page = await guest.get(f"/drops/{OPEN_DROP}/stock")
+        later = await guest.get(f"/drops/{LATER_DROP}/stock")
     assert page.status == 200
     assert page.headers["Content-Type"].startswith("application/json")
     assert page.text == '{"available": 3, "quota": 3, "state": "open"}'
@@ -142,15 +114,11 @@ async def test_drop_stock_is_json(tmp_path: Path) -> None:
 
 
 async def test_try_on_loads_model_from_box(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            page = await guest.get("/items/tee/try-on")
-            model = await guest.get(f"/assets/{site.model_sha256}")
-            script = await guest.get("/static/portal.js")
-            views = site.rows("SELECT page, subject, views FROM page_views")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        page = await guest.get("/items/tee/try-on")
+        model = await guest.get(f"/assets/{site.model_sha256}")
+        script = await guest.get("/static/portal.js")
+        views = site.rows("SELECT page, subject, views FROM page_views")
     dom = page.dom()
     viewers = [e for e in dom.elements if e.tag == "model-viewer"]
     assert len(viewers) == 1
@@ -177,13 +145,9 @@ async def test_try_on_loads_model_from_box(tmp_path: Path) -> None:
 
 
 async def test_try_on_without_model_or_drop(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            poster = await guest.get("/items/poster/try-on")
-            water = await guest.get("/items/water/try-on")
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        poster = await guest.get("/items/poster/try-on")
+        water = await guest.get("/items/water/try-on")
     assert poster.status == 200
     assert poster.dom().by_testid("no-model")
     # Items without a drop tonight are sold at the bar, not from the phone.
@@ -194,24 +158,20 @@ async def test_try_on_without_model_or_drop(tmp_path: Path) -> None:
 
 
 async def test_unknown_pages_are_404(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            pages = {
-                path: await guest.get(path)
-                for path in (
-                    "/nothing",
-                    "/drops/no-such-drop",
-                    "/drops/no-such-drop/stock",
-                    "/items/no-such-item/try-on",
-                    "/static/missing.css",
-                    "/static/../service.py",
-                    "/static/.hidden.js",
-                    "/c/NOBODY",
-                )
-            }
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        pages = {
+            path: await guest.get(path)
+            for path in (
+                "/nothing",
+                "/drops/no-such-drop",
+                "/drops/no-such-drop/stock",
+                "/items/no-such-item/try-on",
+                "/static/missing.css",
+                "/static/../service.py",
+                "/static/.hidden.js",
+                "/c/NOBODY",
+            )
+        }
     for path, page in pages.items():
         assert page.status == 404, path
     assert pages["/nothing"].headers["Content-Type"].startswith("text/html")
@@ -222,27 +182,23 @@ async def test_unknown_pages_are_404(tmp_path: Path) -> None:
 
 
 async def test_security_headers_on_every_response(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            paths = [
-                "/",
-                "/optin",
-                "/band",
-                "/drops",
-                f"/drops/{OPEN_DROP}",
-                f"/drops/{OPEN_DROP}/stock",
-                "/items/tee/try-on",
-                "/static/portal.css",
-                "/static/portal.js",
-                f"/assets/{site.model_sha256}",
-                "/assets/not-a-hash",
-                "/nothing",
-            ]
-            pages = [await guest.get(path) for path in paths]
-            pages.append(await guest.post("/band", {"band_code": "x"}))
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        paths = [
+            "/",
+            "/optin",
+            "/band",
+            "/drops",
+            f"/drops/{OPEN_DROP}",
+            f"/drops/{OPEN_DROP}/stock",
+            "/items/tee/try-on",
+            "/static/portal.css",
+            "/static/portal.js",
+            f"/assets/{site.model_sha256}",
+            "/assets/not-a-hash",
+            "/nothing",
+        ]
+        pages = [await guest.get(path) for path in paths]
+        pages.append(await guest.post("/band", {"band_code": "x"}))
     for page in pages:
         for name, value in SECURITY_HEADERS.items():
             assert page.headers.get(name) == value, (page.url, name)
@@ -253,16 +209,12 @@ async def test_security_headers_on_every_response(tmp_path: Path) -> None:
 
 
 async def test_pages_have_no_inline_scripts(tmp_path: Path) -> None:
-    async with running_portal(tmp_path) as site:
-        guest = Guest(site.base_url)
-        try:
-            pages = [
-                await guest.get(path)
-                for path in ("/", "/optin", "/band", "/drops", f"/drops/{OPEN_DROP}")
-            ]
-            pages.append(await guest.get("/items/tee/try-on"))
-        finally:
-            await guest.close()
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        pages = [
+            await guest.get(path)
+            for path in ("/", "/optin", "/band", "/drops", f"/drops/{OPEN_DROP}")
+        ]
+        pages.append(await guest.get("/items/tee/try-on"))
     for page in pages:
         scripts = [e for e in page.dom().elements if e.tag == "script"]
         assert scripts, page.url

@@ -69,6 +69,12 @@ def _same(image: Image.Image, expected: Image.Image) -> bool:
     return ImageChops.difference(image, expected).getbbox() is None
 
 
+def _sign(tmp_path: Path, output: Path) -> int:
+    """Write the site file in ``tmp_path`` and run ``nightbox portal sign`` on it."""
+    config = _site_file(tmp_path)
+    return main(["portal", "sign", "--config", str(config), "--output", str(output)])
+
+
 def test_sign_drops_printed_in_site_money_and_time(tmp_path: Path) -> None:
     config = load_config(_site_file(tmp_path))
     assert config.portal is not None
@@ -114,16 +120,7 @@ def test_cli_sign_writes_pdf(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "sign.pdf"
-    code = main(
-        [
-            "portal",
-            "sign",
-            "--config",
-            str(_site_file(tmp_path)),
-            "--output",
-            str(output),
-        ]
-    )
+    code = _sign(tmp_path, output)
     assert code == 0
     data = output.read_bytes()
     assert data.startswith(b"%PDF-")
@@ -133,16 +130,7 @@ def test_cli_sign_writes_pdf(
 
 def test_cli_sign_writes_png_pages(tmp_path: Path) -> None:
     output = tmp_path / "sign.png"
-    code = main(
-        [
-            "portal",
-            "sign",
-            "--config",
-            str(_site_file(tmp_path)),
-            "--output",
-            str(output),
-        ]
-    )
+    code = _sign(tmp_path, output)
     assert code == 0
     config = load_config(tmp_path / "site.toml")
     assert config.portal is not None
@@ -158,16 +146,7 @@ def test_cli_sign_writes_png_pages(tmp_path: Path) -> None:
 def test_cli_sign_rejects_other_format(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "portal",
-            "sign",
-            "--config",
-            str(_site_file(tmp_path)),
-            "--output",
-            str(tmp_path / "sign.jpg"),
-        ]
-    )
+    code = _sign(tmp_path, tmp_path / "sign.jpg")
     assert code == 2
     assert ".pdf or .png" in capsys.readouterr().err
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from conftest import running_site_box
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.bus.broker import BrokerHandle, find_mosquitto, start_broker
+from appliance.bus.broker import BrokerHandle
 from appliance.bus.client import Bus, BusSettings
-from appliance.clock import SystemClock, TimeSource
 from appliance.commerce.config import (
     CommerceConfig,
     Creator,
@@ -34,14 +34,13 @@ from appliance.commerce.config import (
     Item,
     SetSlot,
 )
-from appliance.config import BrokerConfig, ReaderConfig, SiteConfig
+from appliance.config import ReaderConfig, SiteConfig
 from appliance.remote.config import FleetConfig
 from appliance.runtime import Box
 from appliance.signed_documents import key_id
 from appliance.studio.config import StudioConfig
 from appliance.studio.service import Studio
 from provisioning import SiteCredentials
-from provisioning.site_access import ReaderGrant, site_policy
 
 STATION = "station-1"
 OPEN_DROP = "maya-tee"
@@ -200,36 +199,15 @@ async def running_studio_box(
 
     ``sets`` replaces the site's one set, Maya's, playing for an hour.
     """
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed; run 'make test', which installs it")
     operator_key = Ed25519PrivateKey.generate()
     public_key = operator_key.public_key()
     fleet = FleetConfig(operator_keys={key_id(public_key): public_key})
     config = studio_site_config(data_dir, time.time(), sets=sets, fleet=fleet)
-    credentials = SiteCredentials(config.data_dir / "secrets" / "broker.json")
-    policy = site_policy(
-        config.site_id,
-        config.box_id,
-        [ReaderGrant(reader.id, reader.role) for reader in config.readers],
-        config.commerce.terminals,
-    )
-    broker = await start_broker(
-        BrokerConfig(mode="mosquitto"), config.data_dir / "run", credentials, policy
-    )
-    try:
-        async with Box(
-            config,
-            SystemClock(TimeSource.NTP),
-            credentials,
-            broker.host,
-            broker.port,
-            broker_kind=broker.kind,
-            health_interval_s=0.05,
-        ) as box:
-            await asyncio.wait_for(box.bus.connected.wait(), timeout=TIMEOUT_S)
-            yield StudioBox(config, credentials, broker, box, operator_key)
-    finally:
-        await broker.stop()
+    async with running_site_box(
+        config, timeout_s=TIMEOUT_S, health_interval_s=0.05
+    ) as (broker, box):
+        credentials = SiteCredentials(config.data_dir / "secrets" / "broker.json")
+        yield StudioBox(config, credentials, broker, box, operator_key)
 
 
 @pytest_asyncio.fixture(name="studio_box", scope="module", loop_scope="module")
