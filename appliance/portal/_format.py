@@ -19,15 +19,24 @@ def money(amount: int, currency: str) -> str:
     return f"{sign}{whole}.{fraction:0{digits}d} {currency}"
 
 
-def local_time(t: float, timezone: str, *, with_date: bool = False) -> str:
+# Dates further than this from the current night carry their year, so a
+# weekday and day of a date half a year away are not read as this year's.
+_YEAR_SHOWN_AFTER_S = 182 * 86400
+
+
+def local_time(
+    t: float, timezone: str, *, with_date: bool = False, with_year: bool = False
+) -> str:
     """Return Unix time ``t`` in the site's time zone as ``Sat 23:30``.
 
-    With ``with_date`` the day and month come too: ``Thu 4 Jun, 20:41``.
+    With ``with_date`` the day and month come too: ``Thu 4 Jun, 20:41``,
+    and with ``with_year`` also the year: ``Tue 28 Dec 2027, 13:20``.
     """
     local = dt.datetime.fromtimestamp(t, zoneinfo.ZoneInfo(timezone))
     if not with_date:
         return local.strftime("%a %H:%M")
-    return f"{local:%a} {local.day} {local:%b}, {local:%H:%M}"
+    year = f" {local.year}" if with_year else ""
+    return f"{local:%a} {local.day} {local:%b}{year}, {local:%H:%M}"
 
 
 def night_time(t: float, commerce: CommerceConfig, night_at: float) -> str:
@@ -36,6 +45,20 @@ def night_time(t: float, commerce: CommerceConfig, night_at: float) -> str:
     The date is left out only when ``t`` belongs to the same night (see
     :meth:`CommerceConfig.night_of`) as Unix time ``night_at``, so a coupon
     valid for a week reads ``Thu 11 Jun, 20:41`` and not as a time tonight.
+    The year is added when ``t`` is in another year than ``night_at`` or
+    more than about six months away from it: ``Tue 28 Dec 2027, 13:20``.
     """
-    other_night = commerce.night_of(t) != commerce.night_of(night_at)
-    return local_time(t, commerce.timezone, with_date=other_night)
+    night = commerce.night_of(t)
+    reference_night = commerce.night_of(night_at)
+    zone = zoneinfo.ZoneInfo(commerce.timezone)
+    other_year = (
+        dt.datetime.fromtimestamp(t, zone).year
+        != dt.datetime.fromtimestamp(night_at, zone).year
+        or abs(t - night_at) > _YEAR_SHOWN_AFTER_S
+    )
+    return local_time(
+        t,
+        commerce.timezone,
+        with_date=night != reference_night,
+        with_year=other_year,
+    )

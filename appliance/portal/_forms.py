@@ -43,18 +43,37 @@ class FormError(NightboxError, ValueError):
         self.message = message
 
 
+class CsrfError(NightboxError):
+    """A form post came without a valid CSRF token: HTTP 403, nothing changed.
+
+    ``reason`` is the rejection reason the portal counts: ``csrf-missing``
+    for a form without a token or with an empty one, ``csrf-invalid`` for a
+    token that does not fit the browser's cookies.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 async def read_form(
     request: web.Request, fields: Iterable[str], *, timeout_s: float
 ) -> dict[str, str]:
     """Return the fields of a form post, each given at most once.
 
     ``fields`` are the names the form may contain; any other name is
-    rejected. Raises FormError with status 413 for a body over
+    rejected, and a post without a body is an empty form. Raises FormError
+    with status 413 for a body over
     :data:`MAX_FORM_BYTES`, 408 for a body that does not arrive within
     ``timeout_s``, and 400 for a wrong content type, a body that is not
     UTF-8, a malformed pair, an unknown or repeated field, or a value that
     is too long or contains control characters.
     """
+    if not request.body_exists:
+        # A post without a body has no fields whatever its Content-Type, so
+        # it reaches the CSRF check and gets 403 like any form without a token.
+        return {}
     content_type = request.headers.get("Content-Type", "")
     media_type, _, parameters = content_type.partition(";")
     charset = parameters.strip().lower().removeprefix("charset=").strip('"')

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from appliance.analytics.figures import night_window
 from appliance.analytics.views import record_view
 from appliance.commerce.config import DropConfig, Item
 from appliance.errors import PayloadError
@@ -28,7 +29,13 @@ from appliance.portal._drop_offers import (
     state_text,
 )
 from appliance.portal._format import money, night_time
-from appliance.portal._forms import FORM_TIMEOUT_S, FormError, read_form, required
+from appliance.portal._forms import (
+    FORM_TIMEOUT_S,
+    CsrfError,
+    FormError,
+    read_form,
+    required,
+)
 from appliance.portal._sessions import (
     PRESESSION_COOKIE,
     SESSION_COOKIE,
@@ -105,17 +112,19 @@ class PageBase:
         )
 
     def _check_csrf(self, form: dict[str, str], visitor: Visitor) -> str:
-        """Return the binding the form was rendered for; raise 403 without one."""
+        """Return the binding the form was rendered for.
+
+        Raises CsrfError (403) for a missing, empty or wrong token.
+        """
         token = form.get("csrf", "")
         binding = None
         if token:
             binding = self._portal.sessions.csrf_binding(token, visitor.bindings())
         if binding is None:
-            reason = "csrf-missing" if not token else "csrf-invalid"
-            self._portal.count_rejection(reason, "a form came without a valid token")
-            raise web.HTTPForbidden(
-                text="this form has expired or was not sent from the portal's page; "
-                "reload the page and send it again"
+            raise CsrfError(
+                "csrf-missing" if not token else "csrf-invalid",
+                "this form has expired or was not sent from the portal's page; "
+                "reload the page and send it again",
             )
         return binding
 
@@ -333,6 +342,40 @@ class PageBase:
             available=int(status["available"]),
             held=held,
         )
+
+    def _tonights_drops(self) -> list[DropConfig]:
+        """Return the drops this box sells whose time overlaps the current night.
+
+        The night is the one :meth:`CommerceConfig.night_of` gives for now,
+        so drops of earlier nights stay off the list after a restart.
+        """
+        box_id = self._box.config.box_id
+        begins, ends = night_window(
+            self._commerce, self._commerce.night_of(self._box.clock.now())
+        )
+        return [
+            drop
+            for drop in self._box.drops.all_drops()
+            if drop.quota(box_id) > 0
+            and drop.starts_at < ends
+            and drop.ends_at > begins
+        ]
+
+    def _has_early_access(self, drop: DropConfig, band: str | None) -> bool:
+        """Return whether ``band`` may claim ``drop`` now, before it opens.
+
+        The rule is the drops service's: members of a tier with early access
+        claim from ``early_access_s`` before the drop opens.
+        """
+        if band is None or drop.early_access_s <= 0:
+            return False
+        if self._box.clock.now() < drop.starts_at - drop.early_access_s:
+            return False
+        row = self._box.store.query_one(
+            "SELECT tier FROM members WHERE band = ?", (band,)
+        )
+        tier = None if row is None else self._commerce.tier(row[0])
+        return tier is not None and tier.early_access
 
     def _item_drops(self, item: Item) -> list[DropConfig]:
         """Return the drops of ``item`` that this box sells, in the drops' order."""

@@ -216,11 +216,8 @@ class Pages(PageBase):
 
     async def drops(self, request: web.Request) -> web.Response:
         visitor = self._visitor(request)
-        box_id = self._box.config.box_id
         views = []
-        for drop in self._box.drops.all_drops():
-            if drop.quota(box_id) == 0:
-                continue  # another box sells this drop
+        for drop in self._tonights_drops():
             status = await self._drop_status(drop.id)
             state, when = self._state(drop, status)
             views.append(
@@ -247,9 +244,14 @@ class Pages(PageBase):
     async def drop_stock(self, request: web.Request) -> web.Response:
         drop = self._drop(request)
         status = await self._drop_status(drop.id)
-        state, _when = self._state(drop, status)
+        state, when = self._state(drop, status)
         return web.json_response(
-            {"available": status["available"], "quota": status["quota"], "state": state}
+            {
+                "available": status["available"],
+                "quota": status["quota"],
+                "state": state,
+                "state_text": when,
+            }
         )
 
     async def claim(self, request: web.Request) -> web.StreamResponse:
@@ -410,6 +412,7 @@ class Pages(PageBase):
     ) -> web.Response:
         item = self._commerce.item(drop.item)
         state, when = self._state(drop, status)
+        early = state == "scheduled" and self._has_early_access(drop, visitor.band)
         view = {
             "id": drop.id,
             "item": drop.item,
@@ -417,7 +420,12 @@ class Pages(PageBase):
             "price": self._money(drop.price),
             "state": state,
             "when": when,
-            "claimable": state not in CLOSED_STATES,
+            "claimable": state == "open" or early,
+            # The states in which the page's script shows the form and the
+            # hint that claims start later.
+            "form_states": "scheduled open" if early else "open",
+            "later_states": "" if early else "scheduled",
+            "closed_states": " ".join(sorted(CLOSED_STATES)),
             "available": status["available"],
             "quota": status["quota"],
             "item_page": item is not None,

@@ -38,7 +38,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
-from appliance.portal._forms import FORM_TIMEOUT_S, MAX_FORM_BYTES, FormError
+from appliance.portal._forms import (
+    FORM_TIMEOUT_S,
+    MAX_FORM_BYTES,
+    CsrfError,
+    FormError,
+)
 from appliance.portal._limits import (
     BurstLog,
     RateLimiter,
@@ -454,6 +459,11 @@ class Portal:
             )
         try:
             response = await handler(request)
+        except CsrfError as err:
+            self.count_rejection(
+                err.reason, f"{route_of(request)}: a form came without a valid token"
+            )
+            return self.error_response(request, 403, err.reason, err.message)
         except FormError as err:
             reason = {413: "too-large", 408: "timeout"}.get(err.status, "invalid-form")
             self.count_rejection(reason, f"{route_of(request)}: {_field_text(err)}")

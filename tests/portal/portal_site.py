@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,12 +25,19 @@ from typing import Any
 import aiohttp
 from conftest import running_site_box
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from yarl import URL
 
 from appliance.assets.config import AssetsConfig
 from appliance.assets.pack import pack_folder
 from appliance.assets.sample import write_sample_model
 from appliance.bus.broker import BrokerHandle
-from appliance.commerce.config import CommerceConfig, Creator, DropConfig, Item
+from appliance.commerce.config import (
+    CommerceConfig,
+    Creator,
+    DropConfig,
+    Item,
+    Tier,
+)
 from appliance.config import ReaderConfig, SiteConfig
 from appliance.portal.config import PortalConfig
 from appliance.portal.service import Portal
@@ -41,6 +48,8 @@ from appliance.signed_documents import key_id
 SITE_UUID = bytes.fromhex("426c7565436861726d426561636f6e73")
 PUBLIC_URL = "http://nightbox.test:8080"
 CONSENT_TEXT = "I agree that the Test Club keeps my contact for one offer."
+# A band of the early-access tier "crew".
+EARLY_MEMBER = "ib-1-90"
 OPEN_DROP = "tee-drop"
 LATER_DROP = "cap-drop"
 DROP_PRICE = 2000
@@ -55,9 +64,18 @@ def portal_site_config(
     usb_folder: Path,
     fleet: FleetConfig,
     portal: PortalConfig,
+    extra_drops: tuple[DropConfig, ...] = (),
 ) -> SiteConfig:
-    """Return the portal test site around Unix time ``now``."""
+    """Return the portal test site around Unix time ``now``.
+
+    The night rolls over twelve hours away from ``now``, so every drop of
+    the site and every test time within hours of ``now`` is on one night.
+    """
+    rollover_hour = (time.gmtime(now).tm_hour + 12) % 24
     commerce = CommerceConfig(
+        night_rollover_hour=rollover_hour,
+        tiers=(Tier("crew", early_access=True),),
+        members={EARLY_MEMBER: "crew"},
         items=(
             Item("tee", "Night tee", price=3500),
             Item("cap", "Cap", price=2500),
@@ -72,6 +90,7 @@ def portal_site_config(
             DropConfig(
                 LATER_DROP, "cap", DROP_PRICE, 5, now + 3600, ends_at=now + 7200
             ),
+            *extra_drops,
         ),
         portal_url=PUBLIC_URL,
     )
@@ -209,24 +228,28 @@ async def running_portal(
     strict: bool = False,
     consent_text: str = CONSENT_TEXT,
     settings: dict[str, Any] | None = None,
+    extra_drops: Callable[[float], tuple[DropConfig, ...]] | None = None,
 ) -> AsyncIterator[PortalSite]:
     """Start the test site's broker, box and portal; stop them on exit.
 
     ``strict`` keeps the default rate limits; ``consent_text`` replaces the
     site's consent text, and ``settings`` other [portal] values.
+    ``extra_drops`` returns drops for the site file from the start time.
     """
+    now = time.time()
     operator_key = Ed25519PrivateKey.generate()
     public_key = operator_key.public_key()
     usb_folder = tmp_path / "usb"
     model_sha256 = write_usb_folder(usb_folder, operator_key)
     config = portal_site_config(
         tmp_path / "box",
-        time.time(),
+        now,
         usb_folder=usb_folder,
         fleet=FleetConfig(operator_keys={key_id(public_key): public_key}),
         portal=portal_settings(
             strict=strict, consent_text=consent_text, settings=settings
         ),
+        extra_drops=() if extra_drops is None else extra_drops(now),
     )
     async with running_site_box(config, timeout_s=TIMEOUT_S) as (broker, box):
         site = PortalSite(config, box, broker, model_sha256)
@@ -279,14 +302,14 @@ class Guest:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def get(self, path: str, **kwargs: Any) -> Page:
+    async def get(self, path: str | URL, **kwargs: Any) -> Page:
         """GET ``path``, following redirects."""
         async with self.session.get(path, **kwargs) as response:
             return await self._page(response)
 
     async def post(
         self,
-        path: str,
+        path: str | URL,
         fields: dict[str, str] | list[tuple[str, str]],
         *,
         headers: dict[str, str] | None = None,
@@ -299,7 +322,11 @@ class Guest:
             return await self._page(response)
 
     async def post_raw(
-        self, path: str, body: bytes, content_type: str | None, **kwargs: Any
+        self,
+        path: str,
+        body: bytes | AsyncIterator[bytes],
+        content_type: str | None,
+        **kwargs: Any,
     ) -> Page:
         """POST raw bytes with ``content_type`` (no header when None)."""
         headers = dict(kwargs.pop("headers", {}))

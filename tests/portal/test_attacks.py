@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from portal_site import OPEN_DROP, Dom, Guest, PortalSite, running_portal
 from yarl import URL
 
+from appliance.portal._forms import FORM_TYPE
 from appliance.portal._sessions import SESSION_COOKIE
 from appliance.portal.config import PortalConfig
 
@@ -236,6 +238,44 @@ async def test_sign_out_needs_csrf(tmp_path: Path) -> None:
     assert me.url.endswith("/me")
 
 
+async def test_sign_out_csrf_failures_are_403(tmp_path: Path) -> None:
+    async with running_portal(tmp_path) as site:
+        code = site.band_code(BAND)
+        async with Guest(site.base_url) as guest:
+            await guest.submit("/band", "band", {"band_code": code})
+            no_body = await guest.post_raw(
+                "/signout", b"", None, headers={"Origin": site.base_url}
+            )
+            empty_form = await guest.post_raw("/signout", b"", FORM_TYPE)
+            empty_token = await guest.post("/signout", {"csrf": ""})
+            wrong_token = await guest.post("/signout", {"csrf": "A" * 43})
+            me = await guest.get("/me")
+    for page in (no_body, empty_form, empty_token, wrong_token):
+        assert page.status == 403
+        assert "reload the page" in page.dom().testid_text("error")
+    assert me.url.endswith("/me")
+    rejections = site.portal.rejections
+    assert rejections["csrf-missing"] == 3
+    assert rejections["csrf-invalid"] == 1
+    assert "forbidden" not in rejections
+    assert "invalid" not in rejections
+
+
+async def test_csrf_rejection_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_portal(tmp_path) as site, Guest(site.base_url) as guest:
+        await guest.get("/band")
+        with caplog.at_level(logging.WARNING, logger="appliance.portal.service"):
+            page = await guest.post_raw("/band", b"", None)
+    lines = [record.getMessage() for record in caplog.records]
+    assert page.status == 403
+    assert lines == [
+        "Guest portal rejected a request (csrf-missing): /band: a form came "
+        "without a valid token"
+    ]
+
+
 async def _optin_fields(guest: Guest, code: str, email: str) -> dict[str, str]:
     """Open the opt-in page; return its form's fields, filled in with consent."""
     page = await guest.get("/optin")
@@ -292,7 +332,7 @@ async def test_oversized_body_is_413(tmp_path: Path) -> None:
             before = _stored(site)
             sized = await guest.post("/optin", fields)
 
-            async def chunks() -> object:
+            async def chunks() -> AsyncIterator[bytes]:
                 for _ in range(40):
                     yield b"email=" + b"a" * 1000 + b"&"
 

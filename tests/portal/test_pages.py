@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from pathlib import Path
 
 from portal_site import (
@@ -109,8 +110,15 @@ async def test_drop_stock_is_json(tmp_path: Path) -> None:
         later = await guest.get(f"/drops/{LATER_DROP}/stock")
     assert page.status == 200
     assert page.headers["Content-Type"].startswith("application/json")
-    assert page.text == '{"available": 3, "quota": 3, "state": "open"}'
-    assert later.text == '{"available": 5, "quota": 5, "state": "scheduled"}'
+    figures = json.loads(page.text)
+    assert list(figures) == ["available", "quota", "state", "state_text"]
+    assert figures["available"] == 3
+    assert figures["quota"] == 3
+    assert figures["state"] == "open"
+    assert figures["state_text"].startswith("open until ")
+    later_figures = json.loads(later.text)
+    assert later_figures["state"] == "scheduled"
+    assert later_figures["state_text"].startswith("opens ")
 
 
 async def test_try_on_loads_model_from_box(tmp_path: Path) -> None:
