@@ -2,7 +2,9 @@
 
 A contact (an email address or a wallet id) exists on the box only because
 the guest opted in with consent. On request it is erased by band or by the
-contact itself from every table that contains it or something derived from it:
+contact itself. By contact, the bands whose opt-in or coupon names it are
+found, and every contact of those bands goes, from every table that contains
+it or something derived from it:
 
 - ``optins``: the row is deleted, consent included, so the band counts as
   never opted in; opting in again needs new consent.
@@ -136,41 +138,18 @@ def erase_contact(
 
 
 def _erase(transaction: Transaction, selector: ContactSelector) -> tuple[set[str], int]:
+    bands = _bands_of(transaction, selector)
     rows = 0
-    if selector.band is not None:
-        bands = {selector.band}
+    # Every contact of a band found goes, not only the one named: a band's
+    # redeemed coupon can still name the contact the guest gave before.
+    for band in sorted(bands):
         rows += transaction.execute(
-            "DELETE FROM optins WHERE band = ?", (selector.band,)
+            "DELETE FROM optins WHERE band = ?", (band,)
         ).rowcount
         rows += transaction.execute(
             "UPDATE coupons SET contact = '' WHERE band = ? AND contact != ''",
-            (selector.band,),
+            (band,),
         ).rowcount
-    else:
-        kind, contact = (
-            ("email", selector.email)
-            if selector.email is not None
-            else ("wallet", selector.wallet_id)
-        )
-        # Email addresses are matched without regard to case, as mail
-        # servers treat them in practice; wallet ids exactly.
-        match = "lower(contact) = lower(?)" if kind == "email" else "contact = ?"
-        bands = {
-            str(band)
-            for (band,) in transaction.execute(
-                f"SELECT band FROM optins WHERE contact_kind = ? AND {match}"
-                f" UNION SELECT band FROM coupons WHERE contact_kind = ? AND {match}",
-                (kind, contact, kind, contact),
-            ).fetchall()
-        }
-        rows += transaction.execute(
-            f"DELETE FROM optins WHERE contact_kind = ? AND {match}", (kind, contact)
-        ).rowcount
-        rows += transaction.execute(
-            f"UPDATE coupons SET contact = '' WHERE contact_kind = ? AND {match}",
-            (kind, contact),
-        ).rowcount
-    for band in sorted(bands):
         rows += transaction.execute(
             "UPDATE requests SET fingerprint = NULL WHERE action = 'optin/register'"
             " AND json_extract(reply, '$.data.band') = ? AND fingerprint IS NOT NULL",
@@ -183,6 +162,28 @@ def _erase(transaction: Transaction, selector: ContactSelector) -> tuple[set[str
             "DELETE FROM wellness_notes WHERE band = ?", (band,)
         ).rowcount
     return bands, rows
+
+
+def _bands_of(transaction: Transaction, selector: ContactSelector) -> set[str]:
+    """Return the bands that ``selector`` names, through every table with a contact."""
+    if selector.band is not None:
+        return {selector.band}
+    kind, contact = (
+        ("email", selector.email)
+        if selector.email is not None
+        else ("wallet", selector.wallet_id)
+    )
+    # Email addresses are matched without regard to case, as mail servers
+    # treat them in practice; wallet ids exactly.
+    match = "lower(contact) = lower(?)" if kind == "email" else "contact = ?"
+    return {
+        str(band)
+        for (band,) in transaction.execute(
+            f"SELECT band FROM optins WHERE contact_kind = ? AND {match}"
+            f" UNION SELECT band FROM coupons WHERE contact_kind = ? AND {match}",
+            (kind, contact, kind, contact),
+        ).fetchall()
+    }
 
 
 def scrub_files(store: Store) -> bool:

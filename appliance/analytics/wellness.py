@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import sqlite3
+import unicodedata
 from typing import Any
 
 from appliance._tasks import cancel_and_wait
@@ -37,6 +38,9 @@ MAX_NOTE_LENGTH = 500
 PURGE_INTERVAL_S = 60.0
 _BAND = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}\Z")
 _NOTE_ID = re.compile(r"^[0-9a-f]{32}\Z")
+_ADD_FIELDS = frozenset({"note", "band", "ttl_s", "idempotency_key"})
+# Control characters a note may contain: a note can have several lines.
+_NOTE_WHITESPACE = frozenset("\n\t")
 
 
 class WellnessNotes:
@@ -95,54 +99,55 @@ class WellnessNotes:
         """Handle ``console/wellness-add``: store a note; reply its id and expiry.
 
         The note's id is derived from the requester and the idempotency key,
-        so a retry stores no second note although the reply is not stored.
+        so a retry stores no second note although the request is not stored.
+        The box distinguishes a retry from another request with the same key
+        by comparing it with the stored note: band, text and lifetime.
         """
-        data = request.data
-        note = data.get("note")
-        if not isinstance(note, str) or not 0 < len(note.strip()) <= MAX_NOTE_LENGTH:
-            # The message never repeats the note: rejected requests are logged.
-            raise PayloadError(
-                f"field 'note' must be text of 1 to {MAX_NOTE_LENGTH} characters"
-            )
-        band = data.get("band")
-        if band is not None and (not isinstance(band, str) or not _BAND.match(band)):
-            raise PayloadError(
-                f"field 'band' must be a band id such as ib-1-7, not {band!r:.50}"
-            )
-        ttl_s = data.get("ttl_s", MAX_TTL_S)
-        if (
-            isinstance(ttl_s, bool)
-            or not isinstance(ttl_s, int | float)
-            or not math.isfinite(ttl_s)
-            or not MIN_TTL_S <= ttl_s <= MAX_TTL_S
-        ):
-            raise PayloadError(
-                f"field 'ttl_s' must be {MIN_TTL_S:.0f} to {MAX_TTL_S:.0f} seconds "
-                f"(24 hours at most), not {ttl_s!r:.20}"
-            )
+        band, note, ttl_s = _checked_note(request.data)
+        _reject_key_of_other_action(transaction, request)
         note_id = hashlib.sha256(
             f"{request.requester_kind}/{request.requester}/{request.key}".encode()
         ).hexdigest()[:32]
         now = self._clock.now()
-        expires_at = now + float(ttl_s)
-        inserted = transaction.execute(
-            "INSERT INTO wellness_notes (id, band, note, staff, created_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (note_id, band, note.strip(), request.requester, now, expires_at),
-        ).rowcount
-        if not inserted:
-            row = transaction.execute(
-                "SELECT expires_at FROM wellness_notes WHERE id = ?", (note_id,)
-            ).fetchone()
-            if row is None:
-                raise Refusal(
-                    "note-expired",
-                    f"wellness note {note_id} was added with this key and has "
-                    "expired; use a new key to add another",
-                    id=note_id,
-                )
-            expires_at = float(row[0])
-        return {"id": note_id, "expires_at": round(expires_at, 3)}
+        row = transaction.execute(
+            "SELECT band, note, created_at, expires_at FROM wellness_notes"
+            " WHERE id = ?",
+            (note_id,),
+        ).fetchone()
+        if row is None and not _was_deleted(transaction, note_id):
+            # NOTE: a retry that arrives after the purge removed the expired
+            # note adds it again, because nothing of a purged note is kept.
+            expires_at = now + ttl_s
+            transaction.execute(
+                "INSERT INTO wellness_notes"
+                " (id, band, note, staff, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (note_id, band, note, request.requester, now, expires_at),
+            )
+            return {"id": note_id, "expires_at": round(expires_at, 3)}
+        if row is None or row[3] <= now:
+            raise Refusal(
+                "note-expired",
+                f"wellness note {note_id} was added with this key and has "
+                "expired or was deleted; use a new key to add another",
+                id=note_id,
+            )
+        stored_band, stored_note, created_at, stored_expires_at = row
+        # Lifetimes are compared to the millisecond, the precision of replies.
+        same_ttl = abs((stored_expires_at - created_at) - ttl_s) < 0.001
+        if stored_band != band or stored_note != note or not same_ttl:
+            _LOGGER.warning(
+                "Rejected console/wellness-add of %s: key %r was already used "
+                "for another note",
+                request.requester,
+                request.key,
+            )
+            raise Refusal(
+                "idempotency-key-reused",
+                f"key {request.key!r} was already used for another "
+                "console/wellness-add request; use a new key",
+            )
+        return {"id": note_id, "expires_at": round(float(stored_expires_at), 3)}
 
     def list_notes(self, transaction: Transaction, request: Request) -> dict[str, Any]:
         """Handle ``console/wellness-list``: the notes still in time, newest first."""
@@ -185,6 +190,83 @@ class WellnessNotes:
             # The log's checkpoint runs once the request's group committed.
             asyncio.get_running_loop().call_soon(truncate_wal, self._store)
         return {"id": note_id, "deleted": bool(deleted)}
+
+
+def _checked_note(data: dict[str, Any]) -> tuple[str | None, str, float]:
+    """Return the band, trimmed text and lifetime of a ``wellness-add`` request.
+
+    Raises PayloadError naming the field. Messages never repeat the note,
+    because rejected requests are logged.
+    """
+    unknown = sorted(set(data) - _ADD_FIELDS)
+    if unknown:
+        named = ", ".join(f"{name!r:.40}" for name in unknown[:5])
+        raise PayloadError(
+            f"unknown field {named} in wellness-add; it takes only 'note', "
+            "'band' and 'ttl_s'"
+        )
+    note = data.get("note")
+    if not isinstance(note, str) or not 0 < len(note.strip()) <= MAX_NOTE_LENGTH:
+        raise PayloadError(
+            f"field 'note' must be text of 1 to {MAX_NOTE_LENGTH} characters"
+        )
+    if any(
+        unicodedata.category(character) == "Cc" and character not in _NOTE_WHITESPACE
+        for character in note
+    ):
+        raise PayloadError(
+            "field 'note' contains a control character; only line breaks and "
+            "tabs are allowed, so remove it and send the note again"
+        )
+    band = data.get("band")
+    if band is not None and (not isinstance(band, str) or not _BAND.match(band)):
+        raise PayloadError(
+            f"field 'band' must be a band id such as ib-1-7, not {band!r:.50}"
+        )
+    ttl_s = data.get("ttl_s", MAX_TTL_S)
+    if (
+        isinstance(ttl_s, bool)
+        or not isinstance(ttl_s, int | float)
+        or not math.isfinite(ttl_s)
+        or not MIN_TTL_S <= ttl_s <= MAX_TTL_S
+    ):
+        raise PayloadError(
+            f"field 'ttl_s' must be {MIN_TTL_S:.0f} to {MAX_TTL_S:.0f} seconds "
+            f"(24 hours at most), not {ttl_s!r:.20}"
+        )
+    return band, note.strip(), float(ttl_s)
+
+
+def _was_deleted(transaction: Transaction, note_id: str) -> bool:
+    """Return whether a stored ``wellness-delete`` reply deleted ``note_id``.
+
+    That reply stores the note's id only, so it outlives the note and keeps
+    a late retry of the add from writing the deleted note again.
+    """
+    row = transaction.execute(
+        "SELECT 1 FROM requests WHERE action = 'console/wellness-delete'"
+        " AND json_extract(reply, '$.data.id') = ?"
+        " AND json_extract(reply, '$.data.deleted') LIMIT 1",
+        (note_id,),
+    ).fetchone()
+    return row is not None
+
+
+def _reject_key_of_other_action(transaction: Transaction, request: Request) -> None:
+    """Raise a Refusal when the requester used the key for another action.
+
+    Stored replies of other actions are keyed by requester and key, as in
+    :class:`~appliance.requests.RequestServer`.
+    """
+    row = transaction.execute(
+        "SELECT action FROM requests WHERE key = ? AND requester IN (?, '')",
+        (request.key, f"{request.requester_kind}/{request.requester}"),
+    ).fetchone()
+    if row is not None:
+        raise Refusal(
+            "idempotency-key-reused",
+            f"key {request.key!r} was already used for {row[0]}; use a new key",
+        )
 
 
 def truncate_wal(store: Store) -> bool:

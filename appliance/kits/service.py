@@ -3,8 +3,13 @@
 ``api/optin/register`` records a guest's contact with their consent.
 ``api/kits/issue`` hands a band at most one recovery kit from a station's
 stock and, for guests who opted in, issues a follow-up coupon bound to their
-contact. A guest who opts in after taking the kit gets the coupon with the
-opt-in, by the same rules. Both are idempotent (see :mod:`appliance.requests`).
+contact. A guest who opts in after taking the kit the same night gets the
+coupon with the opt-in, by the same rules. Both are idempotent (see
+:mod:`appliance.requests`).
+
+A band that opts in again replaces its contact: the opt-in and the band's
+unredeemed coupon name the new contact, and the fingerprints of the band's
+earlier opt-in requests, which were taken over the old contact, are cleared.
 
 A station whose site allows ``kits.offline_rule = "issue-once"`` hands out
 kits while the box is unreachable and sends those requests later with
@@ -40,6 +45,21 @@ _OFFLINE_CONFLICTS = frozenset({"already-issued", "out-of-stock", "not-checked-o
 
 def _emit_conflict(transaction: Transaction, conflict: dict[str, Any]) -> None:
     transaction.emit("kit_offline_conflict", conflict)
+
+
+def _forget_replaced_contact(transaction: Transaction, band: str) -> int:
+    """Clear the fingerprints of ``band``'s earlier opt-in requests.
+
+    A fingerprint is a SHA-256 over a request that named the contact the
+    guest has just replaced, so an address could be confirmed against it.
+    A retry of such a request still gets its stored reply. Returns the
+    number of requests changed.
+    """
+    return transaction.execute(
+        "UPDATE requests SET fingerprint = NULL WHERE action = 'optin/register'"
+        " AND json_extract(reply, '$.data.band') = ? AND fingerprint IS NOT NULL",
+        (band,),
+    ).rowcount
 
 
 class KitService:
@@ -96,6 +116,9 @@ class KitService:
         kind, contact = _validation.contact(data)
         consent = _validation.consent_text(data)
         now = self._clock.now()
+        earlier = transaction.execute(
+            "SELECT contact_kind, contact FROM optins WHERE band = ?", (band,)
+        ).fetchone()
         transaction.execute(
             "INSERT INTO optins"
             " (band, contact_kind, contact, consent_text, consented_at)"
@@ -107,23 +130,37 @@ class KitService:
         )
         # The event records that a band opted in, never who the guest is.
         transaction.emit("optin_recorded", {"band": band, "contact_kind": kind})
+        if earlier is not None and tuple(earlier) != (kind, contact):
+            _forget_replaced_contact(transaction, band)
+        # The follow-up offer goes to the contact the guest consented to
+        # last. A redeemed coupon keeps the contact it was redeemed under.
+        transaction.execute(
+            "UPDATE coupons SET contact_kind = ?, contact = ?"
+            " WHERE band = ? AND redeemed_at IS NULL"
+            " AND (contact_kind != ? OR contact != ?)",
+            (kind, contact, band, kind, contact),
+        )
         coupon = None
-        if self._owes_coupon(transaction, band):
+        if self._owes_coupon(transaction, band, now):
             coupon = self._issue_coupon(transaction, band, now)
         return {"band": band, "contact_kind": kind, "recorded": True, "coupon": coupon}
 
-    @staticmethod
-    def _owes_coupon(transaction: Transaction, band: str) -> bool:
-        """Return whether ``band`` took its kit before opting in and has no coupon.
+    def _owes_coupon(self, transaction: Transaction, band: str, now: float) -> bool:
+        """Return whether ``band`` took its kit tonight before opting in.
 
-        Its kit came without a coupon, so the opt-in issues it.
+        Its kit came without a coupon, so the opt-in issues it, unless the
+        band has a coupon already. A kit of an earlier night earns none: its
+        night's offer is over.
         """
         row = transaction.execute(
-            "SELECT EXISTS (SELECT 1 FROM kits WHERE band = ?),"
-            " EXISTS (SELECT 1 FROM coupons WHERE band = ?)",
+            "SELECT issued_at, EXISTS (SELECT 1 FROM coupons WHERE band = ?)"
+            " FROM kits WHERE band = ?",
             (band, band),
         ).fetchone()
-        return bool(row[0]) and not row[1]
+        if row is None or row[1]:
+            return False
+        night_of = self._config.commerce.night_of
+        return night_of(float(row[0])) == night_of(now)
 
     def _band_of(self, data: dict[str, Any]) -> str:
         # A kit reader sends the advert it heard, because only the box can

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from analytics_site import (  # noqa: F401 - registers the fixtures
@@ -144,6 +145,115 @@ async def test_console_erases_email(night: Night, console: tuple[Bus, str]) -> N
     assert store.query(
         "SELECT COUNT(*) FROM requests WHERE action = 'console/erase-contact'"
     ) == [(0,)]
+
+
+async def opt_in(night: Night, number: int, email: str) -> dict[str, Any]:
+    """Opt band ``number`` in with ``email``; return the reply's data."""
+    return await night.call(
+        "optin",
+        "register",
+        terminal="desk",
+        band=band(number),
+        consent=True,
+        consent_text="Send me one follow-up offer after tonight.",
+        email=email,
+    )
+
+
+async def test_erase_second_email_of_band(
+    night: Night, console: tuple[Bus, str]
+) -> None:
+    bus, token = console
+    first, second = "Round2.Guest+x@Example.ORG", "other@example.org"
+    await night.kit(6)
+    opted_in = await opt_in(night, 6, first)
+    await opt_in(night, 6, second)
+    await opt_in(night, 8, KEPT_EMAIL)
+    coupon = night.box.store.query(
+        "SELECT code, contact FROM coupons WHERE band = ?", (band(6),)
+    )
+
+    erased = await call(
+        bus, "erase-contact", {"email": second.upper()}, token=token, mutating=True
+    )
+
+    # The coupon issued at the first opt-in moved to the second contact.
+    assert coupon == [(opted_in["coupon"]["code"], second)]
+    assert erased["bands"] == 1
+    assert not contains(night, first)
+    assert not contains(night, second)
+    assert contains(night, KEPT_EMAIL)
+    assert night.box.store.query(
+        "SELECT contact FROM coupons WHERE band = ?", (band(6),)
+    ) == [("",)]
+
+
+@pytest.mark.parametrize("erased_email", ["first", "second"])
+async def test_erase_any_email_of_band(
+    night: Night, console: tuple[Bus, str], erased_email: str
+) -> None:
+    bus, token = console
+    first, second = "earlier.guest@example.org", "Later.Guest@Example.org"
+    await opt_in(night, 7, first)
+    await night.kit(7)
+    await night.redeem(7)
+    # The redeemed coupon keeps the first address, the opt-in names the second.
+    await opt_in(night, 7, second)
+    await opt_in(night, 8, KEPT_EMAIL)
+    named = first if erased_email == "first" else second
+
+    erased = await call(
+        bus, "erase-contact", {"email": named.swapcase()}, token=token, mutating=True
+    )
+
+    assert erased["bands"] == 1
+    assert not contains(night, first)
+    assert not contains(night, second)
+    assert contains(night, KEPT_EMAIL)
+    assert night.box.store.query("SELECT band FROM optins") == [(band(8),)]
+
+
+async def test_concurrent_optins_one_contact(
+    night: Night, console: tuple[Bus, str]
+) -> None:
+    bus, token = console
+    await night.kit(2)
+    emails = [f"race{number}@example.org" for number in range(6)]
+
+    replies = await asyncio.gather(
+        *(
+            night.request(
+                "optin",
+                "register",
+                terminal="desk",
+                band=band(2),
+                consent=True,
+                consent_text="Send me one follow-up offer after tonight.",
+                email=email,
+            )
+            for email in emails
+        )
+    )
+    optins = night.box.store.query(
+        "SELECT contact FROM optins WHERE band = ?", (band(2),)
+    )
+    coupons = night.box.store.query(
+        "SELECT contact FROM coupons WHERE band = ?", (band(2),)
+    )
+
+    assert [reply["ok"] for reply in replies] == [True] * 6
+    assert sum(reply["data"]["coupon"] is not None for reply in replies) == 1
+    assert len(coupons) == 1
+    assert optins == coupons
+    (contact,) = optins[0]
+    assert contact in emails
+
+    await call(
+        bus, "erase-contact", {"email": contact.upper()}, token=token, mutating=True
+    )
+
+    for email in emails:
+        assert not contains(night, email), email
 
 
 async def test_box_works_after_erasure(night: Night, console: tuple[Bus, str]) -> None:

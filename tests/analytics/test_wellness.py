@@ -197,6 +197,165 @@ async def test_retry_adds_no_second_note(
     assert night.box.store.query("SELECT COUNT(*) FROM wellness_notes") == [(1,)]
 
 
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"note": "WELLMARK-theta"},
+        {"band": "ib-1-8"},
+        {"band": None},
+        {"ttl_s": 600},
+    ],
+    ids=["note", "band", "no-band", "ttl"],
+)
+async def test_reused_key_other_note_rejected(
+    night: Night,
+    console: tuple[Bus, str],
+    caplog: pytest.LogCaptureFixture,
+    changed: dict[str, object],
+) -> None:
+    bus, token = console
+    key = str(uuid.uuid4())
+    fields: dict[str, object] = {"note": SECRET, "band": "ib-1-6", "ttl_s": 3600}
+    first = await add_note(bus, token, **fields, idempotency_key=key)
+    caplog.set_level(logging.DEBUG)
+    reused = {**fields, **changed, "idempotency_key": key}
+    if reused["band"] is None:
+        del reused["band"]
+
+    error = await refused(bus, "wellness-add", reused, token=token, mutating=True)
+    listed = await call(bus, "wellness-list", token=token)
+
+    assert error.code == "idempotency-key-reused"
+    assert "use a new key" in error.message
+    assert [note["id"] for note in listed["notes"]] == [first["id"]]
+    assert listed["notes"][0]["note"] == SECRET
+    assert listed["notes"][0]["band"] == "ib-1-6"
+    assert listed["notes"][0]["expires_at"] == first["expires_at"]
+    assert "WELLMARK-theta" not in caplog.text
+    assert b"WELLMARK-theta" not in store_files(night)
+    assert night.box.store.query(
+        "SELECT COUNT(*) FROM requests WHERE action LIKE 'console/wellness%'"
+    ) == [(0,)]
+
+
+async def test_retry_with_spaces_same_note(
+    night: Night, console: tuple[Bus, str]
+) -> None:
+    bus, token = console
+    key = str(uuid.uuid4())
+
+    first = await add_note(bus, token, note="water given", idempotency_key=key)
+    again = await add_note(bus, token, note="  water given\n", idempotency_key=key)
+
+    assert again == first
+
+
+async def test_retry_after_delete_rejected(
+    night: Night, console: tuple[Bus, str]
+) -> None:
+    bus, token = console
+    key = str(uuid.uuid4())
+    added = await add_note(bus, token, note=SECRET, idempotency_key=key)
+    await call(bus, "wellness-delete", {"id": added["id"]}, token=token, mutating=True)
+
+    error = await refused(
+        bus,
+        "wellness-add",
+        {"note": SECRET, "idempotency_key": key},
+        token=token,
+        mutating=True,
+    )
+
+    assert error.code == "note-expired"
+    assert "expired or was deleted; use a new key" in error.message
+    assert night.box.store.query("SELECT COUNT(*) FROM wellness_notes") == [(0,)]
+
+
+async def test_key_of_other_action_rejected(
+    night: Night, console: tuple[Bus, str]
+) -> None:
+    bus, token = console
+    key = str(uuid.uuid4())
+    await call(
+        bus,
+        "kit-restock",
+        {"station": "kit-1", "add": 1, "idempotency_key": key},
+        token=token,
+        mutating=True,
+    )
+
+    error = await refused(
+        bus,
+        "wellness-add",
+        {"note": SECRET, "idempotency_key": key},
+        token=token,
+        mutating=True,
+    )
+
+    assert error.code == "idempotency-key-reused"
+    assert "console/kit-restock" in error.message
+    assert night.box.store.query("SELECT COUNT(*) FROM wellness_notes") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "control",
+    ["\u0000", "\u001b", "\r", "\u007f", "\u0085"],
+    ids=["nul", "escape", "carriage-return", "delete", "next-line"],
+)
+async def test_note_control_character_rejected(
+    night: Night,
+    console: tuple[Bus, str],
+    caplog: pytest.LogCaptureFixture,
+    control: str,
+) -> None:
+    bus, token = console
+    caplog.set_level(logging.DEBUG)
+
+    error = await refused(
+        bus,
+        "wellness-add",
+        {"note": f"WELLMARK-delta{control}ctl"},
+        token=token,
+        mutating=True,
+    )
+
+    assert error.code == "invalid-request"
+    assert "field 'note' contains a control character" in error.message
+    assert "WELLMARK" not in error.message
+    assert "WELLMARK" not in caplog.text
+    assert night.box.store.query("SELECT COUNT(*) FROM wellness_notes") == [(0,)]
+
+
+async def test_note_lines_and_tabs_kept(night: Night, console: tuple[Bus, str]) -> None:
+    bus, token = console
+    text = "bar, 22:10\twater given\nchecked again at 22:30"
+
+    await add_note(bus, token, note=text)
+    listed = await call(bus, "wellness-list", token=token)
+
+    assert listed["notes"][0]["note"] == text
+
+
+async def test_note_unknown_fields_rejected(
+    night: Night, console: tuple[Bus, str]
+) -> None:
+    bus, token = console
+
+    error = await refused(
+        bus,
+        "wellness-add",
+        {"note": SECRET, "extra": 1, "staff": "bar"},
+        token=token,
+        mutating=True,
+    )
+
+    assert error.code == "invalid-request"
+    assert "unknown field 'extra', 'staff'" in error.message
+    assert "'note', 'band' and 'ttl_s'" in error.message
+    assert SECRET not in error.message
+    assert night.box.store.query("SELECT COUNT(*) FROM wellness_notes") == [(0,)]
+
+
 async def test_delete_note(night: Night, console: tuple[Bus, str]) -> None:
     bus, token = console
     added = await add_note(bus, token, note=SECRET)
