@@ -799,8 +799,8 @@ class AssetCache:
         """Describe a blob that pinned blobs leave no room for, with the bytes needed.
 
         The bytes needed are those of every pinned blob of the manifest
-        (and this blob, if it is not pinned), so the fix holds for all of
-        them, not only for this blob.
+        (and this blob, if it is not pinned), so a budget raised to that
+        figure makes room for all of them, not only for this blob.
         """
         manifest = self.manifest()
         pinned_items = self._pinned_items

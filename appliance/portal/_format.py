@@ -1,4 +1,4 @@
-"""How the portal and the night sign write amounts and times for guests."""
+"""Formatting of amounts and times for guests, on the portal and the night sign."""
 
 from __future__ import annotations
 

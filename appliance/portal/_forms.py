@@ -60,15 +60,14 @@ class CsrfError(NightboxError):
 async def read_form(
     request: web.Request, fields: Iterable[str], *, timeout_s: float
 ) -> dict[str, str]:
-    """Return the fields of a form post, each given at most once.
+    """Read the fields of a form post, each given at most once.
 
-    ``fields`` are the names the form may contain; any other name is
+    ``fields`` are the names the form may contain. Any other name is
     rejected, and a post without a body is an empty form. Raises FormError
-    with status 413 for a body over
-    :data:`MAX_FORM_BYTES`, 408 for a body that does not arrive within
-    ``timeout_s``, and 400 for a wrong content type, a body that is not
-    UTF-8, a malformed pair, an unknown or repeated field, or a value that
-    is too long or contains control characters.
+    with status 413 for a body over :data:`MAX_FORM_BYTES`, 408 for a body
+    that does not arrive within ``timeout_s``, and 400 for a wrong content
+    type, a body that is not UTF-8, a malformed pair, an unknown or repeated
+    field, or a value that is too long or contains control characters.
     """
     if not request.body_exists:
         # A post without a body has no fields whatever its Content-Type, so

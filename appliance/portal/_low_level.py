@@ -1,11 +1,11 @@
-"""The portal's answers to requests that aiohttp cannot parse.
+"""The portal's responses to requests that aiohttp cannot parse.
 
-aiohttp answers a request it cannot read (a bad request line, a header over
-its size limit, a malformed ``Content-Length``) itself, before any
+aiohttp responds to a request it cannot read (a bad request line, a header
+over its size limit, a malformed ``Content-Length``) itself, before any
 middleware runs, with ``RequestHandler.handle_error``. By default that
-answer quotes the offending bytes, names aiohttp's version in ``Server``
+response quotes the offending bytes, names aiohttp's version in ``Server``
 and lacks the portal's security headers. :class:`PortalRunner` makes every
-connection's handler a :class:`PortalRequestHandler`, whose answer is a
+connection's handler a :class:`PortalRequestHandler`, whose response is a
 fixed sentence with the portal's headers.
 """
 
@@ -23,7 +23,7 @@ SERVER_NAME = "Nightbox"
 
 
 class PortalRequestHandler(web.RequestHandler):
-    """aiohttp's per-connection request handler with the portal's error answer."""
+    """aiohttp's per-connection request handler with the portal's error response."""
 
     def __init__(
         self, manager: web.Server, *, headers: Mapping[str, str], **kwargs: Any
@@ -38,12 +38,12 @@ class PortalRequestHandler(web.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        """Answer a request that failed before or outside the portal's handlers.
+        """Respond to a request that failed before or outside the portal's handlers.
 
         aiohttp's own method still logs the error (through the portal's
         error log, which leaves out the request's text) and raises
         ConnectionError when part of a response was sent already. Its
-        answer is replaced by a sentence that repeats nothing of the request.
+        response is replaced by a sentence that repeats nothing of the request.
         """
         super().handle_error(request, status, exc, message)
         if status >= 500:
@@ -69,7 +69,7 @@ class PortalRunner(web.AppRunner):
 
     ``handler_kwargs`` are the options aiohttp passes on to each request
     handler (access log, keep-alive timeout, error logger). ``headers`` go
-    on the answers to unreadable requests.
+    on the responses to unreadable requests.
     """
 
     def __init__(

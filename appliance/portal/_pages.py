@@ -33,9 +33,9 @@ from appliance.portal._page_base import (
 from appliance.portal._sessions import SESSION_COOKIE
 from appliance.portal.qr import qr_svg
 
-# Refusals of one drop after which the one-tap purchase asks the item's next
-# drop, by how much they tell the guest when every drop refuses: money and
-# membership first, then the guest's own limit, then the drops' states.
+# Refusals of one drop after which the one-tap purchase tries the item's next
+# drop. When every drop refuses, the guest sees the refusal ranked first here:
+# money and membership first, then the guest's own limit, then the drops' states.
 _NEXT_DROP_REFUSALS = {
     code: rank
     for rank, code in enumerate(
@@ -330,12 +330,12 @@ class Pages(PageBase):
     ) -> dict[str, Any]:
         """Claim and pay one unit from the first of ``drops`` that takes the claim.
 
-        Every drop is asked in the same order with a key of its own, derived
-        from the form: a second tap of the same form gets the stored replies,
-        so it stops at the drop that sold the first time and never buys
-        twice, even when another drop has opened since. Drops that refuse
-        (not open, sold out, the guest's limit) hand over to the next one.
-        When all refuse, the refusal that tells the guest most is returned.
+        Each drop is tried in the same order, with an idempotency key of its
+        own derived from the form. A second tap of the same form gets the
+        stored replies, so it stops at the drop that sold the first time and
+        never buys twice, even when another drop has opened since. A refusal
+        listed in ``_NEXT_DROP_REFUSALS`` moves on to the next drop. When every
+        drop refuses, the refusal ranked first there is returned.
         """
         refusals: list[dict[str, Any]] = []
         for drop in drops:

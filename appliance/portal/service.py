@@ -263,7 +263,7 @@ class Portal:
         self._port: int | None = None
         # Requests served, by route pattern and status class.
         self.served: Counter[str] = Counter()
-        # Requests rejected, by reason (rate-limited-pages, csrf, origin …).
+        # Requests rejected, by reason (rate-limited-pages, csrf-missing, origin …).
         self.rejections: Counter[str] = Counter()
         # Connections closed at once because of the connection limits.
         self.connections_rejected: Counter[str] = Counter()

@@ -2,10 +2,11 @@
 
 The first page shows the site's name, a large QR code of the opt-in page
 and a short line on what it is for. Below it comes one QR code per drop,
-with the item's name, its price in the site's currency and when it opens. Drops that
-do not fit start further pages. Pages are A4 at 150 dots per inch and are
-written as one PDF (through Pillow's PDF writer) or as PNG files, the
-second page and later ones named ``<name>-2.png`` and so on.
+with the item's name, its price in the site's currency and when it opens
+and ends. Drops that do not fit start further pages. Pages are A4 at 150
+dots per inch and are written as one PDF (through Pillow's PDF writer) or
+as PNG files, the second page and later ones named ``<name>-2.png`` and
+so on.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ class SignError(NightboxError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class SignDrop:
-    """One drop on the sign: its name, price and opening time as printed."""
+    """One drop on the sign: its name, price, and opening and end times as printed."""
 
     name: str
     price: str
-    opens: str
+    times: str
     url: str
 
 
@@ -77,7 +78,7 @@ def sign_drops(config: SiteConfig, portal: PortalConfig) -> list[SignDrop]:
             SignDrop(
                 name=drop.id if item is None else item.name,
                 price=money(drop.price, currency),
-                opens=f"{opens} to {ends}",
+                times=f"{opens} to {ends}",
                 url=portal.url(f"/drops/{drop.id}"),
             )
         )
@@ -264,7 +265,7 @@ def _draw_drops(
         text_y = _draw_lines(draw, [drop.price], fonts.text, centre, text_y)
         _draw_lines(
             draw,
-            wrap_text(drop.opens, fonts.small, text_width),
+            wrap_text(drop.times, fonts.small, text_width),
             fonts.small,
             centre,
             text_y,

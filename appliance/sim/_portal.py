@@ -38,7 +38,7 @@ from appliance.sim._economy import LATE_DROP, Purchase
 from appliance.sim._world import Guest, NightPlan
 from provisioning.secret_file import write_secret_file
 
-# The folder of the data folder that plays the operator's USB stick.
+# The folder inside the data folder that acts as the operator's USB stick.
 ASSET_FOLDER = "usb-assets"
 OPERATOR_KEY_FILE = "demo-operator.key"
 SAMPLE_ITEM = "tee"
@@ -147,8 +147,8 @@ def choose_portal_guest(
 ) -> PortalGuest:
     """Return the guest a browser plays on the portal.
 
-    The guest does not opt in at the desk, requests one kit after the late
-    drop opens and while the kit station still has stock, and keeps at
+    The guest does not opt in at the desk, and requests one kit after the
+    late drop opens and while the kit station still has stock. They keep at
     least the drop's price in their wallet because they top up and skip the
     first drop's rush. Of those, the guest with the earliest kit visit wins,
     so the browser has the most night left to claim in. Raises

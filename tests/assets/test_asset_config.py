@@ -27,7 +27,7 @@ def test_defaults_without_table() -> None:
     assert config.preload_dir is None
 
 
-def test_values_read(tmp_path: Path) -> None:
+def test_values_read_and_dir_resolved(tmp_path: Path) -> None:
     raw = {"assets": {"budget_bytes": 5 * 1024**2, "preload_dir": "usb/night"}}
 
     config = parse_assets_config(raw, base_dir=tmp_path)

@@ -233,7 +233,7 @@ async def test_serving_records_last_served(served: Served) -> None:
     assert row == (NOW + 5,)
 
 
-async def test_entries_of_item(served: Served) -> None:
+async def test_item_lookups_find_model_and_poster(served: Served) -> None:
     model = served.cache.model_for_item("tee")
     poster = served.cache.poster_for_item("tee")
 

@@ -31,7 +31,7 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "nightbox.sqlite3", SystemClock(TimeSource.NTP))
 
 
-def test_code_format() -> None:
+def test_code_is_three_groups_of_four() -> None:
     code = band_code(KEY, "ib-1-7")
     groups = code.split("-")
     assert [len(group) for group in groups] == [4, 4, 4]

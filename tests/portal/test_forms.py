@@ -14,7 +14,7 @@ from appliance.portal._forms import (
 FIELDS = frozenset({"email", "csrf", "consent"})
 
 
-def test_plain_form() -> None:
+def test_plain_form_decoded() -> None:
     body = b"email=guest%40example.org&consent=yes&csrf=abc"
     assert parse_form(body, FIELDS) == {
         "email": "guest@example.org",
@@ -45,7 +45,7 @@ def test_empty_body_has_no_fields() -> None:
         (b"email=" + b"a" * (MAX_FIELD_CHARS + 1), "email", "longer than"),
     ],
 )
-def test_bad_bodies_named(body: bytes, field: str | None, words: str) -> None:
+def test_bad_bodies_name_field(body: bytes, field: str | None, words: str) -> None:
     with pytest.raises(FormError) as caught:
         parse_form(body, FIELDS)
     assert caught.value.status == 400

@@ -83,7 +83,7 @@ def test_sign_drops_printed_in_site_money_and_time(tmp_path: Path) -> None:
     assert drops[0].name == "Night tee"
     assert drops[0].price == "20.00 EUR"
     assert drops[3].price == "23.00 EUR"
-    assert drops[0].opens == "Sat 23:00 to 03:00"
+    assert drops[0].times == "Sat 23:00 to 03:00"
     assert drops[0].url == f"{PUBLIC_URL}/drops/drop-0"
 
 
