@@ -1,12 +1,12 @@
-"""Which unknowns of a set of linear equations have a single possible value.
+"""Detection of the unknowns of linear equations that have a single value.
 
-The suppression rule needs the hidden figures that a reader can compute
-from the shown ones. Each relation between figures is a linear equation, in
-which the shown figures are constants and the hidden ones unknowns. An unknown ``x`` is
-determined exactly when the unit vector of ``x`` is a combination of the
-equations' rows restricted to the unknowns, which Gaussian elimination
-decides. The arithmetic uses :class:`fractions.Fraction`, so no rounding
-can make a determined value look undetermined.
+The suppression rule needs the hidden figures that a reader can compute from
+the shown ones. Each relation between figures is a linear equation, in which
+the shown figures are constants and the hidden ones unknowns. An unknown
+``x`` is determined exactly when the unit vector of ``x`` is a combination
+of the equations' rows restricted to the unknowns, which Gaussian
+elimination decides. The arithmetic uses :class:`fractions.Fraction`, so no
+rounding can make a determined value look undetermined.
 """
 
 from __future__ import annotations

@@ -69,13 +69,15 @@ def selector_from_request(data: dict[str, Any]) -> ContactSelector:
     Raises PayloadError naming the field. Messages never repeat an email
     address or wallet id, because rejected requests are logged.
     """
-    given = [name for name in ("band", "email", "wallet_id") if name in data]
-    if len(given) != 1:
+    present_fields = [name for name in ("band", "email", "wallet_id") if name in data]
+    if len(present_fields) != 1:
         raise PayloadError(
             "give exactly one of 'band', 'email' or 'wallet_id' to name the "
-            f"guest whose contact to erase, not {len(given)}"
+            f"guest whose contact to erase, not {len(present_fields)}"
         )
-    return check_selector(ContactSelector(**{given[0]: data[given[0]]}))
+    return check_selector(
+        ContactSelector(**{present_fields[0]: data[present_fields[0]]})
+    )
 
 
 def check_selector(selector: ContactSelector) -> ContactSelector:

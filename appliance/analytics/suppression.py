@@ -10,14 +10,14 @@ group of zero guests is shown, since a zero reveals nothing about anyone.
 Suppressing a group is not enough when a reader can compute its values from
 the shown ones. Examples are a total minus its shown parts, a creator's
 sales minus a drop's revenue (its paid guests times the public price), and
-longer chains of such steps. The figures therefore come with :class:`Relation` equations
-between their values, the ones a reader can set up; a :class:`Partition`
-is the common case of parts that add up to a total. A relation may name an
-*implicit* group, one that is never shown, such as the guests who claimed a
-drop but did not pay. A reader who subtracts two shown stages learns about
-it, so an implicit group of one to four guests is protected like a shown
-one. An implicit group of zero guests counts as known, because a reader can
-often tell that it is empty.
+longer chains of such steps. The figures therefore come with
+:class:`Relation` equations between their values, the ones a reader can set
+up. A :class:`Partition` is the common case of parts that add up to a total.
+A relation may name an *implicit* group, one that is never shown, such as
+the guests who claimed a drop but did not pay. A reader who subtracts two
+shown stages learns about it, so an implicit group of one to four guests is
+protected like a shown one. An implicit group of zero guests counts as
+known, because a reader can often tell that it is empty.
 
 :func:`suppress` solves the relations for the values that are not shown
 (:mod:`appliance.analytics._equations`). While a value of a small group can

@@ -93,12 +93,12 @@ class BudgetExceeded(NightboxError, ValueError):
 class ImportResult:
     """The outcome of importing a USB folder, as it is when the import ends.
 
-    ``stored`` lists the hashes written, ``present`` those already kept,
-    ``missing`` the entries that no file of the folder matched, ``rejected``
-    the listed hashes whose file was refused with the reason, and
-    ``over_budget`` those not stored because they do not fit the budget,
-    with the reason. A blob evicted before the import ends is listed in
-    ``over_budget``, never in ``stored`` or ``present``.
+    ``stored`` lists the hashes written and ``present`` those already
+    stored. ``missing`` lists the entries that no file of the folder matched.
+    ``rejected`` maps each listed hash whose file was rejected to the reason,
+    and ``over_budget`` maps each hash not stored because it does not fit
+    the budget to the reason. A blob evicted before the import ends is
+    listed in ``over_budget``, never in ``stored`` or ``present``.
     """
 
     manifest_version: int
@@ -112,7 +112,7 @@ class ImportResult:
 
     @property
     def complete(self) -> bool:
-        """Whether every listed blob is kept."""
+        """Whether every listed blob is stored."""
         return not (self.missing or self.rejected or self.over_budget)
 
     def to_json(self) -> dict[str, Any]:
@@ -366,8 +366,8 @@ class AssetCache:
     def blobs_to_fetch(self) -> list[AssetEntry]:
         """Return the missing entries that fit the budget, pinned ones first.
 
-        An unpinned blob is fetched only while it fits beside the blobs
-        kept, so fetching never evicts a blob that was fetched before.
+        An unpinned blob is fetched only while it fits beside the stored
+        blobs, so fetching never evicts a blob that was fetched before.
         """
         pinned = self.pinned_hashes()
         room = self.budget() - sum(self.stored().values())
@@ -540,19 +540,21 @@ class AssetCache:
         raise ManifestRejected("missing", message)
 
     def _settle(self, manifest: Manifest, result: ImportResult) -> None:
-        """Report what is kept now: a blob evicted during the import is not stored."""
-        kept = self.stored()
+        """Move the blobs evicted during the import to ``over_budget``."""
+        stored_now = self.stored()
         for sha256 in (*result.stored, *result.present):
-            if sha256 not in kept:
+            if sha256 not in stored_now:
                 entry = manifest.entry(sha256)
                 size = 0 if entry is None else entry.size
                 result.over_budget[sha256] = (
                     f"blob {short_hash(sha256)} ({size} bytes) was evicted during "
                     "the import to make room for a blob of tonight's items"
                 )
-        result.stored = [sha256 for sha256 in result.stored if sha256 in kept]
-        result.present = [sha256 for sha256 in result.present if sha256 in kept]
-        accounted = kept.keys() | result.rejected.keys() | result.over_budget.keys()
+        result.stored = [sha256 for sha256 in result.stored if sha256 in stored_now]
+        result.present = [sha256 for sha256 in result.present if sha256 in stored_now]
+        accounted = (
+            stored_now.keys() | result.rejected.keys() | result.over_budget.keys()
+        )
         result.missing = [e for e in manifest.entries if e.sha256 not in accounted]
 
     async def _import_file(
@@ -577,7 +579,7 @@ class AssetCache:
             result.unmatched_files += 1
             return
         if written.sha256 in result.present:
-            # A copy of a blob that is kept already.
+            # A copy of a blob that is stored already.
             self.blobs.discard(written)
             return
         if written.sha256 not in needed:
@@ -753,11 +755,11 @@ class AssetCache:
             transaction.execute("DELETE FROM asset_blobs WHERE sha256 = ?", (sha256,))
         self._served_written.pop(sha256, None)
 
-    def _evict(self, sha256: str, why: str) -> None:
+    def _evict(self, sha256: str, reason: str) -> None:
         self.blobs.remove(sha256)
         self._forget(sha256)
         self.evicted += 1
-        _LOGGER.info("Evicted asset blob %s %s", short_hash(sha256), why)
+        _LOGGER.info("Evicted asset blob %s %s", short_hash(sha256), reason)
 
     def _drop_unlisted(self) -> None:
         """Remove blobs that the current manifest no longer lists."""
@@ -770,7 +772,7 @@ class AssetCache:
                 self._evict(sha256, "because the current manifest does not list it")
 
     def _enforce_budget(self) -> None:
-        """Evict unpinned blobs while the kept ones exceed a lowered budget."""
+        """Evict unpinned blobs while the stored ones exceed a lowered budget."""
         stored = self.stored()
         budget = self.budget()
         if sum(stored.values()) <= budget:
@@ -830,14 +832,14 @@ class AssetCache:
     def _no_room_message(self, entry: AssetEntry, used: int) -> str:
         """Describe an unpinned blob that is not stored because it does not fit.
 
-        ``used`` is the bytes of the blobs kept and of those imported first.
+        ``used`` is the bytes of the stored blobs and of those imported first.
         """
         manifest = self.manifest()
         total = entry.size if manifest is None else manifest.total_bytes
         return (
             f"blob {short_hash(entry.sha256)} ({entry.size} bytes, item "
             f"{entry.item}) does not fit in the asset budget of {self.budget()} "
-            f"bytes beside the {used} bytes of blobs kept or imported first, and "
+            f"bytes beside the {used} bytes of blobs stored or imported first, and "
             "an unpinned blob never evicts another blob of the manifest; to keep "
             f"every listed blob, {self._budget_fix(total)}"
         )

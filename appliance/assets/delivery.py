@@ -277,7 +277,7 @@ class AssetFetcher:
         """
         # Retained messages go out on every subscription, unlike the
         # bundles' subscriptions, because a new subscription is how the box
-        # asks for a blob again.
+        # requests a blob again.
         options = SubscribeOptions(
             qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
         )
@@ -389,7 +389,7 @@ class AssetFetcher:
         self._assembly = _Assembly(target, part)
 
     def discard_parts(self) -> None:
-        """Remove every part file; a restart asks for those blobs again."""
+        """Remove every part file, so a restart requests those blobs again."""
         self._assembly = None
         folder = self._cache.blobs.incoming_dir
         if folder.is_dir():

@@ -93,6 +93,7 @@ async def _send(
     media_type: str,
     headers: dict[str, str],
 ) -> web.StreamResponse:
+    """Send ``source`` whole or as the requested byte range, with ``headers``."""
     requested = parse_range(request.headers.get("Range"))
     if_range = request.headers.get("If-Range")
     if if_range is not None and if_range.strip() != headers["ETag"]:
@@ -100,6 +101,7 @@ async def _send(
         requested = None
     if isinstance(requested, InvalidRange):
         return _error(400, "invalid-range", requested.message)
+
     start, end = 0, size - 1
     status = 200
     if requested is not None:
@@ -108,25 +110,27 @@ async def _send(
             return _error(
                 416,
                 "range-not-satisfiable",
-                f"the blob has {size} bytes; ask for a range of 1 or more bytes "
+                f"the blob has {size} bytes; request a range of 1 or more bytes "
                 "within them",
                 {"Content-Range": f"bytes */{size}"},
             )
         start, end = bounds
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+
     response = web.StreamResponse(status=status, headers=headers)
     response.content_type = media_type
     response.content_length = end - start + 1
     await response.prepare(request)
     if request.method == "HEAD":
         return response
+
     await asyncio.to_thread(source.seek, start)
     remaining = end - start + 1
     while remaining > 0:
         block = await asyncio.to_thread(source.read, min(_SEND_BLOCK_BYTES, remaining))
         if not block:
-            # The file is shorter than its row says; the client sees a
+            # The file is shorter than the size in its row. The client gets a
             # short body, and start-up verification removes the blob.
             break
         await response.write(block)

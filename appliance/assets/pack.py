@@ -236,6 +236,7 @@ def _budget(
 
 
 def _pack_entry(folder: Path, entry: Any, index: int) -> PackedAsset:
+    """Check ``assets[index]`` of the folder's description and hash its file."""
     where = f"{folder / DESCRIPTION_NAME}: assets[{index}]"
     if not isinstance(entry, dict):
         raise PackError(f"{where} must be a table with item, name and file")
@@ -247,12 +248,14 @@ def _pack_entry(folder: Path, entry: Any, index: int) -> PackedAsset:
     for key in sorted(_ENTRY_KEYS):
         if not isinstance(entry.get(key), str) or not entry[key].strip():
             raise PackError(f"{where}.{key} is missing or empty; give it as text")
+
     item = entry["item"]
     if not ID_PATTERN.match(item):
         raise PackError(
             f"{where}.item = {item!r:.40} is not an item id; use 1-32 lowercase "
             "letters, digits and '-', as in [[items]] of the site"
         )
+
     path = _inside(folder, entry["file"], where)
     media_type = MEDIA_TYPES.get(path.suffix.lower())
     if media_type is None:
@@ -265,6 +268,7 @@ def _pack_entry(folder: Path, entry: Any, index: int) -> PackedAsset:
             f"{where}.file = {entry['file']!r:.80} is not a file in {folder}; copy "
             "the file into the folder or correct the path"
         )
+
     try:
         sha256, size = hash_file(path)
     except OSError as err:

@@ -3,8 +3,8 @@
 :func:`drop_state` is the one place that turns a drop's times and its
 ``api/drops/status`` reply into the state that the drop pages, the drops
 list, the try-on page and the stock JSON all show. :func:`choose_offer`
-picks the drop that the try-on page's one-tap button claims from, or says
-in words why there is none.
+picks the drop that the try-on page's one-tap button claims from, or
+returns in words the reason there is none.
 """
 
 from __future__ import annotations
@@ -60,18 +60,18 @@ class DropView:
     drop: DropConfig
     state: DropState
     available: int
-    # Units this guest holds (reserved or paid), 0 for a visitor not signed in.
-    held: int
+    # Units this guest has reserved or paid, 0 for a visitor not signed in.
+    units_held: int
 
     @property
     def claimable(self) -> bool:
         """Whether a claim of this guest can succeed now."""
-        return self.state == "open" and self.held < self.drop.per_guest_limit
+        return self.state == "open" and self.units_held < self.drop.per_guest_limit
 
 
 @dataclass(frozen=True, slots=True)
 class Offer:
-    """What the try-on page's button sells: ``drop``, or ``reason`` in words."""
+    """The offer of the try-on page's button: ``drop``, or ``reason`` in words."""
 
     drop: DropView | None
     reason: str | None
@@ -80,11 +80,12 @@ class Offer:
 def choose_offer(
     views: Sequence[DropView], commerce: CommerceConfig, now: float
 ) -> Offer | None:
-    """Return the drop the one-tap button claims from, or why there is none.
+    """Return the drop the one-tap button claims from, or the reason there is none.
 
     Returns None when the item has no drop on this box tonight: it is then
     sold at the bar only. The first drop that is open, has units left and
-    of which the guest holds less than the per-guest limit is chosen.
+    of which the guest has claimed fewer units than the per-guest limit is
+    chosen.
     """
     if not views:
         return None

@@ -160,12 +160,13 @@ def parse_form(body: bytes, allowed: frozenset[str]) -> dict[str, str]:
     return form
 
 
-def required(form: dict[str, str], name: str, what: str) -> str:
-    """Return the non-blank value of field ``name``; ``what`` describes it.
+def required(form: dict[str, str], name: str, description: str) -> str:
+    """Return the non-blank value of field ``name``.
 
-    Raises FormError (400) naming the field when it is missing or blank.
+    Raises FormError (400) naming the field and ``description`` of the
+    expected value when it is missing or blank.
     """
     value = form.get(name, "").strip()
     if not value:
-        raise FormError(400, name, f"missing field {name!r}: give {what}")
+        raise FormError(400, name, f"missing field {name!r}: give {description}")
     return value

@@ -1,15 +1,15 @@
 """Request rates of the portal, and its log of rejections in bursts.
 
-:class:`RateLimiter` gives each client address a token bucket that holds
-``burst`` requests and refills at ``per_minute``. A request takes one
-token; without a token it is rejected with the seconds until the next one.
-At most ``max_clients`` buckets are kept. The least recently used one is
+:class:`RateLimiter` gives each client address a token bucket of ``burst``
+requests that refills at ``per_minute``. A request takes one token. Without
+a token it is rejected with the seconds until the next one. At most
+``max_clients`` buckets are stored. The least recently used one is
 dropped first, so a flood from many addresses cannot grow the memory, and a
 bucket dropped that way comes back full, which costs the portal no more
 than a new client would.
 
 :class:`SiteWideLimit` counts events from every address together, such as
-unknown band codes, and starts a cool-down when a minute holds too many.
+unknown band codes, and starts a cool-down when a minute contains too many.
 :class:`BurstLog` writes the first rejection of a reason at once and the
 number of the others when the burst's window closes.
 """
@@ -50,14 +50,14 @@ class RateLimiter:
 
     @property
     def clients(self) -> int:
-        """The number of addresses whose bucket is kept."""
+        """The number of addresses whose bucket is stored."""
         return len(self._buckets)
 
     def take(self, address: str) -> float:
         """Take one request from ``address``'s bucket.
 
         Returns 0 when the request may go ahead, else the seconds until the
-        bucket holds a token again (the request is not counted then).
+        bucket contains a token again (the request is not counted then).
         """
         now = self._monotonic()
         tokens, updated = self._buckets.pop(address, (self._burst, now))

@@ -61,7 +61,7 @@ CREATOR_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{2,23}\Z")
 _STATUS_CACHE_S = 1.0
 PRESESSION_MAX_AGE_S = 12 * 3600
 # Box error codes that the box, not the guest, must fix: HTTP 503.
-_BOX_TROUBLE = frozenset({"store-error", "internal-error", "deadline-exceeded"})
+_BOX_FAULT_CODES = frozenset({"store-error", "internal-error", "deadline-exceeded"})
 _FORM_FIELDS = ("csrf", "form_id", "band_code")
 
 
@@ -170,13 +170,13 @@ class PageBase:
             _validation.contact(data)
         except PayloadError as err:
             field = "email" if email else "wallet_id"
-            what = (
+            expected = (
                 "an email address like name@example.org"
                 if email
                 else "a wallet id of 4-64 letters, digits or . _ : -"
             )
             raise FormError(
-                400, field, f"field {field!r} is not valid; give {what}"
+                400, field, f"field {field!r} is not valid; give {expected}"
             ) from err
         return data
 
@@ -193,7 +193,7 @@ class PageBase:
         error = reply.get("error", {})
         code = str(error.get("code", "internal-error"))
         self._portal.rejections[f"box-{code}"] += 1
-        if code in _BOX_TROUBLE or code.startswith("token-"):
+        if code in _BOX_FAULT_CODES or code.startswith("token-"):
             _LOGGER.warning(
                 "The box could not serve the portal's %s (%s)", action, code
             )
@@ -327,20 +327,20 @@ class PageBase:
         return status
 
     async def _drop_view(self, drop: DropConfig, band: str | None) -> DropView:
-        """Return ``drop``'s state now and the units ``band`` holds of it."""
+        """Return ``drop``'s state now and the units of it that ``band`` has claimed."""
         status = await self._drop_status(drop.id)
-        held = 0
+        units_held = 0
         if band is not None:
             row = self._box.store.query_one(
                 "SELECT units FROM drop_holdings WHERE drop_id = ? AND band = ?",
                 (drop.id, band),
             )
-            held = 0 if row is None else int(row[0])
+            units_held = 0 if row is None else int(row[0])
         return DropView(
             drop=drop,
             state=drop_state(drop, status, self._box.clock.now()),
             available=int(status["available"]),
-            held=held,
+            units_held=units_held,
         )
 
     def _tonights_drops(self) -> list[DropConfig]:
@@ -387,7 +387,7 @@ class PageBase:
         ]
 
     async def _offer(self, item: Item, band: str | None) -> Offer | None:
-        """Return what the try-on page's button sells (see ``choose_offer``)."""
+        """Return the offer of the try-on page's button (see ``choose_offer``)."""
         views = [await self._drop_view(drop, band) for drop in self._item_drops(item)]
         return choose_offer(views, self._commerce, self._box.clock.now())
 

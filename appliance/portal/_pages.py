@@ -34,8 +34,9 @@ from appliance.portal._sessions import SESSION_COOKIE
 from appliance.portal.qr import qr_svg
 
 # Refusals of one drop after which the one-tap purchase tries the item's next
-# drop. When every drop refuses, the guest sees the refusal ranked first here:
-# money and membership first, then the guest's own limit, then the drops' states.
+# drop. When every drop rejects the claim, the guest is shown the refusal ranked
+# first here: money and membership first, then the guest's own limit, then the
+# drops' states.
 _NEXT_DROP_REFUSALS = {
     code: rank
     for rank, code in enumerate(
@@ -335,7 +336,7 @@ class Pages(PageBase):
         stored replies, so it stops at the drop that sold the first time and
         never buys twice, even when another drop has opened since. A refusal
         listed in ``_NEXT_DROP_REFUSALS`` moves on to the next drop. When every
-        drop refuses, the refusal ranked first there is returned.
+        drop rejects the claim, the refusal ranked first there is returned.
         """
         refusals: list[dict[str, Any]] = []
         for drop in drops:

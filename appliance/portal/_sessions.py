@@ -1,8 +1,8 @@
 """Portal sessions, CSRF tokens and the idempotency keys of the portal's forms.
 
-A session cookie (``nb_session``) holds 32 random bytes in base64url; the
-store keeps only their SHA-256 with the band and the expiry, so a copy of
-the database opens no session. A form carries a CSRF token: the HMAC of the
+A session cookie (``nb_session``) contains 32 random bytes in base64url.
+The store keeps only their SHA-256 with the band and the expiry, so a copy
+of the database opens no session. A form carries a CSRF token: the HMAC of the
 session cookie, or of the pre-session cookie ``nb_csrf`` on pages without a
 session. The token proves that the form was rendered for the browser that
 posts it, because another site can neither read those cookies nor compute
@@ -139,8 +139,9 @@ class Sessions:
     def request_key(self, binding: str, form_id: str, action: str) -> str:
         """Return the idempotency key of ``action`` posted from one rendered form.
 
-        The key is derived from the browser's cookie, so a double tap sends
-        the same key and buys once, while nobody else can reach that key.
+        The key is an HMAC of the browser's cookie, so a double tap sends the
+        same key and buys once. A client without that cookie cannot compute
+        the key, because the HMAC key stays on the box.
         """
         message = f"{binding}\x00{form_id}\x00{action}".encode()
         digest = hmac.new(self._request_key, message, hashlib.sha256).hexdigest()

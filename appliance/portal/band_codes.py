@@ -5,8 +5,8 @@ QR code, which carries it in the URL fragment). The code is an HMAC-SHA256
 of the band id under a key kept on the box, ``<data_dir>/secrets/
 portal-band-key``, written as Crockford base32 with a check symbol like the
 coupon codes: ``XXXX-XXXX-XXXX``, 11 symbols (55 bits) and the check. Only
-someone who holds the band, or its printout, knows the code, and a wrong
-guess is rejected without touching anything.
+someone who has the band, or its printout, can read the code. A wrong guess
+is rejected without changing anything.
 
 An HMAC cannot be reversed, so the codes handed out are registered in the
 store (``portal_band_codes``) under a keyed hash of the code, and
@@ -57,19 +57,19 @@ _LOOKUP_LABEL = b"nightbox band code lookup\x00"
 
 
 class BandCodeError(NightboxError, ValueError):
-    """A band code or the band key cannot be used; the message says why."""
+    """A band code or the band key that cannot be used; the message gives the reason."""
 
 
 def band_key_path(data_dir: Path) -> Path:
-    """Return where the box keeps its band code key."""
+    """Return the path of the box's band code key."""
     return data_dir / "secrets" / "portal-band-key"
 
 
 def load_band_key(data_dir: Path) -> bytes:
     """Return the box's band code key, generating it on first use (mode 0600).
 
-    The file holds 32 random bytes in hex. Raises BandCodeError when the file
-    exists but cannot be read or holds no key.
+    The file contains 32 random bytes in hex. Raises BandCodeError when the
+    file exists but cannot be read or does not contain a key.
     """
     path = band_key_path(data_dir)
     try:

@@ -36,11 +36,11 @@ PORTAL_KEYS = {
     "max_connections_per_address",
     "unknown_band_codes_per_minute",
 }
-# The longest consent text api/optin/register stores (MAX_CONSENT_TEXT in
-# appliance/kits/_validation.py, which imports the site configuration and so
-# cannot be imported here).
+# The maximum length in characters of the consent text that api/optin/register
+# stores. It repeats MAX_CONSENT_TEXT of appliance/kits/_validation.py, which
+# imports the site configuration and so cannot be imported here.
 MAX_CONSENT_TEXT = 500
-# The studio listens on 8080 unless [studio] http_port says otherwise.
+# The studio listens on 8080 unless [studio] http_port sets another port.
 _STUDIO_DEFAULT_PORT = 8080
 # Bidirectional marks and overrides can make a text read differently from
 # what it contains, which must not happen to the text a guest agrees to.
@@ -51,14 +51,14 @@ _BIDI_CONTROLS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class PortalConfig:
-    """Where the portal listens, what its QR codes point at, and its limits.
+    """The portal's listening address, the URL of its QR codes, and its limits.
 
     ``public_url`` is the address guests' phones reach the portal at
     (``scheme://host[:port]``, no path); QR codes and the night sign point
     there. ``consent_text`` is shown on the opt-in page and stored with each
     opt-in exactly as shown. Rates are per client address: page and file
-    requests, and form posts, each a token bucket that holds ``*_burst``
-    requests and refills at ``*_per_minute``. ``unknown_band_codes_per_minute``
+    requests, and form posts, each a token bucket of ``*_burst`` requests
+    that refills at ``*_per_minute``. ``unknown_band_codes_per_minute``
     is site-wide: over it, unknown band codes get 429 from every address for
     a short time.
     """

@@ -226,6 +226,7 @@ class Portal:
         config = box.config.portal
         if config is None:
             raise ValueError("the site has no [portal] table; add one to serve it")
+
         self.config: PortalConfig = config
         self.box = box
         self._key = load_band_key(box.config.data_dir)
@@ -235,6 +236,7 @@ class Portal:
         self.terminal = PortalTerminal(
             box.requests, box.tokens, box.config.commerce.token_max_ttl_s
         )
+
         self._monotonic = monotonic
         self._page_limiter = RateLimiter(
             config.page_requests_per_minute, config.page_burst, monotonic
@@ -251,6 +253,7 @@ class Portal:
             config.unknown_band_codes_per_minute, UNKNOWN_CODE_COOLDOWN_S, monotonic
         )
         self._accept_failures = AcceptFailureFilter(self._log_limiter)
+
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(_PACKAGE / "templates"),
             autoescape=True,
@@ -261,6 +264,7 @@ class Portal:
         self._pages = Pages(self)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+
         # Requests served, by route pattern and status class.
         self.served: Counter[str] = Counter()
         # Requests rejected, by reason (rate-limited-pages, csrf-missing, origin …).

@@ -35,8 +35,8 @@ _MARGIN = 90
 _COLUMNS = 3
 _FIRST_PAGE_ROWS = 2
 _LATER_PAGE_ROWS = 4
-# A cell holds the QR code, up to two lines of the name, the price and the
-# times.
+# A cell contains the QR code, up to two lines of the name, the price and
+# the times.
 _CELL_HEIGHT = 400
 _DROP_QR = 230
 _OPTIN_QR = 500

@@ -1,7 +1,7 @@
 """The guest portal of a simulated night: its site, assets and a browser's guest.
 
 ``nightbox demo`` serves the portal on a free loopback port. It preloads
-the tee's sample 3D model as an operator would: a folder holds the model,
+the tee's sample 3D model as an operator would. A folder contains the model,
 ``assets.toml`` and a manifest signed with a throwaway operator key, and the
 box imports the folder at start (``[assets] preload_dir``).
 
@@ -10,7 +10,7 @@ browser plays. The guest opts in on the portal instead of at the desk,
 takes a kit later in the night, and has money left in their wallet and a
 late drop with units left to claim from. The late drop ends after the
 night, so it is still open while ``--hold`` keeps the box running. The file
-tells the browser that guest's band code, when the simulation checks them
+gives the browser that guest's band code, when the simulation checks them
 out and hands them their kit, and until when the drop is open.
 """
 

@@ -231,7 +231,7 @@ async def test_creator_subtraction_blocked(night: Night, tmp_path: Path) -> None
     assert creators["all_guests"]["guests"] == 14
     assert "22.50 EUR" in page
     assert "65.10 EUR" in page
-    # Neither file holds Kofi's spend (1110) and average (370) or Maya's
+    # Neither file contains Kofi's spend (1110) and average (370) or Maya's
     # spend and attributed sales (5400) and average (900).
     for pattern in ("1110", "370", "5400", "900"):
         assert absent(pattern, text), pattern
@@ -315,7 +315,7 @@ async def test_html_and_json_share_figures(night: Night, tmp_path: Path) -> None
     assert files.json.name == f"report-{NIGHT}.json"
     assert load_json(files.json) == figures
     assert "27.00 EUR" in page
-    # The page stands alone: no script, nothing loaded from elsewhere.
+    # The page is self-contained: no script, nothing loaded from elsewhere.
     lowered = page.lower()
     for forbidden in ("<script", "src=", "href=", "url(", "@import", "<link"):
         assert forbidden not in lowered, forbidden

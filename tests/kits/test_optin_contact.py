@@ -90,7 +90,7 @@ async def test_new_contact_clears_old_fingerprints(night: Night) -> None:
     store = night.box.store
     first = await opt_in(night, 4, key="optin-first-0004", email=FIRST_EMAIL)
     await opt_in(night, 4, key="optin-again-0004", email=FIRST_EMAIL)
-    kept = store.query(
+    fingerprinted = store.query(
         "SELECT key FROM requests WHERE fingerprint IS NOT NULL ORDER BY key"
     )
 
@@ -98,7 +98,7 @@ async def test_new_contact_clears_old_fingerprints(night: Night) -> None:
     retried = await opt_in(night, 4, key="optin-first-0004", email=FIRST_EMAIL)
 
     # The same contact again leaves the fingerprints as they are.
-    assert kept == [("optin-again-0004",), ("optin-first-0004",)]
+    assert fingerprinted == [("optin-again-0004",), ("optin-first-0004",)]
     assert store.query(
         "SELECT key FROM requests WHERE action = 'optin/register'"
         " AND fingerprint IS NOT NULL"

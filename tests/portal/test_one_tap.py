@@ -50,7 +50,7 @@ async def sell_out_open_drop(site: PortalSite) -> None:
 async def signed_in_guest(
     site: PortalSite, balance: int = 10_000
 ) -> AsyncIterator[Guest]:
-    """Yield a browser signed in as BAND, whose wallet holds ``balance``."""
+    """Yield a browser signed in as BAND, whose wallet contains ``balance``."""
     await site.top_up(BAND, balance)
     async with Guest(site.base_url) as guest:
         page = await guest.submit("/band", "band", {"band_code": site.band_code(BAND)})

@@ -3,8 +3,8 @@
 The test starts the portal test site (tests/portal/portal_site.py) and runs
 ``drop_state.mjs`` (playwright-core driving Debian's /usr/bin/chromium).
 While the browser shows the open drop's page, the test stops the drop as the
-console does: the page must hide "Claim and pay" and say the venue closed
-it. While the browser shows the scheduled drop's page, the test starts the
+console does: the page must hide "Claim and pay" and show that the venue
+closed it. While the browser shows the scheduled drop's page, the test starts the
 drop: the claim form must appear, and claiming with it must work.
 """
 
