@@ -16,6 +16,7 @@ from appliance.config import SiteConfig
 from appliance.errors import ConfigError, HardwareError, StoreError
 from appliance.runtime import Box, tune_garbage_collector
 from appliance.sightings import ScannerService
+from appliance.systemd_notify import SystemdNotifier, process_notifier
 from hardware.panel import PanelButton, PanelError, create_panel_button
 from hardware.scanner import ScannerError, create_scanner
 from provisioning import SiteCredentials
@@ -41,6 +42,7 @@ async def serve_box(
     *,
     config_path: Path | None = None,
     reload: asyncio.Event | None = None,
+    notifier: SystemdNotifier | None = None,
 ) -> bool:
     """Start the broker and every service, then run until ``stop`` is set.
 
@@ -52,10 +54,16 @@ async def serve_box(
     folder, BrokerUnavailableError when the broker cannot start, and
     HardwareError when the configured scanner cannot start. A studio panel
     button that cannot start is logged, and the box runs without it.
+
+    ``notifier`` (by default the one for ``$NOTIFY_SOCKET``) tells systemd
+    when the box is ready, reloading or stopping, and sends the watchdog's
+    keep-alives while the box's bus is connected.
     """
+    if notifier is None:
+        notifier = process_notifier()
     raise_open_file_limit()
     with _locked(config.data_dir):
-        return await _serve(config, stop, announce, config_path, reload)
+        return await _serve(config, stop, announce, config_path, reload, notifier)
 
 
 def raise_open_file_limit(wanted: int = OPEN_FILE_LIMIT) -> int:
@@ -119,6 +127,7 @@ async def _serve(
     announce: Callable[[str], None],
     config_path: Path | None,
     reload: asyncio.Event | None,
+    notifier: SystemdNotifier,
 ) -> bool:
     credentials = credentials_for(config)
     policy = site_policy(
@@ -131,6 +140,7 @@ async def _serve(
         config.broker, config.data_dir / "run", credentials, policy
     )
     announce(f"Broker: {broker.description}")
+    keep_alive: asyncio.Task[None] | None = None
     try:
         async with Box(
             config,
@@ -162,13 +172,26 @@ async def _serve(
                 f"folder {config.data_dir}, broker credentials in "
                 f"{credentials.path}. Stop with Ctrl-C."
             )
+            notifier.ready(
+                f"Box {config.box_id} of site {config.site_id} running; "
+                f"broker {broker.description}"
+            )
+            keep_alive = notifier.start_keep_alive(box.bus.connected)
             restart = box.management.restart_requested
             await _first_set(stop, restart, *([reload] if reload else []))
+            if stop.is_set():
+                notifier.stopping()
+            else:
+                notifier.reloading()
             if scanner_service is not None:
                 await scanner_service.stop()
             if button is not None:
                 button.close()
     finally:
+        if keep_alive is not None:
+            keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep_alive
         await broker.stop()
         announce("Stopped.")
     restarting = restart.is_set() or (reload is not None and reload.is_set())
