@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -51,11 +52,12 @@ from appliance.sim._portal import (
     PortalGuest,
     choose_portal_guest,
     demo_portal_site,
+    free_loopback_port,
     local_time,
     write_portal_file,
 )
 from appliance.sim._site import KIT_STATION, demo_config, exit_reader_id
-from appliance.sim._site_file import write_site_file
+from appliance.sim._site_file import SITE_FILE_NAME, write_site_file
 from appliance.sim._world import Guest, NightPlan
 from appliance.studio.config import StudioConfig
 from appliance.studio.service import Studio
@@ -73,6 +75,8 @@ from provisioning.site_access import (
 )
 
 _LOGGER = logging.getLogger(__name__)
+# Free ports tried for the portal before the demo gives up.
+_PORTAL_BIND_ATTEMPTS = 5
 
 # Thursday 28 May 2026, 20:26:40 UTC: a fixed evening, so seeds replay exactly.
 NIGHT_START_S = 1_780_000_000.0
@@ -446,9 +450,31 @@ async def _announce_stream(
 
 
 async def _announce_portal(box: Box, progress: TextIO | None) -> str:
-    """Serve the guest portal on loopback, print its address and return it."""
-    assert box.portal is not None
-    http = await box.portal.serve_http()
+    """Serve the guest portal on loopback, print its address and return it.
+
+    The port was chosen free before the box started, so another process may
+    have taken it since. Then the portal moves to another free port, and
+    the site file, when the demo wrote one, names the new port.
+    """
+    portal = box.portal
+    assert portal is not None
+    for attempt in range(_PORTAL_BIND_ATTEMPTS):
+        try:
+            http = await portal.serve_http()
+            break
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE or attempt + 1 == _PORTAL_BIND_ATTEMPTS:
+                raise
+            port = free_loopback_port()
+            _LOGGER.info("Portal port was taken; moving the portal to %d", port)
+            portal.config = replace(
+                portal.config, port=port, public_url=f"http://127.0.0.1:{port}"
+            )
+            if (box.config.data_dir / SITE_FILE_NAME).exists():
+                write_site_file(
+                    replace(box.config, portal=portal.config),
+                    box.config.commerce.night_of(box.clock.now()),
+                )
     url = f"http://127.0.0.1:{http.port}"
     _say(progress, f"Portal: {url}/")
     return url
