@@ -263,7 +263,7 @@ class SyncService:
         self._clips_attached.set()
 
     def attach_asset_delivery(self, delivery: AssetDelivery) -> None:
-        """Fetch the asset blobs that ``delivery`` asks for while connected.
+        """Fetch the asset blobs that ``delivery`` requests while connected.
 
         Call it once, before :meth:`start`.
         """

@@ -308,7 +308,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 10: the guest portal. A session ties a phone's cookie to a band; the
-    # cookie holds a random id and the table only its SHA-256. A band code
+    # cookie contains a random id and the table only its SHA-256. A band code
     # is an HMAC of the band, which cannot be reversed, so the codes handed
     # out are registered under a keyed hash of the code.
     """

@@ -30,12 +30,12 @@ async def test_portal_moves_off_taken_port(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
-        taken = squatter.getsockname()[1]
+        squatted_port = squatter.getsockname()[1]
         portal = replace(
             portal_settings(strict=False, consent_text="I agree.", settings=None),
             host="127.0.0.1",
-            port=taken,
-            public_url=f"http://127.0.0.1:{taken}",
+            port=squatted_port,
+            public_url=f"http://127.0.0.1:{squatted_port}",
         )
         config = portal_site_config(
             tmp_path / "box",
@@ -49,7 +49,7 @@ async def test_portal_moves_off_taken_port(tmp_path: Path) -> None:
 
             assert box.portal is not None
             moved = box.portal.config.port
-            assert moved != taken
+            assert moved != squatted_port
             assert url == f"http://127.0.0.1:{moved}"
             assert box.portal.config.public_url == url
             with socket.create_connection(("127.0.0.1", moved), timeout=5):

@@ -145,7 +145,7 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walkthroug
         kit_in_s = (portal["kit_at"] - portal["night_start"]) / portal["speed"]
         browser = run_browser(node, portal_file, kit_in_s + KIT_MARGIN_S)
 
-        # The demo holds once the night is over; SIGTERM then ends the hold.
+        # The demo keeps running once the night is over, until SIGTERM ends the hold.
         night_s = (portal["night_end"] - portal["night_start"]) / portal["speed"]
         wait_for_text(log_path, HOLD_MESSAGE, night_s + STOP_TIMEOUT_S)
         process.send_signal(signal.SIGTERM)
