@@ -56,9 +56,11 @@ from appliance.assets.config import AssetsConfig, parse_assets_config
 from appliance.clock import SystemClock, TimeSource
 from appliance.commerce.config import COMMERCE_TABLES, CommerceConfig, parse_commerce
 from appliance.errors import ConfigError
+from appliance.image.layout import DEFAULT_BROKER_DIR
 from appliance.portal.config import PortalConfig, parse_portal
 from appliance.remote.config import FleetConfig, SyncConfig, parse_fleet, parse_sync
 from appliance.studio.config import StudioConfig, parse_studio
+from appliance.update.config import UpdateConfig, parse_update
 
 _BAND_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}\Z")
 # One label of a DNS host name: 1-63 letters, digits and '-', with no '-'
@@ -79,7 +81,7 @@ _MAX_SSID_BYTES = 32
 ReaderRole = Literal["exit", "kit"]
 ReaderUplink = Literal["wifi", "serial"]
 KitOfflineRule = Literal["refuse", "issue-once"]
-BrokerMode = Literal["auto", "mosquitto", "embedded", "external"]
+BrokerMode = Literal["auto", "mosquitto", "embedded", "external", "system"]
 ScannerBackend = Literal["none", "simulator", "bleak"]
 
 
@@ -143,6 +145,9 @@ class BrokerConfig:
     mode: BrokerMode = "auto"
     host: str = "127.0.0.1"
     port: int = 0
+    # With mode "system": where the box writes mosquitto.conf, its password
+    # file and ACL for the mosquitto that systemd runs.
+    config_dir: Path = DEFAULT_BROKER_DIR
 
 
 _DEFAULT_COUPON_OFFER = "Recovery microcation: 20% off"
@@ -183,6 +188,8 @@ class SiteConfig:
     portal: PortalConfig | None = None
     # The asset cache's budget and USB preload folder; defaults without [assets].
     assets: AssetsConfig = field(default_factory=AssetsConfig)
+    # The software updater's slots, key and health check; image defaults.
+    update: UpdateConfig = field(default_factory=UpdateConfig)
 
     def system_clock(self) -> SystemClock:
         """Return the host's clock, vouched for when ``box.clock_trusted`` is set.
@@ -281,7 +288,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         [alias for band in registered for alias in band.aliases],
         "the aliases of bands.registered",
     )
-    broker = _broker(_table(raw, "broker", required=False))
+    broker = _broker(_table(raw, "broker", required=False), base_dir)
     kits = _table(raw, "kits", required=False)
     coupons = _table(raw, "coupons", required=False)
     _reject_unknown(kits, "kits", {"require_checkout", "low_stock", "offline_rule"})
@@ -316,6 +323,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path) -> SiteConfig:
         studio=parse_studio(raw),
         portal=parse_portal(raw),
         assets=parse_assets_config(raw, base_dir=base_dir),
+        update=parse_update(raw, base_dir=base_dir),
     )
 
 
@@ -329,6 +337,7 @@ _MORE = {
     "studio",
     "portal",
     "assets",
+    "update",
 } | COMMERCE_TABLES
 
 
@@ -392,15 +401,48 @@ def _checkout(table: dict[str, Any]) -> CheckoutConfig:
     )
 
 
-def _broker(table: dict[str, Any]) -> BrokerConfig:
-    _reject_unknown(table, "broker", {"mode", "host", "port"})
+def _broker(table: dict[str, Any], base_dir: Path) -> BrokerConfig:
+    _reject_unknown(table, "broker", {"mode", "host", "port", "config_dir"})
     mode = _choice(
-        table, "broker.mode", ("auto", "mosquitto", "embedded", "external"), "auto"
+        table,
+        "broker.mode",
+        ("auto", "mosquitto", "embedded", "external", "system"),
+        "auto",
     )
     port = _int(table, "broker.port", 0, minimum=0, maximum=65535)
-    if mode == "external" and port == 0:
-        raise ConfigError("broker.port is required when broker.mode is 'external'")
-    return BrokerConfig(mode=mode, host=_host(table, "broker.host"), port=port)
+    if mode in ("external", "system") and port == 0:
+        raise ConfigError(
+            f"broker.port is required when broker.mode is {mode!r}; set it to the "
+            "port the broker listens on (1883 on the Nightbox image)"
+        )
+    if "config_dir" in table and mode != "system":
+        raise ConfigError(
+            f"broker.config_dir applies only when broker.mode is 'system', not "
+            f"{mode!r}; remove it or set broker.mode = 'system'"
+        )
+    return BrokerConfig(
+        mode=mode,
+        host=_host(table, "broker.host"),
+        port=port,
+        config_dir=_broker_config_dir(table, base_dir),
+    )
+
+
+def _broker_config_dir(table: dict[str, Any], base_dir: Path) -> Path:
+    text = _nonblank(table, "broker.config_dir", str(DEFAULT_BROKER_DIR))
+    try:
+        path = (base_dir / text).resolve()
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"broker.config_dir = {text!r} is not a usable path: {err}"
+        ) from err
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"broker.config_dir = {text!r} resolves to {path}, which exists and is "
+            "not a directory; point it at the folder that mosquitto.service reads "
+            f"its configuration from ({DEFAULT_BROKER_DIR} on the Nightbox image)"
+        )
+    return path
 
 
 def _host(table: dict[str, Any], key: str, default: str = "127.0.0.1") -> str:

@@ -3,7 +3,8 @@
 ``nightbox run`` and ``nightbox demo`` call :func:`start_broker`. In ``auto``
 mode they start mosquitto with the site's generated passwords and ACLs when
 it is installed, and otherwise the embedded broker, which enforces the same
-policy in-process.
+policy in-process. In ``system`` mode (the Nightbox image) systemd runs
+mosquitto, and the box only writes its files (``_system_broker.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance._tasks import cancel_and_wait
+from appliance.bus._system_broker import (
+    wait_for_system_broker,
+    write_system_broker_files,
+)
 from appliance.config import BrokerConfig
 from appliance.errors import BrokerUnavailableError
 from provisioning import AccessPolicy, SiteCredentials
@@ -96,7 +101,11 @@ class BrokerHandle:
     @property
     def description(self) -> str:
         """A line for people: which broker the box uses and where."""
-        label = {"embedded": "embedded broker", "external": "external broker"}
+        label = {
+            "embedded": "embedded broker",
+            "external": "external broker",
+            "system": "system mosquitto",
+        }
         return f"{label.get(self.kind, self.kind)} on {self.host}:{self.port}"
 
     def supervise(self) -> None:
@@ -147,7 +156,10 @@ class BrokerHandle:
             retry_s = _RESTART_RETRY_S
 
     async def stop(self) -> None:
-        """Stop the broker if this process started it."""
+        """Stop the broker if this process started it.
+
+        An external broker and the system mosquitto keep running.
+        """
         if self._supervisor is not None:
             await cancel_and_wait(self._supervisor)
             self._supervisor = None
@@ -188,6 +200,8 @@ async def start_broker(
     credentials.ensure(policy.usernames)
     if config.mode == "external":
         return BrokerHandle("external", config.host, config.port)
+    if config.mode == "system":
+        return await _use_system_broker(config, credentials, policy)
     mosquitto = find_mosquitto() if config.mode in ("auto", "mosquitto") else None
     if mosquitto is None and config.mode == "mosquitto":
         raise BrokerUnavailableError(
@@ -221,6 +235,23 @@ async def start_broker(
     broker = EmbeddedBroker(config.host, port, passwords=passwords, policy=policy)
     await broker.start()
     return BrokerHandle("embedded", config.host, broker.port, None, broker)
+
+
+async def _use_system_broker(
+    config: BrokerConfig, credentials: SiteCredentials, policy: AccessPolicy
+) -> BrokerHandle:
+    """Write the system mosquitto's files where they changed, then wait for it."""
+    files = write_system_broker_files(
+        config.config_dir, config.host, config.port, credentials, policy
+    )
+    # The box's own account is the one that every site policy names "box-...";
+    # the other accounts belong to readers, terminals and people.
+    box_accounts = [name for name in policy.usernames if name.startswith("box-")]
+    username = box_accounts[0] if box_accounts else policy.usernames[0]
+    await wait_for_system_broker(
+        config.host, config.port, credentials.account(username), files.conf
+    )
+    return BrokerHandle("system", config.host, config.port, _config_path=files.conf)
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,11 @@ async def check_broker(context: Context) -> Outcome:
 def _acl_fix(context: Context) -> str:
     if context.target.config.broker.mode == "external":
         return "give the external broker the site's ACL"
+    if context.target.config.broker.mode == "system":
+        return (
+            "run 'nightbox broker files --config SITE' so the system mosquitto "
+            "reloads the ACL the box writes"
+        )
     return "restart the box, whose own broker reads the ACL file it writes"
 
 

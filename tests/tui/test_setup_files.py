@@ -76,6 +76,25 @@ def test_site_file_round_trips_odd_names(tmp_path: Path) -> None:
     assert load_config(path).site_name == name
 
 
+def test_box_set_up_by_first_boot_keeps_the_system_broker(tmp_path: Path) -> None:
+    values = finished_values(broker_mode="system", broker_config_dir="broker")
+    text = site_file_text(values)
+    assert tomllib.loads(text) == build_document(values)
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    broker = load_config(path).broker
+    assert broker.mode == "system"
+    assert broker.config_dir == tmp_path / "broker"
+    assert (broker.host, broker.port) == ("0.0.0.0", 1883)
+
+
+def test_wizard_elsewhere_lets_the_box_start_its_broker(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(site_file_text(finished_values()))
+    assert load_config(path).broker.mode == "auto"
+    assert "config_dir" not in path.read_text()
+
+
 def test_write_refuses_a_file_setup_did_not_write(tmp_path: Path) -> None:
     config_path = tmp_path / "site.toml"
     config_path.write_text("# hand-written\n")

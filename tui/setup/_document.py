@@ -149,7 +149,7 @@ def build_document(
             "scanner": "none",
             "clock_trusted": values.clock_trusted,
         },
-        "broker": {"mode": "auto", "host": "0.0.0.0", "port": 1883},
+        "broker": _broker_table(values),
         "readers": readers,
         "kits": {"low_stock": _whole(values.low_stock)},
         "wallet": {
@@ -224,6 +224,24 @@ def _minor(text: str, currency: str) -> int | str:
         return text.strip()
 
 
+def _broker_table(values: SetupValues) -> dict[str, Any]:
+    table: dict[str, Any] = {"mode": "auto", "host": "0.0.0.0", "port": 1883}
+    if values.broker_mode == "system":
+        table["mode"] = "system"
+        table["config_dir"] = values.broker_config_dir.strip() or "broker"
+    return table
+
+
+def _broker_config_dir_lines(broker: dict[str, Any]) -> list[str]:
+    if broker["mode"] != "system":
+        return []
+    return [
+        "# system: systemd runs mosquitto; the box writes its configuration,",
+        "# password file and ACL into this folder, and mosquitto reloads them.",
+        f"config_dir = {_value(broker['config_dir'])}",
+    ]
+
+
 def render_toml(document: dict[str, Any], zones: list[str]) -> str:
     """Return the document as commented TOML, in the layout of the sample site."""
     site, box, broker = document["site"], document["box"], document["broker"]
@@ -261,6 +279,7 @@ def render_toml(document: dict[str, Any], zones: list[str]) -> str:
         f"mode = {_value(broker['mode'])}",
         f"host = {_value(broker['host'])}",
         f"port = {_value(broker['port'])}",
+        *_broker_config_dir_lines(broker),
         "",
         *_band_lines(document.get("bands", {})),
         f"# ESP32 readers. Zones of this site: {', '.join(zones) or 'none'}.",

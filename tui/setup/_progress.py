@@ -78,6 +78,10 @@ class SetupValues:
     night_limit: str = "1000.00"
     items: str = ""
     terminals: str = ""
+    # "system" on the appliance image, where systemd runs mosquitto and the
+    # box writes its files into broker_config_dir; "auto" elsewhere.
+    broker_mode: str = "auto"
+    broker_config_dir: str = ""
     completed: list[str] = field(default_factory=list)
 
     @property
