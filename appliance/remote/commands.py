@@ -92,6 +92,12 @@ class RemoteManagement:
         self._config_path = config_path
         self._ledger = DocumentLedger()
         self._handlers: dict[str, CommandHandler] = {}
+        # Imported here: the updater's handler raises this module's CommandError.
+        from appliance.update.command import updatable, update_command
+
+        # A box runs the updater when it was installed with application slots.
+        if updatable(box.config.update):
+            self._handlers["update"] = update_command(box.config)
         self.bundles = BundleApplier(
             box.store, box.config, box.clock, box.tokens, config_path=config_path
         )
