@@ -338,6 +338,7 @@ _COLUMNS = (
     "UPLINK",
     "STATE",
     "FW",
+    "UPDATE",
     "UPTIME",
     "HEAP",
     "SCANS/MIN",
@@ -360,6 +361,7 @@ def _table(survey: ReaderSurvey) -> str:
                 view.uplink or "-",
                 view.state,
                 _string(status.get("fw"), _MAX_VERSION_CHARACTERS),
+                _update(status.get("update")),
                 _uptime(status.get("uptime_s")),
                 _count(status.get("heap_free")),
                 _count(status.get("scan_per_min")),
@@ -391,6 +393,30 @@ def _string(value: object, limit: int) -> str:
     if value is None or isinstance(value, str):
         return _text(value, limit)
     return _WRONG_TYPE
+
+
+def _update(value: object) -> str:
+    """Return a reader's firmware update as ``<version>:<state>``, "-" for none.
+
+    A download in progress shows its percentage instead of the state; the
+    reason of a failure is in LAST ERROR.
+    """
+    if value is None:
+        return "-"
+    if not isinstance(value, dict):
+        return _WRONG_TYPE
+    version = _string(value.get("version"), _MAX_VERSION_CHARACTERS)
+    state = _string(value.get("state"), _MAX_VERSION_CHARACTERS)
+    done, total = value.get("done"), value.get("total")
+    if (
+        state == "downloading"
+        and isinstance(done, int)
+        and isinstance(total, int)
+        and 0 <= done <= total
+        and total > 0
+    ):
+        return f"{version}:{100 * done // total}%"
+    return f"{version}:{state}"
 
 
 def _count(value: object) -> str:

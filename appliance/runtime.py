@@ -26,7 +26,12 @@ from appliance.drops.service import DropService
 from appliance.kits import KitService
 from appliance.outbox import OutboxPublisher
 from appliance.portal.service import Portal
-from appliance.readers import ClockBeacon, SerialBridge
+from appliance.readers import (
+    ClockBeacon,
+    FirmwareOffer,
+    SerialBridge,
+    find_firmware_source,
+)
 from appliance.remote.commands import RemoteManagement
 from appliance.remote.sync import SyncService
 from appliance.requests import RequestServer
@@ -148,6 +153,9 @@ class Box:
         self.figures = CreatorFigures(self.bus, self.store, config.commerce, clock)
         self.outbox = OutboxPublisher(self.bus, self.store, config.box_id)
         self.clock_beacon = ClockBeacon(self.bus, clock)
+        # Wi-Fi readers update their firmware from the running slot's
+        # firmware/ folder, or from the reader bundle.
+        self.firmware_offer = FirmwareOffer(self.bus, find_firmware_source(config))
         # Readers on USB serial get their frames published by the box.
         self.serial_bridges = [
             SerialBridge(
@@ -215,6 +223,7 @@ class Box:
             await self.sync.start()
         await self.figures.start()
         await self.clock_beacon.start()
+        await self.firmware_offer.start()
         for bridge in self.serial_bridges:
             await bridge.start()
         if self.studio is not None:
@@ -296,6 +305,7 @@ class Box:
             "stream": None if self.studio is None else self.studio.state(),
             "portal": None if self.portal is None else self.portal.state(),
             "assets": self.assets.status(),
+            "reader_firmware": self.firmware_offer.status(),
             "faults": [
                 {"reader": fault.reader_id, "kind": fault.kind, "since": fault.since}
                 for fault in self.checkouts.faults

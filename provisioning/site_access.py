@@ -1,8 +1,9 @@
 """The broker accounts and topic grants of one site.
 
 Deny by default: each client gets exactly the topics its role needs. Readers
-may publish only their own sightings, status and availability and read the
-box's clock; only kit readers may also send kit requests. Every device sends
+may publish only their own sightings, status, availability and firmware
+chunk requests, and read the box's clock and firmware manifest; only kit
+readers may also send kit requests. Every device sends
 requests only under its own ``<kind>/<id>/api/``, so the topic of a request
 names its sender.
 """
@@ -79,6 +80,7 @@ def site_policy(
             AclRule(Access.READ, f"{root}/reader/+/sightings"),
             AclRule(Access.READ, f"{root}/creators/+/figures"),
             AclRule(Access.READ, f"{root}/box/health"),
+            AclRule(Access.READ, f"{root}/firmware/manifest"),
         ],
         # Signed commands are verified by the box; the ACL keeps every other
         # account of the site off the command topics.
@@ -119,6 +121,15 @@ def site_policy(
         # The box's time beacon, which readers without a real-time clock
         # date their sightings from.
         rules.append(AclRule(Access.READ, f"{root}/clock"))
+        # Firmware updates: the box's retained manifest, and the chunks the
+        # reader asks for on its own topics.
+        rules.append(AclRule(Access.READ, f"{root}/firmware/manifest"))
+        rules.append(
+            AclRule(Access.WRITE, f"{root}/reader/{reader.reader_id}/firmware/get")
+        )
+        rules.append(
+            AclRule(Access.READ, f"{root}/reader/{reader.reader_id}/firmware/chunk")
+        )
         if reader.role == "kit":
             rules.append(
                 AclRule(

@@ -9,8 +9,8 @@ Modules: ``config`` (``/reader.json``), ``adverts`` (band identities),
 ``scanner`` (the BLE radio), ``aggregate`` (per-band summaries), ``ring``
 (batches kept while the uplink is down), ``clock`` (time from the box),
 ``health`` (status fields), ``frames`` (serial frames), ``uplink_mqtt`` and
-``uplink_serial`` (the two uplinks), ``kit`` (the kit station) and ``app``
-(the tasks and the watchdog).
+``uplink_serial`` (the two uplinks), ``kit`` (the kit station), ``update``
+(firmware updates from the box) and ``app`` (the tasks and the watchdog).
 """
 
 FW_VERSION = "1.0.0"

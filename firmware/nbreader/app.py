@@ -87,6 +87,24 @@ class App:
         self.health = Health(
             config, self.boot, self.scanner, self.ring, self.clock, uplink
         )
+        self._status_due = False
+        # Firmware updates come over the MQTT uplink only; serial readers
+        # are updated by `nightbox reader provision`.
+        self.updater = None
+        if getattr(uplink, "firmware_updates", False):
+            from .update import Updater
+
+            self.updater = Updater(
+                config.reader,
+                self.boot,
+                self._send_request,
+                self._poll_uplink,
+                self._reset_for_update,
+                self._update_changed,
+            )
+            self.health.updater = self.updater
+            if self.updater.state is not None:
+                self._update_changed()
         self.kit = None
         if config.role == "kit":
             from .kit import KitStation
@@ -104,6 +122,8 @@ class App:
         self.progress = {"scan": 0, "batch": 0, "uplink": 0, "status": 0}
         if self.kit is not None:
             self.progress["kit"] = 0
+        if self.updater is not None:
+            self.progress["update"] = 0
         self.tasks = {}
         self.wdt = None
         self.stuck = []
@@ -162,6 +182,25 @@ class App:
                 self.kit.replay_due = True
         elif channel == "reply" and self.kit is not None:
             self.kit.on_reply(payload)
+        elif channel == "firmware-manifest" and self.updater is not None:
+            error = self.updater.on_manifest(payload)
+            if error is not None:
+                self.log_error("firmware manifest rejected: %s" % error)
+        elif channel == "firmware-chunk" and self.updater is not None:
+            self.updater.on_chunk(payload)
+
+    def _update_changed(self):
+        updater = self.updater
+        if updater.state in ("failed", "rolled-back"):
+            self.health.note_error("firmware update: %s" % updater.error)
+        # Sent by the status task: this may run inside umqtt's callback.
+        self._status_due = True
+
+    def _reset_for_update(self):
+        # A clean disconnect publishes "offline" at once, instead of the
+        # last will after the broker's keepalive runs out.
+        self.uplink.close()
+        self.machine.reset()
 
     def _send_request(self, channel, payload):
         if not self.uplink.connected:
@@ -259,6 +298,10 @@ class App:
         )
         self.uplink.publish("status", payload, True, 1)
         self._sessions_reported = self.uplink.sessions
+        self._status_due = False
+        if self.updater is not None:
+            # Connected and reported: a firmware on trial is healthy.
+            self.updater.confirm()
         return True
 
     # Tasks.
@@ -329,7 +372,8 @@ class App:
             self._bump("status")
             now_ms = time.ticks_ms()
             new_session = self.uplink.sessions != self._sessions_reported
-            if new_session or time.ticks_diff(now_ms, due_ms) >= 0:
+            due = self._status_due or time.ticks_diff(now_ms, due_ms) >= 0
+            if new_session or due:
                 try:
                     if self.send_status():
                         due_ms = time.ticks_add(now_ms, self.config.status_s * 1000)
@@ -339,6 +383,9 @@ class App:
 
     def _kit_progress(self):
         self._bump("kit")
+
+    def _update_progress(self):
+        self._bump("update")
 
     def check_progress(self, last):
         """Return the names of tasks whose counter equals ``last`` (a dict)."""
@@ -372,6 +419,10 @@ class App:
         self.tasks["status"] = asyncio.create_task(self._status_task())
         if self.kit is not None:
             self.tasks["kit"] = asyncio.create_task(self.kit.run(self._kit_progress))
+        if self.updater is not None:
+            self.tasks["update"] = asyncio.create_task(
+                self.updater.run(self._update_progress)
+            )
         try:
             await self._watchdog_task()
         finally:

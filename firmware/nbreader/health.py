@@ -28,6 +28,8 @@ class Health:
         self.errors = 0
         self.batches_sent = 0
         self.heap_min_free = gc.mem_free()
+        # The firmware updater (nbreader.update), on readers that have one.
+        self.updater = None
 
     def note_error(self, text):
         """Record an error message for the next status."""
@@ -69,4 +71,5 @@ class Health:
             "scan_restarts": self._scanner.scan_restarts,
             "clock_synced": self._clock.synced,
             "batches_sent": self.batches_sent,
+            "update": None if self.updater is None else self.updater.data(),
         }

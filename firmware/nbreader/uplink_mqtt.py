@@ -41,12 +41,15 @@ def _client_class(robust):
 class MqttUplink:
     """Publishes the reader's channels as MQTT topics and receives replies.
 
-    ``on_message(channel, payload)`` gets ``"clock"`` and ``"reply"``
-    messages. ``network_module`` and ``robust_module`` default to the
-    board's ``network`` and ``umqtt.robust``.
+    ``on_message(channel, payload)`` gets ``"clock"``, ``"reply"``,
+    ``"firmware-manifest"`` and ``"firmware-chunk"`` messages.
+    ``network_module`` and ``robust_module`` default to the board's
+    ``network`` and ``umqtt.robust``.
     """
 
     name = "wifi"
+    # The box's firmware offer reaches the reader over this uplink.
+    firmware_updates = True
     # umqtt.simple sends payloads of up to 2 MB; batches are never split.
     max_payload = None
 
@@ -63,6 +66,8 @@ class MqttUplink:
         self._prefix = prefix
         self.reply_topic = prefix + "reply"
         self.clock_topic = "nightbox/%s/clock" % config.site
+        self.manifest_topic = "nightbox/%s/firmware/manifest" % config.site
+        self.chunk_topic = prefix + "firmware/chunk"
         self._wlan = None
         self._client = None
         self._joining = False
@@ -132,6 +137,8 @@ class MqttUplink:
         client.publish(self.topic("availability"), b"online", True, 1)
         client.subscribe(self.reply_topic, 1)
         client.subscribe(self.clock_topic, 0)
+        client.subscribe(self.chunk_topic, 1)
+        client.subscribe(self.manifest_topic, 1)
 
     def _deliver(self, topic, message):
         if isinstance(topic, (bytes, bytearray)):
@@ -140,6 +147,10 @@ class MqttUplink:
             self.on_message("reply", message)
         elif topic == self.clock_topic:
             self.on_message("clock", message)
+        elif topic == self.chunk_topic:
+            self.on_message("firmware-chunk", message)
+        elif topic == self.manifest_topic:
+            self.on_message("firmware-manifest", message)
 
     def _after_call(self):
         if self._client.reconnected:

@@ -253,6 +253,19 @@ class MicroPythonBoard:
         except Exception as err:
             raise _board_error(f"writing {path}", self.port, err) from err
 
+    def remove_file(self, path: str) -> bool:
+        """Remove the board's file ``path``; return False when it was not there."""
+        command = (
+            f"import os\ntry:\n os.remove({path!r})\n print('removed')\n"
+            "except OSError:\n print('absent')"
+        )
+        try:
+            with _quiet():
+                output = self._transport.exec(command)
+        except Exception as err:
+            raise _board_error(f"removing {path}", self.port, err) from err
+        return b"removed" in bytes(output)
+
     def _ensure_folders(self, folder: PurePosixPath) -> None:
         for parent in [*reversed(folder.parents), folder]:
             text = str(parent)

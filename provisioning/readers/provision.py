@@ -69,6 +69,8 @@ from provisioning.readers.registration import (
 _LOGGER = logging.getLogger(__name__)
 
 BUNDLE_FOLDER = "reader-bundle"
+# Names the firmware folder of a board updated by the box (firmware/main.py).
+FIRMWARE_BOOT_FILE = "/fw/boot.json"
 # A freshly flashed ESP32 formats its file system at first boot, which takes
 # a few seconds before the REPL responds.
 FIRST_BOOT_TIMEOUT_S = 20.0
@@ -240,6 +242,10 @@ def _set_up_board(
     reader = result.reader
     with board:
         _copy_files(board, manifest, progress, result)
+        # A board updated over the air runs the firmware that its boot file
+        # names; without the file it runs the firmware just copied to /lib.
+        if board.remove_file(FIRMWARE_BOOT_FILE):
+            progress.stage("copy", f"{FIRMWARE_BOOT_FILE} removed: the board runs /lib")
         _write_reader_file(board, config, reader, wifi_password, progress, result)
         board.restart()
     _reload_box(config_path, config, progress, result)

@@ -47,6 +47,7 @@ STATUS_FIELDS = (
     "ring_used",
     "ring_dropped",
     "clock_synced",
+    "update",
 )
 # "listener <port> <host>" in the mosquitto.conf that `nightbox run` writes.
 _LISTENER = re.compile(r"^listener (\d{1,5}) (\S+)$", re.M)

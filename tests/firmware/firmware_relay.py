@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -170,26 +171,47 @@ class _Session:
             self.client = None
 
 
+# Rewrites a message on its way from the broker to the firmware: called
+# with the topic and payload, returns the payload to deliver.
+Rewrite = Callable[[str, str], str]
+# Decides from each relay request whether the board loses power now.
+PowerCut = Callable[[dict[str, Any]], bool]
+
+
 def run_relayed(
     name: str,
     files: dict[str, str],
     stop: threading.Event,
     *,
     timeout_s: float = 60.0,
+    flash: Path | None = None,
+    lib: dict[str, str] | None = None,
+    rewrite: Rewrite | None = None,
+    power_cut: PowerCut | None = None,
 ) -> Results:
     """Run scenario ``name`` with its MQTT calls relayed to a real broker.
 
-    Blocks until the interpreter exits; call it in a thread. Raises
-    AssertionError with the interpreter's output when it fails.
+    ``flash``, ``lib``: see ``scenario_spec``. ``rewrite`` changes messages
+    before the firmware reads them. When ``power_cut`` returns True for a
+    request, the interpreter is killed before it gets the answer, and the
+    results so far are returned. Blocks until the interpreter exits; call
+    it in a thread. Raises AssertionError with the interpreter's output
+    when it fails.
     """
     session = _Session()
+
+    def answer(request: dict[str, Any]) -> dict[str, Any] | None:
+        if power_cut is not None and power_cut(request):
+            return None
+        response = _answer(session, request)
+        message = response.get("message")
+        if rewrite is not None and message is not None:
+            response["message"] = [message[0], rewrite(message[0], message[1])]
+        return response
+
     try:
         return run_with_relay(
-            name,
-            files,
-            stop,
-            lambda request: _answer(session, request),
-            timeout_s=timeout_s,
+            name, files, stop, answer, timeout_s=timeout_s, flash=flash, lib=lib
         )
     finally:
         session.close()
@@ -199,18 +221,23 @@ def run_with_relay(
     name: str,
     files: dict[str, str],
     stop: threading.Event,
-    answer: Callable[[dict[str, Any]], dict[str, Any]],
+    answer: Callable[[dict[str, Any]], dict[str, Any] | None],
     *,
     timeout_s: float = 60.0,
+    flash: Path | None = None,
+    lib: dict[str, str] | None = None,
 ) -> Results:
     """Run scenario ``name``, answering each relay request with ``answer``.
 
     Every answer also carries ``stop``, which tells the scenario to finish.
-    Blocks until the interpreter exits; call it in a thread. Raises
-    AssertionError with the interpreter's output when it fails.
+    An answer of None kills the interpreter, as a power loss stops a board,
+    and the results printed until then are returned. Blocks until the
+    interpreter exits; call it in a thread. Raises AssertionError with the
+    interpreter's output when it fails.
     """
     lines: list[str] = []
-    with scenario_spec(name, files, relay=True) as spec:
+    killed = False
+    with scenario_spec(name, files, relay=True, flash=flash, lib=lib) as spec:
         process = subprocess.Popen(
             [node_binary(), str(RUNNER), str(spec)],
             stdin=subprocess.PIPE,
@@ -230,6 +257,10 @@ def run_with_relay(
                     lines.append(line)
                     continue
                 response = answer(json.loads(line[len(RELAY_PREFIX) :]))
+                if response is None:
+                    killed = True
+                    process.kill()
+                    break
                 response["stop"] = stop.is_set()
                 process.stdin.write(json.dumps(response) + "\n")
                 process.stdin.flush()
@@ -239,6 +270,8 @@ def run_with_relay(
             process.wait()
             stderr = process.stderr.read() if process.stderr else ""
     output = "".join(lines)
+    if killed:
+        return Results(parse_records(output), output + stderr)
     if process.returncode != 0:
         raise AssertionError(
             f"scenario {name} failed (exit status {process.returncode}):\n"

@@ -70,11 +70,26 @@ class Results:
 
 @contextmanager
 def scenario_spec(
-    name: str, files: dict[str, str] | None = None, *, relay: bool = False
+    name: str,
+    files: dict[str, str] | None = None,
+    *,
+    relay: bool = False,
+    flash: Path | None = None,
+    lib: dict[str, str] | None = None,
 ) -> Iterator[Path]:
-    """Write the runner's spec for scenario ``name`` to a temporary file."""
+    """Write the runner's spec for scenario ``name`` to a temporary file.
+
+    ``flash`` is a host file that keeps the board's files between runs
+    (see run_micropython.mjs); ``lib`` replaces :func:`library`.
+    """
     source = (SCENARIOS / f"{name}.py").read_text() + _RUN_CASES
-    spec = {"lib": library(), "files": files or {}, "scenario": source, "relay": relay}
+    spec = {
+        "lib": library() if lib is None else lib,
+        "files": files or {},
+        "scenario": source,
+        "relay": relay,
+        "flash": None if flash is None else str(flash),
+    }
     with tempfile.TemporaryDirectory(prefix="nbreader-") as folder:
         path = Path(folder) / "spec.json"
         path.write_text(json.dumps(spec))
@@ -92,10 +107,14 @@ def parse_records(output: str) -> dict[str, dict[str, Any]]:
 
 
 def run_scenario(
-    name: str, files: dict[str, str] | None = None, *, timeout_s: float = 60.0
+    name: str,
+    files: dict[str, str] | None = None,
+    *,
+    timeout_s: float = 60.0,
+    flash: Path | None = None,
 ) -> Results:
     """Run every case of scenario ``name``; fail when the interpreter fails."""
-    with scenario_spec(name, files) as spec:
+    with scenario_spec(name, files, flash=flash) as spec:
         try:
             process = subprocess.run(
                 [node_binary(), str(RUNNER), str(spec)],

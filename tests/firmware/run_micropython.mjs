@@ -2,7 +2,11 @@
 //
 // Usage: node run_micropython.mjs SPEC.json
 // SPEC: {"lib": {"/lib/path.py": "source", ...}, "files": {...},
-//        "scenario": "source", "relay": false}
+//        "scenario": "source", "relay": false, "flash": null}
+// With "flash", a JSON file on the host stands in for the board's flash:
+// its files (base64) are loaded over "files" at start, and every file
+// outside /lib is saved to it before each relay call and at the end, so
+// a process killed during a relay call keeps what it had written.
 // Python output goes to stdout. With "relay", the module `nbrelay` offers
 // call(text): it writes "@@relay <text>" on stdout and returns the next
 // line from stdin, read synchronously. A failing scenario prints its
@@ -44,6 +48,49 @@ for (const [file, text] of Object.entries({ ...spec.lib, ...spec.files })) {
   mp.FS.writeFile(file, text);
 }
 
+const SKIPPED = new Set(["/lib", "/dev", "/proc", "/tmp", "/home"]);
+
+function loadFlash() {
+  if (!spec.flash || !fs.existsSync(spec.flash)) {
+    return;
+  }
+  const saved = JSON.parse(fs.readFileSync(spec.flash, "utf8"));
+  for (const [file, data] of Object.entries(saved)) {
+    makeDirs(file);
+    mp.FS.writeFile(file, Buffer.from(data, "base64"));
+  }
+}
+
+function collect(folder, out) {
+  for (const name of mp.FS.readdir(folder)) {
+    if (name === "." || name === "..") {
+      continue;
+    }
+    const file = (folder === "/" ? "" : folder) + "/" + name;
+    if (SKIPPED.has(file)) {
+      continue;
+    }
+    const mode = mp.FS.stat(file).mode;
+    if (mp.FS.isDir(mode)) {
+      collect(file, out);
+    } else if (mp.FS.isFile(mode)) {
+      out[file] = Buffer.from(mp.FS.readFile(file)).toString("base64");
+    }
+  }
+  return out;
+}
+
+function saveFlash() {
+  if (!spec.flash) {
+    return;
+  }
+  const partial = spec.flash + ".new";
+  fs.writeFileSync(partial, JSON.stringify(collect("/", {})));
+  fs.renameSync(partial, spec.flash);
+}
+
+loadFlash();
+
 let pending = "";
 function readLine() {
   const buffer = Buffer.alloc(65536);
@@ -74,6 +121,7 @@ function readLine() {
 if (spec.relay) {
   mp.registerJsModule("nbrelay", {
     call: (text) => {
+      saveFlash();
       write("@@relay " + text + "\n");
       return readLine();
     },
@@ -87,4 +135,5 @@ try {
   fs.writeSync(2, String(err.message || err) + "\n");
   status = 1;
 }
+saveFlash();
 process.exit(status);

@@ -37,7 +37,14 @@ STATUS_FIELDS = {
     "scan_restarts",
     "clock_synced",
     "batches_sent",
+    "update",
 }
+SUBSCRIPTIONS = [
+    "nightbox/test/clock",
+    "nightbox/test/firmware/manifest",
+    TOPIC + "firmware/chunk",
+    TOPIC + "reply",
+]
 
 
 def _decode_frame(line: str) -> tuple[str, str]:
@@ -100,11 +107,10 @@ def test_mqtt_online_retained_on_every_connect(results: Results) -> None:
 
 def test_mqtt_resubscribes_after_reconnect(results: Results) -> None:
     outcome = results["reconnect_resubscribes"]
-    expected = ["nightbox/test/clock", TOPIC + "reply"]
     assert outcome["connected"] is True
-    assert outcome["first_subscriptions"] == expected
+    assert outcome["first_subscriptions"] == SUBSCRIPTIONS
     assert outcome["reconnected"] is True
-    assert outcome["resubscribed"] == expected
+    assert outcome["resubscribed"] == SUBSCRIPTIONS
     assert outcome["connects"][1]["clean_session"] is False
 
 
@@ -112,7 +118,7 @@ def test_mqtt_reconnects_after_broker_down(results: Results) -> None:
     outcome = results["reconnect_resubscribes"]
     assert outcome["down"] is True
     assert outcome["back"] is True
-    assert outcome["final_subscriptions"] == ["nightbox/test/clock", TOPIC + "reply"]
+    assert outcome["final_subscriptions"] == SUBSCRIPTIONS
     assert outcome["status_reconnects"] == 2
     # ECONNREFUSED (111) from the broker that was down.
     assert "111" in outcome["last_error"]
@@ -136,6 +142,7 @@ def test_status_fields(results: Results) -> None:
     assert data["heap_free"] > 0
     assert 0 < data["heap_min_free"] <= data["heap_free"]
     assert data["last_error"] is None
+    assert data["update"] is None
 
 
 def test_batches_wait_for_clock(results: Results) -> None:
