@@ -29,6 +29,7 @@ deps: $(STAMP)
 	@sh tests/ensure-tmux
 	@sh tests/ensure-ffmpeg
 	@sh tests/ensure-chromium
+	@sh tests/ensure-image-tools
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check appliance hardware provisioning firmware tui bench tests

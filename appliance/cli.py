@@ -17,20 +17,24 @@ from typing import Any
 
 from appliance import (
     cli_assets,
+    cli_broker,
     cli_collect,
     cli_console,
     cli_economy,
     cli_fleet,
     cli_guest,
+    cli_image,
     cli_portal,
     cli_reader,
     cli_rehearse,
     cli_report,
     cli_sync,
+    cli_update,
 )
 from appliance._cli_arguments import STORE_NAME, whole_number
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError, NightboxError
+from appliance.remote.telemetry import software_version
 from tui import cli as cli_tui
 
 _LOGGER = logging.getLogger(__name__)
@@ -60,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-vv for debug)"
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"nightbox {software_version()}",
+        help="print the installed Nightbox version and exit",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -178,6 +188,9 @@ def _parser() -> argparse.ArgumentParser:
     cli_report.add_commands(commands)
     cli_guest.add_commands(commands)
     cli_tui.add_commands(commands)
+    cli_update.add_commands(commands)
+    cli_broker.add_commands(commands)
+    cli_image.add_commands(commands)
     return parser
 
 
@@ -270,6 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_report.run(arguments)
         if arguments.command == "guest":
             return cli_guest.run(arguments)
+        if arguments.command == "update":
+            return cli_update.run(arguments)
+        if arguments.command == "broker":
+            return cli_broker.run(arguments)
+        if arguments.command == "image":
+            return cli_image.run(arguments)
         return _replay(arguments.file, arguments.config)
     except NightboxError as err:
         print(f"nightbox: {err}", file=sys.stderr)
