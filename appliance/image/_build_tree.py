@@ -58,6 +58,10 @@ MASKED_UNITS = (
     "apt-daily-upgrade.timer",
     "apt-daily.service",
     "apt-daily-upgrade.service",
+    # Debian's nightly copy of the dpkg database goes to /var/backups on the
+    # root, so it would fail every night and leave the box degraded.
+    "dpkg-db-backup.timer",
+    "dpkg-db-backup.service",
 )
 
 

@@ -60,7 +60,7 @@ def platform_tags(arch: str) -> list[str]:
 
 
 def source_tree() -> Path:
-    """Return the repository that holds this package's ``pyproject.toml``.
+    """Return the repository that contains this package's ``pyproject.toml``.
 
     Raises :class:`ImageBuildError` for an installed package, because the
     image is built from a source checkout (it also needs ``image-build/``).
@@ -141,8 +141,9 @@ def _source_only_requirements(
 ) -> list[str]:
     """Return ``name==version`` of each dependency that PyPI has only as source.
 
-    pip resolves the dependencies for this machine's Python, which is the
-    image's version, without installing anything.
+    pip resolves the dependencies for this machine's Python without installing
+    anything. The download that follows resolves them again for the image's
+    Python 3.11 and fails, naming the package, on one this step missed.
     """
     report = destination / "resolve-report.json"
     _pip("install", "--quiet", "--dry-run", "--ignore-installed", "--report",
