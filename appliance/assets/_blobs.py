@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from appliance.errors import NightboxError
+from provisioning.secret_file import sync_folder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class BlobStore:
             target = self.path(expected_sha256)
             target.parent.mkdir(mode=0o700, exist_ok=True)
             os.replace(written.path, target)
-            _sync_folder(target.parent)
+            sync_folder(target.parent)
             return target
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -341,15 +342,6 @@ def hash_file(path: Path) -> tuple[str, int]:
 def _blocks(source: BinaryIO) -> Iterator[bytes]:
     while block := source.read(READ_BLOCK_BYTES):
         yield block
-
-
-def _sync_folder(folder: Path) -> None:
-    """Flush a folder's entries, so a rename survives a power cut."""
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _file_kind(mode: int) -> str:

@@ -42,6 +42,7 @@ import tomli_w
 
 from appliance.config import SiteConfig, parse_config, read_toml_file
 from appliance.errors import ConfigError
+from provisioning.secret_file import sync_folder
 
 # Keys that name the box's identity (see the module docstring).
 FIXED_KEYS = ("site.id", "box.id")
@@ -242,7 +243,7 @@ def append_array_table(
         previous = target.with_name(target.name + ".previous")
         _replace_with(previous, old_text.encode("utf-8"), mode)
         _replace_with(target, new_text.encode("utf-8"), mode)
-        _sync_folder(target.parent)
+        sync_folder(target.parent)
         return config
 
 
@@ -498,7 +499,7 @@ def _write_atomically(config_path: Path, document: dict[str, Any]) -> None:
         previous = target.with_name(target.name + ".previous")
         _replace_with(previous, old, mode)
     _replace_with(target, text.encode("utf-8"), mode)
-    _sync_folder(target.parent)
+    sync_folder(target.parent)
 
 
 def _write_target(config_path: Path) -> Path:
@@ -525,11 +526,3 @@ def _replace_with(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-
-
-def _sync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
