@@ -37,7 +37,12 @@ def add_commands(commands: Any) -> None:
     build.add_argument(
         "--arch", choices=ARCHITECTURES, required=True, help="the box's architecture"
     )
-    build.add_argument("--output", type=Path, help="the disk image file to write")
+    build.add_argument(
+        "--output",
+        type=Path,
+        help="the disk image file to write; OUTPUT.lock next to it keeps a "
+        "second build from writing the same file at the same time",
+    )
     build.add_argument(
         "--rootfs-dir",
         type=Path,
@@ -75,14 +80,21 @@ def add_commands(commands: Any) -> None:
     build.add_argument(
         "--mirror",
         default=DEFAULT_MIRROR,
-        help=f"Debian mirror URL (default {DEFAULT_MIRROR}); its -security "
-        "sibling supplies security updates",
+        help=f"Debian mirror URL (default {DEFAULT_MIRROR})",
+    )
+    build.add_argument(
+        "--security-mirror",
+        metavar="URL",
+        help="Debian security archive URL for bookworm-security; default: the "
+        "--mirror URL with -security appended, which needs a --mirror ending in "
+        "/debian",
     )
     build.add_argument(
         "--work-dir",
         type=Path,
         help="build in this folder and keep it (logs, wheelhouse, genimage "
-        "configuration); default: a temporary folder, removed at the end",
+        "configuration); default: a temporary folder, removed at the end, whose "
+        "logs are kept in a nightbox-image-logs-* folder when a stage fails",
     )
     first_boot = image_commands.add_parser(
         "first-boot",
@@ -147,6 +159,7 @@ def _build(arguments: argparse.Namespace) -> int:
         extra_apt_sources=tuple(arguments.extra_apt_source),
         extra_apt_keys=tuple(arguments.extra_apt_key),
         mirror=arguments.mirror,
+        security_mirror=arguments.security_mirror,
         work_dir=arguments.work_dir,
         cache_dir=arguments.cache_dir,
     )

@@ -30,6 +30,9 @@ BOOT_PARTITION_TYPES = {"amd64": "0xEF", "arm64": "0x0C"}
 ROOT_HEADROOM = 128 * MIB
 DATA_HEADROOM = 256 * MIB
 _VERSION_RE = re.compile(r"(\d+)")
+# genimage writes the disk under this fixed name, which its configuration
+# syntax takes as is; the build then moves the file to --output.
+GENIMAGE_IMAGE_NAME = "nightbox.img"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,8 @@ def split_trees(root: Path, data: Path) -> None:
     """Move ``root``'s ``/var/lib/nightbox`` into the empty folder ``data``.
 
     The top folder's owner and mode go with it, because they are the data
-    partition's root folder; the root tree keeps an empty mount point.
+    partition's root folder (run_genimage gives them to the file system);
+    the root tree keeps an empty mount point.
     """
     state = root / STATE_DIR.relative_to("/")
     data.mkdir(parents=True, exist_ok=True)
@@ -160,9 +164,17 @@ def run_genimage(
     boot: Path,
     root: Path,
     data: Path,
-    image_name: str,
+    log_dir: Path,
 ) -> Path:
-    """Write the disk image with genimage; return its path inside ``work``."""
+    """Write the disk image with genimage; return its path inside ``work``.
+
+    genimage's configuration and log go to ``log_dir``.
+
+    ``mke2fs -d`` (e2fsprogs 1.47.0) gives the file system's top folder
+    ``0755 root:root`` whatever ``data`` has, so the data file system gets
+    ``data``'s owner from mke2fs's ``root_owner`` and its mode from debugfs.
+    """
+    data_status = data.stat()
     template = string.Template(
         (recipe_dir / "genimage.cfg.in").read_text(encoding="utf-8")
     )
@@ -173,9 +185,11 @@ def run_genimage(
         root_size=file_system_size(tree_size(root), ROOT_HEADROOM),
         data_size=file_system_size(tree_size(data), DATA_HEADROOM),
         boot_type=BOOT_PARTITION_TYPES[arch],
-        image_name=image_name,
+        image_name=GENIMAGE_IMAGE_NAME,
+        data_owner=f"{data_status.st_uid}:{data_status.st_gid}",
+        data_mode=f"{data_status.st_mode:o}",
     )
-    config_file = work / "genimage.cfg"
+    config_file = log_dir / "genimage.cfg"
     config_file.write_text(config, encoding="utf-8")
     empty_root = work / "genimage-root"
     empty_root.mkdir(exist_ok=True)
@@ -184,7 +198,7 @@ def run_genimage(
         shutil.rmtree(temporary)
     output = work / "images"
     output.mkdir(exist_ok=True)
-    log = work / "genimage.log"
+    log = log_dir / "genimage.log"
     with log.open("wb") as stream:
         result = subprocess.run(
             ["genimage", "--config", str(config_file), "--rootpath", str(empty_root),
@@ -196,11 +210,10 @@ def run_genimage(
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         raise ImageBuildError(
             f"genimage failed (exit code {result.returncode}); the last lines of "
-            f"{log}:\n" + "\n".join(tail) + "\nKeep the work folder with --work-dir "
-            "to inspect it"
+            f"{log}:\n" + "\n".join(tail) + f"\nThe configuration is {config_file}"
         )
     shutil.rmtree(temporary, ignore_errors=True)
-    return output / image_name
+    return output / GENIMAGE_IMAGE_NAME
 
 
 def read_partitions(image: Path) -> list[Partition]:

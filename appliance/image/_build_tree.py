@@ -73,6 +73,8 @@ class TreeSpec:
     mirror: str
     recipe_dir: Path
     extra_apt_sources: Sequence[str] = ()
+    # None takes the mirror's ``-security`` sibling (security_mirror_for).
+    security_mirror: str | None = None
     extra_apt_keys: Sequence[Path] = ()
     apt_cache_dir: Path | None = None
 
@@ -93,21 +95,39 @@ def package_list(recipe_dir: Path, arch: str) -> list[str]:
     return packages
 
 
+def security_mirror_for(mirror: str) -> str | None:
+    """Return the security archive next to ``mirror``, or None if there is none.
+
+    Debian's servers and their copies keep it beside the main archive
+    (``.../debian`` and ``.../debian-security``); a mirror URL with another
+    last folder name gives no way to find it.
+    """
+    mirror = mirror.rstrip("/")
+    if mirror.endswith("/debian"):
+        return f"{mirror}-security"
+    return None
+
+
 def apt_sources(spec: TreeSpec) -> list[str]:
     """Return the sources.list lines of the image: Debian's suites, then extras.
 
-    The security archive sits next to the mirror (``.../debian`` and
-    ``.../debian-security``), as on Debian's own servers.
+    Every image gets ``bookworm-security``, from ``spec.security_mirror`` or
+    else from the mirror's sibling (:func:`security_mirror_for`).
     """
     components = "main" if spec.arch == "amd64" else "main non-free-firmware"
     mirror = spec.mirror.rstrip("/")
-    lines = [
+    security = spec.security_mirror or security_mirror_for(mirror)
+    if security is None:
+        raise ImageBuildError(
+            f"--mirror {spec.mirror} does not end in /debian, so the security "
+            "archive beside it is unknown: give it with --security-mirror URL"
+        )
+    return [
         f"deb {mirror} {DEBIAN_SUITE} {components}",
         f"deb {mirror} {DEBIAN_SUITE}-updates {components}",
+        f"deb {security.rstrip('/')} {DEBIAN_SUITE}-security {components}",
+        *spec.extra_apt_sources,
     ]
-    if mirror.endswith("/debian"):
-        lines.append(f"deb {mirror}-security {DEBIAN_SUITE}-security {components}")
-    return lines + list(spec.extra_apt_sources)
 
 
 def run_mmdebstrap(
@@ -169,8 +189,8 @@ def run_mmdebstrap(
         raise ImageBuildError(
             f"mmdebstrap failed (exit code {result.returncode}); the last lines of "
             f"{log}:\n" + "\n".join(tail) + "\nCheck the mirror "
-            f"({spec.mirror}) and the --extra-apt-source lines, or keep the log "
-            "with --work-dir"
+            f"({spec.mirror}) and the --extra-apt-source lines; the whole log "
+            f"is {log}"
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -97,7 +98,8 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def built(image_folder: Path) -> BuiltImage:
     _require_tools()
-    image = image_folder / "nightbox-amd64.img"
+    # A space and quotes in the name, which genimage's configuration cannot hold.
+    image = image_folder / 'nightbox "box" amd64.img'
     trees = image_folder / "amd64"
     started = time.monotonic()
     result = _nightbox(
@@ -173,6 +175,24 @@ def test_data_partition_holds_slot_a(built: BuiltImage) -> None:
         "trying": None,
         "previous": None,
     }
+
+
+def test_data_partition_top_folder(built: BuiltImage) -> None:
+    data = _partitions(built.image)[2]
+    offset = int(str(data["start"])) * 512
+    status = subprocess.run(
+        ["debugfs", "-R", "stat /", f"{built.image}?offset={offset}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    groups = (built.root / "etc/group").read_text().splitlines()
+    nightbox_gid = next(
+        line.split(":")[2] for line in groups if line.startswith("nightbox:")
+    )
+    # As image-build/overlay/etc/tmpfiles.d/nightbox.conf gives it.
+    assert re.search(r"Mode:\s+01775\b", status), status
+    assert re.search(rf"User:\s+0\s+Group:\s+{nightbox_gid}\b", status), status
 
 
 def test_slot_files(built: BuiltImage) -> None:
