@@ -3,6 +3,9 @@
 The image is built once for the module (the slowest part), from Debian's
 archive and PyPI. Its root tree then boots in systemd-nspawn, read-only, with
 the data tree bound on /var/lib/nightbox as the data partition would be.
+The image trusts a key made by ``nightbox update keygen``, so signed update
+bundles are applied, switched back and rejected inside the booted container,
+and a power cut during a trial is followed by a second boot.
 The arm64 root tree is built too where binfmt_misc runs arm64 binaries.
 Downloaded packages and wheels are cached in the module's temporary folder,
 which is removed at the end. Needs root; tests/ensure-image-tools installs
@@ -11,6 +14,7 @@ the tools and prepares binfmt_misc and /run/systemd/nspawn.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +31,19 @@ from pathlib import Path
 import pytest
 
 from appliance.image._build_tools import BINFMT_DIR, missing_tools
+from tests.image.image_update import (
+    BOX_ENVIRONMENT,
+    BOX_PYTHON,
+    UpdateKeys,
+    apply_command,
+    flip_payload_byte,
+    generate_keys,
+    make_bundle,
+    read_current,
+    read_state,
+    wait_for_trial,
+)
+from tests.update.update_site import OLDER_VERSION, tree_hash
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("mqtt_probe.py")
@@ -64,6 +81,10 @@ class BootedBox:
     leader: int
     data: Path
     log: Path
+    nspawn: subprocess.Popen[bytes]
+    # The leader's start time in clock ticks since boot, so a pid that the
+    # kernel has given to another process since is never signalled.
+    leader_started: int
 
 
 def _require_tools() -> None:
@@ -96,7 +117,13 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def built(image_folder: Path) -> BuiltImage:
+def update_keys(image_folder: Path) -> UpdateKeys:
+    """The key pair whose public key the image trusts for updates."""
+    return generate_keys(image_folder / "update-keys")
+
+
+@pytest.fixture(scope="module")
+def built(image_folder: Path, update_keys: UpdateKeys) -> BuiltImage:
     _require_tools()
     # A space and quotes in the name, which genimage's configuration cannot hold.
     image = image_folder / 'nightbox "box" amd64.img'
@@ -105,6 +132,7 @@ def built(image_folder: Path) -> BuiltImage:
     result = _nightbox(
         "image", "build", "--arch", "amd64", "--output", str(image),
         "--rootfs-dir", str(trees), "--cache-dir", str(image_folder / "cache"),
+        "--update-key", str(update_keys.public_key),
     )  # fmt: skip
     print(f"amd64 image built in {time.monotonic() - started:.0f} s")
     print(result.stdout)
@@ -242,10 +270,9 @@ def test_units_enabled(built: BuiltImage) -> None:
     assert os.readlink(unit_dir / "getty@tty1.service") == "/dev/null"
 
 
-@pytest.fixture(scope="module")
-def booted(built: BuiltImage, image_folder: Path) -> Iterator[BootedBox]:
-    log = image_folder / "nspawn.log"
-    with log.open("wb") as output:
+def _boot(built: BuiltImage, log: Path) -> BootedBox:
+    """Boot the root tree read-only in systemd-nspawn with the data tree bound."""
+    with log.open("ab") as output:
         nspawn = subprocess.Popen(
             ["systemd-nspawn", "--quiet", "-D", str(built.root), "--read-only",
              f"--bind={built.data}:/var/lib/nightbox", "--boot", "--register=no",
@@ -254,15 +281,65 @@ def booted(built: BuiltImage, image_folder: Path) -> Iterator[BootedBox]:
         )  # fmt: skip
     try:
         leader = _container_leader(nspawn.pid)
-        yield BootedBox(leader, built.data, log)
+    except AssertionError:
+        nspawn.kill()
+        nspawn.wait()
+        raise
+    return BootedBox(leader, built.data, log, nspawn, _start_time(leader))
+
+
+def _start_time(pid: int) -> int:
+    """Return field 22 of /proc/PID/stat, the start time; -1 once it has ended."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return -1
+    # The command name in field 2 may contain spaces, so count after its ")".
+    return int(stat_line.rsplit(")", 1)[1].split()[19])
+
+
+def _stop(box: BootedBox) -> None:
+    if box.nspawn.poll() is not None:
+        _cut_power(box)
+        return
+    box.nspawn.send_signal(signal.SIGTERM)
+    try:
+        box.nspawn.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _cut_power(box)
+        pytest.fail(f"the container did not stop within {STOP_TIMEOUT_S} s")
+
+
+def _cut_power(box: BootedBox) -> None:
+    """Kill the container at once, as a power cut stops a box.
+
+    A killed systemd-nspawn leaves its container running, so its systemd
+    gets SIGKILL too, which ends every process of the container's PID
+    namespace together.
+    """
+    if _start_time(box.leader) == box.leader_started:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(box.leader, signal.SIGKILL)
+    box.nspawn.kill()
+    box.nspawn.wait(STOP_TIMEOUT_S)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while _start_time(box.leader) == box.leader_started:
+        # systemd-nspawn reaps its child before it exits; an orphan is
+        # reaped by the host's init.
+        assert time.monotonic() < deadline, (
+            f"the container's systemd {box.leader} outlived SIGKILL for "
+            f"{STOP_TIMEOUT_S} s"
+        )
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def booted(built: BuiltImage, image_folder: Path) -> Iterator[BootedBox]:
+    box = _boot(built, image_folder / "nspawn.log")
+    try:
+        yield box
     finally:
-        nspawn.send_signal(signal.SIGTERM)
-        try:
-            nspawn.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            nspawn.kill()
-            nspawn.wait()
-            pytest.fail(f"the container did not stop within {STOP_TIMEOUT_S} s")
+        _stop(box)
 
 
 def _container_leader(nspawn_pid: int) -> int:
@@ -291,15 +368,15 @@ def _inside(
     )
 
 
-@pytest.fixture(scope="module")
-def running(booted: BootedBox) -> BootedBox:
+def _wait_running(box: BootedBox) -> BootedBox:
+    """Wait until the container's boot finished; fail unless it is "running"."""
     started = time.monotonic()
     deadline = started + BOOT_TIMEOUT_S
     while True:
         # Until the container's systemd has created its private socket,
         # systemctl cannot connect and prints nothing on standard output.
         state = _inside(
-            booted, "systemctl", "is-system-running", "--wait",
+            box, "systemctl", "is-system-running", "--wait",
             timeout=max(deadline - time.monotonic(), 1),
         )  # fmt: skip
         reached = state.stdout.strip()
@@ -307,13 +384,18 @@ def running(booted: BootedBox) -> BootedBox:
             break
         time.sleep(0.5)
     print(f"boot reached {reached!r} in {time.monotonic() - started:.0f} s")
-    failed = _inside(booted, "systemctl", "--failed", "--no-legend", "--plain")
-    warnings = _inside(booted, "journalctl", "-b", "-p", "warning", "--no-pager")
+    failed = _inside(box, "systemctl", "--failed", "--no-legend", "--plain")
+    warnings = _inside(box, "journalctl", "-b", "-p", "warning", "--no-pager")
     assert reached == "running", (
         f"system is {reached!r}; failed units:\n{failed.stdout}\n"
         f"{warnings.stdout[-4000:]}"
     )
-    return booted
+    return box
+
+
+@pytest.fixture(scope="module")
+def running(booted: BootedBox) -> BootedBox:
+    return _wait_running(booted)
 
 
 def test_units_verify(running: BootedBox) -> None:
@@ -391,6 +473,184 @@ def test_root_is_read_only(running: BootedBox) -> None:
     assert write.returncode != 0
     assert "Read-only file system" in write.stderr
     assert not (running.data.parent / "root" / "nightbox-write-test").exists()
+
+
+# Updates under systemd. They share the booted container and run in this
+# order: 0.2.0 installs into slot-b, the broken 0.3.0 is switched back, a
+# tampered and an older bundle are rejected, and last a power cut during the
+# trial of 0.3.0 leaves the container killed and boots it again.
+GOOD_VERSION = "0.2.0"
+BROKEN_VERSION = "0.3.0"
+# A bound for pip's install into the new slot and the health check.
+APPLY_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBundles:
+    good: str
+    broken: str
+    tampered: str
+    older: str
+
+
+@pytest.fixture(scope="module")
+def update_bundles(
+    built: BuiltImage, image_folder: Path, update_keys: UpdateKeys
+) -> UpdateBundles:
+    """Signed bundles in the data tree's updates/ folder, by file name."""
+    folder = image_folder / "bundles"
+    folder.mkdir()
+    started = time.monotonic()
+    good = make_bundle(folder, update_keys, GOOD_VERSION)
+    broken = make_bundle(folder, update_keys, BROKEN_VERSION, broken=True)
+    older = make_bundle(folder, update_keys, OLDER_VERSION)
+    tampered = flip_payload_byte(broken, folder / "nightbox-tampered.nbu")
+    print(f"update bundles built in {time.monotonic() - started:.0f} s")
+    updates = built.data / "updates"
+    updates.mkdir(exist_ok=True)
+    for bundle in (good, broken, older, tampered):
+        shutil.copy(bundle, updates / bundle.name)
+    return UpdateBundles(good.name, broken.name, tampered.name, older.name)
+
+
+def _apply(box: BootedBox, bundle_name: str) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    result = subprocess.run(
+        apply_command(box.leader, bundle_name),
+        capture_output=True, text=True, timeout=APPLY_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    print(f"update apply {bundle_name}: {time.monotonic() - started:.0f} s")
+    return result
+
+
+def _service_state(box: BootedBox) -> str:
+    shown = _inside(box, "systemctl", "show", "nightbox.service", "-p", "ActiveState")
+    return shown.stdout.strip().removeprefix("ActiveState=")
+
+
+def _current_version(box: BootedBox) -> str:
+    """Return the version that ``app/current`` prints, inside the container."""
+    printed = _inside(box, *BOX_ENVIRONMENT, BOX_PYTHON, "-m", "appliance", "--version")
+    assert printed.returncode == 0, printed.stderr
+    return printed.stdout.split()[-1]
+
+
+def _bus_version(box: BootedBox) -> str:
+    """Return the version in the box's retained telemetry on the bus.
+
+    Reads as the operator account, the one the updater's health check uses,
+    because the observer may not read telemetry.
+    """
+    marker = json.loads((box.data / "first-boot.json").read_text())
+    accounts = json.loads((box.data / "data/secrets/broker.json").read_text())
+    topic = f"nightbox/{marker['site_id']}/box/{marker['box_id']}/tele/state"
+    probe = subprocess.run(
+        ["nsenter", "-t", str(box.leader), "-n", sys.executable, str(PROBE),
+         "operator", topic, "30"],
+        input=accounts["operator"] + "\n", capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    return str(json.loads(probe.stdout)["payload"]["data"]["version"])
+
+
+def test_update_installs_under_systemd(
+    running: BootedBox, update_bundles: UpdateBundles
+) -> None:
+    result = _apply(running, update_bundles.good)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert os.readlink(running.data / "app" / "current") == "slot-b"
+    state = read_state(running.data)
+    assert state["active"] == "slot-b"
+    assert state["trying"] is None
+    assert _service_state(running) == "active"
+    assert _current_version(running) == GOOD_VERSION
+    assert _bus_version(running) == GOOD_VERSION
+
+
+def test_broken_update_switched_back(
+    running: BootedBox, update_bundles: UpdateBundles
+) -> None:
+    result = _apply(running, update_bundles.broken)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"Nightbox {BROKEN_VERSION} failed its health check" in result.stderr
+    assert f"switched back to {GOOD_VERSION}" in result.stderr
+    assert os.readlink(running.data / "app" / "current") == "slot-b"
+    state = read_state(running.data)
+    assert state["active"] == "slot-b"
+    assert state["trying"] is None
+    assert _service_state(running) == "active"
+    assert _current_version(running) == GOOD_VERSION
+    assert _bus_version(running) == GOOD_VERSION
+
+
+def test_bad_bundles_rejected_in_box(
+    running: BootedBox, update_bundles: UpdateBundles
+) -> None:
+    app = running.data / "app"
+    before = tree_hash(app)
+    tampered = _apply(running, update_bundles.tampered)
+    older = _apply(running, update_bundles.older)
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr
+    assert "hash-mismatch" in tampered.stderr
+    assert older.returncode == 1, older.stdout + older.stderr
+    assert "old-version" in older.stderr
+    assert f"{OLDER_VERSION} <= {GOOD_VERSION}" in older.stderr
+    assert tree_hash(app) == before
+    assert _service_state(running) == "active"
+
+
+def test_power_cut_during_trial(
+    built: BuiltImage,
+    running: BootedBox,
+    update_bundles: UpdateBundles,
+    image_folder: Path,
+) -> None:
+    # Kills the module's container, so it runs after every other test of it.
+    update = subprocess.Popen(
+        apply_command(running.leader, update_bundles.broken),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        trying = wait_for_trial(running.data, update, APPLY_TIMEOUT_S)
+        _cut_power(running)
+        update.wait(STOP_TIMEOUT_S)
+    finally:
+        if update.poll() is None:
+            update.kill()
+            update.wait()
+    # The cut came during the trial: current points at the broken version.
+    assert trying == "slot-a"
+    assert read_state(running.data)["trying"] == "slot-a"
+    assert read_current(running.data) == "slot-a"
+
+    started = time.monotonic()
+    box = _boot(built, image_folder / "nspawn-after-cut.log")
+    try:
+        _wait_running(box)
+        print(f"boot after the power cut: {time.monotonic() - started:.0f} s")
+        logged = _inside(
+            box, "journalctl", "-b", "-u", "nightbox-slot-check.service",
+            "--no-pager", "-o", "cat",
+        )  # fmt: skip
+        assert "did not finish; switched back to slot-b" in logged.stdout, logged.stdout
+        assert "boot-check with the code of" not in logged.stdout
+        # The version on trial cannot run the check that switches it back.
+        trial_code = _inside(
+            box, *BOX_ENVIRONMENT, "/var/lib/nightbox/app/slot-a/venv/bin/python",
+            "-m", "appliance", "update", "status",
+        )  # fmt: skip
+        assert trial_code.returncode != 0
+        assert "broken on purpose" in trial_code.stderr
+        assert os.readlink(box.data / "app" / "current") == "slot-b"
+        state = read_state(box.data)
+        assert state["active"] == "slot-b"
+        assert state["trying"] is None
+        assert _service_state(box) == "active"
+        assert _current_version(box) == GOOD_VERSION
+        assert _bus_version(box) == GOOD_VERSION
+    finally:
+        _stop(box)
 
 
 ARM64_SKIP_REASON = (
