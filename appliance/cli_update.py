@@ -22,8 +22,9 @@ from typing import Any
 
 from appliance.config import SiteConfig, load_config
 from appliance.errors import ConfigError
-from appliance.image.layout import SITE_FILE_NAME, STATE_DIR
+from appliance.image.layout import SITE_FILE_NAME, SLOT_NAMES, STATE_DIR
 from appliance.update.config import UpdateConfig
+from appliance.update.trust import trusted_update_table
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -125,6 +126,12 @@ def _site_options(parser: argparse.ArgumentParser) -> None:
 def run(arguments: argparse.Namespace) -> int:
     """Run an ``update`` subcommand; return the exit code."""
     command = arguments.update_command
+    if command in ("apply", "status", "boot-check"):
+        # pip and the restart command run in other working folders, and the
+        # site file's relative paths resolve from its own folder.
+        arguments.config = arguments.config.absolute()
+        if arguments.app_dir is not None:
+            arguments.app_dir = arguments.app_dir.absolute()
     if command == "keygen":
         return _keygen(arguments)
     if command == "bundle":
@@ -178,7 +185,8 @@ def _apply(arguments: argparse.Namespace) -> int:
     if arguments.request == (arguments.bundle is not None):
         raise ConfigError("give either a bundle file or --request, not both or neither")
     site = load_config(arguments.config)
-    updater = Updater(_update_config(site.update, arguments), site)
+    table = trusted_update_table(arguments.config, site.update)
+    updater = Updater(_update_config(table, arguments), site)
     try:
         if arguments.request:
             outcome = updater.apply_request()
@@ -200,7 +208,16 @@ def _status(arguments: argparse.Namespace) -> int:
     from appliance.update.updater import Updater
 
     config = _update_config(_site_update(arguments.config), arguments)
-    status = Updater(config, None).status()
+    updater = Updater(config, None)
+    if not any(updater.app.slot(slot).is_dir() for slot in SLOT_NAMES):
+        print(
+            f"nightbox update: {updater.app.path} has no application slots "
+            f"({', '.join(SLOT_NAMES)}), so this is not a box's application "
+            "folder; give --app-dir or a site file whose [update] app_dir has them",
+            file=sys.stderr,
+        )
+        return 2
+    status = updater.status()
     if arguments.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
@@ -217,18 +234,18 @@ def _status(arguments: argparse.Namespace) -> int:
         text = (
             "incomplete"
             if info is None
-            else f"{info['version']} ({info['installed_at']})"
+            else f"{info['version']} (installed {info['installed_at']})"
         )
         print(f"{slot}:             {text}")
     last = status["last_result"]
     if last is None:
         print("Last result:        none")
     else:
+        words = [last["result"]]
+        if last.get("version"):
+            words.append(str(last["version"]))
         reason = f", {last['reason']}" if last.get("reason") else ""
-        print(
-            f"Last result:        {last['result']} {last.get('version') or ''}"
-            f"{reason} at {last.get('at')}"
-        )
+        print(f"Last result:        {' '.join(words)}{reason} at {last.get('at')}")
         if last.get("message"):
             print(f"                    {last['message']}")
     return 0
@@ -257,7 +274,7 @@ def _site_update(path: Path) -> UpdateConfig:
     except (ConfigError, OSError) as err:
         _LOGGER.warning("Using the default [update] settings: %s", err)
         return UpdateConfig()
-    return site.update
+    return trusted_update_table(path, site.update)
 
 
 def _update_config(config: UpdateConfig, arguments: argparse.Namespace) -> UpdateConfig:
