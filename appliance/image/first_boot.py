@@ -5,7 +5,8 @@ on every boot, before mosquitto and the box. On the first one it writes,
 under the state folder (the data partition):
 
 1. ``site.toml``: a generated box id, a placeholder site id and the system
-   broker on 127.0.0.1:1883, a file that ``nightbox run`` accepts as it is.
+   broker listening on every interface at port 1883 (readers reach it over
+   Wi-Fi), a file that ``nightbox run`` accepts as it is.
 2. ``site.toml.setup.json``: the setup wizard's progress with the box id
    filled in, so the console on tty1 opens the wizard. The wizard requests
    the site and the admin PIN, and it may replace the site file.
@@ -72,6 +73,9 @@ class FirstBootResult:
     written: list[Path] = field(default_factory=list)
     grow: GrowResult | None = None
     grow_error: str | None = None
+    # True while site.toml is the one first boot wrote, before the wizard ran.
+    placeholder: bool = True
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> list[str]:
         """Return lines for people: what was written and the next step."""
@@ -87,11 +91,18 @@ class FirstBootResult:
             )
             return lines
         lines += [f"Wrote {path}" for path in self.written]
-        lines.append(
-            f"First boot done: box {self.box_id}, placeholder site {self.site_id}. "
-            "Set the site and the admin PIN in the setup wizard on the console "
-            "(tty1)."
-        )
+        lines += [f"Warning: {warning}" for warning in self.warnings]
+        if self.placeholder:
+            lines.append(
+                f"First boot done: box {self.box_id}, placeholder site "
+                f"{self.site_id}. Set the site and the admin PIN in the setup "
+                "wizard on the console (tty1)."
+            )
+        else:
+            lines.append(
+                f"First boot done: box {self.box_id}, site {self.site_id}; the "
+                "site file that was already set up was kept."
+            )
         return lines
 
 
@@ -123,6 +134,8 @@ def run_first_boot(
     else:
         written = []
     result = FirstBootResult(config.box_id, config.site_id, False, written)
+    result.placeholder = _written_by_first_boot(layout.site_file)
+    _check_service_user(result)
     _grow(result, state_dir, enabled=grow)
     try:
         _write_box_files(layout, config, result)
@@ -132,11 +145,29 @@ def run_first_boot(
             "the folder's permissions and run 'nightbox image first-boot' again"
         ) from err
     _LOGGER.info(
-        "First boot done for box %s (placeholder site %s)",
+        "First boot done for box %s (%s site %s)",
         config.box_id,
+        "placeholder" if result.placeholder else "set-up",
         config.site_id,
     )
     return result
+
+
+def _check_service_user(result: FirstBootResult) -> None:
+    """Warn when root runs first boot on a system without the service user."""
+    if os.geteuid() != 0:
+        return
+    try:
+        pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        warning = (
+            f"there is no user {SERVICE_USER!r}, so the files stay owned by root "
+            f"and a box running as {SERVICE_USER!r} cannot read them; on the "
+            f"image the user exists. Create it (useradd --system {SERVICE_USER}), "
+            "move first-boot.json away and run first boot again"
+        )
+        _LOGGER.warning("First boot: %s", warning)
+        result.warnings.append(warning)
 
 
 def _write_box_files(

@@ -80,6 +80,20 @@ BUNDLE_MANIFEST_NAME = "manifest.json"
 class FirmwareOfferError(NightboxError, ValueError):
     """A firmware folder that cannot be offered; the message names the file."""
 
+    def __init__(self, message: str) -> None:
+        # The message goes into the box's status on the bus, whose JSON
+        # encoder rejects the lone surrogates that stand for file-name bytes
+        # that are not UTF-8. Such bytes are shown as \xNN instead.
+        super().__init__(_encodable(message))
+
+
+def _encodable(text: str) -> str:
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
 
 @dataclass(frozen=True, slots=True)
 class FirmwareFile:
@@ -176,7 +190,9 @@ def load_release(folder: Path) -> FirmwareRelease:
     if package.is_dir():
         for path in sorted(package.rglob("*")):
             relative = path.relative_to(package)
-            if _SKIPPED_FOLDERS.intersection(relative.parts) or path.is_dir():
+            if _SKIPPED_FOLDERS.intersection(relative.parts):
+                continue
+            if path.is_dir() and not path.is_symlink():
                 continue
             # Symlinks are listed so that _read_file rejects them by name.
             if path.suffix == ".py" or path.is_symlink():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,21 @@ def copy_tree(source: Path, destination: Path) -> None:
     points at the base Python, and modes and times are kept.
     """
     shutil.copytree(source, destination, symlinks=True)
+
+
+def tree_bytes(folder: Path) -> int:
+    """Return the bytes of the regular files under ``folder``; 0 when it is missing.
+
+    Links are not followed, and files that vanish while it counts are skipped.
+    """
+    total = 0
+    for root, _folders, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                status = os.lstat(os.path.join(root, name))
+                if stat.S_ISREG(status.st_mode):
+                    total += status.st_size
+    return total
 
 
 def sync_all() -> None:

@@ -36,6 +36,7 @@ import re
 import stat
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -123,6 +124,7 @@ def write_bundle(
         raise BundleBuildError(
             f"--version {version!r} is not a PEP 440 version; give one such as 0.2.0"
         ) from err
+    _check_output(output)
     created = created_at or dt.datetime.now(dt.UTC)
     sources: dict[str, Path] = {}
     wheel_entries = []
@@ -135,6 +137,7 @@ def write_bundle(
             )
         if entry.path in sources:
             raise BundleBuildError(f"wheel {wheel.name} is given twice")
+        _check_wheel_file(wheel)
         sources[entry.path] = wheel
         wheel_entries.append(entry)
     check_nightbox_wheels(wheel_entries, parsed, BundleBuildError)
@@ -187,12 +190,60 @@ def _firmware_sources(folder: Path) -> dict[str, Path]:
             f"--firmware {folder} has no main.py; give the reader firmware folder "
             "(main.py and nbreader/*.py), such as the repository's firmware/"
         )
+    _reject_symlink(main)
     sources = {f"{FIRMWARE_DIR}/main.py": main}
     package = folder / "nbreader"
+    _reject_symlink(package)
     if package.is_dir():
         for module in sorted(package.glob("*.py")):
+            _reject_symlink(module)
+            if not module.is_file():
+                raise BundleBuildError(
+                    f"--firmware: {module} is not a regular file; the firmware "
+                    "folder holds files only"
+                )
             sources[f"{FIRMWARE_DIR}/nbreader/{module.name}"] = module
     return sources
+
+
+def _reject_symlink(path: Path) -> None:
+    """Raise BundleBuildError when ``path`` is a symbolic link.
+
+    A link would put the file it points at, which may be any file of the
+    release machine, into the signed bundle and onto every reader.
+    """
+    if path.is_symlink():
+        raise BundleBuildError(
+            f"--firmware: {path} is a symbolic link to {os.readlink(path)}; replace "
+            "it with the file itself"
+        )
+
+
+def _check_wheel_file(wheel: Path) -> None:
+    try:
+        is_zip = zipfile.is_zipfile(wheel)
+    except OSError as err:
+        raise BundleBuildError(
+            f"cannot read {wheel} ({err.strerror}); give a readable .whl file"
+        ) from err
+    if not wheel.is_file() or not is_zip:
+        raise BundleBuildError(
+            f"--wheel {wheel} is not a wheel (a zip archive); give the .whl that "
+            "'pip wheel' built"
+        )
+
+
+def _check_output(output: Path) -> None:
+    if output.is_dir():
+        raise BundleBuildError(
+            f"--output {output} is a folder; give a file name such as "
+            f"{output / 'nightbox-VERSION.nbu'}"
+        )
+    if output.exists() or output.is_symlink():
+        raise BundleBuildError(
+            f"--output {output} already exists and bundles are never overwritten; "
+            "remove it or give another file name"
+        )
 
 
 def _hash_file(path: Path) -> tuple[int, str]:
@@ -347,8 +398,33 @@ def _read_signed_manifest(
     return parse_manifest(manifest_bytes)
 
 
-def _read_small_member(tar: tarfile.TarFile, name: str, limit: int) -> bytes:
+def _next_member(tar: tarfile.TarFile, previous: str | None) -> tarfile.TarInfo | None:
+    """Return the next member, or None at the archive's end marker.
+
+    After the first member, tarfile takes a damaged header for the end of
+    the archive. A real end is a block of zeros, so anything else where
+    tarfile stopped is reported as damage, with the byte offset and
+    ``previous``, the name of the member before it.
+    """
     member = tar.next()
+    if member is not None:
+        return member
+    assert tar.fileobj is not None  # opened with fileobj
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if block.strip(b"\0"):
+        after = "first" if previous is None else f"after {previous!r:.80}"
+        raise BundleRejected(
+            "malformed",
+            f"the archive is damaged at byte {tar.offset} (a tar header {after} "
+            "fails its checksum); copy the bundle again from its source",
+        )
+    return None
+
+
+def _read_small_member(tar: tarfile.TarFile, name: str, limit: int) -> bytes:
+    previous = None if name == MANIFEST_NAME else MANIFEST_NAME
+    member = _next_member(tar, previous)
     if member is None or member.name != name:
         found = "the end of the archive" if member is None else repr(member.name[:80])
         raise BundleRejected(
@@ -393,8 +469,10 @@ def _read_payload(
 ) -> None:
     expected = {entry.path: entry for entry in manifest.files}
     seen: set[str] = set()
-    while (member := tar.next()) is not None:
+    previous = SIGNATURE_NAME
+    while (member := _next_member(tar, previous)) is not None:
         name = member.name
+        previous = name
         check_member_name(name)
         if name in seen:
             raise BundleRejected(

@@ -96,6 +96,12 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
             f"cannot read the update key {path} ({err}); it must be the "
             "update-key.pub that 'nightbox update keygen' wrote"
         ) from err
+    if "PRIVATE KEY-----" in text:
+        raise UpdateKeyError(
+            f"{path} is a PEM private key; the box needs the public key, the "
+            "update-key.pub that 'nightbox update keygen' wrote next to it. Keep "
+            "the private key off the boxes"
+        )
     try:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError) as err:

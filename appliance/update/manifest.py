@@ -110,6 +110,14 @@ class Manifest:
 
 def parse_manifest(data: bytes) -> Manifest:
     try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BundleRejected(
+            "malformed",
+            f"{MANIFEST_NAME} is not UTF-8 text (invalid byte at offset "
+            f"{err.start}); write bundles with 'nightbox update bundle'",
+        ) from err
+    try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as err:
         raise BundleRejected(
@@ -158,7 +166,13 @@ def parse_manifest(data: bytes) -> Manifest:
             "malformed",
             f"{odd!r:.80} must be listed both in 'files' and in 'wheels' or 'firmware'",
         )
-    check_nightbox_wheels(list(wheels), version, _rejected_malformed)
+    check_nightbox_wheels(
+        list(wheels),
+        version,
+        _rejected_malformed,
+        "the bundle was built from mismatched inputs; build it again with "
+        "'nightbox update bundle'",
+    )
     return Manifest(
         version=str(version),
         created_at=created_at,
@@ -196,15 +210,17 @@ def _file_entry(item: Any) -> BundleFile:
     if not isinstance(path, str):
         raise BundleRejected("malformed", "a file path in 'files' is not a string")
     check_member_name(path)
-    if (
-        isinstance(size, bool)
-        or not isinstance(size, int)
-        or not 0 <= size <= MAX_FILE_BYTES
-    ):
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise BundleRejected(
-            "too-large" if isinstance(size, int) and size > 0 else "malformed",
+            "malformed",
             f"{path}: size {size!r:.30} is not a whole number of bytes from 0 to the "
             f"maximum of {MAX_FILE_BYTES}",
+        )
+    if size > MAX_FILE_BYTES:
+        raise BundleRejected(
+            "too-large",
+            f"{path}: size {size} bytes is above the maximum of {MAX_FILE_BYTES} "
+            "bytes per file",
         )
     if not isinstance(digest, str) or not _SHA256.match(digest):
         raise BundleRejected(
@@ -271,8 +287,15 @@ def _listed_firmware(item: Any) -> str:
 
 
 def check_nightbox_wheels(
-    wheels: list[WheelEntry], version: Version, error: Any
+    wheels: list[WheelEntry],
+    version: Version,
+    error: Any,
+    fix: str = "build the wheel with that version or give the matching --version",
 ) -> None:
+    """Raise ``error`` unless the wheels include a nightbox wheel of ``version``.
+
+    ``fix`` ends the message with what the reader of the message can do.
+    """
     own = [wheel for wheel in wheels if wheel.project == PROJECT_NAME]
     if not own:
         raise error(
@@ -283,8 +306,7 @@ def check_nightbox_wheels(
         if Version(wheel.version) != version:
             raise error(
                 f"the {PROJECT_NAME} wheel {wheel.path} has version {wheel.version}, "
-                f"not the bundle's version {version}; build the wheel with that "
-                "version or give the matching --version"
+                f"not the bundle's version {version}; {fix}"
             )
 
 

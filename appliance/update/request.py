@@ -14,8 +14,11 @@ bundle again itself: the file is written by a less trusted user.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,29 +76,78 @@ def write_request(
 def take_request(updates_dir: Path) -> UpdateRequest | None:
     """Move ``request.json`` aside and return it; None when there is no request.
 
-    Raises RequestError for a request that cannot be used. It is moved
-    aside all the same, so the path unit does not start the updater again.
+    Raises RequestError for a request that cannot be used, such as one that
+    is not a regular file. It is moved aside all the same, so the path unit
+    does not start the updater again.
     """
     source = request_path(updates_dir)
     taken = updates_dir / TAKEN_NAME
+    if not os.path.lexists(source):
+        return None
+    # The folder belongs to the box's user, who may leave anything at the
+    # taken name; a folder there would make every rename below fail.
+    _remove_any(taken)
     try:
         os.replace(source, taken)
     except FileNotFoundError:
         return None
-    fsync_folder(updates_dir)
-    try:
-        # O_NOFOLLOW: the folder belongs to the box's user, so a link there
-        # must not make root read another file.
-        descriptor = os.open(taken, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(descriptor, "rb") as handle:
-            data = handle.read(_MAX_BYTES + 1)
     except OSError as err:
-        raise RequestError(f"cannot read the update request {taken}: {err}") from err
+        raise RequestError(
+            f"cannot move the update request {source} aside ({err.strerror}); "
+            f"remove {source} and {taken} and send the update command again"
+        ) from err
+    fsync_folder(updates_dir)
+    data = _read_regular_file(taken)
     if len(data) > _MAX_BYTES:
         raise RequestError(
             f"the update request {taken} has more than {_MAX_BYTES} bytes"
         )
     return parse_request(data, taken)
+
+
+def _remove_any(path: Path) -> None:
+    """Remove ``path`` whatever it is; a link is removed, never followed."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(status.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """Return up to ``_MAX_BYTES + 1`` bytes of ``path``, a regular file.
+
+    O_NOFOLLOW: the folder belongs to the box's user, so a link there must
+    not make root read another file. O_NONBLOCK: opening a FIFO would wait
+    for a writer forever.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RequestError(
+                f"the update request {path} is a symbolic link, which the updater "
+                "does not follow; send the update command again"
+            ) from err
+        raise RequestError(
+            f"cannot read the update request {path} ({err.strerror})"
+        ) from err
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise RequestError(
+            f"the update request {path} is not a regular file (a folder, FIFO "
+            "or device); send the update command again"
+        )
+    with os.fdopen(descriptor, "rb") as handle:
+        try:
+            return handle.read(_MAX_BYTES + 1)
+        except OSError as err:
+            raise RequestError(
+                f"cannot read the update request {path} ({err.strerror})"
+            ) from err
 
 
 def parse_request(data: bytes, where: Path) -> UpdateRequest:

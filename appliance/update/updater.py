@@ -22,6 +22,8 @@ boot before the box starts, then returns to the previous slot and repairs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import fcntl
 import logging
 import os
@@ -48,7 +50,12 @@ from appliance.update.health import (
     watch_box,
 )
 from appliance.update.keys import UpdateKeyError, load_public_key
-from appliance.update.manifest import BundleRejected, compatible_wheels
+from appliance.update.manifest import (
+    FIRMWARE_DIR,
+    WHEELS_DIR,
+    BundleRejected,
+    compatible_wheels,
+)
 from appliance.update.request import RequestError, bundle_in_folders, take_request
 from appliance.update.results import UpdateResult, read_results, record_result
 from appliance.update.slots import (
@@ -71,6 +78,12 @@ T = TypeVar("T")
 _OUTPUT_TAIL_CHARS = 600
 # Variables that would make a slot's Python import another installation.
 _FOREIGN_PYTHON_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
+# An installed wheel takes more room than the compressed wheel. This factor
+# is an estimate (pure-Python wheels unpack to about 2 to 3 times their size).
+_WHEEL_UNPACKED_FACTOR = 3
+# Room left free after the new slot is written, for the journal and the
+# SQLite store that share the data partition.
+_SPARE_BYTES = 16 * 1024 * 1024
 
 
 class UpdateFailed(NightboxError, RuntimeError):
@@ -115,23 +128,34 @@ class Updater:
         steps: Steps | None = None,
         settle_s: float = SETTLE_S,
     ) -> None:
-        self.config = config
+        # pip runs inside the slot, so a path relative to the caller's
+        # working folder would point nowhere there.
+        self.config = dataclasses.replace(
+            config,
+            app_dir=Path(os.path.abspath(config.app_dir)),
+            updates_dir=Path(os.path.abspath(config.updates_dir)),
+            public_key=Path(os.path.abspath(config.public_key)),
+        )
         self.site = site
-        self.app = AppDir(config.app_dir)
+        self.app = AppDir(self.config.app_dir)
         self.steps = steps or Steps()
         self.settle_s = settle_s
 
     # apply
 
     def apply(
-        self, bundle_path: Path, *, manifest_sha256: str | None = None
+        self,
+        bundle_path: Path,
+        *,
+        manifest_sha256: str | None = None,
+        request_version: str | None = None,
     ) -> UpdateResult:
         """Install the bundle at ``bundle_path`` and keep it if the box stays healthy.
 
-        ``manifest_sha256``, from a request, must match the bundle's
-        manifest. Raises UpdateFailed naming the bundle's version and why
-        it was rejected or switched back; the record in ``results.json``
-        counts every outcome.
+        ``manifest_sha256`` and ``request_version``, from a request, must
+        match the bundle's manifest. Raises UpdateFailed naming the bundle's
+        version and why it was rejected, failed or was switched back; the
+        record in ``results.json`` counts every outcome.
         """
         started = time.monotonic()
         version: str | None = None
@@ -144,11 +168,18 @@ class Updater:
                 site = self._require_site()
                 login = broker_login(site)
                 bundle = self._verify(
-                    bundle_path, key, active_info.version, manifest_sha256
+                    bundle_path,
+                    key,
+                    active_info.version,
+                    manifest_sha256,
+                    request_version,
                 )
                 version = bundle.manifest.version
                 try:
                     target = other_slot(active)
+                    self.steps.run(
+                        "check free space", self._check_free_space, active, bundle
+                    )
                     self._prepare_slot(target, active, bundle)
                 finally:
                     assert bundle.folder is not None
@@ -162,9 +193,10 @@ class Updater:
             ConfigError,
             SlotError,
             UpdateFailed,
+            OSError,
         ) as err:
             reason, result = _failure_kind(err)
-            message = getattr(err, "message", str(err))
+            message = _printable(getattr(err, "message", None) or _error_text(err))
             failed = UpdateResult(
                 result,
                 version,
@@ -174,10 +206,14 @@ class Updater:
                 dict(self.steps.durations),
             )
             _LOGGER.error(
-                "Update %s from %s failed: %s", version or "?", bundle_path, err
+                "Update %s from %s failed: %s: %s",
+                version or "(version unknown)",
+                _printable(str(bundle_path)),
+                reason,
+                message,
             )
             record_result(self.config.updates_dir, failed)
-            if isinstance(err, UpdateFailed):
+            if isinstance(err, UpdateFailed) and message == err.message:
                 raise
             raise UpdateFailed(reason, _with_version(version, message)) from err
         outcome.seconds = time.monotonic() - started
@@ -193,15 +229,20 @@ class Updater:
             if request is None:
                 return None
             bundle = bundle_in_folders(request.bundle, self.config.bundle_dirs)
-        except RequestError as err:
+        except (RequestError, OSError) as err:
+            message = _printable(_error_text(err))
             record_result(
                 self.config.updates_dir,
-                UpdateResult("rejected", None, "invalid-request", str(err)),
+                UpdateResult("rejected", None, "invalid-request", message),
             )
-            _LOGGER.error("Rejected the update request: %s", err)
-            raise UpdateFailed("invalid-request", str(err)) from err
+            _LOGGER.error("Rejected the update request: %s", message)
+            raise UpdateFailed("invalid-request", message) from err
         _LOGGER.info("Applying requested update %s from %s", request.version, bundle)
-        return self.apply(bundle, manifest_sha256=request.manifest_sha256)
+        return self.apply(
+            bundle,
+            manifest_sha256=request.manifest_sha256,
+            request_version=request.version,
+        )
 
     def _verify(
         self,
@@ -209,6 +250,7 @@ class Updater:
         key: Any,
         active_version: str,
         manifest_sha256: str | None,
+        request_version: str | None,
     ) -> VerifiedBundle:
         folder = self.steps.run(
             "create extraction folder",
@@ -234,6 +276,16 @@ class Updater:
                     f"{bundle_path} changed after the box verified it (its manifest "
                     "differs from the request's); send the update command again",
                 )
+            if (
+                request_version is not None
+                and bundle.manifest.version != request_version
+            ):
+                raise BundleRejected(
+                    "request-mismatch",
+                    f"the request names version {request_version:.40}, but "
+                    f"{bundle_path} holds {bundle.manifest.version}; send the "
+                    "update command again",
+                )
             # A bundle without a wheel for this box is rejected before the
             # inactive slot is touched.
             compatible_wheels(bundle.manifest, _supported_tags())
@@ -242,7 +294,56 @@ class Updater:
             raise
         return bundle
 
+    def _check_free_space(self, active: str, bundle: VerifiedBundle) -> None:
+        """Raise UpdateFailed ``no-space`` unless the new slot fits the partition.
+
+        The inactive slot is cleared first, so its files count as free. The
+        need is an estimate: the active venv, the wheels unpacked, the
+        firmware, and a spare for the journal and the store.
+        """
+        target = self.app.slot(other_slot(active))
+        wheel_bytes = sum(
+            entry.size
+            for entry in bundle.manifest.files
+            if entry.path.startswith(f"{WHEELS_DIR}/")
+        )
+        firmware_bytes = sum(
+            entry.size
+            for entry in bundle.manifest.files
+            if entry.path.startswith(f"{FIRMWARE_DIR}/")
+        )
+        needed = (
+            _files.tree_bytes(self.app.slot(active) / VENV_NAME)
+            + wheel_bytes * _WHEEL_UNPACKED_FACTOR
+            + firmware_bytes
+            + _SPARE_BYTES
+        )
+        available = shutil.disk_usage(self.app.path).free + _files.tree_bytes(target)
+        if needed > available:
+            raise UpdateFailed(
+                "no-space",
+                f"the new slot needs about {_mebibytes(needed)} but {self.app.path} "
+                f"has {_mebibytes(available)} free (counting {target.name}); free "
+                "space on the data partition, such as old journal files, and try "
+                "again",
+            )
+
     def _prepare_slot(self, target: str, active: str, bundle: VerifiedBundle) -> None:
+        """Install the bundle into ``target``; on failure, leave it cleared."""
+        try:
+            self._fill_slot(target, active, bundle)
+        except (OSError, UpdateFailed):
+            # A half-written slot only takes space: clear it, so the data
+            # partition is as free as before the update.
+            try:
+                self.steps.run("clear slot", _files.clear_folder, self.app.slot(target))
+            except OSError as err:
+                _LOGGER.error(
+                    "Could not clear %s after the failed install: %s", target, err
+                )
+            raise
+
+    def _fill_slot(self, target: str, active: str, bundle: VerifiedBundle) -> None:
         slot = self.app.slot(target)
         version = bundle.manifest.version
         _LOGGER.info("Installing Nightbox %s into %s", version, target)
@@ -466,6 +567,14 @@ class Updater:
 
     def _repair(self) -> list[str]:
         changes: list[str] = []
+        link = self.app.current_link
+        if link.is_dir() and not link.is_symlink():
+            # Only root can put a folder there, and what it contains is unknown,
+            # so it is left for a person to look at.
+            raise SlotError(
+                f"{link} is a folder, not a symbolic link to a slot; move it away "
+                f"(mv {link} {link}.old) and run 'nightbox update boot-check' again"
+            )
         for folder in self.app.incoming_folders():
             self.steps.run("remove extraction folder", _files.remove_tree, folder)
             changes.append(f"removed the leftover extraction folder {folder.name}")
@@ -605,6 +714,54 @@ def _output_tail(completed: subprocess.CompletedProcess[str]) -> str:
     )
 
 
+def _mebibytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def _is_no_space(error: OSError) -> bool:
+    if error.errno == errno.ENOSPC:
+        return True
+    # shutil.copytree collects its failures into one shutil.Error, whose
+    # argument lists (source, destination, reason) per file.
+    if isinstance(error, shutil.Error) and error.args:
+        no_space = os.strerror(errno.ENOSPC)
+        return any(no_space in str(entry) for entry in error.args[0])
+    return False
+
+
+def _error_text(error: Exception) -> str:
+    """Return one line for ``error``; shutil.Error lists its first failed file."""
+    if (
+        isinstance(error, shutil.Error)
+        and error.args
+        and isinstance(error.args[0], list)
+    ):
+        failures = error.args[0]
+        if failures and isinstance(failures[0], tuple) and len(failures[0]) == 3:
+            source, _destination, why = failures[0]
+            more = f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""
+            return f"copying {source} failed: {why}{more}"
+    if isinstance(error, OSError) and error.filename is not None:
+        # str(error) shows the name's repr, where an undecodable byte would
+        # read as a surrogate escape instead of the byte.
+        return f"{os.fsdecode(error.filename)}: {error.strerror}"
+    return str(error)
+
+
+def _printable(text: str) -> str:
+    """Return ``text`` with undecodable file-name bytes shown as ``\\xNN``.
+
+    File names that are not UTF-8 reach Python as lone surrogates, which
+    JSON encoders and the bus reject.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # Surrogates that no file name decoding makes: show their code points.
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _failure_kind(error: Exception) -> tuple[str, str]:
     """Return the reason and the ``results.json`` result of a failed update."""
     if isinstance(error, BundleRejected):
@@ -619,6 +776,8 @@ def _failure_kind(error: Exception) -> tuple[str, str]:
         return error.reason, "switched-back"
     if isinstance(error, UpdateFailed):
         return error.reason, "failed"
+    if isinstance(error, OSError):
+        return ("no-space" if _is_no_space(error) else "io-error"), "failed"
     return type(error).__name__, "failed"
 
 

@@ -471,6 +471,50 @@ def test_setup_wizard_completes(state_dir: Path) -> None:
     assert tomllib.loads(layout.site_file.read_text())["box"]["id"] == first.box_id
 
 
+def test_rerun_after_wizard_names_site(state_dir: Path) -> None:
+    layout = BoxLayout(state_dir)
+    first = run_first_boot(state_dir, grow=False)
+    values = load_progress(layout.site_file)
+    assert values is not None
+    values.site_id = "club"
+    values.site_name = "Club"
+    values.zones = "main"
+    values.exits = "door main"
+    values.ibeacon_uuid = "426c7565-4368-6172-6d42-6561636f6e73"
+    write_setup(layout.site_file, values, "480917")
+    layout.first_boot_file.rename(state_dir / "first-boot.moved")
+
+    again = run_first_boot(state_dir, grow=False)
+    text = "\n".join(again.summary())
+
+    assert again.box_id == first.box_id
+    assert not again.placeholder
+    assert "placeholder" not in text
+    assert "site club" in text
+    assert "setup wizard" not in text
+
+
+def test_missing_service_user_warned(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_getpwnam = pwd.getpwnam
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name == "nightbox":
+            raise KeyError(name)
+        return real_getpwnam(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+
+    result = run_first_boot(state_dir, grow=False)
+
+    assert len(result.warnings) == 1
+    assert "no user 'nightbox'" in result.warnings[0]
+    assert any("Warning: there is no user" in line for line in result.summary())
+    assert "files stay owned by root" in caplog.text
+
+
 def start_mosquitto(conf: Path, port: int) -> subprocess.Popen[bytes]:
     """Start mosquitto with the generated ``conf``, as mosquitto.service does."""
     binary = find_mosquitto()

@@ -6,11 +6,13 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from appliance.bus.client import Bus, Incoming
@@ -138,14 +140,42 @@ def test_release_from_reader_bundle(tmp_path: Path) -> None:
             ),
             "is not a regular file",
         ),
+        (
+            lambda folder: (folder / "nbreader" / "sub").symlink_to(
+                folder, target_is_directory=True
+            ),
+            "sub is not a regular file",
+        ),
     ],
-    ids=["no-package", "no-main", "no-version", "too-big", "bad-path", "symlink"],
+    ids=[
+        "no-package",
+        "no-main",
+        "no-version",
+        "too-big",
+        "bad-path",
+        "symlink",
+        "folder-symlink",
+    ],
 )
 def test_release_rejects_bad_folder(tmp_path: Path, change: Any, message: str) -> None:
     folder = copy_firmware(tmp_path / "fw")
     change(folder)
     with pytest.raises(FirmwareOfferError, match=message):
         load_release(folder)
+
+
+def test_undecodable_name_error_encodable(tmp_path: Path) -> None:
+    folder = copy_firmware(tmp_path / "fw")
+    name = os.fsdecode(b"x\xff.py")
+    (folder / "nbreader" / name).write_text("x = 1\n")
+
+    with pytest.raises(FirmwareOfferError) as rejected:
+        load_release(folder)
+
+    message = str(rejected.value)
+    assert "x\\xff.py" in message
+    # The box's status carries the message; its JSON encoder must take it.
+    assert orjson.loads(orjson.dumps({"error": message})) == {"error": message}
 
 
 def test_release_rejects_missing_folder(tmp_path: Path) -> None:

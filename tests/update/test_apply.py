@@ -362,7 +362,12 @@ async def test_power_cut_at_every_step(site: UpdateSite, wheels: BuiltWheels) ->
     else:
         pytest.fail("the update never ran to its end")
 
-    assert cut_steps[:3] == ["create extraction folder", "verify bundle", "unmark slot"]
+    assert cut_steps[:4] == [
+        "create extraction folder",
+        "verify bundle",
+        "check free space",
+        "unmark slot",
+    ]
     assert {"install wheels", "switch current", "restart", "health check"} <= set(
         cut_steps
     )

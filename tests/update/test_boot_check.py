@@ -18,6 +18,7 @@ from appliance.cli import main
 from appliance.config import load_config
 from appliance.errors import ConfigError
 from appliance.update.config import UpdateConfig
+from appliance.update.results import UpdateResult, record_result
 from appliance.update.updater import UpdateFailed, Updater, systemd_reset_command
 
 SITE = """\
@@ -172,6 +173,22 @@ def test_no_complete_slot_fails(
     assert "neither slot" in capsys.readouterr().err
 
 
+def test_current_folder_named_with_fix(
+    app_dir: Path, site_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (app_dir / "current").unlink()
+    (app_dir / "current").mkdir()
+    (app_dir / "current" / "kept.txt").write_text("left by hand\n")
+
+    code = main(["update", "boot-check", "--config", str(site_file)])
+    error = capsys.readouterr().err
+
+    assert code == 2
+    assert f"{app_dir / 'current'} is a folder" in error
+    assert "move it away" in error
+    assert (app_dir / "current" / "kept.txt").exists()
+
+
 def test_boot_check_leaves_running_update_alone(
     app_dir: Path, site_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -201,11 +218,40 @@ def test_status_prints_slots(
 
     assert code == 0
     assert "Active slot:        slot-a" in output
-    assert "slot-a:             0.1.0" in output
+    assert "slot-a:             0.1.0 (installed 2027-01-01T00:00:00Z)" in output
     assert "slot-b:             0.2.0" in output
     assert "Last result:        none" in output
     assert document["slots"]["slot-b"]["version"] == "0.2.0"
     assert document["current"] == "slot-a"
+
+
+def test_status_result_without_version(
+    app_dir: Path, site_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    updates = site_file.parent / "updates"
+    record_result(updates, UpdateResult("rejected", None, "unreadable", "no file"))
+    capsys.readouterr()
+
+    main(["update", "status", "--config", str(site_file)])
+    output = capsys.readouterr().out
+
+    assert "Last result:        rejected, unreadable at " in output
+
+
+def test_status_without_slots_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    site = tmp_path / "plain.toml"
+    site.write_text(SITE)
+
+    code = main(["update", "status", "--config", str(site), "--app-dir", str(empty)])
+    captured = capsys.readouterr()
+
+    assert code == 2
+    assert f"{empty} has no application slots" in captured.err
+    assert "Active slot" not in captured.out
 
 
 def test_boot_check_works_with_broken_site_file(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 import tarfile
+import zipfile
 from pathlib import Path
 
 import orjson
@@ -42,10 +44,16 @@ def key() -> Ed25519PrivateKey:
 
 @pytest.fixture
 def wheel(tmp_path: Path) -> Path:
-    # Reading a bundle never opens its wheels, so any bytes will do here.
+    # Reading a bundle never opens its wheels, so any zip archive will do here.
     path = tmp_path / "input" / WHEEL_NAME
     path.parent.mkdir()
-    path.write_bytes(b"PK wheel bytes " * 1000)
+    return write_wheel(path, b"wheel bytes " * 1000)
+
+
+def write_wheel(path: Path, data: bytes) -> Path:
+    """Write a zip archive with one file, which ``update bundle`` takes as a wheel."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("content.txt", data)
     return path
 
 
@@ -365,7 +373,10 @@ def test_huge_sizes_rejected(tmp_path: Path, key: Ed25519PrivateKey) -> None:
         [(file_info("manifest.json"), b" " * (MAX_MANIFEST_BYTES + 1))],
     )
 
-    assert reject(huge_entry, key).reason == "too-large"
+    entry_error = reject(huge_entry, key)
+    assert entry_error.reason == "too-large"
+    assert f"above the maximum of {MAX_FILE_BYTES}" in entry_error.message
+    assert "whole number" not in entry_error.message
     assert reject(huge_manifest, key).reason == "too-large"
 
 
@@ -415,7 +426,7 @@ def test_bundle_needs_matching_nightbox_wheel(
     tmp_path: Path, key: Ed25519PrivateKey, wheel: Path
 ) -> None:
     other = wheel.with_name("orjson-3.10.0-cp311-cp311-manylinux_2_17_aarch64.whl")
-    other.write_bytes(b"orjson")
+    write_wheel(other, b"orjson")
 
     with pytest.raises(
         BundleBuildError,
@@ -434,8 +445,8 @@ def test_per_architecture_wheels_chosen_by_tag(
 ) -> None:
     arm = wheel.with_name("orjson-3.10.0-cp311-cp311-manylinux_2_17_aarch64.whl")
     intel = wheel.with_name("orjson-3.10.0-cp311-cp311-manylinux_2_17_x86_64.whl")
-    arm.write_bytes(b"arm")
-    intel.write_bytes(b"intel")
+    write_wheel(arm, b"arm")
+    write_wheel(intel, b"intel")
     manifest = write_bundle(
         tmp_path / "x.nbu", key, version="0.2.0", wheels=[wheel, arm, intel]
     )
@@ -474,3 +485,142 @@ def test_missing_update_key_says_so(tmp_path: Path) -> None:
         load_public_key(tmp_path / "absent.pub")
     with pytest.raises(UpdateKeyError, match="16 bytes"):
         load_public_key(tmp_path / "short.pub")
+
+
+def firmware_copy(folder: Path) -> Path:
+    shutil.copytree(
+        REPOSITORY / "firmware",
+        folder,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return folder
+
+
+@pytest.mark.parametrize("link", ["nbreader/evil.py", "main.py", "nbreader"])
+def test_firmware_symlink_rejected(
+    tmp_path: Path, key: Ed25519PrivateKey, wheel: Path, link: str
+) -> None:
+    firmware = firmware_copy(tmp_path / "fw")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for readers\n")
+    linked = firmware / link
+    if linked.is_dir():
+        shutil.move(linked, tmp_path / "real-nbreader")
+        linked.symlink_to(tmp_path / "real-nbreader", target_is_directory=True)
+        target = str(tmp_path / "real-nbreader")
+    else:
+        linked.unlink(missing_ok=True)
+        linked.symlink_to(secret)
+        target = str(secret)
+    output = tmp_path / "evil.nbu"
+
+    with pytest.raises(BundleBuildError) as caught:
+        write_bundle(
+            output, key, version="0.2.0", wheels=[wheel], firmware_dir=firmware
+        )
+
+    assert str(linked) in str(caught.value)
+    assert target in str(caught.value)
+    assert "symbolic link" in str(caught.value)
+    assert not output.exists()
+
+
+def test_wheel_that_is_not_zip_rejected(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    fake = tmp_path / WHEEL_NAME
+    fake.write_text("# README\n")
+
+    with pytest.raises(BundleBuildError, match="is not a wheel"):
+        write_bundle(tmp_path / "x.nbu", key, version="0.2.0", wheels=[fake])
+
+    assert not (tmp_path / "x.nbu").exists()
+
+
+def test_output_folder_or_existing_file_rejected(
+    tmp_path: Path, key: Ed25519PrivateKey, wheel: Path
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    existing = tmp_path / "old.nbu"
+    existing.write_bytes(b"an older bundle")
+
+    with pytest.raises(BundleBuildError, match="is a folder; give a file name"):
+        write_bundle(folder, key, version="0.2.0", wheels=[wheel])
+    with pytest.raises(BundleBuildError, match="already exists"):
+        write_bundle(existing, key, version="0.2.0", wheels=[wheel])
+
+    assert list(folder.iterdir()) == []
+    assert existing.read_bytes() == b"an older bundle"
+
+
+def header_offsets(path: Path) -> dict[str, int]:
+    with tarfile.open(path, mode="r:") as tar:
+        return {member.name: member.offset for member in tar.getmembers()}
+
+
+@pytest.mark.parametrize(
+    ("member", "after"),
+    [
+        ("manifest.sig", "'manifest.json'"),
+        (f"wheels/{WHEEL_NAME}", "'manifest.sig'"),
+        ("firmware/main.py", f"'wheels/{WHEEL_NAME}'"),
+    ],
+)
+def test_damaged_header_named_with_offset(
+    tmp_path: Path, bundle: Path, key: Ed25519PrivateKey, member: str, after: str
+) -> None:
+    offsets = header_offsets(bundle)
+    data = bytearray(bundle.read_bytes())
+    # A byte of the member's name: the header checksum no longer matches.
+    data[offsets[member] + 1] ^= 0x01
+    damaged = tmp_path / "damaged.nbu"
+    damaged.write_bytes(data)
+
+    error = reject(damaged, key)
+
+    assert error.reason == "malformed"
+    assert f"damaged at byte {offsets[member]}" in error.message
+    assert f"header after {after}" in error.message
+
+
+def test_manifest_not_utf8_named(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    manifest_bytes = b'{"format": 1, "version": "0.2.0\xff"}'
+    signature = {
+        "key": key_id(key.public_key()),
+        "sig": base64.b64encode(key.sign(manifest_bytes)).decode(),
+    }
+    path = write_tar(
+        tmp_path / "latin.nbu",
+        [
+            (file_info("manifest.json"), manifest_bytes),
+            (file_info("manifest.sig"), orjson.dumps(signature)),
+        ],
+    )
+
+    error = reject(path, key)
+
+    assert error.reason == "malformed"
+    assert "manifest.json is not UTF-8 text" in error.message
+    assert "surrogates" not in error.message
+
+
+def test_wheel_version_mismatch_fix_for_box(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    wheel = b"wheel"
+    parts = signed_parts(key, {f"wheels/{WHEEL_NAME}": wheel}, version="0.3.0")
+    path = write_tar(
+        tmp_path / "mismatch.nbu", [*parts, (file_info(f"wheels/{WHEEL_NAME}"), wheel)]
+    )
+
+    error = reject(path, key)
+
+    assert "not the bundle's version 0.3.0" in error.message
+    assert "--version" not in error.message
+    assert "build it again with 'nightbox update bundle'" in error.message
+
+
+def test_private_key_as_public_key_named(tmp_path: Path) -> None:
+    files = generate_key_pair(tmp_path / "keys")
+
+    with pytest.raises(UpdateKeyError, match="is a PEM private key"):
+        load_public_key(files.private_key)

@@ -50,8 +50,9 @@ SUPERVISOR = Path(__file__).with_name("supervisor.py")
 OLD_VERSION = "0.1.0"
 # A version below the one installed, for the rejection of a downgrade.
 OLDER_VERSION = "0.0.9"
-# The box's import of the service host fails in a wheel built with this
-# marker, so `python -m appliance --version` works but `run` never starts.
+# The import of the service host fails in a wheel built with this marker.
+# The command line imports it at start-up, so every command of that build
+# fails, `python -m appliance --version` included, and the box never starts.
 BROKEN_SOURCE = 'raise RuntimeError("this build of Nightbox is broken on purpose")\n'
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
 
