@@ -918,13 +918,15 @@ async def test_box_subscriptions_all_covered(box: Box) -> None:
     # The tests above cover exactly these filters; a new subscription of the
     # box needs its own malformed cases here.
     # Remote management's own subscriptions have their malformed cases in
-    # tests/remote (test_commands.py, test_telemetry.py, test_homeassistant.py).
+    # tests/remote (test_commands.py, test_telemetry.py, test_homeassistant.py),
+    # and the reader firmware offer's in tests/readers/test_firmware_update_offer.py.
     assert sorted(box.bus._subscriptions) == [
         "homeassistant/status",
         "nightbox/test/+/+/api/+/+",
         "nightbox/test/box/box-1/cmnd/+",
         "nightbox/test/box/box-1/reply",
         "nightbox/test/reader/+/availability",
+        "nightbox/test/reader/+/firmware/get",
         "nightbox/test/reader/+/sightings",
     ]
     # Every endpoint served on the request filter has envelope, field and

@@ -268,6 +268,59 @@ async def test_offer_serves_chunks(box_bus: Bus, make_client: Any) -> None:
     assert offer.counts["bad-request"] == 1
 
 
+# Requests the box cannot read: no reply, a bad-request count, and the offer
+# goes on serving.
+UNREADABLE_REQUESTS = [
+    b"",
+    b"not json",
+    b"\xff\xfe",
+    b"[]",
+    b'{"v": 1}',
+    b'{"v": 1, "data": []}',
+    b'{"v": 1, "data": {"version": "1.0.0", "path": "main.py", "index": "0"}}',
+    b'{"v": 1, "data": {"version": "1.0.0", "path": "main.py", "index": true}}',
+    b'{"v": 1, "data": {"version": "1.0.0", "path": "main.py", "index": 1.5}}',
+    b'{"v": 1, "data": {"version": null, "path": "main.py", "index": 0}}',
+    b'{"v": 1, "data": {"version": "1.0.0", "path": 7, "index": 0}}',
+    b'{"v": 1, "data": {"version": "1.0.0", "path": "main.py", "index": 1e999}}',
+    b'{"v": 1, "data": {"version": "1.0.0", "path": "main.py", "index": '
+    + b"9" * 40
+    + b"}}",
+]
+# Readable requests for chunks that do not exist: an error reply each.
+UNSERVED_REQUESTS = [
+    ({"version": "1.0.0", "path": "main.py", "index": -1}, "bad-index"),
+    ({"version": "1.0.0", "path": "main.py", "index": 2**62}, "bad-index"),
+    ({"version": "1.0.0", "path": "x" * 10_000, "index": 0}, "unknown-file"),
+    ({"version": "9" * 10_000, "path": "main.py", "index": 0}, "not-offered"),
+]
+
+
+async def test_malformed_requests_rejected(box_bus: Bus, make_client: Any) -> None:
+    offer = FirmwareOffer(box_bus, FIRMWARE)
+    await offer.start()
+    replies = Replies()
+    async with make_client("reader-exit-1", "reader", "exit-1") as reader:
+        reader.subscribe(
+            "nightbox/test/reader/exit-1/firmware/chunk", replies.on_message
+        )
+        await asyncio.sleep(0.2)
+        for payload in UNREADABLE_REQUESTS:
+            await reader.publish("nightbox/test/reader/exit-1/firmware/get", payload)
+        for data, _ in UNSERVED_REQUESTS:
+            await _request(reader, **data)
+        for _, reason in UNSERVED_REQUESTS:
+            assert (await replies.next())["error"] == reason
+        await _request(reader, version="1.0.0", path="main.py", index=0)
+        served = await replies.next()
+    assert (
+        base64.b64decode(served["data"])
+        == (FIRMWARE / "main.py").read_bytes()[:CHUNK_BYTES]
+    )
+    assert offer.counts["bad-request"] == len(UNREADABLE_REQUESTS)
+    assert offer.counts["chunks"] == 1
+
+
 async def test_offer_without_firmware_clears_manifest(
     box_bus: Bus, make_client: Any, tmp_path: Path
 ) -> None:
