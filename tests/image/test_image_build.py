@@ -554,18 +554,23 @@ def _bus_version(box: BootedBox) -> str:
     return str(json.loads(probe.stdout)["payload"]["data"]["version"])
 
 
+def assert_box_serves(box: BootedBox, slot: str, version: str) -> None:
+    """Check that ``slot`` is current with no trial and the box runs ``version``."""
+    assert os.readlink(box.data / "app" / "current") == slot
+    state = read_state(box.data)
+    assert state["active"] == slot
+    assert state["trying"] is None
+    assert _service_state(box) == "active"
+    assert _current_version(box) == version
+    assert _bus_version(box) == version
+
+
 def test_update_installs_under_systemd(
     running: BootedBox, update_bundles: UpdateBundles
 ) -> None:
     result = _apply(running, update_bundles.good)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert os.readlink(running.data / "app" / "current") == "slot-b"
-    state = read_state(running.data)
-    assert state["active"] == "slot-b"
-    assert state["trying"] is None
-    assert _service_state(running) == "active"
-    assert _current_version(running) == GOOD_VERSION
-    assert _bus_version(running) == GOOD_VERSION
+    assert_box_serves(running, "slot-b", GOOD_VERSION)
 
 
 def test_broken_update_switched_back(
@@ -575,13 +580,7 @@ def test_broken_update_switched_back(
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"Nightbox {BROKEN_VERSION} failed its health check" in result.stderr
     assert f"switched back to {GOOD_VERSION}" in result.stderr
-    assert os.readlink(running.data / "app" / "current") == "slot-b"
-    state = read_state(running.data)
-    assert state["active"] == "slot-b"
-    assert state["trying"] is None
-    assert _service_state(running) == "active"
-    assert _current_version(running) == GOOD_VERSION
-    assert _bus_version(running) == GOOD_VERSION
+    assert_box_serves(running, "slot-b", GOOD_VERSION)
 
 
 def test_bad_bundles_rejected_in_box(
@@ -642,13 +641,7 @@ def test_power_cut_during_trial(
         )  # fmt: skip
         assert trial_code.returncode != 0
         assert "broken on purpose" in trial_code.stderr
-        assert os.readlink(box.data / "app" / "current") == "slot-b"
-        state = read_state(box.data)
-        assert state["active"] == "slot-b"
-        assert state["trying"] is None
-        assert _service_state(box) == "active"
-        assert _current_version(box) == GOOD_VERSION
-        assert _bus_version(box) == GOOD_VERSION
+        assert_box_serves(box, "slot-b", GOOD_VERSION)
     finally:
         _stop(box)
 
