@@ -69,8 +69,8 @@ def split_trees(root: Path, data: Path) -> None:
 def prepare_boot_dir(arch: str, root: Path, recipe_dir: Path, boot: Path) -> None:
     """Fill ``boot`` with the boot partition's files for ``arch``."""
     boot.mkdir(parents=True, exist_ok=True)
-    # NOTE: booting a real Raspberry Pi or PC from this partition is untested;
-    # the tests boot the root tree in systemd-nspawn, which uses no firmware,
+    # NOTE: booting a real Raspberry Pi or PC from this partition is untested.
+    # The tests boot the root tree in systemd-nspawn, which uses no firmware,
     # boot loader, kernel or initrd.
     if arch == "amd64":
         _prepare_efi_partition(root, recipe_dir / "boot" / "amd64", boot)

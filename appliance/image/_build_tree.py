@@ -67,7 +67,7 @@ MASKED_UNITS = (
 
 @dataclass(frozen=True, slots=True)
 class TreeSpec:
-    """What goes into the root tree."""
+    """The contents of the root tree: architecture, mirrors, keys and packages."""
 
     arch: str
     mirror: str
@@ -265,7 +265,7 @@ def install_slot(root: Path, firmware_dir: Path, version: str) -> Path:
 def read_update_key(path: Path) -> str:
     """Return the update key of ``path`` as one base64 line, checked.
 
-    The file holds the raw 32-byte Ed25519 public key in base64 on one line,
+    The file contains the raw 32-byte Ed25519 public key in base64 on one line,
     as ``nightbox update keygen`` writes it.
     """
     try:

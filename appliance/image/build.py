@@ -90,7 +90,7 @@ class BuildOptions:
 
 @dataclass(slots=True)
 class BuildResult:
-    """What a build produced."""
+    """The files a build produced."""
 
     image: Path | None
     root_dir: Path

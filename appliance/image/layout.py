@@ -48,9 +48,9 @@ BROKER_GROUP = "mosquitto"
 DEFAULT_BROKER_DIR = STATE_DIR / BROKER_DIR_NAME
 """Default folder of the system mosquitto's files (``broker.config_dir``)."""
 
-# Readers on the venue's Wi-Fi dial the box, so the system mosquitto listens
-# on every interface from the first boot on; the setup wizard keeps this
-# address, and SIGHUP, which is all a reload sends, never moves a listener.
+# Readers on the venue's Wi-Fi connect to the box, so the system mosquitto
+# listens on every interface from the first boot on. The setup wizard keeps
+# this address, because a reload (SIGHUP) never moves a listener.
 BROKER_HOST = "0.0.0.0"
 BROKER_PORT = 1883
 

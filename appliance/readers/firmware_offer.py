@@ -6,7 +6,7 @@ serves each file in chunks of at most :data:`CHUNK_BYTES` on request. A
 reader asks on its own ``nightbox/<site>/reader/<id>/firmware/get`` for
 one chunk (``{"version", "path", "index"}``) and gets it on its own
 ``nightbox/<site>/reader/<id>/firmware/chunk`` as base64 in JSON, so it
-holds one small chunk at a time and paces the transfer itself. The
+keeps one small chunk at a time and paces the transfer itself. The
 reader's side is ``firmware/nbreader/update.py``.
 
 The files come from the running application slot's ``firmware/`` folder

@@ -47,7 +47,7 @@ MAX_HEALTH_TIMEOUT_S = 3600.0
 
 @dataclass(frozen=True, slots=True)
 class UpdateConfig:
-    """Where the slots and bundles are, the key they are checked with, the health check.
+    """Settings of the updater: slot and bundle folders, the key, the health check.
 
     ``restart_command`` runs as root after the switch to a new slot and
     after a switch back. ``bundle_dirs`` are the folders that the remote

@@ -1,6 +1,6 @@
 """The Ed25519 key pair that signs update bundles.
 
-The public key file holds the raw 32-byte key as base64 on one line, the
+The public key file contains the raw 32-byte key as base64 on one line, the
 form that ``nightbox image build --update-key`` copies to
 ``/etc/nightbox/update-key.pub``. The private key is PKCS#8 PEM, written
 with mode 0600, and stays on the machine that builds bundles.

@@ -1,4 +1,4 @@
-"""Which ``[update]`` settings the updater may act on when it runs as root.
+"""The rule for the ``[update]`` settings that the updater acts on as root.
 
 On the image, ``site.toml`` belongs to the unprivileged user ``nightbox``,
 so that the box can rewrite it (``config-set``, the setup wizard). The

@@ -6,7 +6,7 @@ the version differs from the running one, the reader asks for each file
 one chunk at a time on its own ``firmware/get`` topic and gets the chunk
 on its ``firmware/chunk`` topic, base64 in JSON. Chunks are appended to
 the file in a staging folder (``/fw/a`` or ``/fw/b``, whichever is not
-running), so memory holds one chunk and a power loss keeps what was
+running), so memory keeps one chunk and a power loss keeps what was
 written. The next attempt resumes from the staged files of the same
 manifest.
 
@@ -59,7 +59,7 @@ class UpdateError(Exception):
 
 
 def running_folder():
-    """Return the folder that holds the running ``nbreader`` package."""
+    """Return the folder that contains the running ``nbreader`` package."""
     import nbreader
 
     path = getattr(nbreader, "__file__", "")
@@ -396,7 +396,7 @@ class Updater:
                 return False
             if "trial" in state and not self.confirmed:
                 # The running firmware is on trial, and its folder's
-                # counterpart holds the previous firmware to switch back to.
+                # counterpart contains the previous firmware to switch back to.
                 return False
         retry_at = self._retry_at
         return retry_at is None or time.ticks_diff(now_ms, retry_at) >= 0
